@@ -1,0 +1,44 @@
+"""Architectures of the demo teacher and student: standard Llama configs, so vLLM and transformers both load them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class DemoArchitecture:
+    """The knobs that set a demo model's capacity. Everything else is Llama's default."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 512
+
+    def to_config(self, tokenizer):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=len(tokenizer),
+            num_key_value_heads=self.num_attention_heads,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            rope_theta=10_000.0,
+            **asdict(self),
+        )
+
+
+# The teacher is deep enough to select the right number among distractors and to combine three factors;
+# the student is shallow and narrow on purpose, so its shortfall comes from capacity.
+TEACHER = DemoArchitecture(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=768)
+STUDENT = DemoArchitecture(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192)
+
+
+def build_model(architecture: DemoArchitecture, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(architecture.to_config(tokenizer))

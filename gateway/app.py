@@ -1,0 +1,134 @@
+"""App factories: `create_app` (the gateway: student + teacher behind a routing policy) and `create_engine_app`
+(one local engine as a standalone OpenAI-compatible server, the same chat code without routing).
+
+The lifespan builds the shared `httpx.AsyncClient` and the backends, and closes them on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from gateway import ops
+from gateway.backends.base import Backend, BackendInfo
+from gateway.chat import routes as chat_routes
+from gateway.chat.serving import ChatServing, ServingLimits
+from gateway.errors import GatewayError, InvalidRequest, to_envelope
+from gateway.metrics import GatewayMetrics
+from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
+from router.policy import RouteDecision, RouteRequest, build_policy, forced
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    limits = ServingLimits(settings.max_tokens_limit, settings.default_max_tokens, settings.max_top_logprobs)
+    policy = build_policy(settings.routing.policy)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        roles = {"student": settings.student, "teacher": settings.teacher}
+        async with _http_client(settings.http, roles.values()) as client:
+            backends = {name: build_backend(name, config, client) for name, config in roles.items() if config}
+            if policy.decide(RouteRequest("probe", 0, 0)).route not in backends:
+                raise ValueError(f"routing policy `{policy.name}` needs a backend that is not configured")
+
+            def decide(request: RouteRequest, forced_route: str | None) -> RouteDecision:
+                if forced_route is None:
+                    return policy.decide(request)
+                if forced_route not in backends:
+                    raise InvalidRequest(f"cannot force `{forced_route}`: no such backend is configured",
+                                         parameter=chat_routes.FORCE_HEADER)
+                return forced(forced_route)
+
+            app.state.chat = ChatServing(served_model=settings.served_model, backends=backends, decide=decide,
+                                         limits=limits, metrics=app.state.metrics, announce_route=True)
+            try:
+                yield
+            finally:
+                for backend in backends.values():
+                    await backend.aclose()
+
+    return _app("kdgate gateway", lifespan, settings.max_body_bytes)
+
+
+def create_engine_app(backend_factory: Callable[[], Backend], served_model: str, limits: ServingLimits,
+                      max_body_bytes: int = 1_048_576) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = backend_factory()
+        app.state.chat = ChatServing(served_model=served_model, backends={"engine": backend},
+                                     decide=lambda request, forced_route: RouteDecision("engine", "engine"),
+                                     limits=limits, metrics=app.state.metrics, announce_route=False)
+        try:
+            yield
+        finally:
+            await backend.aclose()
+
+    return _app("kdgate engine", lifespan, max_body_bytes)
+
+
+def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None) -> Backend:
+    if config.kind == "http":
+        from gateway.backends.http import HttpBackend
+
+        api_key = config.api_key.get_secret_value() if config.api_key else None
+        info = BackendInfo(name=name, model=config.model, kind="http")
+        return HttpBackend(info, config.base_url, client, api_key=api_key)
+    from gateway.backends.local import LocalBackend
+
+    if not config.model_dir.is_dir():
+        raise FileNotFoundError(f"{name} model directory {config.model_dir} does not exist; build the demo models "
+                                "with `kdgate demo build` or point `model_dir` at a Hugging Face model directory")
+    return LocalBackend(name, config.engine_settings(), model_name=config.model)
+
+
+@asynccontextmanager
+async def _http_client(settings: HttpClientSettings, backends) -> AsyncIterator[httpx.AsyncClient | None]:
+    if not any(config and config.kind == "http" for config in backends):
+        yield None
+        return
+    timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
+                            write=settings.write_timeout_s, pool=settings.pool_timeout_s)
+    limits = httpx.Limits(max_connections=settings.max_connections,
+                          max_keepalive_connections=settings.max_keepalive_connections)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        yield client
+
+
+def _app(title: str, lifespan, max_body_bytes: int) -> FastAPI:
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.metrics = GatewayMetrics()
+    app.state.max_body_bytes = max_body_bytes
+    app.include_router(chat_routes.router)
+    app.include_router(ops.router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+async def _gateway_error(request: Request, error: GatewayError) -> JSONResponse:
+    status, body = to_envelope(error)
+    return JSONResponse(body, status_code=status)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    message = {404: f"no route {request.url.path}; see /docs for the API",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(error.status_code,
+                                                                                         str(error.detail))
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                   "code": error.status_code}}, status_code=error.status_code)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s", request.url.path)
+    return JSONResponse({"error": {"message": f"internal error ({type(error).__name__}); the gateway logged the "
+                                   "details", "type": "internal_error", "param": None, "code": 500}},
+                        status_code=500)

@@ -1,0 +1,268 @@
+"""Wire models of `POST /v1/chat/completions`, in OpenAI's field order and with OpenAI's names.
+
+Unknown request fields are kept (`model_extra`) and logged by the route, never rejected. Extensions sit in marked
+blocks at the end of each model: vLLM's (which the local engine server speaks too, and the HTTP backend uses to
+score an answer) and kdgate's own. Cross-field rules are named validators whose messages name the field and say
+what to do. Limits that depend on configuration (max tokens, max top logprobs) are checked by the serving layer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OPENAI_MAX_TOP_LOGPROBS = 20
+OPENAI_MAX_STOP_SEQUENCES = 4
+Role = Literal["system", "developer", "user", "assistant"]
+
+
+class TextContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[TextContentPart]
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def check_content_parts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for index, part in enumerate(value):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"part {index} has type {kind!r}; only text parts are supported, "
+                                     "send images or audio to a multimodal endpoint instead")
+        if value is None:
+            raise ValueError("content is missing; send the message text as a string or as text parts")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def check_not_empty(cls, value: str | list[TextContentPart]) -> str | list[TextContentPart]:
+        if not text_of(value).strip():
+            raise ValueError("content is empty; send the text of the message")
+        return value
+
+    def text(self) -> str:
+        return text_of(self.content)
+
+
+def text_of(content: str | list[TextContentPart]) -> str:
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    logprobs: bool = False
+    max_completion_tokens: int | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_logprobs: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    user: str | None = None
+
+    # --- vLLM extensions (vllm/entrypoints/openai/chat_completion/protocol.py); the engine server speaks them ---
+    add_generation_prompt: bool = Field(
+        default=True, description="Append the assistant turn header after the messages (vLLM).")
+    continue_final_message: bool = Field(
+        default=False, description="Continue the last (assistant) message instead of starting a new one (vLLM).")
+    prompt_logprobs: int | None = Field(
+        default=None, ge=0, description="Return top-k logprobs of every prompt token, for scoring (vLLM).")
+    return_token_ids: bool = Field(
+        default=False, description="Return `prompt_token_ids` of the rendered prompt (vLLM).")
+
+    @field_validator("stop")
+    @classmethod
+    def check_stop(cls, value: str | list[str] | None) -> list[str] | None:
+        stops = [value] if isinstance(value, str) else value
+        if stops is None:
+            return None
+        if len(stops) > OPENAI_MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {OPENAI_MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(stops)}")
+        if any(stop == "" for stop in stops):
+            raise ValueError("stop sequences must be non-empty strings; remove the empty one")
+        return stops
+
+    @field_validator("n")
+    @classmethod
+    def check_n(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"only n=1 is supported, got {value}; send {value} separate requests instead")
+        return value
+
+    @field_validator("max_tokens", "max_completion_tokens")
+    @classmethod
+    def check_max_tokens_positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def check_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("`top_logprobs` needs `logprobs` set to true; set `logprobs: true` or drop "
+                             "`top_logprobs`")
+        return self
+
+    @model_validator(mode="after")
+    def check_stream_options(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("`stream_options` is only allowed with `stream: true`; drop it or set `stream: true`")
+        if self.stream and self.prompt_logprobs:
+            raise ValueError("`prompt_logprobs` cannot be streamed; set `stream: false` to get prompt logprobs")
+        return self
+
+    @model_validator(mode="after")
+    def check_continue_final_message(self) -> ChatCompletionRequest:
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("`continue_final_message` and `add_generation_prompt` cannot both be true; set "
+                             "`add_generation_prompt: false` to continue the last assistant message")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("`continue_final_message` needs the last message to have role `assistant`")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        """`max_completion_tokens` wins over the deprecated `max_tokens`, as in OpenAI's API."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Responses
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class RouteInfo(BaseModel):
+    """kdgate extension: which backend served the request and why."""
+
+    route: str
+    reason: str
+    model: str
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs` dicts, keyed by token id as a string."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+def _none(value: Any) -> bool:
+    return value is None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = Field(default=None, exclude_if=_none)  # vLLM extension
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+    # --- vLLM extensions ---
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(default=None, exclude_if=_none)
+    prompt_token_ids: list[int] | None = Field(default=None, exclude_if=_none)
+    # --- kdgate extensions ---
+    kdgate: RouteInfo | None = Field(default=None, exclude_if=_none)
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_none)
+    content: str | None = Field(default=None, exclude_if=_none)
+
+
+class ChatCompletionChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = Field(default=None, exclude_if=_none)  # vLLM extension
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: Usage | None = Field(default=None, exclude_if=_none)
+
+    # --- kdgate extensions ---
+    kdgate: RouteInfo | None = Field(default=None, exclude_if=_none)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "kdgate"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+ErrorBody = Annotated[dict, Field(description="OpenAI error envelope")]

@@ -1,0 +1,57 @@
+"""`POST /v1/chat/completions`: parse, hand to serving, return JSON or an SSE stream."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gateway.chat.parsing import parse_chat_request, read_body
+from gateway.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
+from gateway.errors import InvalidRequest
+from router.policy import ROUTES
+
+FORCE_HEADER = "x-kdgate-force"
+ROUTE_HEADER = "x-kdgate-route"
+REASON_HEADER = "x-kdgate-route-reason"
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+)
+async def create_chat_completion(request: Request):
+    started = time.monotonic()
+    state = request.app.state
+    chat_request = parse_chat_request(await read_body(request, state.max_body_bytes))
+    forced = forced_route(request, state.chat.announce_route)
+    if chat_request.stream:
+        prepared = await state.chat.stream(chat_request, forced, started)
+        return StreamingResponse(prepared.frames, media_type="text/event-stream",
+                                 headers=route_headers(prepared.decision, state.chat.announce_route)
+                                 | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response, decision = await state.chat.complete(chat_request, forced, started)
+    return JSONResponse(response.model_dump(mode="json"),
+                        headers=route_headers(decision, state.chat.announce_route))
+
+
+def forced_route(request: Request, routing: bool) -> str | None:
+    value = request.headers.get(FORCE_HEADER)
+    if value is None or not routing:
+        return None
+    value = value.strip().lower()
+    if value not in ROUTES:
+        raise InvalidRequest(f"header `{FORCE_HEADER}` must be one of {', '.join(ROUTES)}, got {value!r}",
+                             parameter=FORCE_HEADER)
+    return value
+
+
+def route_headers(decision, routing: bool) -> dict[str, str]:
+    if not routing:
+        return {}
+    return {ROUTE_HEADER: decision.route, REASON_HEADER: decision.reason}

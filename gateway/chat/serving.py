@@ -1,0 +1,267 @@
+"""Chat serving: request validation against limits, backend choice, and the OpenAI response and stream shapes.
+
+The same code serves the gateway (student and teacher behind a routing policy) and `kdgate engine` (one backend,
+no routing). Backends always stream; a non-streaming request is the stream collected. A stream is *primed* before
+the HTTP response starts: failures before the first token (backend down, upstream 400) become a proper error
+status instead of a broken 200 stream, and the route is known when the headers go out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams
+from gateway.backends.base import TokenLogprob as EngineTokenLogprob
+from gateway.chat import protocol
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
+from gateway.metrics import GatewayMetrics
+from router.policy import RouteDecision, RouteRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    max_tokens_limit: int
+    default_max_tokens: int
+    max_top_logprobs: int
+
+
+@dataclass(frozen=True)
+class PreparedStream:
+    decision: RouteDecision
+    frames: AsyncIterator[str]
+
+
+Decide = Callable[[RouteRequest, str | None], RouteDecision]
+
+
+class ChatServing:
+    def __init__(self, *, served_model: str, backends: dict[str, Backend], decide: Decide, limits: ServingLimits,
+                 metrics: GatewayMetrics, announce_route: bool):
+        self.served_model = served_model
+        self.backends = backends
+        self._decide = decide
+        self.limits = limits
+        self.metrics = metrics
+        self.announce_route = announce_route  # the gateway says which backend served; an engine server does not
+
+    # ------------------------------------------------------------------------------------------------ entry points
+
+    async def complete(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
+                       ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
+        generation, decision, backend = self._prepare(request, forced)
+        events = backend.generate(generation)
+        text, logprobs, finish = [], [], None
+        self.metrics.in_flight.labels(decision.route).inc()
+        try:
+            async for event in events:
+                if isinstance(event, Delta):
+                    if event.text and not text:
+                        self.metrics.ttft.labels(decision.route).observe(time.monotonic() - started)
+                    text.append(event.text)
+                    logprobs.extend(event.logprobs)
+                else:
+                    finish = event
+        except GatewayError as error:
+            self._count_failure(decision, error, stream=False)
+            raise
+        finally:
+            self.metrics.in_flight.labels(decision.route).dec()
+        if finish is None:
+            raise UpstreamProtocolError(f"backend `{backend.info.name}` ended without finishing",
+                                        backend=backend.info.name)
+        self._count_success(decision, finish, started, stream=False)
+        response = protocol.ChatCompletionResponse(
+            id=f"chatcmpl-{generation.request_id}",
+            model=request.model or self.served_model,
+            choices=[protocol.ChatCompletionChoice(
+                message=protocol.AssistantMessage(content="".join(text)),
+                logprobs=self._wire_logprobs(logprobs, request),
+                finish_reason=finish.finish_reason,
+                stop_reason=finish.stop_reason,
+            )],
+            usage=_usage(finish),
+            prompt_logprobs=_wire_prompt_logprobs(finish) if request.prompt_logprobs is not None else None,
+            prompt_token_ids=list(finish.prompt_token_ids) if request.return_token_ids and finish.prompt_token_ids
+            else None,
+            kdgate=self._route_info(decision, backend),
+        )
+        return response, decision
+
+    async def stream(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
+                     ) -> PreparedStream:
+        generation, decision, backend = self._prepare(request, forced)
+        events = backend.generate(generation)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            error = UpstreamProtocolError(f"backend `{backend.info.name}` sent nothing", backend=backend.info.name)
+            self._count_failure(decision, error, stream=True)
+            raise error from None
+        except GatewayError as error:
+            self._count_failure(decision, error, stream=True)
+            raise
+        frames = self._frames(request, generation, decision, backend, first, events, started)
+        return PreparedStream(decision=decision, frames=frames)
+
+    # ------------------------------------------------------------------------------------------------ preparation
+
+    def _prepare(self, request: protocol.ChatCompletionRequest, forced: str | None
+                 ) -> tuple[GenerationRequest, RouteDecision, Backend]:
+        if request.model is not None and request.model != self.served_model:
+            raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
+                                f"`{self.served_model}` (see GET /v1/models)")
+        if request.model_extra:
+            log.info("ignoring unknown request fields: %s", ", ".join(sorted(request.model_extra)))
+        generation = self._generation_request(request)
+        route_request = RouteRequest(request_id=generation.request_id, message_count=len(request.messages),
+                                     prompt_chars=sum(len(message["content"]) for message in generation.messages))
+        decision = self._decide(route_request, forced)
+        return generation, decision, self.backends[decision.route]
+
+    def _generation_request(self, request: protocol.ChatCompletionRequest) -> GenerationRequest:
+        limits = self.limits
+        max_tokens = request.requested_max_tokens()
+        if max_tokens is not None and max_tokens > limits.max_tokens_limit:
+            field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+            raise InvalidRequest(f"`{field}` must be between 1 and {limits.max_tokens_limit}, got {max_tokens}; "
+                                 "lower it or raise `KDGATE_MAX_TOKENS_LIMIT`", parameter=field)
+        top_logprobs = None
+        if request.logprobs:
+            top_logprobs = request.top_logprobs or 0
+            if top_logprobs > limits.max_top_logprobs:
+                raise InvalidRequest(f"`top_logprobs` must be at most {limits.max_top_logprobs}, got {top_logprobs}; "
+                                     "lower it or raise `KDGATE_MAX_TOP_LOGPROBS`", parameter="top_logprobs")
+        if request.prompt_logprobs is not None and request.prompt_logprobs > limits.max_top_logprobs:
+            raise InvalidRequest(f"`prompt_logprobs` must be at most {limits.max_top_logprobs}",
+                                 parameter="prompt_logprobs")
+        temperature = 1.0 if request.temperature is None else request.temperature
+        sampling = SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else limits.default_max_tokens,
+            temperature=temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+            stop=tuple(request.stop or ()),
+            top_logprobs=top_logprobs,
+            fit_to_context=max_tokens is None,
+        )
+        return GenerationRequest(
+            request_id=uuid.uuid4().hex,
+            messages=tuple({"role": message.role, "content": message.text()} for message in request.messages),
+            sampling=sampling,
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            prompt_logprobs=request.prompt_logprobs,
+        )
+
+    # ------------------------------------------------------------------------------------------------ streaming
+
+    async def _frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
+                      decision: RouteDecision, backend: Backend, first, events, started: float) -> AsyncIterator[str]:
+        """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
+        route = decision.route
+        chunk_id, created, model = f"chatcmpl-{generation.request_id}", int(time.time()), request.model or self.served_model
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        route_info = self._route_info(decision, backend)
+
+        def frame(choices, **extra) -> str:
+            chunk = protocol.ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, **extra)
+            return f"data: {chunk.model_dump_json()}\n\n"
+
+        self.metrics.in_flight.labels(route).inc()
+        finished = False
+        last_content_at = None
+        try:
+            yield frame([protocol.ChatCompletionChunkChoice(delta=protocol.DeltaMessage(role="assistant", content=""))])
+            event = first
+            while True:
+                if isinstance(event, Delta):
+                    now = time.monotonic()
+                    if event.text:
+                        if last_content_at is None:
+                            self.metrics.ttft.labels(route).observe(now - started)
+                        else:
+                            self.metrics.itl.labels(route).observe(now - last_content_at)
+                        last_content_at = now
+                    yield frame([protocol.ChatCompletionChunkChoice(
+                        delta=protocol.DeltaMessage(content=event.text),
+                        logprobs=self._wire_logprobs(event.logprobs, request))])
+                elif isinstance(event, Finish):
+                    finished = True
+                    self._count_success(decision, event, started, stream=True)
+                    yield frame([protocol.ChatCompletionChunkChoice(
+                        delta=protocol.DeltaMessage(), finish_reason=event.finish_reason,
+                        stop_reason=event.stop_reason)], kdgate=route_info)
+                    if include_usage:
+                        yield frame([], usage=_usage(event), kdgate=route_info)
+                    break
+                event = await anext(events)
+        except GatewayError as error:
+            finished = True
+            self._count_failure(decision, error, stream=True)
+            yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
+        except StopAsyncIteration:
+            finished = True
+            error = UpstreamProtocolError(f"backend `{backend.info.name}` ended the stream without finishing",
+                                          backend=backend.info.name)
+            self._count_failure(decision, error, stream=True)
+            yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
+        finally:
+            self.metrics.in_flight.labels(route).dec()
+            if not finished:
+                self.metrics.requests.labels(route, "cancelled", "true").inc()
+            await events.aclose()  # cancels the backend's work when the client left early
+        yield "data: [DONE]\n\n"
+
+    # ------------------------------------------------------------------------------------------------ shapes
+
+    def _wire_logprobs(self, logprobs, request: protocol.ChatCompletionRequest) -> protocol.ChoiceLogprobs | None:
+        if not request.logprobs:
+            return None
+        keep = request.top_logprobs or 0
+        return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep) for entry in logprobs])
+
+    def _route_info(self, decision: RouteDecision, backend: Backend) -> protocol.RouteInfo | None:
+        if not self.announce_route:
+            return None
+        return protocol.RouteInfo(route=decision.route, reason=decision.reason, model=backend.info.model)
+
+    # ------------------------------------------------------------------------------------------------ metrics
+
+    def _count_success(self, decision: RouteDecision, finish: Finish, started: float, stream: bool) -> None:
+        route = decision.route
+        self.metrics.requests.labels(route, "ok", str(stream).lower()).inc()
+        self.metrics.e2e.labels(route).observe(time.monotonic() - started)
+        self.metrics.prompt_tokens.labels(route).inc(finish.prompt_tokens)
+        self.metrics.completion_tokens.labels(route).inc(finish.completion_tokens)
+
+    def _count_failure(self, decision: RouteDecision, error: GatewayError, stream: bool) -> None:
+        self.metrics.requests.labels(decision.route, "error", str(stream).lower()).inc()
+        self.metrics.errors.labels(decision.route, type(error).__name__).inc()
+
+
+def _wire_token(entry: EngineTokenLogprob, keep: int) -> protocol.TokenLogprob:
+    return protocol.TokenLogprob(
+        token=entry.token, logprob=entry.logprob, bytes=list(entry.token.encode("utf-8")),
+        top_logprobs=[protocol.TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode("utf-8")))
+                      for top in entry.top_logprobs[:keep]],
+    )
+
+
+def _usage(finish: Finish) -> protocol.Usage:
+    return protocol.Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens,
+                          total_tokens=finish.prompt_tokens + finish.completion_tokens)
+
+
+def _wire_prompt_logprobs(finish: Finish) -> list[dict[str, protocol.PromptLogprob] | None] | None:
+    if finish.prompt_logprobs is None:
+        return None
+    return [None if position is None else {
+        str(token_id): protocol.PromptLogprob(logprob=logprob, rank=rank, decoded_token=text)
+        for token_id, (logprob, rank, text) in position.entries.items()} for position in finish.prompt_logprobs]

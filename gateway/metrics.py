@@ -1,0 +1,36 @@
+"""Prometheus metrics of the gateway, in a registry per app (tests run several apps in one process).
+
+Names follow Prometheus conventions (`_seconds`, `_total` added by the client for counters) and carry the route
+(`student`, `teacher`; `engine` on a standalone engine server) so every panel can split by it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+                   5.0, 10.0, 20.0, 60.0)
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("kdgate_requests", "Chat completion requests by route, outcome and stream mode",
+                                ["route", "outcome", "stream"], registry=r)
+        self.ttft = Histogram("kdgate_time_to_first_token_seconds", "Request received to first content token sent",
+                              ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("kdgate_e2e_request_latency_seconds", "Request received to last byte of the answer",
+                             ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("kdgate_inter_token_latency_seconds", "Gap between two streamed content chunks",
+                             ["route"], buckets=TOKEN_GAP_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("kdgate_prompt_tokens", "Prompt tokens, as counted by the backend",
+                                     ["route"], registry=r)
+        self.completion_tokens = Counter("kdgate_completion_tokens", "Completion tokens, as counted by the backend",
+                                         ["route"], registry=r)
+        self.in_flight = Gauge("kdgate_requests_in_flight", "Requests being served now", ["route"], registry=r)
+        self.errors = Counter("kdgate_errors", "Failed requests by backend and error class",
+                              ["backend", "error"], registry=r)
+        self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
+                                ["backend"], registry=r)

@@ -1,0 +1,57 @@
+"""Operational endpoints: liveness, readiness (per backend), the model list and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.chat.protocol import ModelCard, ModelList
+from gateway.errors import GatewayError
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+@router.get("/health", include_in_schema=False)  # vLLM's name, so probes written for vLLM work on `kdgate engine`
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    backends = request.app.state.chat.backends
+    results = await asyncio.gather(*(_check(backend) for backend in backends.values()))
+    report = dict(zip(backends, results, strict=True))
+    metrics = request.app.state.metrics
+    for name, result in report.items():
+        metrics.backend_up.labels(name).set(1 if result["ready"] else 0)
+    ready = all(result["ready"] for result in report.values())
+    return JSONResponse({"status": "ready" if ready else "unready", "backends": report},
+                        status_code=200 if ready else 503)
+
+
+async def _check(backend) -> dict:
+    result = {"kind": backend.info.kind, "model": backend.info.model}
+    try:
+        await asyncio.wait_for(backend.check_ready(), timeout=10)
+    except GatewayError as error:
+        return result | {"ready": False, "error": error.message}
+    except TimeoutError:
+        return result | {"ready": False, "error": "readiness check timed out after 10 s"}
+    return result | {"ready": True}
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    chat = request.app.state.chat
+    lengths = [backend.info.max_model_len for backend in chat.backends.values() if backend.info.max_model_len]
+    return ModelList(data=[ModelCard(id=chat.served_model, root=chat.served_model,
+                                     max_model_len=min(lengths) if lengths else None)])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,119 @@
+"""Gateway settings: environment variables with the `KDGATE_` prefix over an optional YAML file over defaults.
+
+Nested keys use `__` in the environment (`KDGATE_STUDENT__BASE_URL`). The YAML file is named by `KDGATE_CONFIG`
+(`kdgate serve --config FILE` sets it). Unknown keys are refused, so a typo fails loudly instead of being ignored.
+With nothing set, the gateway serves the embedded demo: local student and teacher models from the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "placeholder", "xxx", "your-api-key"}
+
+
+class BackendSettings(BaseModel):
+    """One backend. `local`: an in-process engine on `model_dir`. `http`: an OpenAI-compatible server (vLLM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "http"] = "local"
+    model_dir: Path | None = Field(default=None, description="local: a Hugging Face model directory")
+    base_url: str | None = Field(default=None, description="http: e.g. http://127.0.0.1:8001/v1")
+    model: str | None = Field(default=None, description="model id sent upstream; local default: the dir name")
+    api_key: SecretStr | None = Field(default=None, description="http: bearer token; none for an open server")
+    device: str = Field(default="auto", description="local: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
+    dtype: str = Field(default="auto", description="local: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="local: sequences decoded together")
+    threads: int | None = Field(default=None, ge=1, description="local: torch CPU threads; unset = torch default")
+
+    @model_validator(mode="after")
+    def check_kind_fields(self) -> BackendSettings:
+        if self.kind == "local":
+            if self.model_dir is None:
+                raise ValueError("a `local` backend needs `model_dir` (a Hugging Face model directory)")
+        else:
+            if not self.base_url or not self.model:
+                raise ValueError("an `http` backend needs `base_url` (ending in /v1) and `model` (the served id)")
+            if self.api_key is not None and self.api_key.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("`api_key` is still a placeholder; set the real key or remove it")
+        return self
+
+    def engine_settings(self):
+        from gateway.engine.engine import EngineSettings
+
+        return EngineSettings(model_dir=Path(self.model_dir), device=self.device, dtype=self.dtype,
+                              max_batch_size=self.max_batch_size, threads=self.threads)
+
+
+class HttpClientSettings(BaseModel):
+    """The one shared `httpx.AsyncClient` toward HTTP backends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP+TLS connect; a down backend fails this fast")
+    read_timeout_s: float = Field(default=120.0, gt=0, description="longest silence between two streamed bytes")
+    write_timeout_s: float = Field(default=30.0, gt=0)
+    pool_timeout_s: float = Field(default=10.0, gt=0, description="wait for a free connection before failing")
+    max_connections: int = Field(default=512, ge=1, description="per gateway process, across backends")
+    max_keepalive_connections: int = Field(default=128, ge=0)
+
+
+class RoutingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["student_only", "teacher_only"] = Field(
+        default="student_only", description="which backend serves a request that does not force one")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    served_model: str = Field(default="kdgate-demo", description="the model id clients send and /v1/models lists")
+    student: BackendSettings = Field(default_factory=lambda: BackendSettings(kind="local", model_dir=DEMO_STUDENT_DIR,
+                                                                           model="demo-student"))
+    teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(
+        kind="local", model_dir=DEMO_TEACHER_DIR, model="demo-teacher"))
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    http: HttpClientSettings = Field(default_factory=HttpClientSettings)
+
+    max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none; "
+                                    "the local engine lowers it to fit the model's context")
+    max_top_logprobs: int = Field(default=20, ge=0, le=20, description="largest top_logprobs (vLLM caps at 20 "
+                                  "unless started with --max-logprobs)")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get HTTP 413")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def check_defaults_fit(self) -> GatewaySettings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("`default_max_tokens` is above `max_tokens_limit`; lower it or raise the limit")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("KDGATE_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"KDGATE_CONFIG names {config_file}, which is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides) -> GatewaySettings:
+    """Settings from the environment and, if given, a YAML file (the environment wins over the file)."""
+    if config_file is not None:
+        os.environ["KDGATE_CONFIG"] = str(config_file)
+    return GatewaySettings(**overrides)

@@ -1,0 +1,1 @@
+"""TTFT load tests (a later issue builds them here)."""

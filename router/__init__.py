@@ -1,0 +1,1 @@
+"""Routing logic with no web framework: confidence signals, routing policies, calibration, evaluation."""

@@ -1,0 +1,131 @@
+"""Shared fixtures: real servers on loopback.
+
+- `engine_server`: `kdgate engine` on the demo teacher, started as a subprocess (the HTTP backend's peer, as vLLM
+  would be in production).
+- `gateway`: the gateway app run by uvicorn in a thread of the test process (real sockets, and the app's state is
+  reachable for assertions), student local, teacher over HTTP to `engine_server`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def demo_dirs() -> tuple[Path, Path]:
+    for directory in (DEMO_STUDENT_DIR, DEMO_TEACHER_DIR):
+        if not (directory / "config.json").is_file():
+            pytest.fail(f"demo model missing at {directory}; run `kdgate demo build`")
+    return DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+
+
+@dataclass
+class EngineServer:
+    base_url: str
+    model: str
+    process: subprocess.Popen
+
+
+def start_engine_server(model_dir: Path, name: str) -> EngineServer:
+    port = free_port()
+    command = [sys.executable, "-m", "kdgate.cli", "engine", "--model", str(model_dir), "--port", str(port),
+               "--served-model-name", name, "--threads", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    wait_until_up(f"http://127.0.0.1:{port}/health", process)
+    return EngineServer(base_url=f"http://127.0.0.1:{port}/v1", model=name, process=process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def engine_server(demo_dirs) -> Iterator[EngineServer]:
+    server = start_engine_server(demo_dirs[1], "demo-teacher")
+    yield server
+    stop(server.process)
+
+
+class ThreadedServer:
+    """A uvicorn server in a background thread, for an app whose state the test wants to inspect."""
+
+    def __init__(self, app):
+        self.app = app
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def gateway_settings(demo_dirs, engine: EngineServer, **overrides):
+    from gateway.settings import BackendSettings, GatewaySettings
+
+    student = BackendSettings(kind="local", model_dir=demo_dirs[0], model="demo-student", threads=1)
+    teacher = BackendSettings(kind="http", base_url=engine.base_url, model=engine.model)
+    return GatewaySettings(student=student, teacher=teacher, **overrides)
+
+
+@pytest.fixture(scope="session")
+def gateway(demo_dirs, engine_server) -> Iterator[ThreadedServer]:
+    from gateway.app import create_app
+
+    with ThreadedServer(create_app(gateway_settings(demo_dirs, engine_server))) as server:
+        yield server
