@@ -115,4 +115,8 @@ def from_httpx(exc: httpx.HTTPError | httpx.InvalidURL | httpx.StreamError, *, b
                                    backend=backend)
     if isinstance(exc, httpx.HTTPStatusError):
         return UpstreamProtocolError(f"{where} answered HTTP {exc.response.status_code}", backend=backend)
+    if isinstance(exc, httpx.RequestError):  # TransportError and RequestError themselves: the request did not go through
+        return UpstreamUnavailable(f"{where}: the request failed ({type(exc).__name__}: {exc})", backend=backend)
+    if isinstance(exc, httpx.HTTPError):
+        return UpstreamProtocolError(f"{where} failed ({type(exc).__name__}: {exc})", backend=backend)
     return UpstreamError(f"{where} failed ({type(exc).__name__}: {exc})", backend=backend)

@@ -18,6 +18,7 @@ from distill.demo import catalog
 
 ANSWER_FIELDS = ("queue", "priority", "reply")
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+TWO_ORDER_SHARE = 0.4  # tickets listing two orders, where the answer must follow the broken product's own number
 
 FIRST_NAMES = (
     "Maria", "James", "Aisha", "Chen", "Olga", "Pedro", "Fatima", "Liam", "Yuki", "Noah", "Sofia", "Omar", "Emma",
@@ -66,15 +67,49 @@ def _mention(rng: random.Random, product: catalog.Product) -> str:
     return product.name if rng.random() < 0.45 else rng.choice(product.aliases)
 
 
+def _with(article: str, mention: str) -> str:
+    """`the Aero` stays as it is; `smarthub` becomes `the smarthub` / `my smarthub` / `a smarthub`."""
+    bare = mention.removeprefix("the ")
+    if article == "the" and mention.startswith("the "):
+        return mention
+    if article == "a" and bare[0].lower() in "aeiou":
+        article = "an"
+    return f"{article} {bare}"
+
+
+def _upper_first(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 def _order_sentence(rng: random.Random, mention: str, issue_phrase: str, order: str) -> str:
+    the, my, a = _with("the", mention), _with("my", mention), _with("a", mention)
     forms = (
-        f"My {mention} from order {order} {issue_phrase}.",
-        f"Order #{order}: the {mention} {issue_phrase}.",
-        f"The {mention} I got with order number {order} {issue_phrase}.",
-        f"I bought a {mention} (order {order}) and it {issue_phrase}.",
-        f"Regarding order {order}, my {mention} {issue_phrase}.",
+        f"{_upper_first(my)} from order {order} {issue_phrase}.",
+        f"Order #{order}: {the} {issue_phrase}.",
+        f"{_upper_first(the)} I got with order number {order} {issue_phrase}.",
+        f"I bought {a} (order {order}) and it {issue_phrase}.",
+        f"Regarding order {order}, {my} {issue_phrase}.",
     )
     return rng.choice(forms)
+
+
+def _two_order_sentences(rng: random.Random, mentions: tuple[str, str], orders: tuple[str, str], broken: int,
+                         issue_phrase: str) -> list[str]:
+    """Two orders listed together, and a separate sentence naming which product has the issue.
+
+    The answer follows the named product back to its own order number: a multi-hop lookup (issue sentence ->
+    product mention in the listing -> the number next to it -> copy it) that needs depth, not a wider layer.
+    """
+    (m1, m2), (o1, o2) = mentions, orders
+    listing = rng.choice((
+        f"I have two orders: {o1} for {_with('the', m1)} and {o2} for {_with('the', m2)}.",
+        f"Order {o1} was {_with('a', m1)} and order {o2} was {_with('a', m2)}.",
+        f"Last month I ordered {_with('a', m1)} (order {o1}) and {_with('a', m2)} (order {o2}).",
+    ))
+    named = _with("the", mentions[broken])
+    issue = rng.choice((f"{_upper_first(named)} {issue_phrase}.", f"Sadly {named} {issue_phrase}.",
+                        f"Only {named} {issue_phrase}."))
+    return [listing, issue]
 
 
 def _distractor_sentences(rng: random.Random, order_digits: int) -> list[str]:
@@ -110,21 +145,36 @@ def _urgency_sentences(rng: random.Random) -> tuple[list[str], str]:
     return sentences, strongest
 
 
-def make_ticket(rng: random.Random) -> Ticket:
+def make_ticket(rng: random.Random, two_order_share: float = TWO_ORDER_SHARE) -> Ticket:
     product = rng.choices(catalog.PRODUCTS, weights=_PRODUCT_WEIGHTS)[0]
     issue = rng.choice(catalog.ISSUE_KINDS)
     tier = rng.choice(catalog.TIERS)
     first_name = rng.choice(FIRST_NAMES)
     order_digits = rng.choice((5, 6))
     order = _number(rng, order_digits)
+    issue_phrase = rng.choice(catalog.ISSUE_PHRASES[issue])
 
     urgency, cue_level = _urgency_sentences(rng)
-    body = [_order_sentence(rng, _mention(rng, product), rng.choice(catalog.ISSUE_PHRASES[issue]), order)]
-    body += _distractor_sentences(rng, order_digits) + urgency
+    if rng.random() < two_order_share:
+        other = rng.choice([p for p in catalog.PRODUCTS if p.name != product.name])
+        other_order = _number(rng, order_digits)
+        broken = rng.randrange(2)  # the position of the product with the issue in the listing
+        products = (product, other) if broken == 0 else (other, product)
+        orders = (order, other_order) if broken == 0 else (other_order, order)
+        mentions = (_mention(rng, products[0]), _mention(rng, products[1]))
+        body = _two_order_sentences(rng, mentions, orders, broken, issue_phrase)
+        shape = "two_orders"
+    else:
+        body = [_order_sentence(rng, _mention(rng, product), issue_phrase, order)]
+        shape = "one_order"
+    extras = _distractor_sentences(rng, order_digits) + urgency
     tier_sentence = rng.choice(catalog.TIER_PHRASES[tier])
     if tier_sentence:
-        body.append(tier_sentence)
-    rng.shuffle(body)
+        extras.append(tier_sentence)
+    rng.shuffle(extras)
+    # The order facts keep their own order (listing before the issue sentence); the rest goes around them.
+    split = rng.randint(0, len(extras))
+    body = extras[:split] + body + extras[split:]
 
     greeting = rng.choice(("Hello,", "Hi there,", "Hi support,", "Dear team,", ""))
     signature = rng.choice((f"Thanks, {first_name}", f"- {first_name} {rng.choice(SURNAMES)}",
@@ -138,7 +188,8 @@ def make_ticket(rng: random.Random) -> Ticket:
         "priority": catalog.priority_for(cue_level, tier, issue),
         "reply": catalog.reply_for(first_name, order, product.name, queue),
     }
-    factors = {"product": product.name, "group": product.group, "issue": issue, "tier": tier, "cue": cue_level}
+    factors = {"product": product.name, "group": product.group, "issue": issue, "tier": tier, "cue": cue_level,
+               "shape": shape}
     return Ticket(text=text, answer=answer, factors=factors)
 
 
