@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 
+DEMO_BACKENDS = {
+    "student": {"kind": "local", "model_dir": DEMO_STUDENT_DIR, "model": "demo-student"},
+    "teacher": {"kind": "local", "model_dir": DEMO_TEACHER_DIR, "model": "demo-teacher"},
+}
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "placeholder", "xxx", "your-api-key"}
 
 
@@ -74,15 +78,15 @@ class RoutingSettings(BaseModel):
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid",
+                                      env_parse_none_str="null")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     served_model: str = Field(default="kdgate-demo", description="the model id clients send and /v1/models lists")
-    student: BackendSettings = Field(default_factory=lambda: BackendSettings(kind="local", model_dir=DEMO_STUDENT_DIR,
-                                                                           model="demo-student"))
-    teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(
-        kind="local", model_dir=DEMO_TEACHER_DIR, model="demo-teacher"))
+    student: BackendSettings = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["student"]))
+    teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["teacher"]),
+                                            description="null serves the student alone")
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     http: HttpClientSettings = Field(default_factory=HttpClientSettings)
 
@@ -93,6 +97,16 @@ class GatewaySettings(BaseSettings):
                                   "unless started with --max-logprobs)")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get HTTP 413")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def fill_backend_defaults(cls, values: dict) -> dict:
+        """A partial backend (`KDGATE_STUDENT__THREADS=1`) keeps the demo model unless it names another one."""
+        for role, demo in DEMO_BACKENDS.items():
+            given = values.get(role) if isinstance(values, dict) else None
+            if isinstance(given, dict) and given.get("kind", "local") == "local" and "model_dir" not in given:
+                values[role] = demo | given
+        return values
 
     @model_validator(mode="after")
     def check_defaults_fit(self) -> GatewaySettings:

@@ -1,5 +1,84 @@
-"""`kdgate demo build` and `kdgate demo eval` (filled in with the demo build)."""
+"""`kdgate demo build` and `kdgate demo eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
+from distill.demo import ARTIFACTS_DIR, DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+
 app = typer.Typer(help="The embedded demo task: build and evaluate its teacher and student.", no_args_is_help=True)
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(ARTIFACTS_DIR, help="where the teacher/ and student/ model folders go"),
+    seed: int = typer.Option(0, help="seed of the data, initialisation and batch order"),
+    teacher_steps: int = typer.Option(3000, min=1, help="teacher training steps (batch 32)"),
+    student_steps: int = typer.Option(6000, min=1, help="student training steps (batch 32)"),
+    label_examples: int = typer.Option(40_000, min=100, help="training tickets the teacher answers for the student"),
+    teacher: Path | None = typer.Option(None, exists=True, file_okay=False,
+                                        help="reuse this teacher; only the student is trained"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+) -> None:
+    """Train the demo tokenizer, teacher and student, and write their held-out evaluation."""
+    from distill.demo.build import BuildSettings
+    from distill.demo.build import build as run_build
+
+    settings = BuildSettings(out=out, seed=seed, teacher_steps=teacher_steps, student_steps=student_steps,
+                             label_examples=label_examples, teacher_dir=teacher, threads=threads)
+    report = run_build(settings, log=typer.echo)
+    _print_table({name: report["test"][name] for name in ("teacher", "student")})
+    typer.echo(f"wrote {out / 'teacher'}, {out / 'student'} and {out / 'build_report.json'} "
+               f"in {report['build_seconds'] / 60:.1f} min")
+
+
+@app.command("eval")
+def evaluate(
+    model: list[Path] = typer.Option([DEMO_TEACHER_DIR, DEMO_STUDENT_DIR], exists=True, file_okay=False,
+                                     help="model directories to evaluate (repeat the option)"),
+    examples: int = typer.Option(1000, min=1, help="held-out tickets"),
+    split: str = typer.Option("test", help="test or val"),
+    seed: int = typer.Option(0),
+    json_out: Path | None = typer.Option(None, help="also write the results as JSON"),
+) -> None:
+    """Whole-answer exact match and per-field accuracy on the held-out split."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.demo import task
+    from distill.demo.evaluate import evaluate_model
+
+    tickets = task.take(split, examples, seed=seed)
+    results = {}
+    for directory in model:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        loaded = AutoModelForCausalLM.from_pretrained(str(directory))
+        results[directory.name] = evaluate_model(loaded, tokenizer, tickets, progress=directory.name)
+    _print_table(results)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
+def _print_table(results: dict[str, dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="demo task, held-out split")
+    columns = {"exact_match": "exact", "queue_accuracy": "queue", "priority_accuracy": "priority",
+               "reply_accuracy": "reply", "valid_json": "json"}
+    table.add_column("model")
+    table.add_column("n", justify="right")
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    shapes = sorted({shape for summary in results.values() for shape in summary.get("by_shape", {})})
+    for shape in shapes:
+        table.add_column(f"exact {shape.replace('_', ' ')}", justify="right")
+    for name, summary in results.items():
+        cells = [f"{summary[column]:.1%}" for column in columns]
+        cells += [f"{summary['by_shape'][shape]['exact_match']:.1%}" if shape in summary["by_shape"] else "-"
+                  for shape in shapes]
+        table.add_row(name, str(summary["n"]), *cells)
+    Console().print(table)
