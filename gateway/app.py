@@ -20,7 +20,7 @@ from gateway.backends.base import Backend, BackendInfo
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, InvalidRequest, to_envelope
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
 from router.policy import RouteDecision, RouteRequest, build_policy, forced
 
@@ -49,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
             app.state.chat = ChatServing(served_model=settings.served_model, backends=backends, decide=decide,
                                          limits=limits, metrics=app.state.metrics, announce_route=True)
+            _collect_engine_metrics(app, backends)
             try:
                 yield
             finally:
@@ -66,12 +67,19 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         app.state.chat = ChatServing(served_model=served_model, backends={"engine": backend},
                                      decide=lambda request, forced_route: RouteDecision("engine", "engine"),
                                      limits=limits, metrics=app.state.metrics, announce_route=False)
+        _collect_engine_metrics(app, {"engine": backend})
         try:
             yield
         finally:
             await backend.aclose()
 
     return _app("kdgate engine", lifespan, max_body_bytes)
+
+
+def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
+    engines = {name: backend.engine for name, backend in backends.items() if hasattr(backend, "engine")}
+    if engines:
+        app.state.metrics.registry.register(EngineCollector(engines))
 
 
 def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None) -> Backend:

@@ -115,7 +115,7 @@ def from_httpx(exc: httpx.HTTPError | httpx.InvalidURL | httpx.StreamError, *, b
                                    backend=backend)
     if isinstance(exc, httpx.HTTPStatusError):
         return UpstreamProtocolError(f"{where} answered HTTP {exc.response.status_code}", backend=backend)
-    if isinstance(exc, httpx.RequestError):  # TransportError and RequestError themselves: the request did not go through
+    if isinstance(exc, httpx.RequestError):  # RequestError/TransportError themselves: the request did not go out
         return UpstreamUnavailable(f"{where}: the request failed ({type(exc).__name__}: {exc})", backend=backend)
     if isinstance(exc, httpx.HTTPError):
         return UpstreamProtocolError(f"{where} failed ({type(exc).__name__}: {exc})", backend=backend)

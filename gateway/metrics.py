@@ -7,6 +7,8 @@ Names follow Prometheus conventions (`_seconds`, `_total` added by the client fo
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
                    5.0, 10.0, 20.0, 60.0)
@@ -34,3 +36,24 @@ class GatewayMetrics:
                               ["backend", "error"], registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], registry=r)
+
+
+class EngineCollector(Collector):
+    """Local engines' batch state, read at scrape time (nothing is added to the decode loop)."""
+
+    def __init__(self, engines: dict):
+        self.engines = engines  # backend name -> LocalEngine
+
+    def collect(self):
+        running = GaugeMetricFamily("kdgate_engine_running", "Sequences in the running batch", labels=["backend"])
+        waiting = GaugeMetricFamily("kdgate_engine_waiting", "Requests waiting for a batch row", labels=["backend"])
+        steps = CounterMetricFamily("kdgate_engine_decode_steps", "Batched decode steps", labels=["backend"])
+        tokens = CounterMetricFamily("kdgate_engine_decoded_tokens", "Tokens decoded in batched steps "
+                                     "(divided by decode steps: the mean batch size)", labels=["backend"])
+        for name, engine in self.engines.items():
+            stats = engine.stats()
+            running.add_metric([name], stats["running"])
+            waiting.add_metric([name], stats["waiting"])
+            steps.add_metric([name], stats["steps"])
+            tokens.add_metric([name], stats["decoded_tokens"])
+        yield from (running, waiting, steps, tokens)

@@ -1,13 +1,14 @@
 """Gateway settings: environment variables with the `KDGATE_` prefix over an optional YAML file over defaults.
 
-Nested keys use `__` in the environment (`KDGATE_STUDENT__BASE_URL`). The YAML file is named by `KDGATE_CONFIG`
-(`kdgate serve --config FILE` sets it). Unknown keys are refused, so a typo fails loudly instead of being ignored.
+Nested keys use `__` in the environment (`KDGATE_STUDENT__BASE_URL`). The YAML file is `kdgate serve --config FILE`, or
+the file named by `KDGATE_CONFIG`. Unknown keys are refused, so a typo fails loudly instead of being ignored.
 With nothing set, the gateway serves the embedded demo: local student and teacher models from the repository.
 """
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -118,16 +119,21 @@ class GatewaySettings(BaseSettings):
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings, file_secret_settings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("KDGATE_CONFIG")
+        config_file = _config_file.get() or os.environ.get("KDGATE_CONFIG")
         if config_file:
             if not Path(config_file).is_file():
-                raise FileNotFoundError(f"KDGATE_CONFIG names {config_file}, which is not a file")
+                raise FileNotFoundError(f"the settings file {config_file} is not a file; fix --config or KDGATE_CONFIG")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
 
+_config_file: ContextVar[Path | None] = ContextVar("kdgate_config_file", default=None)
+
+
 def load_settings(config_file: Path | None = None, **overrides) -> GatewaySettings:
-    """Settings from the environment and, if given, a YAML file (the environment wins over the file)."""
-    if config_file is not None:
-        os.environ["KDGATE_CONFIG"] = str(config_file)
-    return GatewaySettings(**overrides)
+    """Settings from the environment and a YAML file (`config_file`, else `KDGATE_CONFIG`); the environment wins."""
+    token = _config_file.set(config_file)
+    try:
+        return GatewaySettings(**overrides)
+    finally:
+        _config_file.reset(token)

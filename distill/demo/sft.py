@@ -27,7 +27,8 @@ def encode_examples(tokenizer, conversations: Sequence[list[dict]], answers: Seq
                for messages in conversations]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
-    return [EncodedExample(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompt_ids, answer_ids, strict=True)]
+    return [EncodedExample(prompt + answer + [tokenizer.eos_token_id], len(prompt))
+            for prompt, answer in zip(prompt_ids, answer_ids, strict=True)]
 
 
 def collate(examples: Sequence[EncodedExample], pad_token_id: int):

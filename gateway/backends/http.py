@@ -15,10 +15,21 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from gateway.backends.base import (
-    BackendInfo, Delta, Event, Finish, GenerationRequest, PromptTokenLogprobs, TokenLogprob, TopLogprob,
+    BackendInfo,
+    Delta,
+    Event,
+    Finish,
+    GenerationRequest,
+    PromptTokenLogprobs,
+    TokenLogprob,
+    TopLogprob,
 )
 from gateway.errors import (
-    GatewayError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, from_httpx,
+    GatewayError,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    from_httpx,
 )
 
 

@@ -13,7 +13,13 @@ import uuid
 from dataclasses import dataclass
 
 from gateway.backends.base import (
-    Backend, Finish, GenerationRequest, PromptTokenLogprobs, SamplingParams, TokenLogprob, TopLogprob,
+    Backend,
+    Finish,
+    GenerationRequest,
+    PromptTokenLogprobs,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
 )
 from gateway.errors import InvalidRequest, UpstreamProtocolError
 

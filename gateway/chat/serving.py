@@ -166,7 +166,8 @@ class ChatServing:
                       decision: RouteDecision, backend: Backend, first, events, started: float) -> AsyncIterator[str]:
         """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
         route = decision.route
-        chunk_id, created, model = f"chatcmpl-{generation.request_id}", int(time.time()), request.model or self.served_model
+        chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
+        model = request.model or self.served_model
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         route_info = self._route_info(decision, backend)
 

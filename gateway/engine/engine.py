@@ -81,6 +81,7 @@ class LocalEngine:
         self._wake = threading.Condition()
         self._stopping = False
         self.step_count = 0
+        self.decoded_tokens = 0  # summed batch sizes: decoded_tokens / step_count is the mean batch size
         self.recent_steps: deque[tuple[int, tuple[str, ...]]] = deque(maxlen=4096)  # (step, request ids decoded)
         self._thread = threading.Thread(target=self._loop, name="kdgate-engine", daemon=True)
         self._thread.start()
@@ -109,7 +110,8 @@ class LocalEngine:
         if not self._thread.is_alive():
             raise EngineFailure("the engine thread has stopped; restart the server")
         sequence = _Sequence(
-            request=request, prompt_ids=prompt_ids, max_tokens=max_tokens, loop=asyncio.get_running_loop(), queue=asyncio.Queue(),
+            request=request, prompt_ids=prompt_ids, max_tokens=max_tokens, loop=asyncio.get_running_loop(),
+            queue=asyncio.Queue(),
             generator=make_generator(request.sampling.seed, self.device),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids[-4:]),
             stops=StopStringBuffer(request.sampling.stop),
@@ -132,7 +134,8 @@ class LocalEngine:
                     self._wake.notify()
 
     def stats(self) -> dict:
-        return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.step_count}
+        return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.step_count,
+                "decoded_tokens": self.decoded_tokens}
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -200,6 +203,7 @@ class LocalEngine:
 
     def _decode_step(self) -> None:
         self.step_count += 1
+        self.decoded_tokens += len(self._running)
         self.recent_steps.append((self.step_count, tuple(s.request.request_id for s in self._running)))
         output = self.model(**self._batch.step_inputs())
         self._batch.cache = output.past_key_values

@@ -85,7 +85,8 @@ def prompt_logprobs(logits: torch.Tensor, prompt_ids: list[int], k: int, texts: 
     for t, token_id in enumerate(prompt_ids[1:]):
         entries = {token_id: (_clamp(actual[t].item()), int(ranks[t].item()), texts(token_id))}
         if k:
-            for rank, (other_id, value) in enumerate(zip(top_ids[t].tolist(), top_values[t].tolist()), start=1):
+            ranked = zip(top_ids[t].tolist(), top_values[t].tolist(), strict=True)
+            for rank, (other_id, value) in enumerate(ranked, start=1):
                 entries.setdefault(other_id, (_clamp(value), rank, texts(other_id)))
         positions.append(PromptTokenLogprobs(entries))
     return tuple(positions)

@@ -141,7 +141,8 @@ def test_oversized_body_gets_413(gateway):
 def test_unknown_model_gets_404_listing_the_served_one(gateway):
     response = chat(gateway, {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "model_not_found" and "kdgate-demo" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found" and "kdgate-demo" in error["message"]
 
 
 def test_bad_force_header_is_rejected(gateway):
@@ -158,7 +159,8 @@ def test_unknown_fields_are_accepted(gateway):
 def test_text_content_parts_and_system_messages_are_accepted(gateway):
     response = chat(gateway, {"messages": [
         {"role": "system", "content": "Triage."},
-        {"role": "user", "content": [{"type": "text", "text": "My order 12345 "}, {"type": "text", "text": "is late."}]},
+        {"role": "user", "content": [{"type": "text", "text": "My order 12345 "},
+                                     {"type": "text", "text": "is late."}]},
     ], "max_tokens": 4})
     assert response.status_code == 200, response.text
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from gateway.backends.base import Delta, Finish, GenerationRequest, SamplingParams
+from gateway.backends.base import Delta, GenerationRequest, SamplingParams
 from gateway.engine.engine import EngineSettings, LocalEngine
 
 PROMPTS = [

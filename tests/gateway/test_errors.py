@@ -36,8 +36,9 @@ def test_every_httpx_error_class_has_a_specific_mapping(cls):
 
 def test_timeouts_and_connection_failures_map_to_504_and_503():
     request = httpx.Request("GET", "http://x")
-    assert errors.to_envelope(errors.from_httpx(httpx.ReadTimeout("t", request=request), backend="b", url="u"))[0] == 504
-    assert errors.to_envelope(errors.from_httpx(httpx.ConnectError("c", request=request), backend="b", url="u"))[0] == 503
+    timeout = errors.from_httpx(httpx.ReadTimeout("t", request=request), backend="b", url="u")
+    refused = errors.from_httpx(httpx.ConnectError("c", request=request), backend="b", url="u")
+    assert errors.to_envelope(timeout)[0] == 504 and errors.to_envelope(refused)[0] == 503
 
 
 def test_envelope_has_openai_shape():

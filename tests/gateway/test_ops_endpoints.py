@@ -30,6 +30,8 @@ def test_metrics_parse_and_count_requests_by_route(gateway):
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert {"kdgate_requests", "kdgate_time_to_first_token_seconds", "kdgate_e2e_request_latency_seconds",
             "kdgate_completion_tokens"} <= set(families)
-    ok_student = [s for s in families["kdgate_requests"].samples
-                  if s.name == "kdgate_requests_total" and s.labels["route"] == "student" and s.labels["outcome"] == "ok"]
+    ok_student = [s for s in families["kdgate_requests"].samples if s.name == "kdgate_requests_total"
+                  and s.labels["route"] == "student" and s.labels["outcome"] == "ok"]
     assert sum(s.value for s in ok_student) >= 1
+    steps = [s.value for s in families["kdgate_engine_decode_steps"].samples if s.labels["backend"] == "student"]
+    assert steps and steps[0] >= 1
