@@ -94,6 +94,10 @@ class Backend(Protocol):
         """Stream the completion. Raises a `gateway.errors.GatewayError` on failure, before or during the stream."""
         ...
 
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int):
+        """Teacher-forced logprobs of `answer` as the assistant's reply (`gateway.backends.scoring.ScoredAnswer`)."""
+        ...
+
     async def check_ready(self) -> None:
         """Return when the backend can serve; raise `UpstreamUnavailable` (with the reason) when it cannot."""
         ...

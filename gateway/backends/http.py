@@ -24,6 +24,7 @@ from gateway.backends.base import (
     TokenLogprob,
     TopLogprob,
 )
+from gateway.backends.scoring import ScoredAnswer, score_answer
 from gateway.errors import (
     GatewayError,
     UpstreamProtocolError,
@@ -181,6 +182,9 @@ class HttpBackend:
         error = chunk.get("error") or {}
         return UpstreamProtocolError(f"backend `{self.info.name}` failed mid-stream: {error.get('message', error)}",
                                      backend=self.info.name)
+
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
+        return await score_answer(self, messages, answer, top_logprobs)
 
     async def check_ready(self) -> None:
         url = f"{self.base_url}/models"

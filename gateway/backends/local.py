@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from gateway.backends.base import BackendInfo, Event, GenerationRequest
+from gateway.backends.scoring import ScoredAnswer, score_answer
 from gateway.errors import UpstreamUnavailable
 
 
@@ -20,6 +21,9 @@ class LocalBackend:
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         return self.engine.generate(request)
+
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
+        return await score_answer(self, messages, answer, top_logprobs)
 
     async def check_ready(self) -> None:
         if not self.engine.is_alive():

@@ -7,7 +7,6 @@ import pytest
 
 from gateway.backends.base import BackendInfo, Delta, Finish, GenerationRequest, SamplingParams
 from gateway.backends.http import HttpBackend
-from gateway.backends.scoring import score_answer
 from gateway.engine.engine import EngineSettings, LocalEngine
 from gateway.errors import UpstreamRejected, UpstreamUnavailable
 from tests.conftest import free_port
@@ -63,7 +62,7 @@ async def test_http_backend_streams_what_the_engine_generates(backend, local_tea
 
 async def test_score_answer_over_http_equals_teacher_forcing(backend, local_teacher):
     answer = '{"queue": "tech-support", "priority": "P3", "reply": "Hi Mei, thanks"}'
-    scored = await score_answer(backend, [{"role": "user", "content": TICKET}], answer, top_logprobs=5)
+    scored = await backend.score([{"role": "user", "content": TICKET}], answer, top_logprobs=5)
     assert "".join(token.token for token in scored.tokens) == answer
     tokenizer = local_teacher.tokenizer
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": TICKET}], add_generation_prompt=True,
@@ -89,8 +88,8 @@ async def test_score_answer_is_the_same_on_both_backends(backend, local_teacher)
     local.engine, local.info = local_teacher, BackendInfo("teacher", "demo-teacher", "local")
     messages = [{"role": "user", "content": TICKET}]
     answer = "Hi Mei, order 89060"
-    remote = await score_answer(backend, messages, answer, top_logprobs=3)
-    in_process = await score_answer(local, messages, answer, top_logprobs=3)
+    remote = await backend.score(messages, answer, top_logprobs=3)
+    in_process = await local.score(messages, answer, top_logprobs=3)
     assert [t.token_id for t in remote.tokens] == [t.token_id for t in in_process.tokens]
     assert abs(remote.total_logprob - in_process.total_logprob) < 1e-3
 

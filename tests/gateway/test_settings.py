@@ -52,3 +52,11 @@ def test_missing_config_file_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("KDGATE_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         GatewaySettings()
+
+
+def test_the_vllm_example_config_is_valid():
+    from tests.conftest import ROOT
+
+    settings = load_settings(ROOT / "deploy" / "kdgate-vllm.yaml")
+    assert settings.student.kind == settings.teacher.kind == "http"
+    assert settings.teacher.base_url.endswith("/v1")
