@@ -65,10 +65,11 @@ class HttpClientSettings(BaseModel):
 
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP+TLS connect; a down backend fails this fast")
     read_timeout_s: float = Field(default=120.0, gt=0, description="longest silence between two streamed bytes")
-    write_timeout_s: float = Field(default=30.0, gt=0)
+    write_timeout_s: float = Field(default=30.0, gt=0, description="sending a request body upstream")
     pool_timeout_s: float = Field(default=10.0, gt=0, description="wait for a free connection before failing")
     max_connections: int = Field(default=512, ge=1, description="per gateway process, across backends")
-    max_keepalive_connections: int = Field(default=128, ge=0)
+    max_keepalive_connections: int = Field(default=128, ge=0, description="idle connections kept open; 0 reconnects "
+                                           "every request (adds a TCP handshake to TTFT)")
 
 
 class RoutingSettings(BaseModel):
@@ -82,8 +83,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid",
                                       env_parse_none_str="null")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to accept outside connections")
+    port: int = Field(default=8000, ge=0, le=65535, description="listen port; 0 picks a free one")
     served_model: str = Field(default="kdgate-demo", description="the model id clients send and /v1/models lists")
     student: BackendSettings = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["student"]))
     teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["teacher"]),
@@ -97,7 +98,8 @@ class GatewaySettings(BaseSettings):
     max_top_logprobs: int = Field(default=20, ge=0, le=20, description="largest top_logprobs (vLLM caps at 20 "
                                   "unless started with --max-logprobs)")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get HTTP 413")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="info logs one line per request and ignored request fields")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ class BuildSettings:
     vocab_size: int = 1024
     tokenizer_corpus: int = 20_000  # tickets the tokenizer is trained on
     teacher_steps: int = 3_000
-    teacher_examples: int = 100_000  # ground-truth tickets the teacher trains on (about one pass at 3k steps)
+    teacher_examples: int | None = None  # ground-truth tickets for the teacher; default: a fresh one per sample
     label_examples: int = 40_000  # training tickets the teacher answers for the student
     student_steps: int = 6_000
     batch_size: int = 32
@@ -56,20 +56,20 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
         tokenizer = train_tokenizer([t.text for t in corpus] + [t.answer_json() for t in corpus], settings.vocab_size)
         log(f"[2/5] teacher: {settings.teacher}, {settings.teacher_steps} steps on ground truth")
         teacher = models.build_model(settings.teacher, tokenizer, seed=settings.seed)
-        report["teacher_training"] = _train(teacher, tokenizer, task.take("train", settings.teacher_examples,
-                                                                          seed=settings.seed),
-                                            None, settings, settings.teacher_steps, "teacher", log)
+        count = settings.teacher_examples or settings.teacher_steps * settings.batch_size
+        report["teacher_training"] = _train(teacher, tokenizer, task.take("train", count, seed=settings.seed), None,
+                                            settings, settings.teacher_steps, "teacher", log)
         _save(teacher, tokenizer, settings.out / "teacher")
     else:
         log(f"[1-2/5] reusing the teacher in {settings.teacher_dir}")
         tokenizer = AutoTokenizer.from_pretrained(str(settings.teacher_dir))
         teacher = AutoModelForCausalLM.from_pretrained(str(settings.teacher_dir))
-        if settings.teacher_dir.resolve() != (settings.out / "teacher").resolve():
-            _save(teacher, tokenizer, settings.out / "teacher")
 
     log(f"[3/5] teacher labels: greedy answers to {settings.label_examples} training tickets")
     label_tickets = task.take("train", settings.label_examples, seed=settings.seed + 2)
-    labels = _teacher_labels(teacher, tokenizer, label_tickets, settings.out / "cache" / "teacher_labels.jsonl")
+    # Cached beside the teacher, so a later student-only build on the same teacher reuses the answers.
+    teacher_home = (settings.teacher_dir or settings.out / "teacher").parent
+    labels = _teacher_labels(teacher, tokenizer, label_tickets, teacher_home / "cache" / "teacher_labels.jsonl")
     report["teacher_label_accuracy"] = sum(
         label == t.answer_json() for label, t in zip(labels, label_tickets, strict=True)) / len(labels)
 

@@ -31,8 +31,9 @@ def build(
                              label_examples=label_examples, teacher_dir=teacher, threads=threads)
     report = run_build(settings, log=typer.echo)
     _print_table({name: report["test"][name] for name in ("teacher", "student")})
-    typer.echo(f"wrote {out / 'teacher'}, {out / 'student'} and {out / 'build_report.json'} "
-               f"in {report['build_seconds'] / 60:.1f} min")
+    written = [out / "student", out / "build_report.json"] if teacher else [out / "teacher", out / "student",
+                                                                              out / "build_report.json"]
+    typer.echo(f"wrote {', '.join(map(str, written))} in {report['build_seconds'] / 60:.1f} min")
 
 
 @app.command("eval")

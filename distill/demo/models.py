@@ -33,7 +33,7 @@ class DemoArchitecture:
 # The teacher is deep enough to select the right number among distractors and to combine three factors;
 # the student is shallow and narrow on purpose, so its shortfall comes from capacity.
 TEACHER = DemoArchitecture(hidden_size=192, num_hidden_layers=6, num_attention_heads=6, intermediate_size=512)
-STUDENT = DemoArchitecture(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192)
+STUDENT = DemoArchitecture(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384)
 
 
 def build_model(architecture: DemoArchitecture, tokenizer, seed: int):

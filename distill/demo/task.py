@@ -18,7 +18,8 @@ from distill.demo import catalog
 
 ANSWER_FIELDS = ("queue", "priority", "reply")
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
-TWO_ORDER_SHARE = 0.4  # tickets listing two orders, where the answer must follow the broken product's own number
+TWO_ORDER_SHARE = 0.6  # tickets listing two orders, where the answer must follow the broken product's own number
+RENAMED_SHARE = 0.5  # of those, the issue sentence names the product differently from the listing (alias vs name)
 
 FIRST_NAMES = (
     "Maria", "James", "Aisha", "Chen", "Olga", "Pedro", "Fatima", "Liam", "Yuki", "Noah", "Sofia", "Omar", "Emma",
@@ -93,12 +94,14 @@ def _order_sentence(rng: random.Random, mention: str, issue_phrase: str, order: 
     return rng.choice(forms)
 
 
-def _two_order_sentences(rng: random.Random, mentions: tuple[str, str], orders: tuple[str, str], broken: int,
+def _two_order_sentences(rng: random.Random, mentions: tuple[str, str], orders: tuple[str, str], named: str,
                          issue_phrase: str) -> list[str]:
-    """Two orders listed together, and a separate sentence naming which product has the issue.
+    """Two orders listed together, and a separate sentence naming (as `named`) which product has the issue.
 
     The answer follows the named product back to its own order number: a multi-hop lookup (issue sentence ->
-    product mention in the listing -> the number next to it -> copy it) that needs depth, not a wider layer.
+    product mention in the listing -> the number next to it -> copy it) that needs depth, not a wider layer. When
+    the issue sentence uses another form of the name than the listing ("the Aero" / "Aero Router"), the match
+    needs both forms normalised first: one more hop.
     """
     (m1, m2), (o1, o2) = mentions, orders
     listing = rng.choice((
@@ -106,7 +109,7 @@ def _two_order_sentences(rng: random.Random, mentions: tuple[str, str], orders: 
         f"Order {o1} was {_with('a', m1)} and order {o2} was {_with('a', m2)}.",
         f"Last month I ordered {_with('a', m1)} (order {o1}) and {_with('a', m2)} (order {o2}).",
     ))
-    named = _with("the", mentions[broken])
+    named = _with("the", named)
     issue = rng.choice((f"{_upper_first(named)} {issue_phrase}.", f"Sadly {named} {issue_phrase}.",
                         f"Only {named} {issue_phrase}."))
     return [listing, issue]
@@ -162,8 +165,11 @@ def make_ticket(rng: random.Random, two_order_share: float = TWO_ORDER_SHARE) ->
         products = (product, other) if broken == 0 else (other, product)
         orders = (order, other_order) if broken == 0 else (other_order, order)
         mentions = (_mention(rng, products[0]), _mention(rng, products[1]))
-        body = _two_order_sentences(rng, mentions, orders, broken, issue_phrase)
-        shape = "two_orders"
+        named = mentions[broken]
+        if rng.random() < RENAMED_SHARE:
+            named = rng.choice([form for form in (product.name, *product.aliases) if form != named])
+        body = _two_order_sentences(rng, mentions, orders, named, issue_phrase)
+        shape = "two_orders_renamed" if named != mentions[broken] else "two_orders"
     else:
         body = [_order_sentence(rng, _mention(rng, product), issue_phrase, order)]
         shape = "one_order"

@@ -24,6 +24,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the sampled token's only; k: k alternatives
     fit_to_context: bool = False  # max_tokens was a default, not asked for: shrink it to fit the context
+    ignore_eos: bool = False  # vLLM's benchmark switch: generate exactly max_tokens
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class HttpBackend:
         if sampling.top_logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = sampling.top_logprobs
+        if sampling.ignore_eos:
+            body["ignore_eos"] = True
         if not request.add_generation_prompt:
             body["add_generation_prompt"] = False
         if request.continue_final_message:
@@ -91,7 +93,7 @@ class HttpBackend:
                     if sse.data == "[DONE]":
                         break
                     chunk = self._parse_json(sse.data)
-                    if "error" in chunk:
+                    if "error" in chunk or chunk.get("object") == "error":  # current and pre-0.10.1 vLLM shapes
                         raise self._rejected_midstream(chunk)
                     usage = chunk.get("usage") or usage
                     for choice in chunk.get("choices") or ():
@@ -179,9 +181,9 @@ class HttpBackend:
                                   backend=self.info.name)
 
     def _rejected_midstream(self, chunk: dict) -> GatewayError:
-        error = chunk.get("error") or {}
-        return UpstreamProtocolError(f"backend `{self.info.name}` failed mid-stream: {error.get('message', error)}",
-                                     backend=self.info.name)
+        error = chunk.get("error") or chunk
+        message = error.get("message", error) if isinstance(error, dict) else error
+        return UpstreamProtocolError(f"backend `{self.info.name}` failed mid-stream: {message}", backend=self.info.name)
 
     async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
         return await score_answer(self, messages, answer, top_logprobs)

@@ -94,6 +94,8 @@ class ChatCompletionRequest(BaseModel):
         default=None, ge=0, description="Return top-k logprobs of every prompt token, for scoring (vLLM).")
     return_token_ids: bool = Field(
         default=False, description="Return `prompt_token_ids` of the rendered prompt (vLLM).")
+    ignore_eos: bool = Field(
+        default=False, description="Keep generating past the end token until `max_tokens` (vLLM; for benchmarks).")
 
     @field_validator("stop")
     @classmethod

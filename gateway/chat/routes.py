@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -35,9 +37,25 @@ async def create_chat_completion(request: Request):
         return StreamingResponse(prepared.frames, media_type="text/event-stream",
                                  headers=route_headers(prepared.decision, state.chat.announce_route)
                                  | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response, decision = await state.chat.complete(chat_request, forced, started)
+    response, decision = await cancel_on_disconnect(request, state.chat.complete(chat_request, forced, started))
     return JSONResponse(response.model_dump(mode="json"),
                         headers=route_headers(decision, state.chat.announce_route))
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable):
+    """Run `work`, cancelling it if the client disconnects first (streams get this from Starlette already)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
 
 
 def forced_route(request: Request, routing: bool) -> str | None:

@@ -8,6 +8,7 @@ status instead of a broken 200 stream, and the route is known when the headers g
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -71,8 +72,12 @@ class ChatServing:
         except GatewayError as error:
             self._count_failure(decision, error, stream=False)
             raise
+        except asyncio.CancelledError:  # the client went away; closing `events` cancelled the backend's work
+            self.metrics.requests.labels(decision.route, "cancelled", "false").inc()
+            raise
         finally:
             self.metrics.in_flight.labels(decision.route).dec()
+            await events.aclose()
         if finish is None:
             raise UpstreamProtocolError(f"backend `{backend.info.name}` ended without finishing",
                                         backend=backend.info.name)
@@ -150,6 +155,7 @@ class ChatServing:
             stop=tuple(request.stop or ()),
             top_logprobs=top_logprobs,
             fit_to_context=max_tokens is None,
+            ignore_eos=request.ignore_eos,
         )
         return GenerationRequest(
             request_id=uuid.uuid4().hex,

@@ -186,9 +186,11 @@ class LocalEngine:
             attention_mask[row, length - len(sequence.prompt_ids):] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        # Logits of the last position only, unless a request scores its prompt: (B, T, V) floats can be gigabytes.
+        wants_prompt_logprobs = any(s.request.prompt_logprobs is not None for s in arrivals)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=True)
-        logits = output.logits.float()  # (B, T, V)
+                            use_cache=True, logits_to_keep=0 if wants_prompt_logprobs else 1)
+        logits = output.logits.float()  # (B, T or 1, V)
         prompt_entries = {}
         for row, sequence in enumerate(arrivals):
             k = sequence.request.prompt_logprobs
@@ -228,7 +230,7 @@ class LocalEngine:
         return chosen
 
     def _advance(self, sequence: _Sequence, token_id: int, entry, prompt_entry) -> None:
-        is_eos = token_id in self.eos_ids
+        is_eos = token_id in self.eos_ids and not sequence.request.sampling.ignore_eos
         piece = "" if is_eos else sequence.detokenizer.push(token_id)
         released = sequence.stops.push(piece, entry)
         reason, stop_reason = None, None

@@ -44,8 +44,10 @@ def test_reply_copies_the_current_order_and_never_a_distractor():
 
 
 def test_two_order_tickets_follow_the_broken_product_to_its_number():
-    two = [t for t in TICKETS if t.factors["shape"] == "two_orders"]
-    assert 0.3 < len(two) / len(TICKETS) < 0.5
+    two = [t for t in TICKETS if t.factors["shape"].startswith("two_orders")]
+    assert 0.5 < len(two) / len(TICKETS) < 0.7
+    renamed = [t for t in two if t.factors["shape"] == "two_orders_renamed"]
+    assert 0.4 < len(renamed) / len(two) < 0.6
     for ticket in two:
         product = next(p for p in catalog.PRODUCTS if p.name == ticket.factors["product"])
         order = re.search(r"order (\d+) for your", ticket.answer["reply"]).group(1)

@@ -11,8 +11,8 @@ TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Mari
 
 
 def read_two_chunks_and_leave(url: str, headers: dict | None = None) -> None:
-    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 400, "temperature": 1.0,
-            "seed": 5, "stream": True, "stop": ["\u2603"]}  # a stop that never matches keeps it going to 400
+    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 400, "ignore_eos": True,
+            "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers or {}, timeout=30) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
@@ -51,3 +51,15 @@ def test_disconnect_cancels_the_http_backends_request(gateway, engine_server):
     read_two_chunks_and_leave(gateway.url, headers={"x-kdgate-force": "teacher"})
     assert wait_for(lambda: cancelled_count(upstream, "engine") == before + 1), \
         "the teacher's server did not see the request cancelled"
+
+
+def test_non_streaming_client_timeout_cancels_the_work(gateway):
+    engine = gateway.app.state.chat.backends["student"].engine
+    before = cancelled_count(gateway.url, "student")
+    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 400, "ignore_eos": True}
+    try:
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+    except httpx.ReadTimeout:
+        pass  # the client gave up and closed the connection
+    assert wait_for(lambda: cancelled_count(gateway.url, "student") == before + 1)
+    assert wait_for(lambda: engine.stats()["running"] == 0)

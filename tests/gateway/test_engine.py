@@ -75,7 +75,7 @@ async def test_concurrent_requests_share_decode_steps(engine):
 
 
 async def test_a_request_joins_a_running_batch(engine):
-    long_one = engine.generate(request(PROMPTS[0], "join-long", max_tokens=40, temperature=1.0, seed=1))
+    long_one = engine.generate(request(PROMPTS[0], "join-long", max_tokens=40, ignore_eos=True))
     await anext(long_one)  # the long request is decoding now
     _, _, finish = await run(engine, request(PROMPTS[2], "join-late", max_tokens=8))
     async for _ in long_one:
@@ -135,7 +135,7 @@ async def test_max_tokens_ends_with_length(engine):
 
 
 async def test_cancelled_request_leaves_the_batch(engine):
-    stream = engine.generate(request(PROMPTS[0], "cancel-me", max_tokens=200, temperature=1.0, seed=2))
+    stream = engine.generate(request(PROMPTS[0], "cancel-me", max_tokens=200, ignore_eos=True))
     await anext(stream)
     await stream.aclose()
     deadline = time.monotonic() + 5
