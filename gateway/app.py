@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
@@ -19,42 +19,34 @@ from gateway import ops
 from gateway.backends.base import Backend, BackendInfo
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
-from gateway.errors import GatewayError, InvalidRequest, to_envelope
+from gateway.errors import GatewayError, to_envelope
 from gateway.metrics import EngineCollector, GatewayMetrics
+from gateway.routing import Router
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
-from router.policy import RouteDecision, RouteRequest, build_policy, forced
+from router.policy import RouteDecision, build_policy
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    limits = ServingLimits(settings.max_tokens_limit, settings.default_max_tokens, settings.max_top_logprobs)
+    limits = ServingLimits(max_tokens_limit=settings.max_tokens_limit, default_max_tokens=settings.default_max_tokens,
+                           max_top_logprobs=settings.max_top_logprobs)
     policy = build_policy(settings.routing.policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        roles = {"student": settings.student, "teacher": settings.teacher}
-        async with _http_client(settings.http, roles.values()) as client:
-            backends = {name: build_backend(name, config, client) for name, config in roles.items() if config}
-            if policy.decide(RouteRequest("probe", 0, 0)).route not in backends:
-                raise ValueError(f"routing policy `{policy.name}` needs a backend that is not configured")
-
-            def decide(request: RouteRequest, forced_route: str | None) -> RouteDecision:
-                if forced_route is None:
-                    return policy.decide(request)
-                if forced_route not in backends:
-                    raise InvalidRequest(f"cannot force `{forced_route}`: no such backend is configured",
-                                         parameter=chat_routes.FORCE_HEADER)
-                return forced(forced_route)
-
-            app.state.chat = ChatServing(served_model=settings.served_model, backends=backends, decide=decide,
+        roles = {name: config for name, config in (("student", settings.student), ("teacher", settings.teacher))
+                 if config is not None}
+        async with _http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
+            backends = {}
+            for name, config in roles.items():
+                backends[name] = build_backend(name, config, client)
+                backends_open.push_async_callback(backends[name].aclose)
+            router = Router(policy, backends)
+            app.state.chat = ChatServing(served_model=settings.served_model, backends=backends, decide=router.decide,
                                          limits=limits, metrics=app.state.metrics, announce_route=True)
             _collect_engine_metrics(app, backends)
-            try:
-                yield
-            finally:
-                for backend in backends.values():
-                    await backend.aclose()
+            yield
 
     return _app("kdgate gateway", lifespan, settings.max_body_bytes)
 

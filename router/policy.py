@@ -32,6 +32,7 @@ class RouteDecision:
 
 class RoutingPolicy(Protocol):
     name: str
+    requires: frozenset[Route]  # the backends the policy may choose
 
     def decide(self, request: RouteRequest) -> RouteDecision: ...
 
@@ -45,6 +46,10 @@ class FixedRoute:
     @property
     def name(self) -> str:
         return f"{self.route}_only"
+
+    @property
+    def requires(self) -> frozenset[Route]:
+        return frozenset({self.route})
 
     def decide(self, request: RouteRequest) -> RouteDecision:
         return RouteDecision(route=self.route, reason=f"policy:{self.name}")

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from gateway.chat.parsing import parse_chat_request, read_body
 from gateway.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
 from gateway.errors import InvalidRequest
+from gateway.routing import FORCE_HEADER
 from router.policy import ROUTES
 
-FORCE_HEADER = "x-kdgate-force"
 ROUTE_HEADER = "x-kdgate-route"
 REASON_HEADER = "x-kdgate-route-reason"
 

@@ -21,3 +21,4 @@ def test_forced_route_says_why():
 def test_unknown_policy_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="student_only"):
         build_policy("confident")
+
