@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-OPENAI_MAX_TOP_LOGPROBS = 20
 OPENAI_MAX_STOP_SEQUENCES = 4
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
 Role = Literal["system", "developer", "user", "assistant"]
 
 
@@ -76,7 +76,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = None
     max_tokens: int | None = None
     n: int = 1
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -226,7 +226,12 @@ class LocalEngine:
                 sequence.finished = True
                 continue
             sequence.output_ids.append(token_id)
-            self._advance(sequence, token_id, entries[row], prompt_entries.get(row))
+            try:
+                self._advance(sequence, token_id, entries[row], prompt_entries.get(row))
+            except Exception as exc:  # one sequence's failure (say, detokenizing) must not fail the batch
+                log.exception("request %s failed", sequence.request.request_id)
+                sequence.finished = True
+                sequence.emit(EngineFailure(f"the local engine failed on this request: {type(exc).__name__}: {exc}"))
         return chosen
 
     def _advance(self, sequence: _Sequence, token_id: int, entry, prompt_entry) -> None:

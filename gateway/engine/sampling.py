@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
+GREEDY_BELOW = 1e-5  # vLLM's sampling epsilon: a smaller temperature is greedy (dividing by it overflows)
+
 
 def sample_next(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Sequence[float],
                 generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    """Pick one token per row: argmax where temperature is 0, else top-p sampling at that temperature.
+    """Pick one token per row: argmax where temperature is (about) 0, else top-p sampling at that temperature.
 
     Args:
         logits: (B, V) float32 raw logits of the last position.
@@ -17,7 +19,7 @@ def sample_next(logits: torch.Tensor, temperatures: Sequence[float], top_ps: Seq
         (B,) token ids.
     """
     chosen = logits.argmax(dim=-1)  # (B,)
-    sampled_rows = [row for row, temperature in enumerate(temperatures) if temperature > 0]
+    sampled_rows = [row for row, temperature in enumerate(temperatures) if temperature >= GREEDY_BELOW]
     for row in sampled_rows:
         scaled = logits[row] / temperatures[row]  # (V,)
         probs = torch.softmax(scaled, dim=-1)

@@ -110,6 +110,7 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
+    ({"messages": [{"role": "user", "content": "hi"}], "seed": 2**70}, "seed"),
     ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}, "stream_options"),
 ]
@@ -173,3 +174,10 @@ def test_stop_strings_end_the_answer_before_the_stop(gateway):
     stopped = chat(gateway, base | {"stop": [stop]}).json()["choices"][0]
     assert stopped["finish_reason"] == "stop" and stopped["stop_reason"] == stop
     assert stopped["message"]["content"] == full[: full.index(stop)]
+
+
+def test_a_tiny_temperature_is_greedy_and_fails_nobody(gateway):
+    base = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 12}
+    greedy = chat(gateway, base | {"temperature": 0}).json()["choices"][0]["message"]["content"]
+    tiny = chat(gateway, base | {"temperature": 1e-300})
+    assert tiny.status_code == 200 and tiny.json()["choices"][0]["message"]["content"] == greedy
