@@ -24,10 +24,10 @@ class BuildSettings:
     seed: int = 0
     vocab_size: int = 1024
     tokenizer_corpus: int = 20_000  # tickets the tokenizer is trained on
-    teacher_steps: int = 3_000
+    teacher_steps: int = 5_000
     teacher_examples: int | None = None  # ground-truth tickets for the teacher; default: a fresh one per sample
-    label_examples: int = 40_000  # training tickets the teacher answers for the student
-    student_steps: int = 6_000
+    label_examples: int = 30_000  # training tickets the teacher answers for the student
+    student_steps: int = 4_000
     batch_size: int = 32
     learning_rate: float = 1e-3
     eval_examples: int = 300  # validation tickets scored during training
@@ -59,7 +59,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
         count = settings.teacher_examples or settings.teacher_steps * settings.batch_size
         report["teacher_training"] = _train(teacher, tokenizer, task.take("train", count, seed=settings.seed), None,
                                             settings, settings.teacher_steps, "teacher", log)
-        _save(teacher, tokenizer, settings.out / "teacher")
+        _save(teacher, tokenizer, settings.out / "teacher", report["teacher_training"])
     else:
         log(f"[1-2/5] reusing the teacher in {settings.teacher_dir}")
         tokenizer = AutoTokenizer.from_pretrained(str(settings.teacher_dir))
@@ -77,7 +77,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
     student = models.build_model(settings.student, tokenizer, seed=settings.seed + 3)
     report["student_training"] = _train(student, tokenizer, label_tickets, labels, settings, settings.student_steps,
                                         "student", log)
-    _save(student, tokenizer, settings.out / "student")
+    _save(student, tokenizer, settings.out / "student", report["student_training"])
 
     log(f"[5/5] evaluation on {settings.test_examples} held-out tickets")
     test = task.take("test", settings.test_examples, seed=settings.seed)
@@ -133,8 +133,10 @@ def _fingerprint(model, tickets) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save(model, tokenizer, directory: Path) -> None:
+def _save(model, tokenizer, directory: Path, history: list[dict]) -> None:
+    """The model, its tokenizer, and its validation curve (`training_log.json`) in one Hugging Face directory."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / "training_log.json").write_text(json.dumps(history, indent=1) + "\n")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(directory))

@@ -16,9 +16,9 @@ app = typer.Typer(help="The embedded demo task: build and evaluate its teacher a
 def build(
     out: Path = typer.Option(ARTIFACTS_DIR, help="where the teacher/ and student/ model folders go"),
     seed: int = typer.Option(0, help="seed of the data, initialisation and batch order"),
-    teacher_steps: int = typer.Option(3000, min=1, help="teacher training steps (batch 32)"),
-    student_steps: int = typer.Option(6000, min=1, help="student training steps (batch 32)"),
-    label_examples: int = typer.Option(40_000, min=100, help="training tickets the teacher answers for the student"),
+    teacher_steps: int = typer.Option(5000, min=1, help="teacher training steps (batch 32, fresh tickets each)"),
+    student_steps: int = typer.Option(4000, min=1, help="student training steps (batch 32)"),
+    label_examples: int = typer.Option(30_000, min=100, help="training tickets the teacher answers for the student"),
     teacher: Path | None = typer.Option(None, exists=True, file_okay=False,
                                         help="reuse this teacher; only the student is trained"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
