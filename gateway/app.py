@@ -21,9 +21,8 @@ from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, to_envelope
 from gateway.metrics import EngineCollector, GatewayMetrics
-from gateway.routing import Router
+from gateway.routing import Router, SingleBackend, build_policy
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
-from router.policy import RouteDecision, build_policy
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: GatewaySettings) -> FastAPI:
     limits = ServingLimits(max_tokens_limit=settings.max_tokens_limit, default_max_tokens=settings.default_max_tokens,
                            max_top_logprobs=settings.max_top_logprobs)
-    policy = build_policy(settings.routing.policy)
+    policy = build_policy(settings.routing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,9 +41,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             for name, config in roles.items():
                 backends[name] = build_backend(name, config, client)
                 backends_open.push_async_callback(backends[name].aclose)
-            router = Router(policy, backends)
-            app.state.chat = ChatServing(served_model=settings.served_model, backends=backends, decide=router.decide,
-                                         limits=limits, metrics=app.state.metrics, announce_route=True)
+            router = Router(policy, backends, app.state.metrics)
+            app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
+                                         metrics=app.state.metrics, announce_route=True)
             _collect_engine_metrics(app, backends)
             yield
 
@@ -56,9 +55,8 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = backend_factory()
-        app.state.chat = ChatServing(served_model=served_model, backends={"engine": backend},
-                                     decide=lambda request, forced_route: RouteDecision("engine", "engine"),
-                                     limits=limits, metrics=app.state.metrics, announce_route=False)
+        app.state.chat = ChatServing(served_model=served_model, router=SingleBackend(backend), limits=limits,
+                                     metrics=app.state.metrics, announce_route=False)
         _collect_engine_metrics(app, {"engine": backend})
         try:
             yield

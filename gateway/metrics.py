@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
                    5.0, 10.0, 20.0, 60.0)
+# Probability-like scores (min_prob, logistic, isotonic) fill 0..1; log-probability scores fill the negative side.
+CONFIDENCE_BUCKETS = (-5.0, -2.0, -1.0, -0.5, -0.2, -0.1, -0.05, 0.0, *(round(0.05 * i, 2) for i in range(1, 21)))
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
 
@@ -34,6 +36,21 @@ class GatewayMetrics:
         self.in_flight = Gauge("kdgate_requests_in_flight", "Requests being served now", ["route"], registry=r)
         self.errors = Counter("kdgate_errors", "Failed requests by backend and error class",
                               ["backend", "error"], registry=r)
+        self.decisions = Counter("kdgate_route_decisions", "Routing decisions by route and reason (policy:*, "
+                                 "forced:header, confidence:high|low|no_tokens, student_error)", ["route", "reason"],
+                                 registry=r)
+        self.confidence = Histogram("kdgate_confidence_score", "Confidence score of the student's held-back "
+                                    "tokens (higher: surer)", buckets=CONFIDENCE_BUCKETS, registry=r)
+        self.threshold = Gauge("kdgate_routing_threshold", "Current confidence threshold; below it escalates",
+                               registry=r)
+        self.teacher_fraction = Gauge("kdgate_teacher_fraction", "Share of the last 500 routed requests (not "
+                                      "forced) served by the teacher", registry=r)
+        self.teacher_fraction_target = Gauge("kdgate_teacher_fraction_target", "The teacher share the threshold "
+                                             "was calibrated to", registry=r)
+        self.hold_back = Histogram("kdgate_hold_back_seconds", "Time spent holding the student's first tokens "
+                                   "back before the confidence decision", buckets=LATENCY_BUCKETS, registry=r)
+        self.discarded_tokens = Counter("kdgate_escalated_student_tokens", "Student tokens generated, then "
+                                        "discarded because the request escalated", registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], registry=r)
 

@@ -1,28 +1,182 @@
-"""The routing seam: per request, a forced route (the `x-kdgate-force` header) wins, else the policy decides."""
+"""The routing seam: per request, a forced route (the `x-kdgate-force` header) wins, else the policy decides.
+
+`Router.start` returns the chosen backend's event stream. For a policy with a `HoldBack` it first runs the
+student and holds its first N tokens back from the client: when the policy keeps the student those events are
+replayed, in order, ahead of the rest of the student's stream; when it escalates, the student is cancelled (its
+tokens never reach the client) and the teacher starts from the original request. Either way the caller sees one
+backend's stream, so the client gets one well-formed answer and usage counts exactly what it received.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import replace
+from typing import NamedTuple
 
-from gateway.errors import InvalidRequest
-from router.policy import RouteDecision, RouteRequest, RoutingPolicy, forced
+import numpy as np
+
+from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.metrics import GatewayMetrics
+from gateway.settings import RoutingSettings
+from router.online import OnlineSettings
+from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, RouteRequest, RoutingPolicy, forced
+from router.policy_file import load_policy, policy_from_file
+from router.signals import TokenSignals, aggregate, token_signals
 
 FORCE_HEADER = "x-kdgate-force"
+FRACTION_WINDOW = 500  # decisions over which the realised teacher fraction is exported
+
+log = logging.getLogger(__name__)
+
+
+class Routed(NamedTuple):
+    decision: RouteDecision
+    backend: Backend
+    events: AsyncIterator[Event]  # what the client receives, held-back events first
+
+
+class SingleBackend:
+    """`kdgate engine`: one backend, nothing to decide."""
+
+    def __init__(self, backend: Backend):
+        self.backends = {backend.info.name: backend}
+        self._decision = RouteDecision(backend.info.name, backend.info.name)  # type: ignore[arg-type]
+
+    async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
+        backend = next(iter(self.backends.values()))
+        return Routed(self._decision, backend, backend.generate(generation))
 
 
 class Router:
-    def __init__(self, policy: RoutingPolicy, routes: Collection[str]):
-        missing = set(policy.requires) - set(routes)
+    def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None):
+        missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
                              "configure it or choose another policy")
         self.policy = policy
-        self.routes = frozenset(routes)
+        self.backends = backends
+        self.metrics = metrics
+        self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
+        target = getattr(policy, "target_teacher_fraction", None)
+        if metrics is not None and target is not None:
+            metrics.teacher_fraction_target.set(target)
 
-    def decide(self, request: RouteRequest, forced_route: str | None) -> RouteDecision:
-        if forced_route is None:
-            return self.policy.decide(request)
-        if forced_route not in self.routes:
-            raise InvalidRequest(f"cannot force `{forced_route}`: no such backend is configured",
-                                 parameter=FORCE_HEADER)
-        return forced(forced_route)
+    @property
+    def routes(self) -> Collection[str]:
+        return self.backends.keys()
+
+    def decide(self, request: RouteRequest, forced_route: str | None) -> RouteDecision | None:
+        """The decision made before generation; None when the policy must see the student's first tokens."""
+        if forced_route is not None:
+            if forced_route not in self.backends:
+                raise InvalidRequest(f"cannot force `{forced_route}`: no such backend is configured",
+                                     parameter=FORCE_HEADER)
+            return forced(forced_route)
+        if self.policy.hold_back is not None:
+            return None
+        return self.policy.decide(request)
+
+    async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
+        decision = self.decide(request, forced_route)
+        if decision is None:
+            return await self._hold_back(self.policy.hold_back, generation, request)
+        self._count(decision)
+        backend = self.backends[decision.route]
+        return Routed(decision, backend, backend.generate(generation))
+
+    async def _hold_back(self, hold: HoldBack, generation: GenerationRequest, request: RouteRequest) -> Routed:
+        student, started = self.backends["student"], time.monotonic()
+        wanted = max(generation.sampling.top_logprobs or 0, hold.top_logprobs)
+        events = student.generate(replace(generation, sampling=replace(generation.sampling, top_logprobs=wanted)))
+        held: list[Event] = []
+        logprobs: list[TokenLogprob] = []
+        try:
+            async for event in events:
+                held.append(event)
+                if isinstance(event, Finish):
+                    break
+                logprobs.extend(event.logprobs)
+                if hold.tokens is not None and len(logprobs) >= hold.tokens:
+                    break
+        except GatewayError as error:  # the student failed before answering: the teacher can still serve
+            await events.aclose()
+            log.warning("student failed during hold-back (%s); escalating to the teacher", error)
+            return self._escalate(RouteDecision("teacher", "student_error"), generation)
+        except BaseException:
+            await events.aclose()
+            raise
+        window = aggregate(signals_of(logprobs).window(0, hold.tokens))
+        decision = self.policy.decide(request, window)
+        self._count(decision, held_for=time.monotonic() - started)
+        if decision.route == "student":
+            return Routed(decision, student, _replay(held, events))
+        await events.aclose()  # cancels the student's work; none of its tokens were sent
+        if self.metrics is not None:
+            self.metrics.discarded_tokens.inc(len(logprobs))
+        return self._escalate(decision, generation)
+
+    def _escalate(self, decision: RouteDecision, generation: GenerationRequest) -> Routed:
+        teacher = self.backends["teacher"]
+        return Routed(decision, teacher, teacher.generate(generation))
+
+    def _count(self, decision: RouteDecision, held_for: float | None = None) -> None:
+        if decision.reason != "forced:header":
+            self._recent.append(decision.route == "teacher")
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.decisions.labels(decision.route, decision.reason).inc()
+        if held_for is not None:
+            metrics.hold_back.observe(held_for)
+        if decision.score is not None:
+            metrics.confidence.observe(decision.score)
+        threshold = getattr(self.policy, "threshold", None)
+        if threshold is not None:
+            metrics.threshold.set(threshold)
+        metrics.teacher_fraction.set(float(np.mean(self._recent)) if self._recent else 0.0)
+
+
+def signals_of(logprobs: Sequence[TokenLogprob]) -> TokenSignals:
+    """Per-token signals from a backend's logprobs; rows with fewer alternatives are padded with -inf."""
+    width = max((len(entry.top_logprobs) for entry in logprobs), default=1) or 1
+    top = np.full((len(logprobs), width), -np.inf)  # (T, k)
+    for row, entry in enumerate(logprobs):
+        alternatives = [alternative.logprob for alternative in entry.top_logprobs] or [entry.logprob]
+        top[row, :len(alternatives)] = alternatives
+    sampled = np.array([entry.logprob for entry in logprobs], dtype=np.float64)  # (T,)
+    return token_signals(top, sampled)
+
+
+async def _replay(held: list[Event], rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The held-back events in order, then the rest of the stream; closing this closes the backend's stream."""
+    try:
+        for event in held:
+            yield event
+        if held and isinstance(held[-1], Finish):
+            return
+        async for event in rest:
+            yield event
+    finally:
+        await rest.aclose()
+
+
+def build_policy(settings: RoutingSettings) -> RoutingPolicy:
+    if settings.policy == "student_only":
+        return FixedRoute("student")
+    if settings.policy == "teacher_only":
+        return FixedRoute("teacher")
+    if settings.policy == "random":
+        return RandomRoute(settings.teacher_fraction, seed=settings.seed)
+    policy_file = load_policy(settings.policy_file)
+    online = settings.online
+    if not online.enabled:
+        return policy_from_file(policy_file)
+    target = online.target_teacher_fraction
+    if target is None:
+        target = policy_file.calibration.target_teacher_fraction
+    return policy_from_file(policy_file, OnlineSettings(target_teacher_fraction=target, window=online.window,
+                                                        min_samples=online.min_samples, max_step=online.max_step))

@@ -72,11 +72,43 @@ class HttpClientSettings(BaseModel):
                                            "every request (adds a TCP handshake to TTFT)")
 
 
+class OnlineRecalibrationSettings(BaseModel):
+    """Confidence policy only: nudge the threshold so the realised teacher fraction tracks a target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="off: the calibrated threshold stays as the file says")
+    target_teacher_fraction: float | None = Field(default=None, ge=0, le=1,
+                                                  description="unset: the policy file's calibration target")
+    window: int = Field(default=500, ge=10, le=100_000, description="live scores kept; larger is steadier, slower")
+    min_samples: int = Field(default=100, ge=1, description="requests seen before the first adjustment")
+    max_step: float = Field(default=0.01, gt=0, le=1, description="largest move per request, as a share of the "
+                            "window's scores; 1 jumps straight to the window's quantile")
+
+    @model_validator(mode="after")
+    def check_window(self) -> OnlineRecalibrationSettings:
+        if self.min_samples > self.window:
+            raise ValueError("`min_samples` is larger than `window`; lower it or widen the window")
+        return self
+
+
 class RoutingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy: Literal["student_only", "teacher_only"] = Field(
-        default="student_only", description="which backend serves a request that does not force one")
+    policy: Literal["student_only", "teacher_only", "random", "confidence"] = Field(
+        default="student_only", description="which backend serves a request that does not force one; `random` "
+        "and `confidence` need both backends")
+    teacher_fraction: float = Field(default=0.2, ge=0, le=1, description="random: share of requests to the teacher")
+    seed: int | None = Field(default=None, description="random: seed of the draw, for reproducible tests")
+    policy_file: Path | None = Field(default=None, description="confidence: the file `kdgate router calibrate` "
+                                     "wrote (prefix length, scorer, threshold)")
+    online: OnlineRecalibrationSettings = Field(default_factory=OnlineRecalibrationSettings)
+
+    @model_validator(mode="after")
+    def check_policy_file(self) -> RoutingSettings:
+        if self.policy == "confidence" and self.policy_file is None:
+            raise ValueError("the `confidence` policy needs `policy_file`; write one with `kdgate router calibrate`")
+        return self
 
 
 class GatewaySettings(BaseSettings):

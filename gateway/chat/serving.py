@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams
@@ -21,6 +21,7 @@ from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 from gateway.metrics import GatewayMetrics
+from gateway.routing import Router, SingleBackend
 from router.policy import RouteDecision, RouteRequest
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,12 @@ class PreparedStream:
     frames: AsyncIterator[str]
 
 
-Decide = Callable[[RouteRequest, str | None], RouteDecision]
-
-
 class ChatServing:
-    def __init__(self, *, served_model: str, backends: dict[str, Backend], decide: Decide, limits: ServingLimits,
+    def __init__(self, *, served_model: str, router: Router | SingleBackend, limits: ServingLimits,
                  metrics: GatewayMetrics, announce_route: bool):
         self.served_model = served_model
-        self.backends = backends
-        self._decide = decide
+        self.router = router
+        self.backends = router.backends
         self.limits = limits
         self.metrics = metrics
         self.announce_route = announce_route  # the gateway says which backend served; an engine server does not
@@ -56,8 +54,8 @@ class ChatServing:
 
     async def complete(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
-        generation, decision, backend = self._prepare(request, forced)
-        events = backend.generate(generation)
+        generation, route_request = self._prepare(request)
+        decision, backend, events = await self.router.start(generation, route_request, forced)
         text, logprobs, finish = [], [], None
         self.metrics.in_flight.labels(decision.route).inc()
         try:
@@ -101,8 +99,8 @@ class ChatServing:
 
     async def stream(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                      ) -> PreparedStream:
-        generation, decision, backend = self._prepare(request, forced)
-        events = backend.generate(generation)
+        generation, route_request = self._prepare(request)
+        decision, backend, events = await self.router.start(generation, route_request, forced)
         try:
             first = await anext(events)
         except StopAsyncIteration:
@@ -117,8 +115,7 @@ class ChatServing:
 
     # ------------------------------------------------------------------------------------------------ preparation
 
-    def _prepare(self, request: protocol.ChatCompletionRequest, forced: str | None
-                 ) -> tuple[GenerationRequest, RouteDecision, Backend]:
+    def _prepare(self, request: protocol.ChatCompletionRequest) -> tuple[GenerationRequest, RouteRequest]:
         if request.model is not None and request.model != self.served_model:
             raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
                                 f"`{self.served_model}` (see GET /v1/models)")
@@ -127,8 +124,7 @@ class ChatServing:
         generation = self._generation_request(request)
         route_request = RouteRequest(request_id=generation.request_id, message_count=len(request.messages),
                                      prompt_chars=sum(len(message["content"]) for message in generation.messages))
-        decision = self._decide(route_request, forced)
-        return generation, decision, self.backends[decision.route]
+        return generation, route_request
 
     def _generation_request(self, request: protocol.ChatCompletionRequest) -> GenerationRequest:
         limits = self.limits
