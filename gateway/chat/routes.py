@@ -33,7 +33,8 @@ async def create_chat_completion(request: Request):
     chat_request = parse_chat_request(await read_body(request, state.max_body_bytes))
     forced = forced_route(request, state.chat.announce_route)
     if chat_request.stream:
-        prepared = await state.chat.stream(chat_request, forced, started)
+        # Priming (and a confidence policy's hold-back) happens before the response starts: watch for a disconnect.
+        prepared = await cancel_on_disconnect(request, state.chat.stream(chat_request, forced, started))
         return StreamingResponse(prepared.frames, media_type="text/event-stream",
                                  headers=route_headers(prepared.decision, state.chat.announce_route)
                                  | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
