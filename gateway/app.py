@@ -34,13 +34,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        roles = {name: config for name, config in (("student", settings.student), ("teacher", settings.teacher))
-                 if config is not None}
-        async with _http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
-            backends = {}
-            for name, config in roles.items():
-                backends[name] = build_backend(name, config, client)
-                backends_open.push_async_callback(backends[name].aclose)
+        async with open_backends(settings) as backends:
             router = Router(policy, backends, app.state.metrics)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=app.state.metrics, announce_route=True)
@@ -72,6 +66,19 @@ def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
         app.state.metrics.registry.register(EngineCollector(engines))
 
 
+@asynccontextmanager
+async def open_backends(settings: GatewaySettings) -> AsyncIterator[dict[str, Backend]]:
+    """The configured backends by role (`student`, and `teacher` unless it is null), closed on exit."""
+    roles = {name: config for name, config in (("student", settings.student), ("teacher", settings.teacher))
+             if config is not None}
+    async with http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
+        backends = {}
+        for name, config in roles.items():
+            backends[name] = build_backend(name, config, client)
+            backends_open.push_async_callback(backends[name].aclose)
+        yield backends
+
+
 def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None) -> Backend:
     if config.kind == "http":
         from gateway.backends.http import HttpBackend
@@ -88,7 +95,7 @@ def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient 
 
 
 @asynccontextmanager
-async def _http_client(settings: HttpClientSettings, backends) -> AsyncIterator[httpx.AsyncClient | None]:
+async def http_client(settings: HttpClientSettings, backends) -> AsyncIterator[httpx.AsyncClient | None]:
     if not any(config and config.kind == "http" for config in backends):
         yield None
         return

@@ -9,10 +9,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,17 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+from gateway.threaded import ThreadedServer, free_port  # noqa: F401  (tests import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
@@ -85,34 +77,6 @@ def engine_server(demo_dirs) -> Iterator[EngineServer]:
     server = start_engine_server(demo_dirs[1], "demo-teacher")
     yield server
     stop(server.process)
-
-
-class ThreadedServer:
-    """A uvicorn server in a background thread, for an app whose state the test wants to inspect."""
-
-    def __init__(self, app):
-        self.app = app
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 def gateway_settings(demo_dirs, engine: EngineServer, **overrides):

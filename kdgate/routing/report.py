@@ -1,0 +1,69 @@
+"""The routing evaluation's outputs: a JSON report, a PNG of the curves, and a Markdown table for the README."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from router.comparison import PolicyResult
+
+
+def write_json(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, indent=1, default=_plain) + "\n")
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the report")
+
+
+def plot(path: Path, results: list[PolicyResult], kind: str) -> None:
+    """Accuracy against teacher fraction: random, oracle, and `kind` scorers at each prefix length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    for result in results:
+        if result.scorer is not None and result.scorer.kind != kind:
+            continue
+        style = {"random": dict(color="grey", linestyle="--"), "oracle": dict(color="black", linestyle=":")}
+        label = f"{result.name} (APGR {result.curve.apgr():.2f})"
+        axes.plot(100 * result.curve.fractions, 100 * result.curve.accuracy, label=label,
+                  **style.get(result.name, {}))
+    axes.set_xlabel("requests sent to the teacher (%)")
+    axes.set_ylabel("whole-answer accuracy (%)")
+    axes.set_title("Demo task, held-out tickets: accuracy vs teacher share")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def policy_table(results: list[PolicyResult], target: float) -> str:
+    lines = [f"| policy | APGR | CPT(50 %) | CPT(80 %) | teacher share at the threshold calibrated to {target:.0%} |",
+             "|---|---|---|---|---|"]
+    for result in results:
+        row = result.row()
+        fraction = row["held_out_teacher_fraction"]
+        share = "" if fraction is None else f"{100 * fraction:.1f} %"
+        lines.append(f"| {row['policy']} | {row['apgr']:.3f} | {100 * row['cpt50']:.0f} % | "
+                     f"{100 * row['cpt80']:.0f} % | {share} |")
+    return "\n".join(lines)
+
+
+def ttft_table(ttft: dict[str, dict]) -> str:
+    base = ttft["student_only"]["ttft_p50_s"]
+    lines = ["| configuration | TTFT p50 | TTFT p90 | added p50 vs student only | teacher share "
+             "| TTFT p50 when escalated |", "|---|---|---|---|---|---|"]
+    for name, summary in ttft.items():
+        escalated = summary["ttft_p50_escalated_s"]
+        lines.append(f"| {name} | {1000 * summary['ttft_p50_s']:.0f} ms | {1000 * summary['ttft_p90_s']:.0f} ms | "
+                     f"{1000 * (summary['ttft_p50_s'] - base):+.0f} ms | {100 * summary['teacher_fraction']:.0f} % | "
+                     + ("" if escalated is None else f"{1000 * escalated:.0f} ms") + " |")
+    return "\n".join(lines)
