@@ -1,0 +1,62 @@
+"""`kdgate router calibrate` and `kdgate router eval` as a user runs them, and the gateway loading the result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.routing import build_policy
+from gateway.settings import RoutingSettings
+from router.records import write_records
+from router.signals import aggregate
+from tests.conftest import ROOT
+from tests.router.records_factory import synthetic_records
+
+
+def kdgate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("scorer", ["logistic", "signal", "isotonic"])
+def test_calibrate_writes_a_policy_the_gateway_loads(tmp_path, scorer):
+    records = synthetic_records(400, seed=3)
+    write_records(tmp_path / "records.jsonl", records)
+    done = kdgate("router", "calibrate", "--data", str(tmp_path / "records.jsonl"), "--target-teacher-fraction",
+                  "0.25", "--prefix-tokens", "full", "--scorer", scorer, "--out", str(tmp_path / "policy.json"))
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "policy.json").read_text())
+    realised = saved["calibration"]["realised_teacher_fraction"]
+    # exact up to ties; an isotonic fit makes plateaus of tied scores, kept together on the student's side
+    assert 0.25 - (0.05 if scorer == "isotonic" else 1 / 400) <= realised <= 0.25 + 1 / 400
+    policy = build_policy(RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json"))
+    escalated = [policy.decide(None, aggregate(record.signals())).route == "teacher" for record in records]
+    assert sum(escalated) / len(escalated) == pytest.approx(saved["calibration"]["realised_teacher_fraction"])
+
+
+def test_calibrate_refuses_bad_input_clearly(tmp_path):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    done = kdgate("router", "calibrate", "--data", str(tmp_path / "bad.jsonl"), "--target-teacher-fraction", "0.2")
+    assert done.returncode != 0 and "bad.jsonl:1 is not a routing record" in done.stderr
+    write_records(tmp_path / "ok.jsonl", synthetic_records(50))
+    done = kdgate("router", "calibrate", "--data", str(tmp_path / "ok.jsonl"), "--target-teacher-fraction", "0.2",
+                  "--prefix-tokens", "zero")
+    assert done.returncode == 2 and "whole number of tokens" in done.stderr
+
+
+@pytest.mark.slow
+def test_router_eval_end_to_end_on_the_demo_models(tmp_path, demo_dirs):
+    """Collect records from the real demo engines, compare policies, measure TTFT through real gateways."""
+    done = kdgate("router", "eval", "--out", str(tmp_path), "--examples", "120", "--prefix", "4", "--prefix",
+                  "full", "--scorer", "logistic", "--ttft-requests", "3", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = {row["policy"]: row for row in report["policies"]}
+    assert set(rows) == {"random", "oracle", "confidence N=4 logistic", "confidence N=full logistic"}
+    assert rows["confidence N=full logistic"]["apgr"] > rows["random"]["apgr"]  # the demo student's errors show
+    assert report["ttft"]["confidence N=full"]["requests"] == 3
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "policy-full.json").is_file() and "| random |" in (tmp_path / "tables.md").read_text()
