@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, to_envelope
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
+from router.handoff import HandoffRule
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_backends(settings) as backends:
-            router = Router(policy, backends, app.state.metrics)
+            handoff = settings.routing.handoff
+            router = Router(policy, backends, app.state.metrics,
+                            handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=app.state.metrics, announce_route=True)
             _collect_engine_metrics(app, backends)

@@ -51,6 +51,8 @@ class GatewayMetrics:
                                    "back before the confidence decision", buckets=LATENCY_BUCKETS, registry=r)
         self.discarded_tokens = Counter("kdgate_escalated_student_tokens", "Student tokens generated, then "
                                         "discarded because the request escalated", registry=r)
+        self.handoffs = Counter("kdgate_handoffs", "Answers the student started and the teacher finished "
+                                "(a student token fell below the handoff probability)", registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], registry=r)
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.handoff import with_handoff
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RoutingSettings
+from router.handoff import HandoffRule
 from router.online import OnlineSettings
 from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, RouteRequest, RoutingPolicy, forced
 from router.policy_file import load_policy, policy_from_file
@@ -52,13 +54,17 @@ class SingleBackend:
 
 
 class Router:
-    def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None):
+    def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
+                 handoff: HandoffRule | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
                              "configure it or choose another policy")
+        if handoff is not None and "teacher" not in backends:
+            raise ValueError("handoff needs a teacher backend to hand off to; configure one or disable handoff")
         self.policy = policy
         self.backends = backends
+        self.handoff = handoff
         self.metrics = metrics
         self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
         target = getattr(policy, "target_teacher_fraction", None)
@@ -82,16 +88,22 @@ class Router:
 
     async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
         decision = self.decide(request, forced_route)
+        watch = self.handoff is not None and forced_route is None  # a forced route is served as asked, whole
         if decision is None:
-            return await self._hold_back(self.policy.hold_back, generation, request)
-        self._count(decision)
-        backend = self.backends[decision.route]
-        return Routed(decision, backend, backend.generate(generation))
+            routed = await self._hold_back(self.policy.hold_back, generation, request)
+        else:
+            self._count(decision)
+            backend = self.backends[decision.route]
+            watched = with_logprobs(generation, 0) if watch and decision.route == "student" else generation
+            routed = Routed(decision, backend, backend.generate(watched))
+        if watch and routed.decision.route == "student":
+            events = with_handoff(routed.events, generation, self.backends["teacher"], self.handoff)
+            routed = routed._replace(events=events)
+        return routed
 
     async def _hold_back(self, hold: HoldBack, generation: GenerationRequest, request: RouteRequest) -> Routed:
         student, started = self.backends["student"], time.monotonic()
-        wanted = max(generation.sampling.top_logprobs or 0, hold.top_logprobs)
-        events = student.generate(replace(generation, sampling=replace(generation.sampling, top_logprobs=wanted)))
+        events = student.generate(with_logprobs(generation, hold.top_logprobs))
         held: list[Event] = []
         logprobs: list[TokenLogprob] = []
         try:
@@ -138,6 +150,13 @@ class Router:
         if threshold is not None:
             metrics.threshold.set(threshold)
         metrics.teacher_fraction.set(float(np.mean(self._recent)) if self._recent else 0.0)
+
+
+def with_logprobs(generation: GenerationRequest, top_logprobs: int) -> GenerationRequest:
+    """The request asking for at least `top_logprobs` alternatives per token (what the client sees is unchanged:
+    serving formats logprobs by the client's own request)."""
+    wanted = max(generation.sampling.top_logprobs or 0, top_logprobs)
+    return replace(generation, sampling=replace(generation.sampling, top_logprobs=wanted))
 
 
 def signals_of(logprobs: Sequence[TokenLogprob]) -> TokenSignals:

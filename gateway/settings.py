@@ -92,6 +92,17 @@ class OnlineRecalibrationSettings(BaseModel):
         return self
 
 
+class HandoffSettings(BaseModel):
+    """Mid-stream handoff: a student token less likely than `min_prob` is not sent; the teacher continues."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="needs a teacher; applies to every student-served request "
+                          "that does not force its route")
+    min_prob: float = Field(default=0.3, gt=0, le=1, description="near 0: hands off almost never; 1: at the first "
+                            "token that is not certain")
+
+
 class RoutingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -103,6 +114,7 @@ class RoutingSettings(BaseModel):
     policy_file: Path | None = Field(default=None, description="confidence: the file `kdgate router calibrate` "
                                      "wrote (prefix length, scorer, threshold)")
     online: OnlineRecalibrationSettings = Field(default_factory=OnlineRecalibrationSettings)
+    handoff: HandoffSettings = Field(default_factory=HandoffSettings)
 
     @model_validator(mode="after")
     def check_policy_file(self) -> RoutingSettings:

@@ -27,6 +27,8 @@ class RouteRecord:
     teacher_text: str | None = None
     teacher_correct: bool | None = None
     group: str | None = None  # a slice label for reports (the demo's ticket shape)
+    student_tokens: list[str] | None = None  # per generated token, its text (for handoff replays)
+    teacher_completion_tokens: int | None = None  # the teacher's answer length (teacher token cost)
 
     def signals(self) -> TokenSignals:
         width = max((len(row) for row in self.student_top), default=1) or 1
@@ -38,9 +40,10 @@ class RouteRecord:
     def to_json(self) -> str:
         return json.dumps({
             "id": self.id, "group": self.group,
-            "student": {"text": self.student_text, "correct": self.student_correct,
+            "student": {"text": self.student_text, "correct": self.student_correct, "tokens": self.student_tokens,
                         "sampled": self.student_sampled, "top": self.student_top},
-            "teacher": {"text": self.teacher_text, "correct": self.teacher_correct},
+            "teacher": {"text": self.teacher_text, "correct": self.teacher_correct,
+                        "completion_tokens": self.teacher_completion_tokens},
         }, allow_nan=False)
 
     @classmethod
@@ -50,7 +53,8 @@ class RouteRecord:
         return cls(id=str(raw["id"]), group=raw.get("group"), student_text=student["text"],
                    student_top=student["top"], student_sampled=student["sampled"],
                    student_correct=student.get("correct"), teacher_text=teacher.get("text"),
-                   teacher_correct=teacher.get("correct"))
+                   teacher_correct=teacher.get("correct"), student_tokens=student.get("tokens"),
+                   teacher_completion_tokens=teacher.get("completion_tokens"))
 
 
 def floor(logprob: float) -> float:

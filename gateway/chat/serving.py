@@ -21,6 +21,7 @@ from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 from gateway.metrics import GatewayMetrics
+from gateway.handoff import RouteChange
 from gateway.routing import Router, SingleBackend
 from router.policy import RouteDecision, RouteRequest
 
@@ -57,7 +58,8 @@ class ChatServing:
         generation, route_request = self._prepare(request)
         decision, backend, events = await self.router.start(generation, route_request, forced)
         text, logprobs, finish = [], [], None
-        self.metrics.in_flight.labels(decision.route).inc()
+        started_on = decision.route
+        self.metrics.in_flight.labels(started_on).inc()
         try:
             async for event in events:
                 if isinstance(event, Delta):
@@ -65,6 +67,8 @@ class ChatServing:
                         self.metrics.ttft.labels(decision.route).observe(time.monotonic() - started)
                     text.append(event.text)
                     logprobs.extend(event.logprobs)
+                elif isinstance(event, RouteChange):
+                    decision, backend = self._hand_off(event)
                 else:
                     finish = event
         except GatewayError as error:
@@ -74,7 +78,7 @@ class ChatServing:
             self.metrics.requests.labels(decision.route, "cancelled", "false").inc()
             raise
         finally:
-            self.metrics.in_flight.labels(decision.route).dec()
+            self.metrics.in_flight.labels(started_on).dec()
             await events.aclose()
         if finish is None:
             raise UpstreamProtocolError(f"backend `{backend.info.name}` ended without finishing",
@@ -195,6 +199,9 @@ class ChatServing:
                     yield frame([protocol.ChatCompletionChunkChoice(
                         delta=protocol.DeltaMessage(content=event.text),
                         logprobs=self._wire_logprobs(event.logprobs, request))])
+                elif isinstance(event, RouteChange):
+                    decision, backend = self._hand_off(event)
+                    route_info = self._route_info(decision, backend)
                 elif isinstance(event, Finish):
                     finished = True
                     self._count_success(decision, event, started, stream=True)
@@ -221,6 +228,11 @@ class ChatServing:
                 self.metrics.requests.labels(route, "cancelled", "true").inc()
             await events.aclose()  # cancels the backend's work when the client left early
         yield "data: [DONE]\n\n"
+
+    def _hand_off(self, change: RouteChange) -> tuple[RouteDecision, Backend]:
+        self.metrics.handoffs.inc()
+        self.metrics.decisions.labels(change.decision.route, change.decision.reason).inc()
+        return change.decision, change.backend
 
     # ------------------------------------------------------------------------------------------------ shapes
 

@@ -4,6 +4,7 @@ teacher, through the backends the gateway itself uses, both labelled against the
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -15,19 +16,34 @@ from router.records import RouteRecord, floor
 MAX_TOKENS = 96  # the longest demo answer is well under this
 
 
-async def answer(backend: Backend, request_id: str, messages: list[dict], top_logprobs: int | None
-                 ) -> tuple[str, list[list[float]], list[float]]:
-    """Greedy answer text, and per token the k alternatives' and the sampled token's logprobs."""
-    request = GenerationRequest(request_id, tuple(messages),
-                                SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_logprobs=top_logprobs))
-    text, top, sampled = [], [], []
+@dataclass
+class Answer:
+    text: str = ""
+    tokens: list[str] = field(default_factory=list)
+    top: list[list[float]] = field(default_factory=list)  # per token, the k alternatives' logprobs
+    sampled: list[float] = field(default_factory=list)  # per token, the sampled token's logprob
+    completion_tokens: int = 0
+
+
+async def answer(backend: Backend, request: GenerationRequest) -> Answer:
+    """The whole answer to `request`, with its tokens and their logprobs when the request asks for them."""
+    result, text = Answer(), []
     async for event in backend.generate(request):
         if isinstance(event, Delta):
             text.append(event.text)
             for entry in event.logprobs:
-                top.append([floor(alternative.logprob) for alternative in entry.top_logprobs])
-                sampled.append(floor(entry.logprob))
-    return "".join(text), top, sampled
+                result.tokens.append(entry.token)
+                result.top.append([floor(alternative.logprob) for alternative in entry.top_logprobs])
+                result.sampled.append(floor(entry.logprob))
+        else:
+            result.completion_tokens = event.completion_tokens
+    result.text = "".join(text)
+    return result
+
+
+def greedy(request_id: str, messages: list[dict], top_logprobs: int | None) -> GenerationRequest:
+    return GenerationRequest(request_id, tuple(messages),
+                             SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_logprobs=top_logprobs))
 
 
 def is_right(text: str, ticket: task.Ticket) -> bool:
@@ -43,14 +59,16 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
     async def one(index: int, ticket: task.Ticket) -> RouteRecord:
         async with gate:
             messages = ticket.messages()
-            (student_text, top, sampled), (teacher_text, _, _) = await asyncio.gather(
-                answer(student, f"{split}-{index}-s", messages, top_logprobs),
-                answer(teacher, f"{split}-{index}-t", messages, None))
+            student_answer, teacher_answer = await asyncio.gather(
+                answer(student, greedy(f"{split}-{index}-s", messages, top_logprobs)),
+                answer(teacher, greedy(f"{split}-{index}-t", messages, None)))
         progress.update()
         return RouteRecord(id=f"{split}-{seed}-{index}", group=ticket.factors.get("shape"),
-                           student_text=student_text, student_top=top, student_sampled=sampled,
-                           student_correct=is_right(student_text, ticket), teacher_text=teacher_text,
-                           teacher_correct=is_right(teacher_text, ticket))
+                           student_text=student_answer.text, student_top=student_answer.top,
+                           student_sampled=student_answer.sampled, student_tokens=student_answer.tokens,
+                           student_correct=is_right(student_answer.text, ticket), teacher_text=teacher_answer.text,
+                           teacher_correct=is_right(teacher_answer.text, ticket),
+                           teacher_completion_tokens=teacher_answer.completion_tokens)
 
     try:
         return list(await asyncio.gather(*(one(index, ticket) for index, ticket in enumerate(tickets))))
