@@ -20,8 +20,8 @@ from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, Sam
 from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
-from gateway.metrics import GatewayMetrics
 from gateway.handoff import RouteChange
+from gateway.metrics import GatewayMetrics
 from gateway.routing import Router, SingleBackend
 from router.policy import RouteDecision, RouteRequest
 
