@@ -99,8 +99,8 @@ class HandoffSettings(BaseModel):
 
     enabled: bool = Field(default=False, description="needs a teacher; applies to every student-served request "
                           "that does not force its route")
-    min_prob: float = Field(default=0.3, gt=0, le=1, description="near 0: hands off almost never; 1: at the first "
-                            "token that is not certain")
+    min_prob: float = Field(default=0.5, gt=0, le=1, description="near 0: hands off almost never; 1: at the first "
+                            "token that is not certain. Tune it with the handoff table of `kdgate router eval`")
 
 
 class RoutingSettings(BaseModel):

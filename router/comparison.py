@@ -28,6 +28,7 @@ class PolicyResult:
     curve: RoutingCurve
     threshold: float | None = None  # calibrated on the fit records
     fit_teacher_fraction: float | None = None  # what that threshold sends on the fit records themselves
+    held_out_scores: np.ndarray | None = None  # (N,) the scorer's score for each held-out record
     held_out_teacher_fraction: float | None = None  # what that threshold sends on the held-out records
 
     def row(self) -> dict:
@@ -64,7 +65,7 @@ def compare(fit: list[RouteRecord], held_out: list[RouteRecord], prefixes: list[
             results.append(PolicyResult(
                 name=f"confidence N={prefix or 'full'} {kind}", prefix_tokens=prefix, scorer=scorer,
                 curve=routing_curve(held_scores, student, teacher), threshold=threshold,
-                fit_teacher_fraction=teacher_fraction(fit_scores, threshold),
+                fit_teacher_fraction=teacher_fraction(fit_scores, threshold), held_out_scores=held_scores,
                 held_out_teacher_fraction=teacher_fraction(held_scores, threshold)))
     return results
 

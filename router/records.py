@@ -29,6 +29,8 @@ class RouteRecord:
     group: str | None = None  # a slice label for reports (the demo's ticket shape)
     student_tokens: list[str] | None = None  # per generated token, its text (for handoff replays)
     teacher_completion_tokens: int | None = None  # the teacher's answer length (teacher token cost)
+    reference: str | None = None  # the right answer, when known (the demo's ground truth), to judge new answers
+    messages: list[dict] | None = None  # the conversation the student answered, to ask again (handoff replays)
 
     def signals(self) -> TokenSignals:
         width = max((len(row) for row in self.student_top), default=1) or 1
@@ -39,7 +41,7 @@ class RouteRecord:
 
     def to_json(self) -> str:
         return json.dumps({
-            "id": self.id, "group": self.group,
+            "id": self.id, "group": self.group, "reference": self.reference, "messages": self.messages,
             "student": {"text": self.student_text, "correct": self.student_correct, "tokens": self.student_tokens,
                         "sampled": self.student_sampled, "top": self.student_top},
             "teacher": {"text": self.teacher_text, "correct": self.teacher_correct,
@@ -54,7 +56,8 @@ class RouteRecord:
                    student_top=student["top"], student_sampled=student["sampled"],
                    student_correct=student.get("correct"), teacher_text=teacher.get("text"),
                    teacher_correct=teacher.get("correct"), student_tokens=student.get("tokens"),
-                   teacher_completion_tokens=teacher.get("completion_tokens"))
+                   teacher_completion_tokens=teacher.get("completion_tokens"), reference=raw.get("reference"),
+                   messages=raw.get("messages"))
 
 
 def floor(logprob: float) -> float:

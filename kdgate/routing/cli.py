@@ -85,10 +85,11 @@ def evaluate(
     prefixes: list[str] = typer.Option(["1", "4", "16", "32", "full"], "--prefix", help=PREFIX_HELP),
     kinds: list[str] = typer.Option(["signal", "logistic", "isotonic"], "--scorer"),
     ttft_requests: int = typer.Option(30, min=0, help="requests per configuration for TTFT (0: skip)"),
+    handoff: bool = typer.Option(True, help="also measure mid-stream handoff at equal teacher token cost"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
 ) -> None:
     """Accuracy vs teacher share for every prefix length and scorer, APGR/CPT, drift, TTFT: JSON, PNG, Markdown."""
     from kdgate.routing.evaluate import run_evaluation
 
     run_evaluation(out, fit, data, examples, target_teacher_fraction, [parse_prefix(p) for p in prefixes], kinds,
-                   ttft_requests, config)
+                   ttft_requests, config, handoff)

@@ -68,7 +68,8 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
                            student_sampled=student_answer.sampled, student_tokens=student_answer.tokens,
                            student_correct=is_right(student_answer.text, ticket), teacher_text=teacher_answer.text,
                            teacher_correct=is_right(teacher_answer.text, ticket),
-                           teacher_completion_tokens=teacher_answer.completion_tokens)
+                           teacher_completion_tokens=teacher_answer.completion_tokens, reference=ticket.answer_json(),
+                           messages=messages)
 
     try:
         return list(await asyncio.gather(*(one(index, ticket) for index, ticket in enumerate(tickets))))

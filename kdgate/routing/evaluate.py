@@ -10,6 +10,7 @@ from rich.markdown import Markdown
 
 from kdgate.routing import report
 from kdgate.routing.collect import collect_from_settings
+from kdgate.routing.handoff_eval import evaluate_handoff, handoff_table, prefix_routing_cost_curve
 from router.comparison import PolicyResult, compare
 from router.drift import drift_report
 from router.policy_file import Calibration, PolicyFile, save_policy
@@ -18,6 +19,7 @@ from router.records import read_records, write_records
 # Drifted live traffic for the recalibration check: three times the calibration share of two-order tickets.
 DRIFT_WEIGHTS = {"two_orders": 3.0, "two_orders_renamed": 3.0}
 PLOT_KIND = "logistic"
+HANDOFF_TTFT_MIN_PROB = 0.9  # the handoff configuration whose TTFT is measured (its stream starts at once)
 
 
 def records(path: Path | None, default: Path, split: str, examples: int, config: Path | None):
@@ -29,7 +31,8 @@ def records(path: Path | None, default: Path, split: str, examples: int, config:
 
 
 def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int, target: float,
-                   prefixes: list[int | None], kinds: list[str], ttft_requests: int, config: Path | None) -> dict:
+                   prefixes: list[int | None], kinds: list[str], ttft_requests: int, config: Path | None,
+                   with_handoff: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     fit_records, fit_path = records(fit, out / "records-val.jsonl", "val", examples, config)
     held_records, held_path = records(data, out / "records-test.jsonl", "test", examples, config)
@@ -38,16 +41,20 @@ def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int
     confidence = [result for result in results if result.scorer is not None]
     best = max(confidence, key=lambda result: result.curve.apgr())
     drift = drift_report(best.scorer, best.prefix_tokens, best.threshold, held_records, target, DRIFT_WEIGHTS)
+    handoff = asyncio.run(measure_handoff(results, held_records, config)) if with_handoff else None
     ttft = measure_ttft(policies, target, ttft_requests, config) if ttft_requests else None
     summary = {"fit": str(fit_path), "held_out": str(held_path), "target_teacher_fraction": target,
                "policies": [result.row() for result in results], "best": best.name, "drift": drift, "ttft": ttft,
+               "handoff": handoff,
                "curves": {result.name: {"fractions": result.curve.fractions, "accuracy": result.curve.accuracy}
                           for result in results}}
     report.write_json(out / "report.json", summary)
-    report.plot(out / "curves.png", results, PLOT_KIND)
+    report.plot(out / "curves.png", results, PLOT_KIND, handoff, cost_curves(results, held_records))
     tables = [report.policy_table(results, target)]
     if ttft:
         tables.append(report.ttft_table(ttft))
+    if handoff:
+        tables.append(handoff_table(handoff))
     (out / "tables.md").write_text("\n\n".join(tables) + "\n")
     console = Console(width=160)
     for table in tables:
@@ -58,6 +65,17 @@ def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int
                   f"{drift['warm_up']} requests")
     console.print(f"wrote {out}/report.json, {out}/curves.png, {out}/tables.md and the policy files")
     return summary
+
+
+def cost_curves(results: list[PolicyResult], records) -> dict[str, tuple]:
+    """Accuracy against teacher tokens (as a share of all-teacher) for whole-request escalation, N=4 and full."""
+    total = sum(record.teacher_completion_tokens or 0 for record in records)
+    curves = {}
+    for result in results:
+        if result.scorer is not None and result.scorer.kind == PLOT_KIND and result.prefix_tokens in (4, None):
+            tokens, accuracy = prefix_routing_cost_curve(result.held_out_scores, records)
+            curves[result.name.removesuffix(f" {PLOT_KIND}")] = (tokens / total, accuracy)
+    return curves
 
 
 def save_policies(out: Path, results: list[PolicyResult], target: float, fit_path: Path, examples: int
@@ -77,14 +95,27 @@ def save_policies(out: Path, results: list[PolicyResult], target: float, fit_pat
     return paths
 
 
+async def measure_handoff(results: list[PolicyResult], records, config: Path | None) -> list[dict]:
+    """Handoff against whole-request escalation by the logistic policies, at equal teacher token cost."""
+    from gateway.app import open_backends
+    from gateway.settings import load_settings
+
+    prefix_scores = {result.name.removesuffix(" logistic"): result.held_out_scores for result in results
+                     if result.scorer is not None and result.scorer.kind == "logistic"}
+    async with open_backends(load_settings(config)) as backends:
+        return await evaluate_handoff(backends["teacher"], records, prefix_scores)
+
+
 def measure_ttft(policies: dict[str, Path], target: float, requests: int, config: Path | None) -> dict:
     from distill.demo import task
-    from gateway.settings import RoutingSettings, load_settings
+    from gateway.settings import HandoffSettings, RoutingSettings, load_settings
     from kdgate.routing.ttft import measure
 
     configs = {"student_only": RoutingSettings(policy="student_only"),
                "teacher_only": RoutingSettings(policy="teacher_only"),
                "random": RoutingSettings(policy="random", teacher_fraction=target, seed=0)}
     configs |= {name: RoutingSettings(policy="confidence", policy_file=path) for name, path in policies.items()}
+    configs[f"student + handoff below p={HANDOFF_TTFT_MIN_PROB}"] = RoutingSettings(
+        policy="student_only", handoff=HandoffSettings(enabled=True, min_prob=HANDOFF_TTFT_MIN_PROB))
     conversations = [ticket.messages() for ticket in task.take("test", requests, seed=7)]
     return measure(configs, conversations, load_settings(config))

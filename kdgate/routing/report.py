@@ -20,29 +20,50 @@ def _plain(value):
     raise TypeError(f"cannot write {type(value).__name__} to the report")
 
 
-def plot(path: Path, results: list[PolicyResult], kind: str) -> None:
-    """Accuracy against teacher fraction: random, oracle, and `kind` scorers at each prefix length."""
+def plot(path: Path, results: list[PolicyResult], kind: str, handoff: list[dict] | None = None,
+         cost_curves: dict[str, tuple] | None = None) -> None:
+    """Left: accuracy against the share of requests sent to the teacher (random, oracle, `kind` scorers per
+    prefix length). Right, with handoff rows: accuracy against the share of teacher tokens, handoff beside
+    whole-request escalation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5))
+    panels = 2 if handoff else 1
+    figure, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 5), squeeze=False)
+    left = axes[0][0]
     for result in results:
         if result.scorer is not None and result.scorer.kind != kind:
             continue
         style = {"random": dict(color="grey", linestyle="--"), "oracle": dict(color="black", linestyle=":")}
         label = f"{result.name} (APGR {result.curve.apgr():.2f})"
-        axes.plot(100 * result.curve.fractions, 100 * result.curve.accuracy, label=label,
+        left.plot(100 * result.curve.fractions, 100 * result.curve.accuracy, label=label,
                   **style.get(result.name, {}))
-    axes.set_xlabel("requests sent to the teacher (%)")
+    _axes(left, "requests sent to the teacher (%)", "Accuracy vs teacher share of requests")
+    if handoff:
+        right = axes[0][1]
+        for name, (tokens, accuracy) in (cost_curves or {}).items():
+            right.plot(100 * tokens, 100 * accuracy, label=f"{name}, whole request escalated")
+        right.plot([100 * row["teacher_token_share"] for row in handoff], [100 * row["accuracy"] for row in handoff],
+                   "ko-", label="mid-stream handoff (one point per handoff probability)")
+        for row in handoff:
+            right.annotate(f"p<{row['min_prob']}", (100 * row["teacher_token_share"], 100 * row["accuracy"]),
+                           textcoords="offset points", xytext=(4, -10), fontsize=7)
+        _axes(right, "teacher tokens generated (% of sending everything to the teacher)",
+              "Accuracy vs teacher token cost")
+    figure.suptitle("Demo task, 1,000 held-out tickets")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _axes(axes, xlabel: str, title: str) -> None:
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("whole-answer accuracy (%)")
-    axes.set_title("Demo task, held-out tickets: accuracy vs teacher share")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def policy_table(results: list[PolicyResult], target: float) -> str:

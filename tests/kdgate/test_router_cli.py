@@ -58,5 +58,10 @@ def test_router_eval_end_to_end_on_the_demo_models(tmp_path, demo_dirs):
     assert set(rows) == {"random", "oracle", "confidence N=4 logistic", "confidence N=full logistic"}
     assert rows["confidence N=full logistic"]["apgr"] > rows["random"]["apgr"]  # the demo student's errors show
     assert report["ttft"]["confidence N=full"]["requests"] == 3
+    handoff = report["handoff"]
+    assert [row["min_prob"] for row in handoff] == sorted(row["min_prob"] for row in handoff)
+    shares = [row["teacher_token_share"] for row in handoff]
+    assert shares == sorted(shares) and 0 < shares[-1] <= 1  # a stricter rule hands off more
+    assert all(0 <= row["accuracy"] <= 1 for row in handoff)
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "policy-full.json").is_file() and "| random |" in (tmp_path / "tables.md").read_text()
