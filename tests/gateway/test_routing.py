@@ -41,3 +41,11 @@ def test_confidence_policy_needs_a_policy_file(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         build_policy(RoutingSettings(policy="confidence", policy_file=tmp_path / "bad.json"))
+
+
+def test_the_committed_demo_policy_loads():
+    from distill.demo import DEMO_STUDENT_DIR
+
+    policy = build_policy(RoutingSettings(policy="confidence",
+                                          policy_file=DEMO_STUDENT_DIR.parent / "router-policy.json"))
+    assert policy.hold_back.tokens is None and policy.target_teacher_fraction == 0.2
