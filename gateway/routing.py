@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -27,7 +27,7 @@ from router.handoff import HandoffRule
 from router.online import OnlineSettings
 from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, RouteRequest, RoutingPolicy, forced
 from router.policy_file import load_policy, policy_from_file
-from router.signals import TokenSignals, aggregate, token_signals
+from router.signals import TokenSignals, aggregate, signals_from_rows
 
 FORCE_HEADER = "x-kdgate-force"
 FRACTION_WINDOW = 500  # decisions over which the realised teacher fraction is exported
@@ -71,10 +71,6 @@ class Router:
         if metrics is not None and target is not None:
             metrics.teacher_fraction_target.set(target)
 
-    @property
-    def routes(self) -> Collection[str]:
-        return self.backends.keys()
-
     def decide(self, request: RouteRequest, forced_route: str | None) -> RouteDecision | None:
         """The decision made before generation; None when the policy must see the student's first tokens."""
         if forced_route is not None:
@@ -117,7 +113,9 @@ class Router:
         except GatewayError as error:  # the student failed before answering: the teacher can still serve
             await events.aclose()
             log.warning("student failed during hold-back (%s); escalating to the teacher", error)
-            return self._escalate(RouteDecision("teacher", "student_error"), generation)
+            decision = RouteDecision("teacher", "student_error")
+            self._count(decision, held_for=time.monotonic() - started)
+            return self._escalate(decision, generation)
         except BaseException:
             await events.aclose()
             raise
@@ -160,14 +158,9 @@ def with_logprobs(generation: GenerationRequest, top_logprobs: int) -> Generatio
 
 
 def signals_of(logprobs: Sequence[TokenLogprob]) -> TokenSignals:
-    """Per-token signals from a backend's logprobs; rows with fewer alternatives are padded with -inf."""
-    width = max((len(entry.top_logprobs) for entry in logprobs), default=1) or 1
-    top = np.full((len(logprobs), width), -np.inf)  # (T, k)
-    for row, entry in enumerate(logprobs):
-        alternatives = [alternative.logprob for alternative in entry.top_logprobs] or [entry.logprob]
-        top[row, :len(alternatives)] = alternatives
-    sampled = np.array([entry.logprob for entry in logprobs], dtype=np.float64)  # (T,)
-    return token_signals(top, sampled)
+    """Per-token signals from a backend's logprobs (the sampled token's own logprob when no alternatives came)."""
+    rows = [[alternative.logprob for alternative in entry.top_logprobs] or [entry.logprob] for entry in logprobs]
+    return signals_from_rows(rows, [entry.logprob for entry in logprobs])
 
 
 async def _replay(held: list[Event], rest: AsyncIterator[Event]) -> AsyncIterator[Event]:

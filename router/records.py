@@ -12,9 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from router.signals import LOGPROB_FLOOR, TokenSignals, token_signals
+from router.signals import LOGPROB_FLOOR, TokenSignals, signals_from_rows
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,7 @@ class RouteRecord:
     messages: list[dict] | None = None  # the conversation the student answered, to ask again (handoff replays)
 
     def signals(self) -> TokenSignals:
-        width = max((len(row) for row in self.student_top), default=1) or 1
-        top = np.full((len(self.student_top), width), -np.inf)  # (T, k)
-        for index, row in enumerate(self.student_top):
-            top[index, :len(row)] = row
-        return token_signals(top, np.array(self.student_sampled, dtype=np.float64))
+        return signals_from_rows(self.student_top, self.student_sampled)
 
     def to_json(self) -> str:
         return json.dumps({

@@ -74,6 +74,15 @@ def token_signals(top_logprobs: np.ndarray, sampled_logprobs: np.ndarray) -> Tok
     return TokenSignals(margin=margin, entropy=entropy, sampled_logprob=sampled)
 
 
+def signals_from_rows(top_rows: list[list[float]], sampled_logprobs: list[float]) -> TokenSignals:
+    """`token_signals` from ragged per-token lists (as JSON carries them); short rows are padded with -inf."""
+    width = max((len(row) for row in top_rows), default=1) or 1
+    top = np.full((len(top_rows), width), -np.inf)  # (T, k)
+    for index, row in enumerate(top_rows):
+        top[index, :len(row)] = row
+    return token_signals(top, np.asarray(sampled_logprobs, dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class WindowSignals:
     """Aggregates over a window of tokens. All NaN when `tokens == 0`."""
