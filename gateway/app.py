@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, to_envelope
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
+from gateway.shadow.service import open_shadow
 from router.handoff import HandoffRule
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_backends(settings) as backends:
+        async with open_backends(settings) as backends, open_shadow(settings, backends, app.state.metrics) as shadow:
             handoff = settings.routing.handoff
             router = Router(policy, backends, app.state.metrics,
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
-                                         metrics=app.state.metrics, announce_route=True)
+                                         metrics=app.state.metrics, announce_route=True, shadow=shadow)
             _collect_engine_metrics(app, backends)
             yield
 

@@ -14,6 +14,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4
                    5.0, 10.0, 20.0, 60.0)
 # Probability-like scores (min_prob, logistic, isotonic) fill 0..1; log-probability scores fill the negative side.
 CONFIDENCE_BUCKETS = (-5.0, -2.0, -1.0, -0.5, -0.2, -0.1, -0.05, 0.0, *(round(0.05 * i, 2) for i in range(1, 21)))
+KL_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+SHARE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
 
@@ -53,6 +55,32 @@ class GatewayMetrics:
                                         "discarded because the request escalated", registry=r)
         self.handoffs = Counter("kdgate_handoffs", "Answers the student started and the teacher finished "
                                 "(a student token fell below the handoff probability)", registry=r)
+        # shadow comparisons (gateway.shadow)
+        self.shadow_kl = Histogram("kdgate_shadow_kl", "Mean per-token KL(teacher||student) of a shadowed answer "
+                                   "(top-k with tail bucket: a lower bound)", buckets=KL_BUCKETS, registry=r)
+        self.shadow_nll = Histogram("kdgate_shadow_teacher_nll", "Mean teacher negative log-likelihood per token of "
+                                    "a shadowed student answer", buckets=KL_BUCKETS, registry=r)
+        self.shadow_top1 = Histogram("kdgate_shadow_top1_agreement", "Share of a shadowed answer's tokens that are "
+                                     "the teacher's top-1", buckets=SHARE_BUCKETS, registry=r)
+        self.shadow_answers = Counter("kdgate_shadow_answers", "Shadowed answers by whether the student's final "
+                                      "answer equals the teacher's", ["agree"], registry=r)
+        self.shadow_unaligned = Counter("kdgate_shadow_unaligned", "Shadowed answers the teacher tokenized "
+                                        "differently (no per-token KL)", registry=r)
+        self.shadow_kl_rolling = Gauge("kdgate_shadow_kl_rolling", "Mean KL over the last shadowed answers "
+                                       "(shadow.window)", registry=r)
+        self.shadow_top1_rolling = Gauge("kdgate_shadow_top1_agreement_rolling", "Mean top-1 agreement over the "
+                                         "last shadowed answers", registry=r)
+        self.shadow_agreement_rolling = Gauge("kdgate_shadow_answer_agreement_rolling", "Share of the last shadowed "
+                                              "answers equal to the teacher's", registry=r)
+        self.shadow_queue = Gauge("kdgate_shadow_queue_depth", "Shadow jobs waiting for the teacher", registry=r)
+        self.shadow_sampled = Counter("kdgate_shadow_sampled", "Jobs queued for shadow work, by kind (shadow, "
+                                      "escalation)", ["kind"], registry=r)
+        self.shadow_dropped = Counter("kdgate_shadow_dropped", "Shadow jobs or records dropped, by reason "
+                                      "(queue_full, store_error, rejected)", ["reason"], registry=r)
+        self.shadow_failed = Counter("kdgate_shadow_failed", "Shadow jobs that failed, by stage (timeout, teacher, "
+                                     "internal)", ["stage"], registry=r)
+        self.shadow_store_write = Histogram("kdgate_shadow_store_write_seconds", "Time to write one shadow record",
+                                            buckets=LATENCY_BUCKETS, registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], registry=r)
 

@@ -39,6 +39,7 @@ class Routed(NamedTuple):
     decision: RouteDecision
     backend: Backend
     events: AsyncIterator[Event]  # what the client receives, held-back events first
+    discarded: tuple[TokenLogprob, ...] = ()  # student tokens generated, then not sent (an escalation)
 
 
 class SingleBackend:
@@ -127,7 +128,7 @@ class Router:
         await events.aclose()  # cancels the student's work; none of its tokens were sent
         if self.metrics is not None:
             self.metrics.discarded_tokens.inc(len(logprobs))
-        return self._escalate(decision, generation)
+        return self._escalate(decision, generation)._replace(discarded=tuple(logprobs))
 
     def _escalate(self, decision: RouteDecision, generation: GenerationRequest) -> Routed:
         teacher = self.backends["teacher"]

@@ -38,6 +38,9 @@ class BackendSettings(BaseModel):
     dtype: str = Field(default="auto", description="local: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="local: sequences decoded together")
     threads: int | None = Field(default=None, ge=1, description="local: torch CPU threads; unset = torch default")
+    version: str | None = Field(default=None, description="a label for these weights (training run, git sha), "
+                                "stored with shadow records")
+    adapter_version: str | None = Field(default=None, description="the LoRA adapter served on top, if any")
 
     @model_validator(mode="after")
     def check_kind_fields(self) -> BackendSettings:
@@ -123,6 +126,31 @@ class RoutingSettings(BaseModel):
         return self
 
 
+class ShadowSettings(BaseModel):
+    """Shadow comparisons: the teacher scores a sample of student answers off the request path (gateway.shadow)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="needs a teacher; off: no shadow work, no store")
+    sample_rate: float = Field(default=0.05, ge=0, le=1, description="share of student-served requests shadowed; "
+                               "1 shadows all (teacher load roughly doubles that share)")
+    record_escalations: bool = Field(default=True, description="store every escalated or handed-off request")
+    top_logprobs: int = Field(default=5, ge=1, le=20, description="alternatives per token on both sides; larger "
+                              "tightens the KL lower bound")
+    queue_size: int = Field(default=256, ge=1, description="jobs waiting; beyond it jobs are dropped and counted")
+    concurrency: int = Field(default=2, ge=1, le=64, description="shadow requests in flight toward the teacher")
+    timeout_s: float = Field(default=60.0, gt=0, description="one job (score + answer + write); then dropped")
+    window: int = Field(default=200, ge=1, description="shadowed answers in the rolling KL/agreement gauges")
+    store_url: str | None = Field(default="sqlite:///var/kdgate-shadow.sqlite3", description="SQLAlchemy URL: "
+                                  "sqlite:///path (WAL) or postgresql+psycopg://user:pass@host/db; null: metrics "
+                                  "only")
+    max_age_days: float | None = Field(default=30.0, gt=0, description="records older than this are deleted")
+    max_rows: int | None = Field(default=1_000_000, ge=1, description="oldest records beyond this are deleted")
+    max_record_bytes: int = Field(default=1_000_000, ge=1024, description="larger records are rejected and counted")
+    scrub_patterns: list[str] = Field(default_factory=list, description="extra regular expressions replaced by "
+                                      "[REDACTED] in stored prompts (emails, phones, cards, keys always are)")
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid",
                                       env_parse_none_str="null")
@@ -134,6 +162,7 @@ class GatewaySettings(BaseSettings):
     teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["teacher"]),
                                             description="null serves the student alone")
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     http: HttpClientSettings = Field(default_factory=HttpClientSettings)
 
     max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")

@@ -80,10 +80,11 @@ def engine_server(demo_dirs) -> Iterator[EngineServer]:
 
 
 def gateway_settings(demo_dirs, engine: EngineServer, **overrides):
-    from gateway.settings import BackendSettings, GatewaySettings
+    from gateway.settings import BackendSettings, GatewaySettings, ShadowSettings
 
     student = BackendSettings(kind="local", model_dir=demo_dirs[0], model="demo-student", threads=1)
     teacher = BackendSettings(kind="http", base_url=engine.base_url, model=engine.model)
+    overrides.setdefault("shadow", ShadowSettings(enabled=False))  # shadow tests turn it on with their own store
     return GatewaySettings(student=student, teacher=teacher, **overrides)
 
 

@@ -23,6 +23,8 @@ from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, Upstream
 from gateway.handoff import RouteChange
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Router, SingleBackend
+from gateway.shadow.capture import Capture
+from gateway.shadow.worker import ShadowWorker
 from router.policy import RouteDecision, RouteRequest
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,13 @@ class ServingLimits:
 
 
 @dataclass(frozen=True)
+class _ShadowHandOver:
+    capture: Capture
+    discarded: tuple  # student tokens generated, then not sent (escalation)
+    student_model: str
+
+
+@dataclass(frozen=True)
 class PreparedStream:
     decision: RouteDecision
     frames: AsyncIterator[str]
@@ -43,9 +52,10 @@ class PreparedStream:
 
 class ChatServing:
     def __init__(self, *, served_model: str, router: Router | SingleBackend, limits: ServingLimits,
-                 metrics: GatewayMetrics, announce_route: bool):
+                 metrics: GatewayMetrics, announce_route: bool, shadow: ShadowWorker | None = None):
         self.served_model = served_model
         self.router = router
+        self.shadow = shadow
         self.backends = router.backends
         self.limits = limits
         self.metrics = metrics
@@ -56,12 +66,14 @@ class ChatServing:
     async def complete(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
         generation, route_request = self._prepare(request)
-        decision, backend, events = await self.router.start(generation, route_request, forced)
+        capture, generation = Capture.plan(self.shadow, generation, forced)
+        decision, backend, events, discarded = await self.router.start(generation, route_request, forced)
         text, logprobs, finish = [], [], None
         started_on = decision.route
         self.metrics.in_flight.labels(started_on).inc()
         try:
             async for event in events:
+                capture.observe(event)
                 if isinstance(event, Delta):
                     if event.text and not text:
                         self.metrics.ttft.labels(decision.route).observe(time.monotonic() - started)
@@ -99,12 +111,14 @@ class ChatServing:
             else None,
             kdgate=self._route_info(decision, backend),
         )
+        capture.finish(generation, decision, discarded, self._student_model())
         return response, decision
 
     async def stream(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                      ) -> PreparedStream:
         generation, route_request = self._prepare(request)
-        decision, backend, events = await self.router.start(generation, route_request, forced)
+        capture, generation = Capture.plan(self.shadow, generation, forced)
+        decision, backend, events, discarded = await self.router.start(generation, route_request, forced)
         try:
             first = await anext(events)
         except StopAsyncIteration:
@@ -114,7 +128,8 @@ class ChatServing:
         except GatewayError as error:
             self._count_failure(decision, error, stream=True)
             raise
-        frames = self._frames(request, generation, decision, backend, first, events, started)
+        frames = self._frames(request, generation, decision, backend, first, events, started,
+                              _ShadowHandOver(capture, discarded, self._student_model()))
         return PreparedStream(decision=decision, frames=frames)
 
     # ------------------------------------------------------------------------------------------------ preparation
@@ -169,7 +184,8 @@ class ChatServing:
     # ------------------------------------------------------------------------------------------------ streaming
 
     async def _frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
-                      decision: RouteDecision, backend: Backend, first, events, started: float) -> AsyncIterator[str]:
+                      decision: RouteDecision, backend: Backend, first, events, started: float,
+                      shadow: _ShadowHandOver) -> AsyncIterator[str]:
         """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
         route = decision.route
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
@@ -182,12 +198,13 @@ class ChatServing:
             return f"data: {chunk.model_dump_json()}\n\n"
 
         self.metrics.in_flight.labels(route).inc()
-        finished = False
+        finished = completed = False
         last_content_at = None
         try:
             yield frame([protocol.ChatCompletionChunkChoice(delta=protocol.DeltaMessage(role="assistant", content=""))])
             event = first
             while True:
+                shadow.capture.observe(event)
                 if isinstance(event, Delta):
                     now = time.monotonic()
                     if event.text:
@@ -203,7 +220,7 @@ class ChatServing:
                     decision, backend = self._hand_off(event)
                     route_info = self._route_info(decision, backend)
                 elif isinstance(event, Finish):
-                    finished = True
+                    finished = completed = True
                     self._count_success(decision, event, started, stream=True)
                     yield frame([protocol.ChatCompletionChunkChoice(
                         delta=protocol.DeltaMessage(), finish_reason=event.finish_reason,
@@ -228,6 +245,12 @@ class ChatServing:
                 self.metrics.requests.labels(route, "cancelled", "true").inc()
             await events.aclose()  # cancels the backend's work when the client left early
         yield "data: [DONE]\n\n"
+        if completed:  # the client has its whole answer: only now is shadow work queued
+            shadow.capture.finish(generation, decision, shadow.discarded, shadow.student_model)
+
+    def _student_model(self) -> str:
+        student = self.backends.get("student")
+        return student.info.model if student is not None else ""
 
     def _hand_off(self, change: RouteChange) -> tuple[RouteDecision, Backend]:
         self.metrics.handoffs.inc()

@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings
+from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
 from router.policy_file import Calibration, PolicyFile, save_policy
 from router.scorers import SignalScorer
 from tests.conftest import ThreadedServer, free_port, gateway_settings
@@ -150,7 +150,8 @@ def test_a_student_that_fails_during_hold_back_escalates(engine_server, tmp_path
     settings = GatewaySettings(
         student=BackendSettings(kind="http", base_url=f"http://127.0.0.1:{free_port()}/v1", model="gone"),
         teacher=BackendSettings(kind="http", base_url=engine_server.base_url, model=engine_server.model),
-        routing=RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json"))
+        routing=RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json"),
+        shadow=ShadowSettings(enabled=False))
     with ThreadedServer(create_app(settings)) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         headers, chunks, text = streamed(client)

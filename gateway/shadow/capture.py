@@ -1,0 +1,58 @@
+"""What serving hands the shadow worker: the student's side of one request, captured while it streams.
+
+`plan` runs before routing: it samples the request for shadowing and, when sampled, asks the student for the
+top-k logprobs the divergence needs (the client's own logprobs are formatted from its request, so it sees no
+difference). `observe` sees every event the client gets; the student's part ends at a handoff. `finish` runs when
+the answer is complete and offers the job: `shadow` for a sampled student answer, `escalation` for a request the
+student did not finish (escalated on confidence, or handed off mid-stream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.backends.base import Delta, GenerationRequest, TokenLogprob
+from gateway.handoff import RouteChange
+from gateway.shadow.worker import ShadowWorker, new_job
+from router.policy import RouteDecision
+
+ESCALATIONS = frozenset({"confidence:low", "confidence:no_tokens", "handoff"})
+
+
+class Capture:
+    def __init__(self, worker: ShadowWorker | None, sampled: bool):
+        self.worker = worker
+        self.sampled = sampled
+        self.text: list[str] = []
+        self.tokens: list[TokenLogprob] = []
+        self._student_part = True
+
+    @classmethod
+    def plan(cls, worker: ShadowWorker | None, generation: GenerationRequest, forced: str | None
+             ) -> tuple[Capture, GenerationRequest]:
+        sampled = worker is not None and forced is None and worker.wants()
+        if sampled:
+            k = max(generation.sampling.top_logprobs or 0, worker.config.top_logprobs)
+            generation = replace(generation, sampling=replace(generation.sampling, top_logprobs=k))
+        return cls(worker, sampled), generation
+
+    def observe(self, event) -> None:
+        if isinstance(event, RouteChange):
+            self._student_part = False
+        elif self._student_part and isinstance(event, Delta):
+            self.text.append(event.text)
+            self.tokens.extend(event.logprobs)
+
+    def finish(self, generation: GenerationRequest, decision: RouteDecision, discarded: tuple[TokenLogprob, ...],
+               student_model: str) -> None:
+        """Offer the job, if there is one; never raises into the request."""
+        if self.worker is None:
+            return
+        if decision.route == "student" and self.sampled:
+            kind, text, tokens = "shadow", "".join(self.text), tuple(self.tokens)
+        elif decision.reason in ESCALATIONS and self.worker.config.record_escalations:
+            student = tuple(self.tokens) if decision.reason == "handoff" else discarded
+            kind, text, tokens = "escalation", "".join(entry.token for entry in student), student
+        else:
+            return
+        self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model))

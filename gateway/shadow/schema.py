@@ -1,0 +1,51 @@
+"""The shadow store's tables (SQLAlchemy 2). Changes go through an Alembic migration in `migrations/versions/`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+KINDS = ("shadow", "escalation")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ShadowRow(Base):
+    """One shadowed student answer (`shadow`) or one request the student did not finish (`escalation`)."""
+
+    __tablename__ = "shadow_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))
+    # who answered, and why
+    student_model: Mapped[str] = mapped_column(String(256))
+    student_version: Mapped[str | None] = mapped_column(String(128))
+    adapter_version: Mapped[str | None] = mapped_column(String(128))
+    teacher_model: Mapped[str] = mapped_column(String(256))
+    route: Mapped[str] = mapped_column(String(16))
+    route_reason: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    # what was said (the prompt scrubbed before storage)
+    prompt: Mapped[list] = mapped_column(JSON)
+    student_answer: Mapped[str] = mapped_column(Text)
+    student_tokens: Mapped[list] = mapped_column(JSON)  # [{"token", "logprob", "top": [[token, logprob], ...]}]
+    teacher_scores: Mapped[list | None] = mapped_column(JSON)  # the teacher's scoring of student_tokens, same shape
+    teacher_answer: Mapped[str | None] = mapped_column(Text)
+    teacher_tokens: Mapped[list | None] = mapped_column(JSON)
+    # divergence (null where it could not be computed; see gateway.shadow.divergence)
+    aligned: Mapped[bool | None] = mapped_column(Boolean)
+    mean_kl: Mapped[float | None] = mapped_column(Float)
+    top1_agreement: Mapped[float | None] = mapped_column(Float)
+    teacher_nll: Mapped[float | None] = mapped_column(Float)
+    answers_agree: Mapped[bool | None] = mapped_column(Boolean)
+    field_agreement: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_shadow_records_created_at", "created_at"),
+                      Index("ix_shadow_records_kind_created_at", "kind", "created_at"))

@@ -1,0 +1,47 @@
+"""Start and stop the shadow worker and its store with the gateway (from `GatewaySettings.shadow`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from gateway.backends.base import Backend
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.shadow.scrub import Scrubber
+from gateway.shadow.store import ShadowStore
+from gateway.shadow.worker import ShadowConfig, ShadowWorker
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], metrics: GatewayMetrics
+                      ) -> AsyncIterator[ShadowWorker | None]:
+    shadow = settings.shadow
+    if not shadow.enabled or "teacher" not in backends:
+        yield None
+        return
+    scrubber = Scrubber(shadow.scrub_patterns)
+    store = None
+    if shadow.store_url:
+        store = await asyncio.to_thread(
+            ShadowStore, shadow.store_url,
+            max_age=timedelta(days=shadow.max_age_days) if shadow.max_age_days else None,
+            max_rows=shadow.max_rows, max_record_bytes=shadow.max_record_bytes)
+    config = ShadowConfig(sample_rate=shadow.sample_rate, record_escalations=shadow.record_escalations,
+                          top_logprobs=shadow.top_logprobs, queue_size=shadow.queue_size,
+                          concurrency=shadow.concurrency, timeout_s=shadow.timeout_s, window=shadow.window,
+                          student_version=settings.student.version,
+                          adapter_version=settings.student.adapter_version)
+    worker = ShadowWorker(config, backends["teacher"], store, scrubber, metrics)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.aclose()
+        if store is not None:
+            store.close()
