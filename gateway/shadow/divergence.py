@@ -96,9 +96,9 @@ def _prob(logprob: float) -> float:
 
 
 def _kl_terms(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """p·log(p/q) with 0·log 0 = 0; a q of 0 where p > 0 is floored at 1e-12 (the reported floor, not +inf)."""
+    """p·log(p/q) with 0·log 0 = 0; a q of 0 where p > 0 is floored at 1e-30 (a finite cap instead of +inf)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-12)))
+        terms = p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-30)))
     return np.where(p > 0, terms, 0.0)
 
 
