@@ -65,6 +65,7 @@ def divergence(student: Sequence[TokenLogprob], teacher_scored: Sequence[TokenLo
     """Figures for one answer; `teacher_scored` is the teacher's scoring of `student_answer` (`Backend.score`)."""
     if not teacher_scored:
         raise ValueError("the teacher scored no tokens; there is nothing to compare")
+    student = answer_tokens(student, student_answer)
     nll = -float(np.mean([max(entry.logprob, LOGPROB_FLOOR) for entry in teacher_scored]))
     aligned = len(student) == len(teacher_scored) and all(
         a.token == b.token for a, b in zip(student, teacher_scored, strict=False))
@@ -78,6 +79,17 @@ def divergence(student: Sequence[TokenLogprob], teacher_scored: Sequence[TokenLo
     agree, fields = _answer_agreement(student_answer, teacher_answer)
     return Divergence(tokens=len(teacher_scored), aligned=aligned, kl_per_token=kls, mean_kl=mean_kl,
                       top1_agreement=agreement, teacher_nll=nll, answers_agree=agree, field_agreement=fields)
+
+
+def answer_tokens(tokens: Sequence[TokenLogprob], answer: str) -> Sequence[TokenLogprob]:
+    """The tokens that spell `answer`: a trailing end-of-sequence token (reported with its logprob, but not part of
+    the text) is dropped, since the teacher scores the text."""
+    length = 0
+    for index, entry in enumerate(tokens):
+        if length >= len(answer):
+            return tokens[:index]
+        length += len(entry.token)
+    return tokens
 
 
 def _alternatives(entry: TokenLogprob) -> dict[str, float]:

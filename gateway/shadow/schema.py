@@ -35,8 +35,9 @@ class ShadowRow(Base):
     # what was said (the prompt scrubbed before storage)
     prompt: Mapped[list] = mapped_column(JSON)
     student_answer: Mapped[str] = mapped_column(Text)
-    student_tokens: Mapped[list] = mapped_column(JSON)  # [{"token", "logprob", "top": [[token, logprob], ...]}]
-    teacher_scores: Mapped[list | None] = mapped_column(JSON)  # the teacher's scoring of student_tokens, same shape
+    # [{"token", "logprob", "top": [[token, logprob], ...]}] as generated, ending with the end token when there was one
+    student_tokens: Mapped[list] = mapped_column(JSON)
+    teacher_scores: Mapped[list | None] = mapped_column(JSON)  # the teacher's scoring of the answer text, same shape
     teacher_answer: Mapped[str | None] = mapped_column(Text)
     teacher_tokens: Mapped[list | None] = mapped_column(JSON)
     # divergence (null where it could not be computed; see gateway.shadow.divergence)

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.backends.base import Backend
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
@@ -26,18 +28,24 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
         yield None
         return
     scrubber = Scrubber(shadow.scrub_patterns)
-    store = None
+    store, store_down = None, False
     if shadow.store_url:
-        store = await asyncio.to_thread(
-            ShadowStore, shadow.store_url,
-            max_age=timedelta(days=shadow.max_age_days) if shadow.max_age_days else None,
-            max_rows=shadow.max_rows, max_record_bytes=shadow.max_record_bytes)
+        try:
+            store = await asyncio.to_thread(
+                ShadowStore, shadow.store_url,
+                max_age=timedelta(days=shadow.max_age_days) if shadow.max_age_days else None,
+                max_rows=shadow.max_rows, max_record_bytes=shadow.max_record_bytes)
+        except (SQLAlchemyError, OSError) as error:  # serve anyway: shadow records are not worth an outage
+            store_down = True
+            log.error("shadow store %s cannot be opened (%s); serving without it, records are dropped and "
+                      "counted in kdgate_shadow_dropped_total{reason=\"store_unavailable\"}",
+                      _safe_url(shadow.store_url), error)
     config = ShadowConfig(sample_rate=shadow.sample_rate, record_escalations=shadow.record_escalations,
                           top_logprobs=shadow.top_logprobs, queue_size=shadow.queue_size,
                           concurrency=shadow.concurrency, timeout_s=shadow.timeout_s, window=shadow.window,
                           student_version=settings.student.version,
                           adapter_version=settings.student.adapter_version)
-    worker = ShadowWorker(config, backends["teacher"], store, scrubber, metrics)
+    worker = ShadowWorker(config, backends["teacher"], store, scrubber, metrics, store_down=store_down)
     worker.start()
     try:
         yield worker
@@ -45,3 +53,13 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
         await worker.aclose()
         if store is not None:
             store.close()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is logged as its scheme only
+        return url.split(":", 1)[0]

@@ -30,7 +30,7 @@ from gateway.shadow.store import RecordRejected, ShadowRecord, ShadowStore
 from router.policy import RouteDecision
 
 log = logging.getLogger(__name__)
-
+PRUNE_EVERY = 100  # writes between retention passes
 
 @dataclass(frozen=True)
 class ShadowJob:
@@ -60,10 +60,12 @@ class ShadowConfig:
 
 class ShadowWorker:
     def __init__(self, config: ShadowConfig, teacher: Backend, store: ShadowStore | None, scrubber: Scrubber,
-                 metrics: GatewayMetrics, seed: int | None = None):
+                 metrics: GatewayMetrics, seed: int | None = None, store_down: bool = False):
         self.config = config
         self.teacher = teacher
         self.store = store
+        self.store_down = store_down  # configured but could not be opened: records are dropped and counted
+        self._writes_since_prune = 0
         self.scrub = scrubber
         self.metrics = metrics
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=config.queue_size)
@@ -181,6 +183,8 @@ class ShadowWorker:
 
     async def _store(self, record: ShadowRecord) -> None:
         if self.store is None:
+            if self.store_down:
+                self.metrics.shadow_dropped.labels("store_unavailable").inc()
             return
         started = time.monotonic()
         try:
@@ -194,6 +198,20 @@ class ShadowWorker:
             log.warning("shadow store write failed, record %s dropped: %s", record.request_id, error)
         else:
             self.metrics.shadow_store_write.observe(time.monotonic() - started)
+            self._writes_since_prune += 1
+            if self._writes_since_prune >= PRUNE_EVERY:
+                self._writes_since_prune = 0
+                await self._prune()
+
+    async def _prune(self) -> None:
+        try:
+            async with self._writes:
+                removed = await asyncio.to_thread(self.store.prune)
+        except (SQLAlchemyError, OSError) as error:
+            log.warning("shadow store retention failed: %s", error)
+        else:
+            if removed:
+                log.info("shadow store retention removed %d records", removed)
 
 
 def new_job(kind: str, generation: GenerationRequest, answer: str, tokens: tuple[TokenLogprob, ...],

@@ -1,0 +1,149 @@
+"""Shadow work through the real gateway and the real demo engines: records with divergence, escalation records,
+and faults (a hung teacher, a broken store) that cost shadow records but never a client request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
+from router.policy_file import Calibration, PolicyFile, save_policy
+from router.scorers import SignalScorer
+from tests.conftest import ThreadedServer, gateway_settings, start_engine_server, stop
+
+TICKET = ("Hi, my SmartHub Pro from order 48213 will not turn on. Mail me at maria@example.com. "
+          "We are an Enterprise customer. Thanks, Maria")
+
+
+def metrics(server) -> dict[str, float]:
+    return {sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+            for sample in family.samples}
+
+
+def ask(server, **extra) -> str:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=30)
+    completion = client.chat.completions.create(model="kdgate-demo", temperature=0, max_tokens=64,
+                                                messages=[{"role": "user", "content": TICKET}], **extra)
+    return completion.choices[0].message.content
+
+
+def wait_for(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def shadow_settings(tmp_path, **extra) -> ShadowSettings:
+    return ShadowSettings(**({"enabled": True, "sample_rate": 1.0, "store_url": f"sqlite:///{tmp_path}/shadow.sqlite3"}
+                             | extra))
+
+
+def test_a_shadowed_answer_is_scored_stored_and_measured(demo_dirs, engine_server, tmp_path):
+    from gateway.app import create_app
+
+    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path))
+    with ThreadedServer(create_app(settings)) as server:
+        answer = ask(server, stream=False)
+        store = server.app.state.chat.shadow.store
+        record = wait_for(lambda: next(iter(store.iter_records()), None))
+        figures = metrics(server)
+    assert record.kind == "shadow" and record.route == "student" and record.student_answer == answer
+    assert "[EMAIL]" in record.prompt[0]["content"] and "maria@example.com" not in record.prompt[0]["content"]
+    assert "48213" in record.prompt[0]["content"]  # what training needs is kept
+    assert len(record.student_tokens) >= 1 and len(record.student_tokens[0]["top"]) == 5
+    assert record.aligned  # teacher scores cover the answer's text; the student's end token is the one extra
+    assert len(record.teacher_scores) == len(record.student_tokens) - 1 == len(record.student_tokens[:-1])
+    assert [token["token"] for token in record.teacher_scores] == [t["token"] for t in record.student_tokens[:-1]]
+    assert record.mean_kl >= 0 and record.teacher_nll > 0 and 0 <= record.top1_agreement <= 1
+    assert record.teacher_answer and record.answers_agree == (record.student_answer == record.teacher_answer)
+    assert record.field_agreement is not None and record.teacher_model == "demo-teacher"
+    assert figures["kdgate_shadow_sampled_total[('kind', 'shadow')]"] == 1
+    assert figures["kdgate_shadow_kl_count[]"] == 1 and figures["kdgate_shadow_store_write_seconds_count[]"] == 1
+    assert figures["kdgate_shadow_kl_rolling[]"] == pytest.approx(record.mean_kl)
+
+
+def test_streamed_and_escalated_requests_are_recorded_as_escalations(demo_dirs, engine_server, tmp_path):
+    from gateway.app import create_app
+
+    save_policy(PolicyFile(prefix_tokens=4, scorer=SignalScorer("min_prob"), threshold=2.0,  # escalates all
+                           calibration=Calibration(data="test", examples=1, target_teacher_fraction=1.0,
+                                                   realised_teacher_fraction=1.0)), tmp_path / "policy.json")
+    settings = gateway_settings(demo_dirs, engine_server,
+                                routing=RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json"),
+                                shadow=shadow_settings(tmp_path, sample_rate=0.0))
+    with ThreadedServer(create_app(settings)) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model="kdgate-demo", temperature=0, max_tokens=64, stream=True,
+            messages=[{"role": "user", "content": TICKET}]) if chunk.choices)
+        store = server.app.state.chat.shadow.store
+        record = wait_for(lambda: next(iter(store.iter_records(kind="escalation")), None))
+    assert record.route == "teacher" and record.route_reason == "confidence:low" and record.threshold == 2.0
+    assert len(record.student_tokens) == 4  # the held-back tokens the client never saw
+    assert record.student_answer == "".join(token["token"] for token in record.student_tokens)
+    assert record.teacher_answer == streamed and record.mean_kl is None
+
+
+def test_a_hung_teacher_costs_shadow_work_never_client_requests(demo_dirs, tmp_path):
+    """The teacher process is frozen (SIGSTOP): client requests served by the student stay fast and succeed."""
+    from gateway.app import create_app
+
+    teacher = start_engine_server(demo_dirs[0], "frozen-teacher")
+    try:
+        settings = GatewaySettings(
+            student=BackendSettings(kind="local", model_dir=demo_dirs[0], model="demo-student", threads=1),
+            teacher=BackendSettings(kind="http", base_url=teacher.base_url, model=teacher.model),
+            shadow=shadow_settings(tmp_path, timeout_s=1.0, queue_size=2, concurrency=1))
+        with ThreadedServer(create_app(settings)) as server:
+            os.kill(teacher.process.pid, signal.SIGSTOP)
+            try:
+                for _ in range(8):
+                    started = time.monotonic()
+                    assert ask(server)
+                    assert time.monotonic() - started < 10
+                figures = wait_for(lambda: (m := metrics(server)).get(
+                    "kdgate_shadow_failed_total[('stage', 'timeout')]", 0) >= 1 and m)
+            finally:
+                os.kill(teacher.process.pid, signal.SIGCONT)
+    finally:
+        stop(teacher.process)
+    assert figures["kdgate_shadow_dropped_total[('reason', 'queue_full')]"] >= 1
+    assert figures["kdgate_requests_total[('outcome', 'ok'), ('route', 'student'), ('stream', 'false')]"] == 8
+
+
+def test_a_broken_store_drops_records_with_a_counter(demo_dirs, engine_server, tmp_path):
+    from gateway.app import create_app
+
+    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path))
+    with ThreadedServer(create_app(settings)) as server:
+        with server.app.state.chat.shadow.store.engine.begin() as connection:
+            connection.execute(text("DROP TABLE shadow_records"))  # the store breaks under the running gateway
+        assert ask(server)
+        figures = wait_for(lambda: (m := metrics(server)).get("kdgate_shadow_dropped_total[('reason', 'store_error')]")
+                           and m)
+    assert figures["kdgate_shadow_dropped_total[('reason', 'store_error')]"] == 1
+
+
+def test_an_unreachable_store_at_startup_still_serves(demo_dirs, engine_server, tmp_path):
+    from gateway.app import create_app
+
+    (tmp_path / "not-a-dir").write_text("a file where the store's folder should be")
+    settings = gateway_settings(demo_dirs, engine_server, shadow=ShadowSettings(
+        enabled=True, sample_rate=1.0, store_url=f"sqlite:///{tmp_path}/not-a-dir/shadow.sqlite3"))
+    with ThreadedServer(create_app(settings)) as server:
+        assert ask(server)
+        figures = wait_for(lambda: (m := metrics(server)).get(
+            "kdgate_shadow_dropped_total[('reason', 'store_unavailable')]") and m)
+    assert figures["kdgate_shadow_kl_count[]"] == 1  # divergence still reaches the metrics
