@@ -7,12 +7,14 @@ from pathlib import Path
 import typer
 
 from distill.demo.cli import app as demo_app
+from gateway.shadow.cli import app as shadow_app
 from kdgate.routing.cli import app as router_app
 
 app = typer.Typer(help="kdgate: serve a distilled student and its teacher behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(demo_app, name="demo")
 app.add_typer(router_app, name="router")
+app.add_typer(shadow_app, name="shadow")
 
 
 @app.command()
