@@ -48,8 +48,8 @@ def test_divergent_traffic_fires_the_drift_alert(demo_dirs, engine_server, tmp_p
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             f"rule_files: [{rules}]\n"
             f"scrape_configs:\n  - job_name: kdgate\n    static_configs: [{{targets: ['127.0.0.1:{gateway.port}']}}]\n")
-        command = [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                   f"--web.listen-address=127.0.0.1:{port}"]
+        command = [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
