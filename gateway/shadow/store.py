@@ -78,8 +78,11 @@ class ShadowStore:
     def write(self, record: ShadowRecord) -> None:
         if record.kind not in KINDS:
             raise RecordRejected(f"kind must be one of {KINDS}, got {record.kind!r}")
-        size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
-                               record.student_answer, record.teacher_answer], allow_nan=False))
+        try:
+            size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
+                                   record.student_answer, record.teacher_answer], allow_nan=False))
+        except (TypeError, ValueError) as error:  # NaN, infinities, objects JSON cannot hold
+            raise RecordRejected(f"record {record.request_id} is not storable as JSON: {error}") from None
         if size > self.max_record_bytes:
             raise RecordRejected(f"record {record.request_id} is {size} bytes, above the {self.max_record_bytes} "
                                  "byte limit (`shadow.max_record_bytes`)")

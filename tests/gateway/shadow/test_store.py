@@ -55,6 +55,8 @@ def test_bad_records_are_rejected_with_the_reason(store):
         store.write(record("big", datetime.now(UTC), teacher_answer="x" * 2_000_000))
     with pytest.raises(RecordRejected, match="kind"):
         store.write(record("odd", datetime.now(UTC), kind="other"))
+    with pytest.raises(RecordRejected, match="not storable as JSON"):
+        store.write(record("nan", datetime.now(UTC), teacher_tokens=[{"token": "x", "logprob": float("nan")}]))
     assert store.count() == 0
 
 
