@@ -35,6 +35,7 @@ class GenerationRequest:
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     prompt_logprobs: int | None = None  # vLLM's scoring extension: top-k logprobs of each prompt token
+    token_ids: bool = False  # logprobs must carry token ids (an HTTP backend asks vLLM for `token_id:<id>` tokens)
 
 
 @dataclass(frozen=True)

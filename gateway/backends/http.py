@@ -69,6 +69,8 @@ class HttpBackend:
         if request.prompt_logprobs is not None:
             body["prompt_logprobs"] = request.prompt_logprobs
             body["return_token_ids"] = True
+        if request.token_ids and sampling.top_logprobs is not None:
+            body["return_tokens_as_token_ids"] = True
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
@@ -142,8 +144,9 @@ class HttpBackend:
         content = (choice.get("logprobs") or {}).get("content") or ()
         try:
             logprobs = tuple(
-                TokenLogprob(token=item["token"], logprob=float(item["logprob"]),
-                             top_logprobs=tuple(TopLogprob(token=top["token"], logprob=float(top["logprob"]))
+                TokenLogprob(token=item["token"], logprob=float(item["logprob"]), token_id=_token_id(item["token"]),
+                             top_logprobs=tuple(TopLogprob(token=top["token"], logprob=float(top["logprob"]),
+                                                           token_id=_token_id(top["token"]))
                                                 for top in item.get("top_logprobs") or ()))
                 for item in content
             )
@@ -223,3 +226,10 @@ def _error_message(response: httpx.Response) -> tuple[str, str | None]:
     if isinstance(error, dict):
         return str(error.get("message", error)), error.get("param")
     return str(error), None
+
+
+def _token_id(token: str) -> int | None:
+    """vLLM's `return_tokens_as_token_ids` form `token_id:<id>`; None for a plain token text."""
+    if token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
+        return int(token[9:])
+    return None

@@ -96,6 +96,9 @@ class ChatCompletionRequest(BaseModel):
         default=False, description="Return `prompt_token_ids` of the rendered prompt (vLLM).")
     ignore_eos: bool = Field(
         default=False, description="Keep generating past the end token until `max_tokens` (vLLM; for benchmarks).")
+    return_tokens_as_token_ids: bool = Field(
+        default=False, description="With `logprobs`, write each token as `token_id:<id>` (vLLM; exact ids for "
+        "distillation data).")
 
     @field_validator("stop")
     @classmethod

@@ -263,7 +263,8 @@ class ChatServing:
         if not request.logprobs:
             return None
         keep = request.top_logprobs or 0
-        return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep) for entry in logprobs])
+        as_ids = request.return_tokens_as_token_ids
+        return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep, as_ids) for entry in logprobs])
 
     def _route_info(self, decision: RouteDecision, backend: Backend) -> protocol.RouteInfo | None:
         if not self.announce_route:
@@ -284,10 +285,15 @@ class ChatServing:
         self.metrics.errors.labels(decision.route, type(error).__name__).inc()
 
 
-def _wire_token(entry: EngineTokenLogprob, keep: int) -> protocol.TokenLogprob:
+def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:
+    def text(token: str, token_id: int | None) -> str:
+        return f"token_id:{token_id}" if as_ids and token_id is not None else token
+
+    token = text(entry.token, entry.token_id)
     return protocol.TokenLogprob(
-        token=entry.token, logprob=entry.logprob, bytes=list(entry.token.encode("utf-8")),
-        top_logprobs=[protocol.TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode("utf-8")))
+        token=token, logprob=entry.logprob, bytes=list(token.encode("utf-8")),
+        top_logprobs=[protocol.TopLogprob(token=(alternative := text(top.token, top.token_id)), logprob=top.logprob,
+                                          bytes=list(alternative.encode("utf-8")))
                       for top in entry.top_logprobs[:keep]],
     )
 

@@ -117,3 +117,15 @@ async def test_server_that_is_down_is_unavailable(client):
         await collect(backend.generate(greedy("down")))
     with pytest.raises(UpstreamUnavailable):
         await backend.check_ready()
+
+
+async def test_token_ids_come_through_vllm_token_id_strings(backend, local_teacher):
+    """`return_tokens_as_token_ids`: the server writes `token_id:<id>`, the backend parses the ids back."""
+    _, remote, _ = await collect(backend.generate(greedy("ids-http", token_ids=True)))
+    _, local, _ = await collect(local_teacher.generate(greedy("ids-local")))
+    assert [entry.token_id for entry in remote] == [entry.token_id for entry in local]
+    assert all(entry.token == f"token_id:{entry.token_id}" for entry in remote)
+    assert [[top.token_id for top in entry.top_logprobs] for entry in remote] == \
+        [[top.token_id for top in entry.top_logprobs] for entry in local]
+    _, plain, _ = await collect(backend.generate(greedy("plain-http")))
+    assert all(entry.token_id is None and not entry.token.startswith("token_id:") for entry in plain)
