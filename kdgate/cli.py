@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill.cli import app as distill_app
 from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
 from kdgate.routing.cli import app as router_app
@@ -15,6 +16,7 @@ app = typer.Typer(help="kdgate: serve a distilled student and its teacher behind
 app.add_typer(demo_app, name="demo")
 app.add_typer(router_app, name="router")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(distill_app, name="distill")
 
 
 @app.command()
