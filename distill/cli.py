@@ -102,3 +102,21 @@ def _backend(teacher_dir: Path, base_url: str | None, model: str | None, threads
     from gateway.settings import BackendSettings
 
     return LocalBackend("teacher", BackendSettings(model_dir=teacher_dir, threads=threads).engine_settings())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="YAML config (distill/configs/)"),
+) -> None:
+    """Train a student on a teacher cache (KD or the SFT baseline). Extra `key=value` arguments override the config."""
+    from distill.config import load_config
+    from distill.recipe import run
+
+    try:
+        resolved = load_config(config, list(ctx.args))
+        out = run(resolved)
+    except ValueError as error:  # bad config, tokenizer mismatch, a checkpoint of another config
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"student written to {out}")

@@ -1,0 +1,90 @@
+"""The training config: YAML plus `key=value` overrides, unknown keys rejected, saved resolved in every checkpoint.
+
+    kdgate distill train --config distill/configs/demo_kd.yaml steps=200 loss.alpha=0.7
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudentConfig(_Strict):
+    init: Path = Field(description="a Hugging Face model folder: the student's weights and tokenizer")
+    from_scratch: bool = Field(default=False, description="re-initialise the weights from `init`'s config (seeded): "
+                               "the same start for a KD run and its SFT baseline")
+
+
+class LossConfig(_Strict):
+    kind: Literal["kd", "sft"] = Field(default="kd", description="sft: hard-label CE on the teacher's answers only")
+    temperature: float = Field(default=1.0, gt=0, description="τ: both sides tempered, loss × τ²")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="α·KD + (1−α)·CE; sft ignores it (α=0)")
+    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    beta: float = Field(default=0.5, ge=0, le=1, description="jsd: the mixture weight of the teacher")
+    chunk_tokens: int = Field(default=1024, ge=1, description="tokens whose logits exist at once")
+
+
+class LoraConfig(_Strict):
+    enabled: bool = False
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+
+
+class TrainConfig(_Strict):
+    student: StudentConfig
+    cache: Path = Field(description="teacher cache folder from `kdgate distill generate`")
+    out: Path = Field(description="run folder: checkpoints, the final model, the training log")
+    loss: LossConfig = Field(default_factory=LossConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    bf16: bool = Field(default=False, description="autocast; on CPUs without AMX it is slower than fp32")
+    eval_every: int = Field(default=200, ge=1)
+    eval_fraction: float = Field(default=0.05, gt=0, lt=1, description="share of the cache held out for eval")
+    early_stopping_patience: int = Field(default=0, ge=0, description="evals without a better teacher agreement "
+                                         "before stopping; 0: never stop early")
+    checkpoint_every: int = Field(default=200, ge=1)
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+
+
+def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r} is not key=value (e.g. loss.alpha=0.7)")
+        _set(raw, key.split("."), yaml.safe_load(value))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise ValueError(f"training config: {problems}") from None
+
+
+def _set(tree: dict, keys: list[str], value) -> None:
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ValueError(f"`{key}` is not a section; cannot set {'.'.join(keys)}")
+    tree[keys[-1]] = value

@@ -1,0 +1,274 @@
+"""The distillation recipe: a student learns from a teacher cache with α·KD + (1−α)·CE, the loop in plain sight.
+
+    kdgate distill train --config distill/configs/demo_kd.yaml [key=value ...]
+
+`setup()` loads the student (full fine-tune, or LoRA through peft), checks that the cache was made with the
+student's tokenizer, and builds the training rows; `train()` runs AdamW with warmup + cosine, gradient accumulation
+and clipping, evaluates every `eval_every` steps on held-out cache rows (teacher-forced top-1 agreement and KL), stops
+early when agreement stops improving, and checkpoints every `checkpoint_every` steps; `save_final()` writes a plain
+Hugging Face model (LoRA merged) that vLLM and the local engine load. A rerun of the same config resumes from the
+last checkpoint; a checkpoint of another config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from distill.config import TrainConfig
+from distill.data.cache import Manifest, read_answers, tokenizer_hash
+from distill.losses import IGNORE_INDEX, ChunkedKD, SparseKD
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class Row:
+    input_ids: list[int]  # prompt (the student's chat template) + the teacher's answer token ids
+    answer_start: int
+    topk_ids: np.ndarray  # (A, k) the teacher's top-k at each answer token
+    topk_logprobs: np.ndarray  # (A, k)
+
+
+def collate(rows: list[Row], pad_id: int, k: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels and teacher top-k sit at the answer tokens' own positions."""
+    length = max(len(row.input_ids) for row in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)  # (B, T)
+    labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    teacher_ids = torch.full((batch, length, k), -1, dtype=torch.long)  # (B, T, k)
+    teacher_logprobs = torch.zeros((batch, length, k))  # (B, T, k)
+    for index, row in enumerate(rows):
+        end, start = len(row.input_ids), row.answer_start
+        input_ids[index, :end] = torch.tensor(row.input_ids)
+        attention_mask[index, :end] = 1
+        labels[index, start:end] = input_ids[index, start:end]
+        teacher_ids[index, start:end] = torch.from_numpy(row.topk_ids.astype(np.int64))
+        teacher_logprobs[index, start:end] = torch.from_numpy(row.topk_logprobs.astype(np.float32))
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "teacher_ids": teacher_ids, "teacher_logprobs": teacher_logprobs}
+
+
+class Recipe:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.history: list[dict] = []
+        self.step = 0
+        self.best = -1.0
+        self.evals_since_best = 0
+
+    # ---------------------------------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        config = self.config
+        torch.manual_seed(config.seed)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.manifest = Manifest.load(config.cache)
+        student_hash = tokenizer_hash(config.student.init)
+        if student_hash != self.manifest.tokenizer_hash:
+            raise ValueError(f"the teacher cache {config.cache} was made with tokenizer "
+                             f"{self.manifest.tokenizer_hash[:12]}… but the student {config.student.init} uses "
+                             f"{student_hash[:12]}…; regenerate the cache with the student's tokenizer "
+                             "(`kdgate distill generate --tokenizer STUDENT_DIR`)")
+        self.tokenizer = AutoTokenizer.from_pretrained(config.student.init)
+        if config.student.from_scratch:
+            self.model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.student.init))
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(config.student.init, dtype=torch.float32)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if len(self.tokenizer) > vocab:
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the student's vocabulary is {vocab}")
+        if config.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            lora = config.lora
+            self.model = get_peft_model(self.model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
+                                                               lora_dropout=lora.dropout,
+                                                               target_modules=lora.target_modules,
+                                                               task_type="CAUSAL_LM"))
+        rows = self._rows()
+        held = max(1, int(len(rows) * config.eval_fraction))
+        random.Random(config.seed).shuffle(rows)
+        self.eval_rows, self.train_rows = rows[:held], rows[held:]
+        if not self.train_rows:
+            raise ValueError(f"the teacher cache {config.cache} has too few kept answers to train on ({len(rows)})")
+        kd = SparseKD(config.loss.temperature, config.loss.divergence, config.loss.beta)
+        alpha = 0.0 if config.loss.kind == "sft" else config.loss.alpha
+        self.loss = ChunkedKD(kd, alpha=alpha, chunk_tokens=config.loss.chunk_tokens)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim >= 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
+                                            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
+                                           lr=config.optim.lr, betas=(0.9, 0.95))
+        self._resume()
+
+    def _rows(self) -> list[Row]:
+        rows = []
+        for answer in read_answers(self.config.cache, self.manifest.top_k):
+            prompt = self.tokenizer.apply_chat_template(answer.messages, add_generation_prompt=True, tokenize=False)
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            rows.append(Row(prompt_ids + answer.token_ids.tolist(), len(prompt_ids), answer.topk_ids,
+                            answer.topk_logprobs))
+        if not rows:
+            raise ValueError(f"the teacher cache {self.config.cache} has no kept answers")
+        return rows
+
+    # ---------------------------------------------------------------------------------------------------- training
+
+    def train(self) -> list[dict]:
+        config = self.config
+        rng = random.Random(config.seed + self.step)
+        order: list[int] = []
+        bar = tqdm(total=config.steps, initial=self.step, desc="distill", unit="step")
+        started, tokens = time.monotonic(), 0
+        while self.step < config.steps:
+            self.model.train()
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr(self.step)
+            parts = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0}
+            for _ in range(config.grad_accum):
+                if len(order) < config.batch_size:
+                    refill = list(range(len(self.train_rows)))
+                    rng.shuffle(refill)
+                    order.extend(refill)
+                batch = collate([self.train_rows[order.pop()] for _ in range(config.batch_size)],
+                                self.tokenizer.pad_token_id, self.manifest.top_k)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    out = self._losses(batch)
+                (out["loss"] / config.grad_accum).backward()
+                for key in parts:
+                    parts[key] += out[key].item() / config.grad_accum
+                tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", kd=f"{parts['kd_loss']:.4f}", ce=f"{parts['ce_loss']:.4f}",
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                            tok_s=f"{tokens / (time.monotonic() - started):.0f}", refresh=False)
+            if self.step % config.eval_every == 0 or self.step == config.steps:
+                if self._evaluate(parts) and self.step < config.steps:
+                    bar.write(f"early stop at step {self.step}: no better agreement in "
+                              f"{config.early_stopping_patience} evaluations")
+                    break
+            if self.step % config.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return self.history
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        size = hidden.shape[-1]
+        # position t predicts token t+1: shift the targets, not the hidden states' meaning
+        return self.loss(hidden[:, :-1].reshape(-1, size), head, batch["teacher_ids"][:, 1:].reshape(
+            -1, self.manifest.top_k), batch["teacher_logprobs"][:, 1:].reshape(-1, self.manifest.top_k),
+            batch["labels"][:, 1:].reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Teacher-forced on held-out cache rows: top-1 agreement with the teacher's tokens and the sparse KL."""
+        self.model.eval()
+        agree = total = 0
+        kl_sum = 0.0
+        kd = SparseKD(1.0)
+        for start in range(0, len(self.eval_rows), self.config.batch_size):
+            batch = collate(self.eval_rows[start:start + self.config.batch_size], self.tokenizer.pad_token_id,
+                            self.manifest.top_k)
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            agree += int(((logits.argmax(-1) == labels) & mask).sum())
+            total += int(mask.sum())
+            per_token = kd.per_token(logits[mask], batch["teacher_ids"][:, 1:][mask],
+                                     batch["teacher_logprobs"][:, 1:][mask])
+            kl_sum += float(per_token.sum())
+        return {"teacher_agreement": agree / max(total, 1), "kl_to_teacher": kl_sum / max(total, 1)}
+
+    def _evaluate(self, parts: dict[str, float]) -> bool:
+        """Record an evaluation; True when early stopping says stop."""
+        record = {"step": self.step, **{key: round(value, 5) for key, value in parts.items()}, **self.evaluate()}
+        self.history.append(record)
+        if record["teacher_agreement"] > self.best:
+            self.best, self.evals_since_best = record["teacher_agreement"], 0
+        else:
+            self.evals_since_best += 1
+        patience = self.config.early_stopping_patience
+        return bool(patience) and self.evals_since_best >= patience
+
+    def _lr(self, step: int) -> float:
+        optim = self.config.optim
+        if step < optim.warmup_steps:
+            return optim.lr * (step + 1) / optim.warmup_steps
+        progress = (step - optim.warmup_steps) / max(1, self.config.steps - optim.warmup_steps)
+        return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    # ---------------------------------------------------------------------------------------------------- state
+
+    def _resolved(self) -> dict:
+        return json.loads(self.config.model_dump_json())
+
+    def save_checkpoint(self) -> None:
+        folder = self.config.out / CHECKPOINT
+        temporary = folder.with_name(CHECKPOINT + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        torch.save({"model": {k: v for k, v in self.model.state_dict().items()},
+                    "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+                   temporary / "state.pt")
+        (temporary / "progress.json").write_text(json.dumps({"step": self.step, "best": self.best,
+                                                            "evals_since_best": self.evals_since_best,
+                                                            "history": self.history}))
+        (temporary / "config.yaml").write_text(yaml.safe_dump(self._resolved(), sort_keys=False))
+        shutil.rmtree(folder, ignore_errors=True)
+        temporary.rename(folder)
+
+    def _resume(self) -> None:
+        folder = self.config.out / CHECKPOINT
+        if not folder.is_dir():
+            return
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        current = self._resolved()
+        if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in current.items() if k != "steps"}:
+            raise ValueError(f"{folder} is a checkpoint of another config; use another `out` or the same config "
+                             "(only `steps` may change on resume)")
+        state = torch.load(folder / "state.pt", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = json.loads((folder / "progress.json").read_text())
+        self.step, self.best = progress["step"], progress["best"]
+        self.evals_since_best, self.history = progress["evals_since_best"], progress["history"]
+
+    def save_final(self) -> Path:
+        """A plain Hugging Face model (LoRA merged) with the tokenizer, the log and the resolved config."""
+        out = self.config.out / "model"
+        model = self.model.merge_and_unload() if self.config.lora.enabled else self.model
+        model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / "training_log.json").write_text(json.dumps(self.history, indent=1))
+        (out / "distill_config.yaml").write_text(yaml.safe_dump(self._resolved(), sort_keys=False))
+        return out
+
+
+def run(config: TrainConfig) -> Path:
+    recipe = Recipe(config)
+    recipe.setup()
+    recipe.train()
+    recipe.save_checkpoint()
+    return recipe.save_final()
