@@ -120,3 +120,55 @@ def train(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"student written to {out}")
+
+
+@app.command("eval")
+def evaluate_command(
+    model: list[str] = typer.Option(..., help="NAME=DIR, repeat: the students (e.g. kd=runs/distill-kd/model)"),
+    teacher: Path = typer.Option(DEMO_TEACHER_DIR, exists=True, file_okay=False),
+    kd: str | None = typer.Option(None, help="the KD student's NAME, to report the SFT→teacher gap it recovers"),
+    sft: str | None = typer.Option(None, help="the SFT baseline's NAME"),
+    examples: int = typer.Option(1000, min=10, help="held-out demo test tickets"),
+    threads: int | None = typer.Option(None, min=1),
+    json_out: Path | None = typer.Option(None, dir_okay=False),
+) -> None:
+    """Students beside the teacher on held-out demo tickets: accuracy, agreement, KL, perplexity, ECE, tokens/s."""
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from distill.demo import task
+    from distill.evaluate import evaluate, gap_recovered
+
+    if threads:
+        torch.set_num_threads(threads)
+    models = {}
+    for item in model:
+        name, sep, directory = item.partition("=")
+        if not sep or not Path(directory).is_dir():
+            raise typer.BadParameter(f"{item!r}: use NAME=DIR with an existing model folder", param_hint="--model")
+        models[name] = Path(directory)
+    results = evaluate(models, teacher, task.take("test", examples, seed=0))
+    table = Table(title=f"demo task, {examples} held-out tickets")
+    columns = ("exact match", "two orders", "renamed", "= teacher's answer", "token agreement", "KL to teacher",
+               "perplexity", "ECE", "tokens/s")
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in results.items():
+        shapes = row["by_shape"]
+        table.add_row(name, f"{row['exact_match']:.1%}", f"{shapes.get('two_orders', 0):.1%}",
+                      f"{shapes.get('two_orders_renamed', 0):.1%}", f"{row['answer_agreement']:.1%}",
+                      f"{row['token_agreement']:.4f}",
+                      "" if row["kl_to_teacher"] is None else f"{row['kl_to_teacher']:.4f}",
+                      f"{row['perplexity']:.4f}", f"{row['ece']:.4f}", f"{row['tokens_per_s']:.0f}")
+    Console(width=160).print(table)
+    if kd and sft:
+        recovered = gap_recovered(results, kd, sft)
+        results["kd_gap_recovered"] = recovered
+        typer.echo(f"{kd} recovers {recovered:.0%} of the {sft}→teacher exact-match gap" if recovered is not None
+                   else f"{sft} is not below the teacher: no gap to recover")
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1))
