@@ -172,3 +172,23 @@ def evaluate_command(
                    else f"{sft} is not below the teacher: no gap to recover")
     if json_out:
         json_out.write_text(json.dumps(results, indent=1))
+
+
+@app.command("quantize")
+def quantize_command(
+    model: Path = typer.Option(..., exists=True, file_okay=False, help="the student to quantize"),
+    out: Path = typer.Option(..., file_okay=False, help="compressed-tensors output folder (vllm serve OUT)"),
+    scheme: str = typer.Option("W4A16", help="W4A16 (GPTQ, calibrated) or FP8_DYNAMIC (no calibration; L40S)"),
+    cache: Path | None = typer.Option(None, exists=True, file_okay=False, help="teacher cache for calibration "
+                                      "(default: demo training tickets)"),
+    samples: int = typer.Option(256, min=1, help="calibration samples"),
+) -> None:
+    """Quantize a student with llm-compressor for vLLM (the local engine loads the result too)."""
+    from distill.quantize import quantize
+
+    try:
+        written = quantize(model, out, scheme.upper(), cache, samples)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{scheme.upper()} student written to {written}")

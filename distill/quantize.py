@@ -1,0 +1,64 @@
+"""`kdgate distill quantize`: a compressed-tensors checkpoint for vLLM, made with llm-compressor.
+
+- `W4A16`: GPTQ 4-bit weights, 16-bit activations, calibrated on a sample of the distillation data (prompt and
+  teacher answer, rendered with the student's chat template);
+- `FP8_DYNAMIC`: 8-bit float weights with per-token dynamic activation scales, no calibration; vLLM runs it natively
+  on Ada GPUs (L40S, compute capability 8.9) and newer.
+
+The lm_head stays in 16 bits. vLLM loads the output folder directly (`vllm serve OUT`); transformers (and so the
+local engine and `kdgate distill eval`) loads it too, decompressing to the float dtype, which is how the accuracy of
+the quantized student is measured on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMES = ("W4A16", "FP8_DYNAMIC")
+
+
+def calibration_texts(model_dir: Path, cache: Path | None, samples: int, seed: int = 0) -> list[str]:
+    """Chat-rendered prompt + answer texts: from a teacher cache's kept answers, else from demo training tickets."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if cache is not None:
+        from distill.data.cache import Manifest, read_answers
+
+        manifest = Manifest.load(cache)
+        pairs = []
+        for answer in read_answers(cache, manifest.top_k):
+            pairs.append((answer.messages, answer.text))
+            if len(pairs) == samples:
+                break
+    else:
+        from distill.demo import task
+
+        pairs = [(ticket.messages(), ticket.answer_json()) for ticket in task.take("train", samples, seed=seed)]
+    if not pairs:
+        raise ValueError(f"no calibration data in {cache}")
+    return [tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=False)
+            for messages, text in pairs]
+
+
+def quantize(model_dir: Path, out: Path, scheme: str, cache: Path | None = None, samples: int = 256,
+             max_seq_length: int = 512) -> Path:
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    try:
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    except ImportError:
+        raise ValueError("quantization needs llm-compressor: pip install 'kdgate[quantize]'") from None
+    if scheme == "FP8_DYNAMIC":
+        oneshot(model=str(model_dir), processor=str(model_dir), output_dir=str(out),
+                recipe=QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"]))
+        return out
+    from datasets import Dataset
+
+    texts = calibration_texts(model_dir, cache, samples)
+    # Directory paths, not objects: llm-compressor resolves a model object plus tokenizer as a hub id (NOTES.md).
+    oneshot(model=str(model_dir), processor=str(model_dir), dataset=Dataset.from_dict({"text": texts}),
+            recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]), output_dir=str(out),
+            max_seq_length=max_seq_length, num_calibration_samples=len(texts))
+    return out
