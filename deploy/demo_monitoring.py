@@ -32,21 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from distill.demo import task  # noqa: E402
+from gateway.threaded import wait_until_up  # noqa: E402
 
 SHOWN = ["TTFT by route", "Route mix by reason", "Teacher fraction vs target",
          "Student-teacher KL (mean per token)", "Agreement with the teacher", "Shadow queue and drops"]
-
-
-def wait(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up")
 
 
 def start_gateway(port: int, store: Path) -> subprocess.Popen:
@@ -56,7 +45,7 @@ def start_gateway(port: int, store: Path) -> subprocess.Popen:
         "KDGATE_SHADOW__SAMPLE_RATE": "0.25", "KDGATE_SHADOW__CONCURRENCY": "4",
         "KDGATE_SHADOW__STORE_URL": f"sqlite:///{store}", "KDGATE_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve"], cwd=ROOT, env=env)
-    wait(f"http://127.0.0.1:{port}/readyz")
+    wait_until_up(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
     return process
 
 
@@ -72,7 +61,7 @@ def start_prometheus(port: int, gateway_port: int, workdir: Path) -> subprocess.
     process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    wait(f"http://127.0.0.1:{port}/-/ready")
+    wait_until_up(f"http://127.0.0.1:{port}/-/ready", process)
     return process
 
 

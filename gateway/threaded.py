@@ -1,12 +1,14 @@
-"""A uvicorn server in a background thread: for tests and measurement harnesses that need a real gateway on
-loopback while keeping its app state (policy, metrics) reachable in the same process."""
+"""Real servers on loopback for tests and measurement harnesses: a uvicorn server in a background thread (its app
+state stays reachable in the same process), and waiting for any server's URL to answer."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 
+import httpx
 import uvicorn
 
 
@@ -41,3 +43,18 @@ class ThreadedServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    """Return when `url` answers 200; fail early if `process` (the server) exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")

@@ -11,32 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
-from gateway.threaded import ThreadedServer, free_port  # noqa: F401  (tests import them from here)
+from gateway.threaded import ThreadedServer, free_port, wait_until_up  # noqa: F401  (tests import them here)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
 @pytest.fixture(scope="session")
