@@ -192,3 +192,26 @@ def quantize_command(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{scheme.upper()} student written to {written}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., exists=True, dir_okay=False, help="the base KD config"),
+    out: Path = typer.Option(Path("runs/distill-sweep"), file_okay=False),
+    tau: list[float] = typer.Option([1.0, 2.0, 4.0], help="temperatures (repeat)"),
+    alpha: list[float] = typer.Option([0.5, 0.9], help="KD weights (repeat)"),
+    top_k: list[int] = typer.Option([20], "--top-k", help="alternatives per token (repeat; at most the cache's)"),
+    examples: int = typer.Option(500, min=10, help="held-out demo tickets per evaluation"),
+) -> None:
+    """Train and evaluate one student per (τ, α, k) beside the SFT baseline: sweep.md, sweep.json, sweep.png."""
+    from distill.config import load_config
+    from distill.sweep import sweep as run_sweep
+
+    try:
+        base = load_config(config, list(ctx.args))
+        run_sweep(base, out, tau, alpha, top_k, examples)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo((out / "sweep.md").read_text())

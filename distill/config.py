@@ -29,6 +29,8 @@ class LossConfig(_Strict):
     divergence: Literal["forward", "reverse", "jsd"] = "forward"
     beta: float = Field(default=0.5, ge=0, le=1, description="jsd: the mixture weight of the teacher")
     chunk_tokens: int = Field(default=1024, ge=1, description="tokens whose logits exist at once")
+    top_k: int | None = Field(default=None, ge=1, description="use the cache's first k alternatives per token "
+                              "(the top-k of a greedy cache); unset: all the cache holds")
 
 
 class LoraConfig(_Strict):

@@ -78,6 +78,10 @@ class Recipe:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.manifest = Manifest.load(config.cache)
+        self.top_k = config.loss.top_k or self.manifest.top_k
+        if self.top_k > self.manifest.top_k:
+            raise ValueError(f"loss.top_k={self.top_k} but the cache holds {self.manifest.top_k} alternatives per "
+                             "token; lower it or regenerate the cache with a larger --top-k")
         student_hash = tokenizer_hash(config.student.init)
         if student_hash != self.manifest.tokenizer_hash:
             raise ValueError(f"the teacher cache {config.cache} was made with tokenizer "
@@ -121,8 +125,8 @@ class Recipe:
         for answer in read_answers(self.config.cache, self.manifest.top_k):
             prompt = self.tokenizer.apply_chat_template(answer.messages, add_generation_prompt=True, tokenize=False)
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            rows.append(Row(prompt_ids + answer.token_ids.tolist(), len(prompt_ids), answer.topk_ids,
-                            answer.topk_logprobs))
+            rows.append(Row(prompt_ids + answer.token_ids.tolist(), len(prompt_ids),
+                            answer.topk_ids[:, :self.top_k], answer.topk_logprobs[:, :self.top_k]))
         if not rows:
             raise ValueError(f"the teacher cache {self.config.cache} has no kept answers")
         return rows
@@ -146,7 +150,7 @@ class Recipe:
                     rng.shuffle(refill)
                     order.extend(refill)
                 batch = collate([self.train_rows[order.pop()] for _ in range(config.batch_size)],
-                                self.tokenizer.pad_token_id, self.manifest.top_k)
+                                self.tokenizer.pad_token_id, self.top_k)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                     out = self._losses(batch)
                 (out["loss"] / config.grad_accum).backward()
@@ -177,7 +181,7 @@ class Recipe:
         size = hidden.shape[-1]
         # position t predicts token t+1: shift the targets, not the hidden states' meaning
         return self.loss(hidden[:, :-1].reshape(-1, size), head, batch["teacher_ids"][:, 1:].reshape(
-            -1, self.manifest.top_k), batch["teacher_logprobs"][:, 1:].reshape(-1, self.manifest.top_k),
+            -1, self.top_k), batch["teacher_logprobs"][:, 1:].reshape(-1, self.top_k),
             batch["labels"][:, 1:].reshape(-1))
 
     @torch.no_grad()
@@ -189,7 +193,7 @@ class Recipe:
         kd = SparseKD(1.0)
         for start in range(0, len(self.eval_rows), self.config.batch_size):
             batch = collate(self.eval_rows[start:start + self.config.batch_size], self.tokenizer.pad_token_id,
-                            self.manifest.top_k)
+                            self.top_k)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits, labels = logits[:, :-1], batch["labels"][:, 1:]
             mask = labels != IGNORE_INDEX

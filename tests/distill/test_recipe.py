@@ -100,3 +100,15 @@ def test_user_errors_are_clear(demo_dirs, cache, tmp_path):
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="tokenizer ffffffffffff.*regenerate the cache"):
         Recipe(config(demo_dirs, foreign, tmp_path / "o")).setup()
+
+
+def test_sweep_writes_a_table_and_a_plot(demo_dirs, cache, tmp_path):
+    from distill.sweep import sweep
+
+    base = config(demo_dirs, cache, tmp_path / "base", "steps=2")
+    rows = sweep(base, tmp_path / "sweep", temperatures=[1.0, 2.0], alphas=[0.5], top_ks=[4], examples=10)
+    assert [(row["temperature"], row["top_k"]) for row in rows] == [(1.0, 4), (2.0, 4)]
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5_000
+    assert "| 2 | 0.5 | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    with pytest.raises(ValueError, match="the cache holds 8"):
+        Recipe(config(demo_dirs, cache, tmp_path / "k", "loss.top_k=30")).setup()
