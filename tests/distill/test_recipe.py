@@ -30,7 +30,7 @@ def cache(demo_dirs, tmp_path_factory):
         backend = LocalBackend("teacher", BackendSettings(model_dir=demo_dirs[1], threads=1).engine_settings())
         try:
             await generate(backend, prompts, folder, GenerateSettings(top_k=K),
-                           Manifest(teacher="demo-teacher", tokenizer_hash=tokenizer_hash(demo_dirs[1]), top_k=K,
+                           Manifest(teacher=str(demo_dirs[1]), tokenizer_hash=tokenizer_hash(demo_dirs[1]), top_k=K,
                                     temperature=0.0, samples_per_prompt=1, seed=0, prompts="test"))
         finally:
             await backend.aclose()
