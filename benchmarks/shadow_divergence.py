@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR, task
-from gateway.backends.base import Delta, GenerationRequest, SamplingParams
+from gateway.backends.base import GenerationRequest, SamplingParams, collect
 from gateway.backends.local import LocalBackend
 from gateway.settings import BackendSettings
 from gateway.shadow.divergence import divergence
@@ -26,16 +26,13 @@ from gateway.shadow.divergence import divergence
 async def measure(ticket: task.Ticket, student, teacher, k: int, gate: asyncio.Semaphore):
     async with gate:
         messages = ticket.messages()
-        text, tokens = [], []
         request = GenerationRequest(f"bench-{id(ticket)}", tuple(messages),
                                     SamplingParams(max_tokens=96, temperature=0.0, top_logprobs=k))
-        async for event in student.generate(request):
-            if isinstance(event, Delta):
-                text.append(event.text)
-                tokens.extend(event.logprobs)
-        answer = "".join(text)
+        student_answer = await collect(student.generate(request))
+        answer = student_answer.text
         scored = await teacher.score(messages, answer, k)
-        return ticket, answer == ticket.answer_json(), divergence(tokens, scored.tokens, answer, None)
+        return ticket, answer == ticket.answer_json(), divergence(student_answer.logprobs, scored.tokens, answer,
+                                                                  None)
 
 
 async def main(args: argparse.Namespace) -> None:

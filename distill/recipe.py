@@ -232,7 +232,7 @@ class Recipe:
         temporary = folder.with_name(CHECKPOINT + ".tmp")
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
-        torch.save({"model": {k: v for k, v in self.model.state_dict().items()},
+        torch.save({"model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
                    temporary / "state.pt")
         (temporary / "progress.json").write_text(json.dumps({"step": self.step, "best": self.best,

@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-import numpy as np
-
 from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.handoff import with_handoff
@@ -68,6 +66,7 @@ class Router:
         self.handoff = handoff
         self.metrics = metrics
         self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
+        self._recent_teacher = 0  # how many of `_recent` are True: the gauge costs O(1) per request
         target = getattr(policy, "target_teacher_fraction", None)
         if metrics is not None and target is not None:
             metrics.teacher_fraction_target.set(target)
@@ -136,7 +135,11 @@ class Router:
 
     def _count(self, decision: RouteDecision, held_for: float | None = None) -> None:
         if decision.reason != "forced:header":
-            self._recent.append(decision.route == "teacher")
+            if len(self._recent) == FRACTION_WINDOW:
+                self._recent_teacher -= self._recent[0]
+            escalated = decision.route == "teacher"
+            self._recent.append(escalated)
+            self._recent_teacher += escalated
         metrics = self.metrics
         if metrics is None:
             return
@@ -148,7 +151,7 @@ class Router:
         threshold = getattr(self.policy, "threshold", None)
         if threshold is not None:
             metrics.threshold.set(threshold)
-        metrics.teacher_fraction.set(float(np.mean(self._recent)) if self._recent else 0.0)
+        metrics.teacher_fraction.set(self._recent_teacher / len(self._recent) if self._recent else 0.0)
 
 
 def with_logprobs(generation: GenerationRequest, top_logprobs: int) -> GenerationRequest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,13 @@ class HandoffRule:
         if not 0.0 < self.min_prob <= 1.0:
             raise ValueError(f"handoff `min_prob` must be in (0, 1], got {self.min_prob}")
 
+    @cached_property
+    def log_min_prob(self) -> float:
+        return math.log(self.min_prob)
+
     def collapses(self, sampled_logprob: float) -> bool:
-        return sampled_logprob < math.log(self.min_prob)
+        """Called per streamed token: a comparison with a logarithm taken once."""
+        return sampled_logprob < self.log_min_prob
 
 
 def handoff_point(sampled_logprobs: Sequence[float], rule: HandoffRule) -> int | None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from distill.data.cache import CachedAnswer, Manifest, done_keys, read_answers, shards, write_shard
 from distill.data.filters import apply_filters
-from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams
+from gateway.backends.base import Backend, GenerationRequest, SamplingParams, collect
 
 FILL_ID, FILL_LOGPROB = -1, -9999.0
 
@@ -74,23 +74,20 @@ async def teacher_answer(backend: Backend, prompt: Prompt, sample: int, settings
         f"distill-{prompt.id}-{sample}", tuple(prompt.messages),
         SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, seed=seed,
                        top_logprobs=settings.top_k), token_ids=True)
-    text, ids, top_ids, top_logprobs, finish_reason = [], [], [], [], "abort"
-    async for event in backend.generate(request):
-        if isinstance(event, Delta):
-            text.append(event.text)
-            for entry in event.logprobs:
-                if entry.token_id is None:
-                    raise ValueError(f"backend `{backend.info.name}` returned logprobs without token ids; a vLLM "
-                                     "server must support `return_tokens_as_token_ids`")
-                ids.append(entry.token_id)
-                row = [(top.token_id, top.logprob) for top in entry.top_logprobs[:settings.top_k]]
-                row += [(FILL_ID, FILL_LOGPROB)] * (settings.top_k - len(row))
-                top_ids.append([token_id for token_id, _ in row])
-                top_logprobs.append([max(value, FILL_LOGPROB) for _, value in row])
-        elif isinstance(event, Finish):
-            finish_reason = event.finish_reason
+    answer = await collect(backend.generate(request))
+    ids, top_ids, top_logprobs = [], [], []
+    for entry in answer.logprobs:
+        if entry.token_id is None:
+            raise ValueError(f"backend `{backend.info.name}` returned logprobs without token ids; a vLLM "
+                             "server must support `return_tokens_as_token_ids`")
+        ids.append(entry.token_id)
+        row = [(top.token_id, top.logprob) for top in entry.top_logprobs[:settings.top_k]]
+        row += [(FILL_ID, FILL_LOGPROB)] * (settings.top_k - len(row))
+        top_ids.append([token_id for token_id, _ in row])
+        top_logprobs.append([max(value, FILL_LOGPROB) for _, value in row])
     shape = (len(ids), settings.top_k)
-    return CachedAnswer(prompt.id, sample, prompt.messages, "".join(text), finish_reason,
+    finish_reason = answer.finish.finish_reason if answer.finish else "abort"
+    return CachedAnswer(prompt.id, sample, prompt.messages, answer.text, finish_reason,
                         np.asarray(ids, dtype=np.int32),
                         np.asarray(top_ids, dtype=np.int32).reshape(shape),
                         np.asarray(top_logprobs, dtype=np.float16).reshape(shape), reference=prompt.reference)

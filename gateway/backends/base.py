@@ -88,6 +88,27 @@ class BackendInfo:
     details: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Collected:
+    text: str
+    logprobs: tuple[TokenLogprob, ...]
+    finish: Finish | None  # None when the stream ended without one
+
+
+async def collect(events: AsyncIterator[Event]) -> Collected:
+    """A whole answer from a backend's event stream: for work off the request path (shadow, data, evaluation)."""
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    finish = None
+    async for event in events:
+        if isinstance(event, Delta):
+            text.append(event.text)
+            logprobs.extend(event.logprobs)
+        else:
+            finish = event
+    return Collected("".join(text), tuple(logprobs), finish)
+
+
 @runtime_checkable
 class Backend(Protocol):
     info: BackendInfo

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from gateway.backends.base import (
     Backend,
-    Finish,
     GenerationRequest,
     PromptTokenLogprobs,
     SamplingParams,
     TokenLogprob,
     TopLogprob,
+    collect,
 )
 from gateway.errors import InvalidRequest, UpstreamProtocolError
 
@@ -45,10 +45,7 @@ async def score_answer(backend: Backend, messages: list[dict], answer: str, top_
         continue_final_message=True,
         prompt_logprobs=top_logprobs,
     )
-    finish = None
-    async for event in backend.generate(request):
-        if isinstance(event, Finish):
-            finish = event
+    finish = (await collect(backend.generate(request))).finish
     if finish is None or finish.prompt_token_ids is None or finish.prompt_logprobs is None:
         raise UpstreamProtocolError(f"backend `{backend.info.name}` returned no prompt logprobs; a vLLM server "
                                     "needs `prompt_logprobs` and `return_token_ids` support", backend=backend.info.name)

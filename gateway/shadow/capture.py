@@ -9,10 +9,9 @@ student did not finish (escalated on confidence, or handed off mid-stream).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway.backends.base import Delta, GenerationRequest, TokenLogprob
 from gateway.handoff import RouteChange
+from gateway.routing import with_logprobs
 from gateway.shadow.worker import ShadowWorker, new_job
 from router.policy import RouteDecision
 
@@ -32,8 +31,7 @@ class Capture:
              ) -> tuple[Capture, GenerationRequest]:
         sampled = worker is not None and forced is None and worker.wants()
         if sampled:
-            k = max(generation.sampling.top_logprobs or 0, worker.config.top_logprobs)
-            generation = replace(generation, sampling=replace(generation.sampling, top_logprobs=k))
+            generation = with_logprobs(generation, worker.config.top_logprobs)
         return cls(worker, sampled), generation
 
     def observe(self, event) -> None:

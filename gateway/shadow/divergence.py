@@ -31,9 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.backends.base import TokenLogprob
-
-LOGPROB_FLOOR = -9999.0
+from gateway.backends.base import LOGPROB_FLOOR, TokenLogprob
 
 
 @dataclass(frozen=True)

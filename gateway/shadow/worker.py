@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams, TokenLogprob
+from gateway.backends.base import Backend, GenerationRequest, SamplingParams, TokenLogprob, collect
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.scrub import Scrubber
 from gateway.shadow.store import RecordRejected, ShadowRecord, ShadowStore
 from router.policy import RouteDecision
+from router.records import floor
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100  # writes between retention passes
@@ -153,14 +154,8 @@ class ShadowWorker:
     async def _teacher_answer(self, job: ShadowJob, messages: list[dict]) -> tuple[str, tuple[TokenLogprob, ...]]:
         request = GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
             max_tokens=job.max_tokens, temperature=0.0, top_logprobs=self.config.top_logprobs))
-        text, tokens = [], []
-        async for event in self.teacher.generate(request):
-            if isinstance(event, Delta):
-                text.append(event.text)
-                tokens.extend(event.logprobs)
-            elif isinstance(event, Finish):
-                break
-        return "".join(text), tuple(tokens)
+        answer = await collect(self.teacher.generate(request))
+        return answer.text, answer.logprobs
 
     def _observe(self, figures: Divergence) -> None:
         metrics = self.metrics
@@ -222,13 +217,9 @@ def new_job(kind: str, generation: GenerationRequest, answer: str, tokens: tuple
 
 
 def _tokens_json(tokens) -> list:
-    return [{"token": entry.token, "logprob": _floor(entry.logprob),
-             "top": [[alternative.token, _floor(alternative.logprob)] for alternative in entry.top_logprobs]}
+    return [{"token": entry.token, "logprob": floor(entry.logprob),
+             "top": [[alternative.token, floor(alternative.logprob)] for alternative in entry.top_logprobs]}
             for entry in tokens or ()]
-
-
-def _floor(logprob: float) -> float:
-    return max(float(logprob), -9999.0)
 
 
 def _finite(value: float | None) -> float | None:

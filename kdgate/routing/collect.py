@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from distill.demo import task
 from distill.demo.scoring import parse_answer
-from gateway.backends.base import Backend, Delta, GenerationRequest, SamplingParams
+from gateway.backends.base import Backend, GenerationRequest, SamplingParams, collect
 from router.records import RouteRecord, floor
 
 MAX_TOKENS = 96  # the longest demo answer is well under this
@@ -27,18 +27,12 @@ class Answer:
 
 async def answer(backend: Backend, request: GenerationRequest) -> Answer:
     """The whole answer to `request`, with its tokens and their logprobs when the request asks for them."""
-    result, text = Answer(), []
-    async for event in backend.generate(request):
-        if isinstance(event, Delta):
-            text.append(event.text)
-            for entry in event.logprobs:
-                result.tokens.append(entry.token)
-                result.top.append([floor(alternative.logprob) for alternative in entry.top_logprobs])
-                result.sampled.append(floor(entry.logprob))
-        else:
-            result.completion_tokens = event.completion_tokens
-    result.text = "".join(text)
-    return result
+    collected = await collect(backend.generate(request))
+    return Answer(text=collected.text, tokens=[entry.token for entry in collected.logprobs],
+                  top=[[floor(alternative.logprob) for alternative in entry.top_logprobs]
+                       for entry in collected.logprobs],
+                  sampled=[floor(entry.logprob) for entry in collected.logprobs],
+                  completion_tokens=collected.finish.completion_tokens if collected.finish else 0)
 
 
 def greedy(request_id: str, messages: list[dict], top_logprobs: int | None) -> GenerationRequest:
