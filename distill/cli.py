@@ -201,16 +201,21 @@ def sweep(
     out: Path = typer.Option(Path("runs/distill-sweep"), file_okay=False),
     tau: list[float] = typer.Option([1.0, 2.0, 4.0], help="temperatures (repeat)"),
     alpha: list[float] = typer.Option([0.5, 0.9], help="KD weights (repeat)"),
-    top_k: list[int] = typer.Option([20], "--top-k", help="alternatives per token (repeat; at most the cache's)"),
+    top_k: list[int] = typer.Option([20], "--top-k", help="alternatives per token (repeat; at most the cache's); "
+                                    "for --estimator sampled, the draws per token"),
+    estimator: list[str] = typer.Option(["topk"], help="topk and/or sampled (repeat)"),
     examples: int = typer.Option(500, min=10, help="held-out demo tickets per evaluation"),
 ) -> None:
-    """Train and evaluate one student per (τ, α, k) beside the SFT baseline: sweep.md, sweep.json, sweep.png."""
+    """Train and evaluate one student per (estimator, τ, α, k) beside the SFT baseline: sweep.md/.json/.png."""
     from distill.config import load_config
     from distill.sweep import sweep as run_sweep
 
     try:
+        unknown = set(estimator) - {"topk", "sampled"}
+        if unknown:
+            raise ValueError(f"--estimator {', '.join(sorted(unknown))}: use topk or sampled")
         base = load_config(config, list(ctx.args))
-        run_sweep(base, out, tau, alpha, top_k, examples)
+        run_sweep(base, out, tau, alpha, top_k, examples, tuple(estimator))
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -31,6 +31,19 @@ class LossConfig(_Strict):
     chunk_tokens: int = Field(default=1024, ge=1, description="tokens whose logits exist at once")
     top_k: int | None = Field(default=None, ge=1, description="use the cache's first k alternatives per token "
                               "(the top-k of a greedy cache); unset: all the cache holds")
+    estimator: Literal["topk", "sampled"] = Field(
+        default="topk", description="topk: the cached top-k plus a tail bucket; sampled: `draws` tokens per position "
+        "importance-sampled from the cache (Anshumann et al. 2025), unbiased, forward KL only")
+    draws: int = Field(default=8, ge=1, description="sampled: draws per answer token (distinct ones are kept)")
+    proposal_temperature: float = Field(default=1.0, gt=0, description="sampled: q ∝ p_τ^(1/t); t > 1 draws rarer "
+                                        "tokens")
+
+    @model_validator(mode="after")
+    def _sampled_is_forward(self):
+        if self.estimator == "sampled" and self.divergence != "forward":
+            raise ValueError("the sampled estimator is unbiased for forward KL only; set loss.divergence=forward "
+                             "or loss.estimator=topk")
+        return self
 
 
 class LoraConfig(_Strict):
@@ -61,6 +74,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=32, ge=1)
     grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
     bf16: bool = Field(default=False, description="autocast; on CPUs without AMX it is slower than fp32")
+    train_examples: int | None = Field(default=None, ge=1, description="train on the first N kept answers after "
+                                       "the held-out split (a data-size ablation); unset: all")
     eval_every: int = Field(default=200, ge=1)
     eval_fraction: float = Field(default=0.05, gt=0, lt=1, description="share of the cache held out for eval")
     early_stopping_patience: int = Field(default=0, ge=0, description="evals without a better teacher agreement "

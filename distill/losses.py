@@ -101,6 +101,32 @@ class SparseKD(nn.Module):
         return _masked_mean(self.per_token(student_logits, teacher_ids, teacher_logprobs), labels != IGNORE_INDEX)
 
 
+class SampledKD(nn.Module):
+    """Random-sampling KD (`distill/sampling.py`): KL of the sparse importance-weighted target p̂ to the student's
+    **full** softmax at temperature τ (times τ²), summed over the drawn tokens only. Not a divergence between two
+    distributions (p̂ is sparse), but its gradient in the logits, τ·(s_τ − p̂), equals full forward KD's in
+    expectation; nothing is renormalised on the student's side.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def per_token(self, student_logits, target_ids, target_log_weights) -> torch.Tensor:
+        """Shapes: (N, V), (N, m) ids with -1 padding, (N, m) log p̂. Returns (N,)."""
+        valid = target_ids >= 0  # (N, m)
+        student = F.log_softmax(student_logits.float() / self.temperature, dim=-1)  # (N, V)
+        student_drawn = student.gather(-1, target_ids.clamp(min=0))  # (N, m)
+        target = target_log_weights.float()  # (N, m)
+        terms = (target.exp() * (target - student_drawn)).masked_fill(~valid, 0.0)  # (N, m)
+        return terms.sum(-1) * self.temperature**2
+
+    def forward(self, student_logits, target_ids, target_log_weights, labels) -> torch.Tensor:
+        return _masked_mean(self.per_token(student_logits, target_ids, target_log_weights), labels != IGNORE_INDEX)
+
+
 class DenseKD(nn.Module):
     """KD against full teacher logits (teacher online): generalized JSD(β) at temperature τ, times τ²."""
 
@@ -130,7 +156,7 @@ class ChunkedKD(nn.Module):
     exist only while that chunk's loss (and, in backward, its gradient) is computed. Equal to the unchunked loss.
     """
 
-    def __init__(self, kd: SparseKD, alpha: float = 0.5, chunk_tokens: int = 1024):
+    def __init__(self, kd: SparseKD | SampledKD, alpha: float = 0.5, chunk_tokens: int = 1024):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -1,8 +1,9 @@
-"""`kdgate distill sweep`: train one student per (τ, α, k) from one base config, evaluate each on held-out demo
-tickets beside the SFT baseline run the same way, and write a table and a plot.
+"""`kdgate distill sweep`: train one student per (estimator, τ, α, k) from one base config, evaluate each on
+held-out demo tickets beside the SFT baseline run the same way, and write a table and a plot.
 
-Each run is the recipe with `loss.temperature`, `loss.alpha` and `loss.top_k` overridden and its own `out`; the
-evaluation is `kdgate distill eval`'s. Runs are sequential (a CPU box has no room for two).
+Each run is the recipe with `loss.estimator`, `loss.temperature`, `loss.alpha` and `loss.top_k` (or, sampled,
+`loss.draws`) overridden and its own `out`; a finished run is reused. The evaluation is `kdgate distill eval`'s.
+Runs are sequential (a CPU box has no room for two).
 """
 
 from __future__ import annotations
@@ -16,27 +17,29 @@ from distill.recipe import run
 
 
 def sweep(base: TrainConfig, out: Path, temperatures: list[float], alphas: list[float], top_ks: list[int],
-          examples: int) -> list[dict]:
+          examples: int, estimators: tuple[str, ...] = ("topk",)) -> list[dict]:
+    """k is the cached alternatives per token for `topk`, the draws per token for `sampled`."""
     from distill.demo import task
     from distill.evaluate import evaluate
 
     out.mkdir(parents=True, exist_ok=True)
     models = {"sft": _train(base, out / "sft", {"kind": "sft"})}
-    for tau, alpha, k in itertools.product(temperatures, alphas, top_ks):
-        name = f"kd tau={tau:g} alpha={alpha:g} k={k}"
-        models[name] = _train(base, out / name.replace(" ", "_").replace("=", ""),
-                              {"kind": "kd", "temperature": tau, "alpha": alpha, "top_k": k})
+    specs = {}
+    for estimator, tau, alpha, k in itertools.product(estimators, temperatures, alphas, top_ks):
+        spec = {"estimator": estimator, "temperature": tau, "alpha": alpha, "top_k": k}
+        name = f"{estimator} tau={tau:g} alpha={alpha:g} k={k}"
+        loss = {"kind": "kd", "estimator": estimator, "temperature": tau, "alpha": alpha}
+        loss.update({"top_k": k} if estimator == "topk" else {"draws": k})
+        specs[name] = spec
+        models[name] = _train(base, out / name.replace(" ", "_").replace("=", ""), loss)
     results = evaluate(models, _teacher_dir(base), task.take("test", examples, seed=0))
     sft, teacher = results["sft"]["exact_match"], results["teacher"]["exact_match"]
-    rows = []
-    for name, row in results.items():
-        if not name.startswith("kd"):
-            continue
-        tau, alpha, k = (float(part.split("=")[1]) for part in name.split()[1:])
-        rows.append({"temperature": tau, "alpha": alpha, "top_k": int(k), "exact_match": row["exact_match"],
-                     "kl_to_teacher": row["kl_to_teacher"], "token_agreement": row["token_agreement"],
-                     "gap_recovered": (row["exact_match"] - sft) / (teacher - sft) if teacher > sft else None})
-    summary = {"sft_exact_match": sft, "teacher_exact_match": teacher, "runs": rows, "steps": base.steps}
+    rows = [{**spec, "exact_match": results[name]["exact_match"], "kl_to_teacher": results[name]["kl_to_teacher"],
+             "token_agreement": results[name]["token_agreement"],
+             "gap_recovered": (results[name]["exact_match"] - sft) / (teacher - sft) if teacher > sft else None}
+            for name, spec in specs.items()]
+    summary = {"sft_exact_match": sft, "teacher_exact_match": teacher, "runs": rows, "steps": base.steps,
+               "examples": examples}
     (out / "sweep.json").write_text(json.dumps(summary, indent=1))
     (out / "sweep.md").write_text(table(summary))
     plot(summary, out / "sweep.png")
@@ -61,13 +64,15 @@ def _teacher_dir(base: TrainConfig) -> Path:
 
 def table(summary: dict) -> str:
     lines = [f"SFT baseline {summary['sft_exact_match']:.1%}, teacher {summary['teacher_exact_match']:.1%} "
-             f"(exact match; {summary['steps']} steps each)", "",
-             "| τ | α | k | exact match | gap recovered | KL to teacher | token agreement |",
-             "|---|---|---|---|---|---|---|"]
+             f"(exact match on {summary['examples']} held-out tickets; {summary['steps']} steps each; k is the "
+             "cached top-k, or the draws per token when sampled)", "",
+             "| estimator | τ | α | k | exact match | gap recovered | KL to teacher | token agreement |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in summary["runs"]:
         recovered = "" if row["gap_recovered"] is None else f"{row['gap_recovered']:+.0%}"
-        lines.append(f"| {row['temperature']:g} | {row['alpha']:g} | {row['top_k']} | {row['exact_match']:.1%} | "
-                     f"{recovered} | {row['kl_to_teacher']:.4f} | {row['token_agreement']:.4f} |")
+        lines.append(f"| {row['estimator']} | {row['temperature']:g} | {row['alpha']:g} | {row['top_k']} | "
+                     f"{row['exact_match']:.1%} | {recovered} | {row['kl_to_teacher']:.4f} | "
+                     f"{row['token_agreement']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -78,12 +83,15 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7.5, 4.5))
-    for (alpha, k), group in itertools.groupby(sorted(summary["runs"], key=lambda r: (r["alpha"], r["top_k"],
-                                                                                       r["temperature"])),
-                                               key=lambda r: (r["alpha"], r["top_k"])):
+    def line(run: dict) -> tuple:
+        return run["estimator"], run["alpha"], run["top_k"]
+
+    for (estimator, alpha, k), group in itertools.groupby(sorted(summary["runs"], key=lambda r: (*line(r),
+                                                                                                  r["temperature"])),
+                                                          key=line):
         group = list(group)
-        axis.plot([r["temperature"] for r in group], [100 * r["exact_match"] for r in group], "o-",
-                  label=f"α={alpha:g}, k={k}")
+        axis.plot([r["temperature"] for r in group], [100 * r["exact_match"] for r in group],
+                  "o-" if estimator == "topk" else "s--", label=f"{estimator} α={alpha:g}, k={k}")
     axis.axhline(100 * summary["sft_exact_match"], color="grey", linestyle="--", label="SFT baseline")
     axis.axhline(100 * summary["teacher_exact_match"], color="black", linestyle=":", label="teacher")
     axis.set_xlabel("temperature τ")
