@@ -53,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
     tokens, started = 0, time.perf_counter()
     for step in range(args.steps):
         batch = collate([rows[(step * args.batch_size + i) % len(rows)] for i in range(args.batch_size)],
-                        recipe.tokenizer.pad_token_id, recipe.manifest.top_k)
+                        recipe.tokenizer.pad_token_id)
         recipe.model.train()
         if teacher is None:
             loss = recipe._losses(batch)["loss"]

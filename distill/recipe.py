@@ -8,10 +8,16 @@ and clipping, evaluates every `eval_every` steps on held-out cache rows (teacher
 early when agreement stops improving, and checkpoints every `checkpoint_every` steps; `save_final()` writes a plain
 Hugging Face model (LoRA merged) that vLLM and the local engine load. A rerun of the same config resumes from the
 last checkpoint; a checkpoint of another config is refused.
+
+The loop runs through `accelerate`: one process on a CPU or a GPU as it is, several with `accelerate launch` and
+a config from `distill/configs/accelerate/` (data parallel across GPUs and nodes; `batch_size` is per process, so a
+step sees batch_size × processes × grad_accum answers). The student's forward and loss are one module
+(`distill/step.py`) so the wrapper sees all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -27,7 +33,9 @@ from tqdm import tqdm
 
 from distill.config import TrainConfig
 from distill.data.cache import Manifest, read_answers, tokenizer_hash
-from distill.losses import IGNORE_INDEX, ChunkedKD, SparseKD
+from distill.losses import IGNORE_INDEX, ChunkedKD, SampledKD, SparseKD
+from distill.sampling import sample_targets
+from distill.step import DistillStep
 
 CHECKPOINT = "checkpoint"
 
@@ -40,9 +48,10 @@ class Row:
     topk_logprobs: np.ndarray  # (A, k)
 
 
-def collate(rows: list[Row], pad_id: int, k: int) -> dict[str, torch.Tensor]:
+def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; labels and teacher top-k sit at the answer tokens' own positions."""
     length = max(len(row.input_ids) for row in rows)
+    k = max(row.topk_ids.shape[1] for row in rows)
     batch = len(rows)
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)  # (B, T)
@@ -54,8 +63,9 @@ def collate(rows: list[Row], pad_id: int, k: int) -> dict[str, torch.Tensor]:
         input_ids[index, :end] = torch.tensor(row.input_ids)
         attention_mask[index, :end] = 1
         labels[index, start:end] = input_ids[index, start:end]
-        teacher_ids[index, start:end] = torch.from_numpy(row.topk_ids.astype(np.int64))
-        teacher_logprobs[index, start:end] = torch.from_numpy(row.topk_logprobs.astype(np.float32))
+        width = row.topk_ids.shape[1]
+        teacher_ids[index, start:end, :width] = torch.from_numpy(row.topk_ids.astype(np.int64))
+        teacher_logprobs[index, start:end, :width] = torch.from_numpy(row.topk_logprobs.astype(np.float32))
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
             "teacher_ids": teacher_ids, "teacher_logprobs": teacher_logprobs}
 
@@ -71,9 +81,12 @@ class Recipe:
     # ---------------------------------------------------------------------------------------------------- setup
 
     def setup(self) -> None:
+        from accelerate import Accelerator
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         config = self.config
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       mixed_precision="bf16" if config.bf16 else "no")
         torch.manual_seed(config.seed)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -107,17 +120,22 @@ class Recipe:
         rows = self._rows()
         held = max(1, int(len(rows) * config.eval_fraction))
         random.Random(config.seed).shuffle(rows)
-        self.eval_rows, self.train_rows = rows[:held], rows[held:]
+        self.eval_rows, self.train_rows = rows[:held], rows[held:][:config.train_examples]
         if not self.train_rows:
             raise ValueError(f"the teacher cache {config.cache} has too few kept answers to train on ({len(rows)})")
-        kd = SparseKD(config.loss.temperature, config.loss.divergence, config.loss.beta)
+        if config.loss.estimator == "sampled":
+            self.train_rows = self._sampled(self.train_rows)
+            kd = SampledKD(config.loss.temperature)
+        else:
+            kd = SparseKD(config.loss.temperature, config.loss.divergence, config.loss.beta)
         alpha = 0.0 if config.loss.kind == "sft" else config.loss.alpha
         self.loss = ChunkedKD(kd, alpha=alpha, chunk_tokens=config.loss.chunk_tokens)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
-                                            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
-                                           lr=config.optim.lr, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
+                                       {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
+                                      lr=config.optim.lr, betas=(0.9, 0.95))
+        self.step_module, self.optimizer = self.accelerator.prepare(DistillStep(self.model, self.loss), optimizer)
         self._resume()
 
     def _rows(self) -> list[Row]:
@@ -131,33 +149,55 @@ class Recipe:
             raise ValueError(f"the teacher cache {self.config.cache} has no kept answers")
         return rows
 
+    def describe(self) -> str:
+        config, accelerator = self.config, self.accelerator
+        world = accelerator.num_processes
+        return (f"{len(self.train_rows)} training answers, {len(self.eval_rows)} held out; {config.loss.kind} "
+                f"({config.loss.estimator}); processes={world} on {accelerator.device.type}; "
+                f"{config.batch_size * world * config.grad_accum} answers per step"
+                + (f"; resuming at step {self.step}" if self.step else ""))
+
+    def _sampled(self, rows: list[Row]) -> list[Row]:
+        """Each answer token's target drawn once, seeded: the sparse cache a sampling teacher run would store."""
+        loss, rng = self.config.loss, np.random.default_rng(self.config.seed)
+        sampled = []
+        for row in rows:
+            ids, log_weights = sample_targets(row.topk_ids, row.topk_logprobs, loss.draws, rng, loss.temperature,
+                                              loss.proposal_temperature)
+            sampled.append(Row(row.input_ids, row.answer_start, ids, log_weights))
+        return sampled
+
     # ---------------------------------------------------------------------------------------------------- training
 
     def train(self) -> list[dict]:
-        config = self.config
-        rng = random.Random(config.seed + self.step)
+        config, accelerator = self.config, self.accelerator
+        rng = random.Random(config.seed + self.step)  # the same order on every rank; each takes its own slice
         order: list[int] = []
-        bar = tqdm(total=config.steps, initial=self.step, desc="distill", unit="step")
+        world, rank = accelerator.num_processes, accelerator.process_index
+        bar = tqdm(total=config.steps, initial=self.step, desc="distill", unit="step",
+                   disable=not accelerator.is_main_process)
         started, tokens = time.monotonic(), 0
         while self.step < config.steps:
-            self.model.train()
+            self.step_module.train()
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(self.step)
             parts = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0}
-            for _ in range(config.grad_accum):
-                if len(order) < config.batch_size:
+            for micro in range(config.grad_accum):
+                while len(order) < config.batch_size * world:
                     refill = list(range(len(self.train_rows)))
                     rng.shuffle(refill)
                     order.extend(refill)
-                batch = collate([self.train_rows[order.pop()] for _ in range(config.batch_size)],
-                                self.tokenizer.pad_token_id, self.top_k)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                picked = [order.pop() for _ in range(config.batch_size * world)]
+                batch = collate([self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]],
+                                self.tokenizer.pad_token_id)
+                last = micro == config.grad_accum - 1
+                with accelerator.no_sync(self.step_module) if not last else contextlib.nullcontext():
                     out = self._losses(batch)
-                (out["loss"] / config.grad_accum).backward()
+                    accelerator.backward(out["loss"] / config.grad_accum)
                 for key in parts:
                     parts[key] += out[key].item() / config.grad_accum
                 tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.max_grad_norm)
+            accelerator.clip_grad_norm_(self.step_module.parameters(), config.optim.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -176,32 +216,30 @@ class Recipe:
         return self.history
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        size = hidden.shape[-1]
-        # position t predicts token t+1: shift the targets, not the hidden states' meaning
-        return self.loss(hidden[:, :-1].reshape(-1, size), head, batch["teacher_ids"][:, 1:].reshape(
-            -1, self.top_k), batch["teacher_logprobs"][:, 1:].reshape(-1, self.top_k),
-            batch["labels"][:, 1:].reshape(-1))
+        device = self.accelerator.device
+        return self.step_module({key: value.to(device) for key, value in batch.items()})
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Teacher-forced on held-out cache rows: top-1 agreement with the teacher's tokens and the sparse KL."""
-        self.model.eval()
-        agree = total = 0
-        kl_sum = 0.0
-        kd = SparseKD(1.0)
-        for start in range(0, len(self.eval_rows), self.config.batch_size):
-            batch = collate(self.eval_rows[start:start + self.config.batch_size], self.tokenizer.pad_token_id,
-                            self.top_k)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits, labels = logits[:, :-1], batch["labels"][:, 1:]
-            mask = labels != IGNORE_INDEX
-            agree += int(((logits.argmax(-1) == labels) & mask).sum())
-            total += int(mask.sum())
-            per_token = kd.per_token(logits[mask], batch["teacher_ids"][:, 1:][mask],
-                                     batch["teacher_logprobs"][:, 1:][mask])
-            kl_sum += float(per_token.sum())
+        """Teacher-forced on held-out cache rows: top-1 agreement with the teacher's tokens and the sparse KL.
+
+        Each rank takes every world-th row, padded with answerless rows so that all ranks run the same number of
+        forwards; the sums are added across ranks.
+        """
+        accelerator = self.accelerator
+        world, device = accelerator.num_processes, accelerator.device
+        share = -(-len(self.eval_rows) // world)
+        first = self.eval_rows[0]
+        blank = Row(first.input_ids, len(first.input_ids), first.topk_ids[:0], first.topk_logprobs[:0])
+        rows = self.eval_rows[accelerator.process_index::world]
+        rows = rows + [blank] * (share - len(rows))
+        self.step_module.eval()
+        sums = torch.zeros(3, device=device)
+        for start in range(0, len(rows), self.config.batch_size):
+            batch = collate(rows[start:start + self.config.batch_size], self.tokenizer.pad_token_id)
+            out = self.step_module({key: value.to(device) for key, value in batch.items()}, evaluate=True)
+            sums += torch.stack([out["agree"], out["tokens"], out["kl"]])
+        agree, total, kl_sum = accelerator.reduce(sums, reduction="sum").tolist()
         return {"teacher_agreement": agree / max(total, 1), "kl_to_teacher": kl_sum / max(total, 1)}
 
     def _evaluate(self, parts: dict[str, float]) -> bool:
@@ -228,19 +266,24 @@ class Recipe:
         return json.loads(self.config.model_dump_json())
 
     def save_checkpoint(self) -> None:
+        """accelerate's state (every rank's model, optimizer and RNG) plus progress and config, renamed into place
+        once complete: a crash loses at most the steps since the last checkpoint."""
+        accelerator = self.accelerator
         folder = self.config.out / CHECKPOINT
         temporary = folder.with_name(CHECKPOINT + ".tmp")
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-        torch.save({"model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-                   temporary / "state.pt")
-        (temporary / "progress.json").write_text(json.dumps({"step": self.step, "best": self.best,
-                                                            "evals_since_best": self.evals_since_best,
-                                                            "history": self.history}))
-        (temporary / "config.yaml").write_text(yaml.safe_dump(self._resolved(), sort_keys=False))
-        shutil.rmtree(folder, ignore_errors=True)
-        temporary.rename(folder)
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary), safe_serialization=False)
+        if accelerator.is_main_process:
+            (temporary / "progress.json").write_text(json.dumps({"step": self.step, "best": self.best,
+                                                                "evals_since_best": self.evals_since_best,
+                                                                "history": self.history}))
+            (temporary / "config.yaml").write_text(yaml.safe_dump(self._resolved(), sort_keys=False))
+            shutil.rmtree(folder, ignore_errors=True)
+            temporary.rename(folder)
+        accelerator.wait_for_everyone()
 
     def _resume(self) -> None:
         folder = self.config.out / CHECKPOINT
@@ -251,19 +294,24 @@ class Recipe:
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in current.items() if k != "steps"}:
             raise ValueError(f"{folder} is a checkpoint of another config; use another `out` or the same config "
                              "(only `steps` may change on resume)")
-        state = torch.load(folder / "state.pt", weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        self.accelerator.load_state(str(folder))
         progress = json.loads((folder / "progress.json").read_text())
         self.step, self.best = progress["step"], progress["best"]
         self.evals_since_best, self.history = progress["evals_since_best"], progress["history"]
 
     def save_final(self) -> Path:
         """A plain Hugging Face model (LoRA merged) with the tokenizer, the log and the resolved config."""
+        accelerator = self.accelerator
         out = self.config.out / "model"
-        model = self.model.merge_and_unload() if self.config.lora.enabled else self.model
-        model.save_pretrained(out)
+        state = accelerator.get_state_dict(self.step_module)  # whole on the main process, even when sharded
+        if not accelerator.is_main_process:
+            return out
+        model = accelerator.unwrap_model(self.step_module).model
+        if self.config.lora.enabled:
+            model.merge_and_unload().save_pretrained(out)
+        else:
+            model.save_pretrained(out, state_dict={key.removeprefix("model."): value for key, value in state.items()
+                                                   if key.startswith("model.")})
         self.tokenizer.save_pretrained(out)
         (out / "training_log.json").write_text(json.dumps(self.history, indent=1))
         (out / "distill_config.yaml").write_text(yaml.safe_dump(self._resolved(), sort_keys=False))
@@ -273,6 +321,8 @@ class Recipe:
 def run(config: TrainConfig) -> Path:
     recipe = Recipe(config)
     recipe.setup()
+    if recipe.accelerator.is_main_process:
+        print(recipe.describe(), flush=True)
     recipe.train()
     recipe.save_checkpoint()
     return recipe.save_final()

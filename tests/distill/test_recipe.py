@@ -48,7 +48,7 @@ def config(demo_dirs, cache, out, *overrides):
 def test_targets_line_up_with_the_teacher(demo_dirs, cache, tmp_path):
     recipe = Recipe(config(demo_dirs, cache, tmp_path))
     recipe.setup()
-    batch = collate(recipe.train_rows[:3], recipe.tokenizer.pad_token_id, K)
+    batch = collate(recipe.train_rows[:3], recipe.tokenizer.pad_token_id)
     labels, ids = batch["labels"][:, 1:], batch["teacher_ids"][:, 1:]  # what position t predicts
     mask = labels != IGNORE_INDEX
     assert mask.any() and (ids[mask][:, 0] == labels[mask]).all()  # greedy cache: the teacher's token first
@@ -73,7 +73,7 @@ def test_train_checkpoint_and_resume(demo_dirs, cache, tmp_path):
 def test_sft_is_cross_entropy_only(demo_dirs, cache, tmp_path):
     recipe = Recipe(config(demo_dirs, cache, tmp_path, "loss.kind=sft"))
     recipe.setup()
-    out = recipe._losses(collate(recipe.train_rows[:4], recipe.tokenizer.pad_token_id, K))
+    out = recipe._losses(collate(recipe.train_rows[:4], recipe.tokenizer.pad_token_id))
     assert out["loss"].item() == pytest.approx(out["ce_loss"].item(), rel=1e-6)
 
 
@@ -106,9 +106,49 @@ def test_sweep_writes_a_table_and_a_plot(demo_dirs, cache, tmp_path):
     from distill.sweep import sweep
 
     base = config(demo_dirs, cache, tmp_path / "base", "steps=2")
-    rows = sweep(base, tmp_path / "sweep", temperatures=[1.0, 2.0], alphas=[0.5], top_ks=[4], examples=10)
-    assert [(row["temperature"], row["top_k"]) for row in rows] == [(1.0, 4), (2.0, 4)]
+    rows = sweep(base, tmp_path / "sweep", temperatures=[1.0, 2.0], alphas=[0.5], top_ks=[4], examples=10,
+                 estimators=("topk", "sampled"))
+    assert [(row["estimator"], row["temperature"]) for row in rows] == [("topk", 1.0), ("topk", 2.0), ("sampled", 1.0),
+                                                                         ("sampled", 2.0)]
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 5_000
-    assert "| 2 | 0.5 | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| topk | 2 | 0.5 | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| sampled | 1 | 0.5 | 4 |" in (tmp_path / "sweep" / "sweep.md").read_text()
     with pytest.raises(ValueError, match="the cache holds 8"):
         Recipe(config(demo_dirs, cache, tmp_path / "k", "loss.top_k=30")).setup()
+
+
+def test_sampled_estimator_trains_on_drawn_targets(demo_dirs, cache, tmp_path):
+    recipe = Recipe(config(demo_dirs, cache, tmp_path, "loss.estimator=sampled", "loss.draws=3",
+                           "loss.temperature=2", "train_examples=10"))
+    recipe.setup()
+    assert len(recipe.train_rows) == 10
+    row = recipe.train_rows[0]
+    assert row.topk_ids.shape[1] == 3 and (row.topk_ids[:, 0] >= 0).all()
+    assert recipe.eval_rows[0].topk_ids.shape[1] == K  # evaluation still against the cached top-k
+    assert torch.allclose(torch.from_numpy(row.topk_logprobs).exp().masked_fill(
+        torch.from_numpy(row.topk_ids) < 0, 0).sum(-1), torch.ones(len(row.topk_ids)), atol=1e-5)
+    recipe.train()
+    assert recipe.history[-1]["kd_loss"] > 0
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel(demo_dirs, cache, tmp_path):
+    """The recipe under a real 2-process launch (torchrun, gloo DDP on the CPU): the path multi-GPU runs take."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [f"student.init={demo_dirs[0]}", f"cache={cache}", f"out={tmp_path}", "steps=4", "batch_size=2",
+            "eval_every=2", "checkpoint_every=2", "threads=1", "optim.warmup_steps=1"]
+    launch = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "kdgate.cli", "distill", "train"]
+    done = subprocess.run(launch + args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "processes=2" in done.stdout or "processes=2" in done.stderr
+    log = json.loads((tmp_path / "model" / "training_log.json").read_text())
+    assert [entry["step"] for entry in log] == [2, 4] and log[-1]["teacher_agreement"] > 0.5
+    trained, initial = AutoModelForCausalLM.from_pretrained(tmp_path / "model"), \
+        AutoModelForCausalLM.from_pretrained(demo_dirs[0])
+    assert any(not torch.equal(value, initial.state_dict()[name]) for name, value in trained.state_dict().items())

@@ -1,0 +1,40 @@
+"""The student's forward and its losses as one module: the thing accelerate wraps (DDP, FSDP).
+
+Every parameter the loss touches, the lm_head's weight used chunk by chunk included, is used inside this module's
+forward, so a data-parallel wrapper sees the whole computation (its gradient hooks and, for FSDP, its all-gathers
+run), and evaluation goes through the same wrapper so every rank takes part.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distill.losses import IGNORE_INDEX, ChunkedKD, SparseKD
+
+
+class DistillStep(nn.Module):
+    def __init__(self, model: nn.Module, loss: ChunkedKD):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: dict[str, torch.Tensor], evaluate: bool = False) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch) if evaluate else self._losses(batch)
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        size, k = hidden.shape[-1], batch["teacher_ids"].shape[-1]
+        # position t predicts token t+1: shift the targets, not the hidden states' meaning
+        return self.loss(hidden[:, :-1].reshape(-1, size), head, batch["teacher_ids"][:, 1:].reshape(-1, k),
+                         batch["teacher_logprobs"][:, 1:].reshape(-1, k), batch["labels"][:, 1:].reshape(-1))
+
+    def _evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sums, so ranks can add them: top-1 agreements with the teacher's tokens, tokens, and the sparse KL."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        kl = SparseKD(1.0).per_token(logits[mask], batch["teacher_ids"][:, 1:][mask],
+                                     batch["teacher_logprobs"][:, 1:][mask])
+        return {"agree": ((logits.argmax(-1) == labels) & mask).sum().float(), "tokens": mask.sum().float(),
+                "kl": kl.sum().float()}
