@@ -10,6 +10,7 @@ from distill.cli import app as distill_app
 from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
 from kdgate.routing.cli import app as router_app
+from loadtests.cli import app as loadtest_app
 
 app = typer.Typer(help="kdgate: serve a distilled student and its teacher behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -17,6 +18,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(router_app, name="router")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(distill_app, name="distill")
+app.add_typer(loadtest_app, name="loadtest")
 
 
 @app.command()

@@ -1,0 +1,158 @@
+"""The load generator against real servers: the demo gateway (routes broken out), the local engine's HTTP server,
+and broken upstreams (failures counted with reasons, the run ends on time, the report is written)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.settings import RoutingSettings
+from gateway.threaded import ThreadedServer
+from kdgate.cli import app
+from loadtests.runner import Bounds, Shape, Target, run
+from loadtests.stats import summarize
+from loadtests.workload import BodySettings, demo_prompts
+from tests.conftest import gateway_settings
+from tests.loadtests.faulty import Faulty
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def mixed_gateway(demo_dirs, engine_server):
+    """The demo gateway sending a seeded random half of its requests to the teacher."""
+    from gateway.app import create_app
+
+    routing = RoutingSettings(policy="random", teacher_fraction=0.5, seed=3)
+    with ThreadedServer(create_app(gateway_settings(demo_dirs, engine_server, routing=routing))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    with ThreadedServer(Faulty()) as server:
+        yield server
+
+
+def test_per_route_report_through_the_gateway(mixed_gateway, tmp_path):
+    out = tmp_path / "lt"
+    result = runner.invoke(app, ["loadtest", "run", "--url", mixed_gateway.url, "--concurrency", "2",
+                                 "--requests", "16", "--warmup", "2", "--max-tokens", "48", "--out", str(out),
+                                 "--slo", "ttft=5s", "--fail-if", "error_rate>0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "concurrency-2.json").read_text())
+    summary = report["summary"]
+    assert summary["requests"] == 16 and summary["failed"] == 0 and len(report["records"]) == 18
+    assert set(summary["routes"]) == {"student", "teacher"}
+    assert sum(group["requests"] for group in summary["routes"].values()) == 16
+    assert summary["usage_from_server"] and summary["output_tokens"] > 16
+    for group in summary["routes"].values():
+        assert 0 < group["ttft"]["median"] <= group["e2e"]["median"]
+    assert summary["goodput"] > 0 and summary["peak_concurrency"] == 2
+    assert summary["server_ttft"]["count"] >= 16  # the gateway's own histogram, read from /metrics
+    assert (out / "concurrency-2-ttft-cdf.png").stat().st_size > 5_000
+    assert "student" in result.output and "teacher" in result.output
+
+
+def test_records_recompute_the_summary_and_forced_routes_show(mixed_gateway):
+    prompts = demo_prompts(4, seed=1)
+    target = Target(f"{mixed_gateway.url}/v1/chat/completions", {"x-kdgate-force": "teacher"},
+                    BodySettings(model="kdgate-demo", max_tokens=24, logprobs=2))
+    result = asyncio.run(run(target, prompts, Shape(concurrency=2), Bounds(requests=4)))
+    assert {record.route for record in result.records} == {"teacher"}
+    assert all(record.reason == "forced:header" for record in result.records)
+    assert all(record.ttfc <= record.ttft and len(record.itl) >= 1 for record in result.records)
+    summary = summarize(result.records, result.elapsed)
+    assert summary["ttft"]["count"] == 4 and summary["routes"]["teacher"]["requests"] == 4
+
+
+def test_vllm_protocol_engine_server(engine_server, tmp_path):
+    """The local engine's HTTP server (vLLM's protocol); the model found through /v1/models."""
+    result = runner.invoke(app, ["loadtest", "run", "--url", engine_server.base_url, "--concurrency", "2",
+                                 "--requests", "4", "--max-tokens", "16", "--out", str(tmp_path),
+                                 "--no-scrape-metrics"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "concurrency-2.json").read_text())
+    assert report["model"] == engine_server.model and report["summary"]["failed"] == 0
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_measures_a_server_of_known_timing(endpoint):
+    """Against the zero-work instrument with a set TTFT and inter-token delay, the measured ones match."""
+    from loadtests.zero import ZeroServer, ZeroSettings
+
+    settings = ZeroSettings(ttft_ms=80, itl_ms=15, output_tokens=12)
+    with ThreadedServer(ZeroServer(settings)) as server:
+        path = "chat/completions" if endpoint == "chat" else "completions"
+        target = Target(f"{server.url}/v1/{path}", {}, BodySettings(model="zero", max_tokens=12))
+        result = asyncio.run(run(target, demo_prompts(3, seed=0), Shape(concurrency=1), Bounds(requests=3)))
+    summary = summarize(result.records, result.elapsed)
+    assert summary["failed"] == 0 and summary["usage_from_server"]
+    assert 0.080 <= summary["ttft"]["median"] < 0.080 + 0.05
+    assert 0.010 < summary["itl"]["median"] < 0.015 + 0.01
+    assert summary["output_tokens"] == 3 * 12 and summary["tpot"]["median"] == pytest.approx(0.015, abs=0.008)
+
+
+def test_open_loop_rate_cap_ramp_and_duration(mixed_gateway):
+    prompts = demo_prompts(8, seed=2)
+    target = Target(f"{mixed_gateway.url}/v1/chat/completions", {}, BodySettings(model="kdgate-demo",
+                                                                                 max_tokens=16))
+    shape = Shape(rate=20.0, arrivals="gamma", burstiness=0.5, max_concurrency=2, ramp_up=0.5)
+    started = time.monotonic()
+    result = asyncio.run(run(target, prompts, shape, Bounds(duration=1.5, grace=10.0)))
+    assert time.monotonic() - started < 1.5 + 10.0 + 2.0
+    assert result.peak_concurrency <= 2 and len(result.records) >= 5
+    assert max(record.queue_time for record in result.records) > 0  # a capped open loop queues in the client
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("rejects", "HTTP 429: rejects on purpose"), ("crashes", "HTTP 500: crashes on purpose"),
+    ("garbage", "malformed chunk"), ("silent", "no token"), ("endless", "cancelled")])
+def test_broken_upstreams_are_failures_with_reasons(faulty, tmp_path, mode, reason):
+    out = tmp_path / mode
+    started = time.monotonic()
+    result = runner.invoke(app, ["loadtest", "run", "--url", f"{faulty.url}/{mode}", "--model", "m",
+                                 "--concurrency", "2", "--requests", "4", "--duration", "1", "--grace", "0.5",
+                                 "--out", str(out), "--fail-if", "error_rate>0.01", "--no-scrape-metrics"])
+    assert time.monotonic() - started < 15
+    assert result.exit_code == 1, result.output  # the gate fails the run
+    summary = json.loads((out / "concurrency-2.json").read_text())["summary"]
+    assert summary["error_rate"] == 1.0
+    assert any(sample.startswith(reason) for failure in summary["failures"].values()
+               for sample in failure["samples"])
+
+
+def test_pings_are_not_tokens(faulty):
+    target = Target(f"{faulty.url}/pings/v1/chat/completions", {}, BodySettings(model="m"))
+    result = asyncio.run(run(target, demo_prompts(1, seed=0), Shape(concurrency=1), Bounds(requests=1)))
+    record = result.records[0]
+    assert record.ok and record.output_tokens == 2 and not record.usage_from_server and record.ttft > 0.04
+
+
+def test_unreachable_url_still_writes_a_report(tmp_path):
+    from gateway.threaded import free_port
+
+    out = tmp_path / "down"
+    result = runner.invoke(app, ["loadtest", "run", "--url", f"http://127.0.0.1:{free_port()}", "--concurrency",
+                                 "1", "--requests", "3", "--out", str(out), "--no-scrape-metrics"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "concurrency-1.json").read_text())["summary"]
+    assert summary["failed"] == 3 and "ConnectError" in summary["failures"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--concurrency", "0"], "concurrency"),
+    (["--rate", "2", "--arrivals", "weibull"], "--arrivals"),
+    (["--concurrency", "1", "--fail-if", "p99_ttfx>3ms"], "unknown metric"),
+    (["--concurrency", "1", "--slo", "ttft=fast"], "not a duration"),
+    (["--concurrency", "1", "--header", "nocolon"], "Name: value"),
+    ([], "load shape"),
+])
+def test_invalid_flags_are_usage_errors(args, message):
+    result = runner.invoke(app, ["loadtest", "run", "--url", "http://127.0.0.1:9", "--model", "m",
+                                 "--requests", "1", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
