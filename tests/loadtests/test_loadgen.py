@@ -156,3 +156,16 @@ def test_invalid_flags_are_usage_errors(args, message):
     result = runner.invoke(app, ["loadtest", "run", "--url", "http://127.0.0.1:9", "--model", "m",
                                  "--requests", "1", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_sweep_goes_from_synchronous_to_throughput(mixed_gateway, tmp_path):
+    import csv
+
+    result = runner.invoke(app, ["loadtest", "sweep", "--url", mixed_gateway.url, "--requests", "6", "--rates", "2",
+                                 "--max-concurrency", "4", "--max-tokens", "16", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [row["label"] for row in rows][:2] == ["synchronous", "throughput (concurrency 4)"]
+    assert len(rows) == 4 and all(float(row["offered_rate"]) > 0 for row in rows[2:])
+    assert float(rows[1]["request_throughput"]) > float(rows[0]["request_throughput"])
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
