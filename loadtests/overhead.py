@@ -1,0 +1,274 @@
+"""The gateway's own overhead, in one interleaved run: every arm in front of the same zero-work server.
+
+    python -m loadtests.overhead --rounds 3 --requests 200 --out runs/overhead \
+        --litellm .venv-litellm/bin/litellm
+
+Arms (one worker process each, all started once and kept up):
+  direct            the zero-work server itself
+  passthrough       FastAPI + one shared httpx client streaming bytes unchanged (the floor of a Python hop)
+  kdgate            student_only: routing off
+  kdgate handoff    routing active from token 0 (N=0): student logprobs requested, every token checked against
+                    the handoff floor, nothing held back
+  kdgate hold-8     the confidence policy holding back 8 tokens (N=8), logprobs on, then releasing them
+  litellm           LiteLLM's proxy (optional: --litellm PATH; it lives in its own virtualenv)
+
+Each round visits the arms in a rotated order (machine noise hits all alike) and runs closed-loop streaming load at
+each concurrency (32-token answers). Reported per arm: added TTFT and e2e at p50/p99 against `direct` from the same
+round, CPU milliseconds per streamed request of the arm's server processes (from /proc, so the load generator's and
+the zero server's CPU are not counted), and the max sustainable rate of one worker: the highest offered Poisson rate
+whose p99 TTFT stays under twice the arm's own p99 at the lowest rate. Everything shares this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gateway.threaded import free_port, wait_until_up
+from loadtests.runner import Bounds, Shape, Target, run
+from loadtests.stats import summarize
+from loadtests.workload import BodySettings, synthetic_prompts
+
+MODEL = "zero"
+LITELLM_KEY = "sk-kdgate-bench"
+
+
+@dataclass
+class Arm:
+    name: str
+    url: str  # …/v1
+    process: subprocess.Popen | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the arm's process tree (0 for `direct`, which is not a gateway)."""
+        return 0.0 if self.process is None else sum(_cpu(pid) for pid in _tree(self.process.pid))
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def _start(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None
+           ) -> subprocess.Popen:
+    output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 — lives as long as the process
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT)
+    wait_until_up(url, process, timeout=120)
+    return process
+
+
+def _kdgate_config(folder: Path, name: str, zero_url: str, routing: dict) -> Path:
+    backend = {"kind": "http", "base_url": zero_url, "model": MODEL}
+    config = {"served_model": MODEL, "student": backend, "teacher": backend, "routing": routing,
+              "shadow": {"enabled": False}, "log_level": "warning"}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def _hold_back_policy(folder: Path, prefix: int) -> Path:
+    from router.policy_file import Calibration, PolicyFile, save_policy
+    from router.scorers import SignalScorer
+
+    policy = PolicyFile(prefix_tokens=prefix, top_logprobs=5, scorer=SignalScorer("mean_logprob"), threshold=-1.0,
+                        calibration=Calibration(data="overhead benchmark: every answer passes", examples=1,
+                                                target_teacher_fraction=0.0, realised_teacher_fraction=0.0))
+    path = folder / f"hold-{prefix}.json"
+    save_policy(policy, path)
+    return path
+
+
+def start_arms(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen, list[Arm]]:
+    """The zero-work server, and every arm in front of it."""
+    kdgate = [sys.executable, "-m", "kdgate.cli"]
+    zero_port = free_port()
+    zero_url = f"http://127.0.0.1:{zero_port}/v1"
+    zero = _start(kdgate + ["loadtest", "zero-server", "--port", str(zero_port), "--itl-ms", str(args.itl_ms),
+                            "--output-tokens", str(args.output_tokens)], f"{zero_url}/models")
+    arms = [Arm("direct", zero_url)]
+    port = free_port()
+    arms.append(Arm("passthrough", f"http://127.0.0.1:{port}/v1", _start(
+        kdgate + ["loadtest", "passthrough", "--port", str(port), "--upstream", zero_url.removesuffix("/v1")],
+        f"http://127.0.0.1:{port}/v1/models")))
+    variants = {"kdgate": {"policy": "student_only"},
+                "kdgate handoff": {"policy": "student_only", "handoff": {"enabled": True, "min_prob": 0.01}},
+                "kdgate hold-8": {"policy": "confidence", "policy_file": str(_hold_back_policy(folder, 8))}}
+    for name, routing in variants.items():
+        port = free_port()
+        config = _kdgate_config(folder, name.replace(" ", "-"), zero_url, routing)
+        arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", _start(
+            kdgate + ["serve", "--port", str(port), "--config", str(config)], f"http://127.0.0.1:{port}/readyz",
+            log=folder / f"{name.replace(' ', '-')}.log")))
+    if args.litellm:
+        arms.append(_start_litellm(args.litellm, folder, zero_url))
+    return zero, arms
+
+
+def _start_litellm(binary: str, folder: Path, zero_url: str) -> Arm:
+    port = free_port()
+    config = folder / "litellm.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": MODEL, "litellm_params": {
+        "model": f"openai/{MODEL}", "api_base": zero_url, "api_key": "none"}}],
+        "litellm_settings": {"drop_params": True, "telemetry": False}}))
+    env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    process = _start([binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+                     f"http://127.0.0.1:{port}/health/liveliness", env=env, log=folder / "litellm.log")
+    return Arm("litellm", f"http://127.0.0.1:{port}/v1", process, {"Authorization": f"Bearer {LITELLM_KEY}"})
+
+
+async def measure(arm: Arm, shape: Shape, bounds: Bounds, prompts, args) -> dict:
+    request = BodySettings(model=MODEL, max_tokens=args.output_tokens, logprobs=None)
+    before = arm.cpu_seconds()
+    result = await run(Target(f"{arm.url}/chat/completions", arm.headers, request), prompts, shape, bounds)
+    cpu = arm.cpu_seconds() - before
+    summary = summarize(result.records, result.elapsed)
+    measured = len(result.records)  # warm-up requests cost CPU too
+    return {"ttft_p50": _stat(summary, "ttft", "median"), "ttft_p99": _stat(summary, "ttft", "p99"),
+            "e2e_p50": _stat(summary, "e2e", "median"), "e2e_p99": _stat(summary, "e2e", "p99"),
+            "cpu_ms_per_request": 1000 * cpu / max(measured, 1), "failed": summary["failed"],
+            "throughput": summary["request_throughput"]}
+
+
+def _stat(summary: dict, metric: str, key: str) -> float | None:
+    return (summary.get(metric) or {}).get(key)
+
+
+async def max_rate(arm: Arm, prompts, args) -> dict:
+    """Raise the offered Poisson rate until p99 TTFT doubles against the lowest rate (or requests fail)."""
+    points = []
+    baseline = None
+    for rate in args.rates:
+        bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
+        point = await measure(arm, Shape(rate=rate), bounds, prompts, args)
+        point["rate"] = rate
+        points.append(point)
+        baseline = baseline or point["ttft_p99"]
+        sustained = (point["failed"] == 0 and point["ttft_p99"] is not None and point["ttft_p99"] <= 2 * baseline
+                     and point["throughput"] >= 0.9 * rate)
+        point["sustained"] = sustained
+        if not sustained:
+            break
+    best = max((p["rate"] for p in points if p["sustained"]), default=0.0)
+    return {"max_sustainable_rate": best, "points": points}
+
+
+async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
+    prompts = synthetic_prompts(200, 20, 60, seed=0)
+    results: dict = {arm.name: {c: [] for c in args.concurrency} for arm in arms}
+    for round_index in range(args.rounds):
+        order = arms[round_index % len(arms):] + arms[:round_index % len(arms)]
+        for arm in order:
+            for concurrency in args.concurrency:
+                bounds = Bounds(requests=args.requests, warmup=max(concurrency, 10), timeout=30.0)
+                cell = await measure(arm, Shape(concurrency=concurrency), bounds, prompts, args)
+                results[arm.name][concurrency].append(cell)
+                print(f"round {round_index + 1} {arm.name:15s} c={concurrency:<3d} "
+                      f"TTFT p50 {1000 * (cell['ttft_p50'] or 0):6.1f} ms  CPU {cell['cpu_ms_per_request']:5.1f} "
+                      f"ms/req  failed {cell['failed']}", flush=True)
+    rates = {}
+    if args.rates:
+        for arm in arms:
+            rates[arm.name] = await max_rate(arm, prompts, args)
+            print(f"{arm.name:15s} max sustainable ≈ {rates[arm.name]['max_sustainable_rate']:g} req/s", flush=True)
+    return {"cells": results, "rates": rates}
+
+
+def summarise(raw: dict, concurrency: list[int]) -> list[dict]:
+    """Per arm and concurrency: medians over rounds of the added latency against `direct` of the same round."""
+    rows = []
+    direct = raw["cells"]["direct"]
+    for arm, cells in raw["cells"].items():
+        for c in concurrency:
+            row = {"arm": arm, "concurrency": c}
+            for key in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
+                added = [cell[key] - base[key] for cell, base in zip(cells[c], direct[c], strict=True)
+                         if cell[key] is not None and base[key] is not None]
+                row[f"added_{key}_ms"] = 1000 * statistics.median(added) if added else None
+            row["cpu_ms_per_request"] = statistics.median(cell["cpu_ms_per_request"] for cell in cells[c])
+            row["failed"] = sum(cell["failed"] for cell in cells[c])
+            row["max_sustainable_rate"] = raw["rates"].get(arm, {}).get("max_sustainable_rate")
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> Table:
+    out = Table(title="gateway overhead vs the zero-work server (medians over rounds)", title_justify="left")
+    for column in ("arm", "conc.", "+TTFT p50", "+TTFT p99", "+e2e p50", "+e2e p99", "CPU ms/req",
+                   "max req/s", "failed"):
+        out.add_column(column, justify="left" if column == "arm" else "right")
+
+    def ms(value):
+        return "—" if value is None else f"{value:+.1f}"
+
+    for row in rows:
+        rate = row["max_sustainable_rate"]
+        out.add_row(row["arm"], str(row["concurrency"]), ms(row["added_ttft_p50_ms"]), ms(row["added_ttft_p99_ms"]),
+                    ms(row["added_e2e_p50_ms"]), ms(row["added_e2e_p99_ms"]),
+                    "—" if row["arm"] == "direct" else f"{row['cpu_ms_per_request']:.1f}",
+                    "—" if rate is None else f"{rate:g}", str(row["failed"]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 40, 60, 80, 100, 130, 160, 200],
+                        help="offered rates for the max-sustainable search (empty: skip it)")
+    parser.add_argument("--rate-seconds", type=float, default=6.0)
+    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
+    parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
+    parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as temporary:
+        zero, arms = start_arms(args, Path(temporary))
+        try:
+            raw = asyncio.run(benchmark(args, arms))
+        finally:
+            for process in [zero] + [arm.process for arm in arms if arm.process is not None]:
+                process.terminate()
+                process.wait(timeout=20)
+    rows = summarise(raw, args.concurrency)
+    (args.out / "overhead.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                        "raw": raw, "rows": rows}, indent=1))
+    Console(width=140).print(table(rows))
+    print(f"written to {args.out}/overhead.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The overhead benchmark's harness end to end at a tiny size (its figures come from the README's full run): every
+arm starts, answers the same load, and gets its CPU per request and its added latency against `direct`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_overhead_harness_runs_every_arm(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "loadtests.overhead", "--rounds", "1", "--requests", "12",
+                           "--concurrency", "1", "4", "--rates", "20", "--rate-seconds", "1.5",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
+    arms = {row["arm"] for row in rows}
+    assert arms == {"direct", "passthrough", "kdgate", "kdgate handoff", "kdgate hold-8"}
+    assert all(row["failed"] == 0 for row in rows)
+    for row in rows:
+        if row["arm"] != "direct":
+            assert row["cpu_ms_per_request"] > 0.1  # a gateway process did work for every request
+        else:
+            assert row["added_ttft_p50_ms"] == 0.0
+        assert row["max_sustainable_rate"] in (0.0, 20.0)
