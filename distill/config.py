@@ -37,6 +37,8 @@ class LossConfig(_Strict):
     draws: int = Field(default=8, ge=1, description="sampled: draws per answer token (distinct ones are kept)")
     proposal_temperature: float = Field(default=1.0, gt=0, description="sampled: q ∝ p_τ^(1/t); t > 1 draws rarer "
                                         "tokens")
+    resample: bool = Field(default=False, description="sampled: fresh draws every time an answer is used (the "
+                           "cache's top-K stays in memory) instead of once, as a sampled cache on disk would hold")
 
     @model_validator(mode="after")
     def _sampled_is_forward(self):

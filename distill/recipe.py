@@ -124,7 +124,8 @@ class Recipe:
         if not self.train_rows:
             raise ValueError(f"the teacher cache {config.cache} has too few kept answers to train on ({len(rows)})")
         if config.loss.estimator == "sampled":
-            self.train_rows = self._sampled(self.train_rows)
+            if not config.loss.resample:
+                self.train_rows = self._sampled(self.train_rows, np.random.default_rng(config.seed))
             kd = SampledKD(config.loss.temperature)
         else:
             kd = SparseKD(config.loss.temperature, config.loss.divergence, config.loss.beta)
@@ -157,9 +158,10 @@ class Recipe:
                 f"{config.batch_size * world * config.grad_accum} answers per step"
                 + (f"; resuming at step {self.step}" if self.step else ""))
 
-    def _sampled(self, rows: list[Row]) -> list[Row]:
-        """Each answer token's target drawn once, seeded: the sparse cache a sampling teacher run would store."""
-        loss, rng = self.config.loss, np.random.default_rng(self.config.seed)
+    def _sampled(self, rows: list[Row], rng: np.random.Generator) -> list[Row]:
+        """Each answer token's sparse target drawn from the cached top-K (once at setup, or per batch with
+        `loss.resample`)."""
+        loss = self.config.loss
         sampled = []
         for row in rows:
             ids, log_weights = sample_targets(row.topk_ids, row.topk_logprobs, loss.draws, rng, loss.temperature,
@@ -188,8 +190,10 @@ class Recipe:
                     rng.shuffle(refill)
                     order.extend(refill)
                 picked = [order.pop() for _ in range(config.batch_size * world)]
-                batch = collate([self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]],
-                                self.tokenizer.pad_token_id)
+                rows = [self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]]
+                if config.loss.estimator == "sampled" and config.loss.resample:
+                    rows = self._sampled(rows, np.random.default_rng([config.seed, self.step, micro, rank]))
+                batch = collate(rows, self.tokenizer.pad_token_id)
                 last = micro == config.grad_accum - 1
                 with accelerator.no_sync(self.step_module) if not last else contextlib.nullcontext():
                     out = self._losses(batch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,16 @@ def test_two_processes_train_data_parallel(demo_dirs, cache, tmp_path):
     trained, initial = AutoModelForCausalLM.from_pretrained(tmp_path / "model"), \
         AutoModelForCausalLM.from_pretrained(demo_dirs[0])
     assert any(not torch.equal(value, initial.state_dict()[name]) for name, value in trained.state_dict().items())
+
+
+def test_resampled_targets_are_drawn_per_batch(demo_dirs, cache, tmp_path):
+    recipe = Recipe(config(demo_dirs, cache, tmp_path, "loss.estimator=sampled", "loss.draws=3", "loss.resample=true",
+                           "loss.temperature=4", "steps=2"))
+    recipe.setup()
+    assert recipe.train_rows[0].topk_ids.shape[1] == K  # the cache's top-K kept for fresh draws
+    first = recipe._sampled(recipe.train_rows[:4], np.random.default_rng([0, 0, 0, 0]))
+    second = recipe._sampled(recipe.train_rows[:4], np.random.default_rng([0, 1, 0, 0]))
+    assert all(row.topk_ids.shape[1] == 3 for row in first)
+    assert any((a.topk_ids != b.topk_ids).any() for a, b in zip(first, second, strict=True))
+    recipe.train()
+    assert recipe.history[-1]["kd_loss"] > 0
