@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
@@ -56,10 +57,9 @@ def test_disconnect_cancels_the_http_backends_request(gateway, engine_server):
 def test_non_streaming_client_timeout_cancels_the_work(gateway):
     engine = gateway.app.state.chat.backends["student"].engine
     before = cancelled_count(gateway.url, "student")
-    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 400, "ignore_eos": True}
-    try:
-        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
-    except httpx.ReadTimeout:
-        pass  # the client gave up and closed the connection
+    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 450, "ignore_eos": True}
+    # 450 tokens take the student ~0.3 s on 2 cores; the client gives up long before and closes the connection.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.03))
     assert wait_for(lambda: cancelled_count(gateway.url, "student") == before + 1)
     assert wait_for(lambda: engine.stats()["running"] == 0)
