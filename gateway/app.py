@@ -24,6 +24,7 @@ from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
 from gateway.shadow.service import open_shadow
+from gateway.workers import multiprocess_dir, reap_dead_workers, worker_exited
 from router.handoff import HandoffRule
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_backends(settings) as backends, open_shadow(settings, backends, app.state.metrics) as shadow:
+        async with (worker_metrics(), open_backends(settings) as backends,
+                    open_shadow(settings, backends, app.state.metrics) as shadow):
             handoff = settings.routing.handoff
             router = Router(policy, backends, app.state.metrics,
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None)
@@ -68,6 +70,20 @@ def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
     engines = {name: backend.engine for name, backend in backends.items() if hasattr(backend, "engine")}
     if engines:
         app.state.metrics.registry.register(EngineCollector(engines))
+
+
+@asynccontextmanager
+async def worker_metrics() -> AsyncIterator[None]:
+    """One of several workers (multiprocess metrics): forget dead workers' live gauges, and this one's on exit."""
+    folder = multiprocess_dir()
+    if folder is None:
+        yield
+        return
+    reap_dead_workers(folder)
+    try:
+        yield
+    finally:
+        worker_exited(folder)
 
 
 @asynccontextmanager

@@ -1,5 +1,9 @@
 """Prometheus metrics of the gateway, in a registry per app (tests run several apps in one process).
 
+With several worker processes (`gateway.workers`) the samples live in prometheus-client's multiprocess files: each
+gauge's `multiprocess_mode` says how the workers' values combine (`livesum`: summed over live workers; `livemostrecent`:
+the last one written, for per-worker views such as the threshold and rolling shares).
+
 Names follow Prometheus conventions (`_seconds`, `_total` added by the client for counters) and carry the route
 (`student`, `teacher`; `engine` on a standalone engine server) so every panel can split by it.
 """
@@ -35,7 +39,8 @@ class GatewayMetrics:
                                      ["route"], registry=r)
         self.completion_tokens = Counter("kdgate_completion_tokens", "Completion tokens, as counted by the backend",
                                          ["route"], registry=r)
-        self.in_flight = Gauge("kdgate_requests_in_flight", "Requests being served now", ["route"], registry=r)
+        self.in_flight = Gauge("kdgate_requests_in_flight", "Requests being served now", ["route"],
+                               multiprocess_mode="livesum", registry=r)
         self.errors = Counter("kdgate_errors", "Failed requests by backend and error class",
                               ["backend", "error"], registry=r)
         self.decisions = Counter("kdgate_route_decisions", "Routing decisions by route and reason (policy:*, "
@@ -44,11 +49,11 @@ class GatewayMetrics:
         self.confidence = Histogram("kdgate_confidence_score", "Confidence score of the student's held-back "
                                     "tokens (higher: surer)", buckets=CONFIDENCE_BUCKETS, registry=r)
         self.threshold = Gauge("kdgate_routing_threshold", "Current confidence threshold; below it escalates",
-                               registry=r)
+                               multiprocess_mode="livemostrecent", registry=r)
         self.teacher_fraction = Gauge("kdgate_teacher_fraction", "Share of the last 500 routed requests (not "
-                                      "forced) served by the teacher", registry=r)
+                                      "forced) served by the teacher", multiprocess_mode="livemostrecent", registry=r)
         self.teacher_fraction_target = Gauge("kdgate_teacher_fraction_target", "The teacher share the threshold "
-                                             "was calibrated to", registry=r)
+                                             "was calibrated to", multiprocess_mode="livemax", registry=r)
         self.hold_back = Histogram("kdgate_hold_back_seconds", "Time spent holding the student's first tokens "
                                    "back before the confidence decision", buckets=LATENCY_BUCKETS, registry=r)
         self.discarded_tokens = Counter("kdgate_escalated_student_tokens", "Student tokens generated, then "
@@ -67,12 +72,14 @@ class GatewayMetrics:
         self.shadow_unaligned = Counter("kdgate_shadow_unaligned", "Shadowed answers the teacher tokenized "
                                         "differently (no per-token KL)", registry=r)
         self.shadow_kl_rolling = Gauge("kdgate_shadow_kl_rolling", "Mean KL over the last shadowed answers "
-                                       "(shadow.window)", registry=r)
+                                       "(shadow.window)", multiprocess_mode="livemostrecent", registry=r)
         self.shadow_top1_rolling = Gauge("kdgate_shadow_top1_agreement_rolling", "Mean top-1 agreement over the "
-                                         "last shadowed answers", registry=r)
+                                         "last shadowed answers", multiprocess_mode="livemostrecent", registry=r)
         self.shadow_agreement_rolling = Gauge("kdgate_shadow_answer_agreement_rolling", "Share of the last shadowed "
-                                              "answers equal to the teacher's", registry=r)
-        self.shadow_queue = Gauge("kdgate_shadow_queue_depth", "Shadow jobs waiting for the teacher", registry=r)
+                                              "answers equal to the teacher's", multiprocess_mode="livemostrecent",
+                                              registry=r)
+        self.shadow_queue = Gauge("kdgate_shadow_queue_depth", "Shadow jobs waiting for the teacher",
+                                  multiprocess_mode="livesum", registry=r)
         self.shadow_sampled = Counter("kdgate_shadow_sampled", "Jobs queued for shadow work, by kind (shadow, "
                                       "escalation)", ["kind"], registry=r)
         self.shadow_dropped = Counter("kdgate_shadow_dropped", "Shadow jobs or records dropped, by reason "
@@ -82,7 +89,7 @@ class GatewayMetrics:
         self.shadow_store_write = Histogram("kdgate_shadow_store_write_seconds", "Time to write one shadow record",
                                             buckets=LATENCY_BUCKETS, registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
-                                ["backend"], registry=r)
+                                ["backend"], multiprocess_mode="livemostrecent", registry=r)
 
 
 class EngineCollector(Collector):

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.chat.protocol import ModelCard, ModelList
 from gateway.errors import GatewayError
+from gateway.workers import multiprocess_dir, scrape_registry
 
 router = APIRouter()
 
@@ -54,4 +55,6 @@ async def list_models(request: Request) -> ModelList:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    folder = multiprocess_dir()  # several workers: every worker's samples, read from their shared files
+    registry = scrape_registry(folder) if folder else request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -157,6 +157,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to accept outside connections")
     port: int = Field(default=8000, ge=0, le=65535, description="listen port; 0 picks a free one")
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes on the one port (uvicorn workers); "
+                         "above 1 the backends must be http, metrics switch to prometheus-client's multiprocess "
+                         "mode, and each worker keeps its own routing and shadow state. About one per core")
     served_model: str = Field(default="kdgate-demo", description="the model id clients send and /v1/models lists")
     student: BackendSettings = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["student"]))
     teacher: BackendSettings | None = Field(default_factory=lambda: BackendSettings(**DEMO_BACKENDS["teacher"]),

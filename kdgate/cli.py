@@ -26,20 +26,40 @@ def serve(
     host: str | None = typer.Option(None, help="listen address (default: KDGATE_HOST or 127.0.0.1)"),
     port: int | None = typer.Option(None, help="listen port (default: KDGATE_PORT or 8000)"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="YAML settings file"),
+    workers: int | None = typer.Option(None, min=1, max=64, help="worker processes (default: KDGATE_WORKERS or 1); "
+                                       "more than 1 needs http backends"),
 ) -> None:
     """Run the gateway. With no configuration it serves the embedded demo student and teacher."""
+    import os
+
     import uvicorn
 
     from gateway.app import create_app
     from gateway.settings import load_settings
+    from gateway.workers import prepare_workers
 
-    overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
+    overrides = {key: value for key, value in {"host": host, "port": port, "workers": workers}.items()
+                 if value is not None}
     settings = load_settings(config, **overrides)
     _configure_logging(settings.log_level)
+    folder = None
+    if settings.workers > 1:
+        try:
+            folder = prepare_workers(settings, settings.workers)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--workers") from None
     typer.echo(f"kdgate gateway on http://{settings.host}:{settings.port}/v1  (model `{settings.served_model}`; "
-               f"student: {_describe(settings.student)}; teacher: {_describe(settings.teacher)})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+               f"student: {_describe(settings.student)}; teacher: {_describe(settings.teacher)}"
+               f"{f'; {settings.workers} workers' if settings.workers > 1 else ''})")
+    run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+           "timeout_graceful_shutdown": 5}
+    if folder is None:
+        uvicorn.run(create_app(settings), **run)
+        return
+    typer.echo(f"metrics: prometheus-client multiprocess mode, files in {folder}")
+    if config is not None:
+        os.environ["KDGATE_CONFIG"] = str(config.resolve())  # the workers read the same file
+    uvicorn.run("gateway.workers:app_from_environment", factory=True, workers=settings.workers, **run)
 
 
 @app.command()

@@ -74,7 +74,6 @@ class ShadowWorker:
         self._tasks: list[asyncio.Task] = []
         self._recent: deque[Divergence] = deque(maxlen=config.window)
         self._writes = asyncio.Semaphore(1)  # one store write at a time: SQLite has one writer anyway
-        metrics.shadow_queue.set_function(self.queue.qsize)
 
     # ------------------------------------------------------------------------------------------------ request side
 
@@ -90,6 +89,7 @@ class ShadowWorker:
             self.metrics.shadow_dropped.labels("queue_full").inc()
             return False
         self.metrics.shadow_sampled.labels(job.kind).inc()
+        self.metrics.shadow_queue.inc()  # counted, not read at scrape time: several workers' queues add up
         return True
 
     # ------------------------------------------------------------------------------------------------ worker side
@@ -111,6 +111,7 @@ class ShadowWorker:
     async def _run(self) -> None:
         while True:
             job = await self.queue.get()
+            self.metrics.shadow_queue.dec()
             try:
                 await asyncio.wait_for(self.process(job), timeout=self.config.timeout_s)
             except TimeoutError:
