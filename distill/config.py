@@ -22,6 +22,23 @@ class StudentConfig(_Strict):
                                "the same start for a KD run and its SFT baseline")
 
 
+class HiddenConfig(_Strict):
+    """Hidden-state distillation (`HiddenStateMSE`): the teacher model runs online beside the cache's logprobs."""
+
+    teacher: Path | None = Field(default=None, description="the teacher's Hugging Face folder (same tokenizer as "
+                                 "the student); unset: no hidden-state loss")
+    layers: list[tuple[int, int]] = Field(default_factory=list, description="(student layer, teacher layer) pairs; "
+                                          "0 is the embeddings, L the last layer's output, e.g. [[1, 3], [2, 6]]")
+    weight: float = Field(default=1.0, ge=0, description="added to the loss as weight × the pairs' mean error")
+
+    @model_validator(mode="after")
+    def _layers_with_teacher(self):
+        if self.teacher is not None and not self.layers:
+            raise ValueError("loss.hidden.teacher is set but loss.hidden.layers is empty; name the layer pairs, "
+                             "e.g. loss.hidden.layers=[[1,3],[2,6]]")
+        return self
+
+
 class LossConfig(_Strict):
     kind: Literal["kd", "sft"] = Field(default="kd", description="sft: hard-label CE on the teacher's answers only")
     temperature: float = Field(default=1.0, gt=0, description="τ: both sides tempered, loss × τ²")
@@ -39,6 +56,7 @@ class LossConfig(_Strict):
                                         "tokens")
     resample: bool = Field(default=False, description="sampled: fresh draws every time an answer is used (the "
                            "cache's top-K stays in memory) instead of once, as a sampled cache on disk would hold")
+    hidden: HiddenConfig = Field(default_factory=HiddenConfig)
 
     @model_validator(mode="after")
     def _sampled_is_forward(self):

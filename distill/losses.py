@@ -10,6 +10,9 @@ Dense (online) losses take full teacher logits `(N, V)`. `GeneralizedJSD(β)` fo
 mixture M = β·P_teacher + (1−β)·P_student and loss β·KL(P_teacher‖M) + (1−β)·KL(P_student‖M), with β=0 meaning
 forward KL(teacher‖student) and β=1 reverse KL(student‖teacher) exactly.
 
+`HiddenStateMSE` matches chosen student layers to teacher layers through learned projections (the teacher runs
+online for it: hidden states are not cached).
+
 Memory: `ChunkedKD` computes the student's logits from final hidden states a chunk of tokens at a time, under
 activation checkpointing, so peak memory holds one chunk's `(chunk, V)` logits instead of the whole `(B·T, V)`.
 """
@@ -139,6 +142,35 @@ class DenseKD(nn.Module):
         student = F.log_softmax(student_logits.float() / self.temperature, dim=-1)  # (N, V)
         values = generalized_jsd(teacher, student, self.beta) * self.temperature**2
         return _masked_mean(values, labels != IGNORE_INDEX)
+
+
+class HiddenStateMSE(nn.Module):
+    """Hidden-state distillation for chosen (student layer, teacher layer) pairs, through a learned projection each.
+
+    For a pair (s, t): ‖W·h_s − g_t‖² / ‖g_t‖² averaged over the masked positions, where h_s is the student's
+    hidden state after layer s (0: the embeddings), g_t the teacher's after layer t, and W a trainable
+    `(teacher_hidden, student_hidden)` map (FitNets). Dividing by the teacher state's own squared norm makes it
+    scale-free: a projection that outputs zeros scores 1, a perfect one 0. The pairs' losses are averaged.
+    """
+
+    def __init__(self, student_size: int, teacher_size: int, pairs: list[tuple[int, int]]):
+        super().__init__()
+        if not pairs:
+            raise ValueError("hidden-state distillation needs at least one (student layer, teacher layer) pair")
+        self.pairs = [tuple(pair) for pair in pairs]
+        self.projections = nn.ModuleList(nn.Linear(student_size, teacher_size, bias=False) for _ in self.pairs)
+
+    def forward(self, student_states, teacher_states, mask: torch.Tensor) -> torch.Tensor:
+        """States: sequences of `(B, T, H)` per layer (index 0 the embeddings); mask `(B, T)`. Returns a scalar."""
+        if not mask.any():
+            return self.projections[0].weight.sum() * 0.0
+        losses = []
+        for (student_layer, teacher_layer), projection in zip(self.pairs, self.projections, strict=True):
+            student = projection(student_states[student_layer][mask].float())  # (N, H_teacher)
+            teacher = teacher_states[teacher_layer][mask].detach().float()  # (N, H_teacher)
+            error = (student - teacher).pow(2).sum(-1) / teacher.pow(2).sum(-1).clamp(min=1e-6)  # (N,)
+            losses.append(error.mean())
+        return torch.stack(losses).mean()
 
 
 class HardLabelCE(nn.Module):

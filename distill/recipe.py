@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from distill.config import TrainConfig
 from distill.data.cache import Manifest, read_answers, tokenizer_hash
-from distill.losses import IGNORE_INDEX, ChunkedKD, SampledKD, SparseKD
+from distill.losses import IGNORE_INDEX, ChunkedKD, HiddenStateMSE, SampledKD, SparseKD
 from distill.sampling import sample_targets
 from distill.step import DistillStep
 
@@ -131,13 +131,39 @@ class Recipe:
             kd = SparseKD(config.loss.temperature, config.loss.divergence, config.loss.beta)
         alpha = 0.0 if config.loss.kind == "sft" else config.loss.alpha
         self.loss = ChunkedKD(kd, alpha=alpha, chunk_tokens=config.loss.chunk_tokens)
+        hidden, teacher = self._hidden_state_loss()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
                                        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
                                       lr=config.optim.lr, betas=(0.9, 0.95))
-        self.step_module, self.optimizer = self.accelerator.prepare(DistillStep(self.model, self.loss), optimizer)
+        step = DistillStep(self.model, self.loss, hidden, teacher, config.loss.hidden.weight)
+        if hidden is not None:  # the projections learn with the student
+            optimizer.add_param_group({"params": list(hidden.parameters()), "weight_decay": 0.0})
+        self.step_module, self.optimizer = self.accelerator.prepare(step, optimizer)
         self._resume()
+
+    def _hidden_state_loss(self):
+        """The hidden-state loss and its frozen online teacher, or (None, None) when `loss.hidden` is unset."""
+        from transformers import AutoModelForCausalLM
+
+        settings = self.config.loss.hidden
+        if settings.teacher is None:
+            return None, None
+        teacher_hash = tokenizer_hash(settings.teacher)
+        if teacher_hash != self.manifest.tokenizer_hash:
+            raise ValueError(f"loss.hidden.teacher {settings.teacher} uses tokenizer {teacher_hash[:12]}… but the "
+                             f"cache and student use {self.manifest.tokenizer_hash[:12]}…; hidden states can only be "
+                             "matched on the same tokens")
+        teacher = AutoModelForCausalLM.from_pretrained(settings.teacher, dtype=torch.float32)
+        teacher.requires_grad_(False).eval().to(self.accelerator.device)
+        depths = {"student": self.model.config.num_hidden_layers, "teacher": teacher.config.num_hidden_layers}
+        for pair in settings.layers:
+            for role, layer in zip(("student", "teacher"), pair, strict=True):
+                if not 0 <= layer <= depths[role]:
+                    raise ValueError(f"loss.hidden.layers {list(pair)}: the {role} has layers 0..{depths[role]} "
+                                     "(0 is the embeddings)")
+        return HiddenStateMSE(self.model.config.hidden_size, teacher.config.hidden_size, settings.layers), teacher
 
     def _rows(self) -> list[Row]:
         rows = []
@@ -184,6 +210,8 @@ class Recipe:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(self.step)
             parts = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0}
+            if config.loss.hidden.teacher is not None:
+                parts["hidden_loss"] = 0.0
             for micro in range(config.grad_accum):
                 while len(order) < config.batch_size * world:
                     refill = list(range(len(self.train_rows)))
@@ -207,6 +235,7 @@ class Recipe:
             self.step += 1
             bar.update()
             bar.set_postfix(loss=f"{parts['loss']:.4f}", kd=f"{parts['kd_loss']:.4f}", ce=f"{parts['ce_loss']:.4f}",
+                            **({"hidden": f"{parts['hidden_loss']:.4f}"} if "hidden_loss" in parts else {}),
                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                             tok_s=f"{tokens / (time.monotonic() - started):.0f}", refresh=False)
             if self.step % config.eval_every == 0 or self.step == config.steps:

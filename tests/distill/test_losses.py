@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.losses import IGNORE_INDEX, ChunkedKD, DenseKD, HardLabelCE, SparseKD, generalized_jsd, kl
+from distill.losses import IGNORE_INDEX, ChunkedKD, DenseKD, HardLabelCE, HiddenStateMSE, SparseKD, generalized_jsd, kl
 
 V = 50
 
@@ -110,3 +110,31 @@ def test_bad_settings_are_refused():
         SparseKD(1.0, "tvd")
     with pytest.raises(ValueError, match="alpha"):
         ChunkedKD(SparseKD(), alpha=1.5)
+
+
+def test_hidden_state_loss_is_zero_for_an_exact_projection_and_scale_free():
+    torch.manual_seed(0)
+    student = [torch.randn(2, 5, 4) for _ in range(3)]  # embeddings + 2 layers, (B, T, H_s)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    loss = HiddenStateMSE(4, 6, [(1, 2), (2, 3)])
+    mapping = torch.randn(6, 4)
+    with torch.no_grad():
+        for projection in loss.projections:
+            projection.weight.copy_(mapping)
+    teacher = [torch.randn(2, 5, 6) for _ in range(4)]
+    teacher[2], teacher[3] = student[1] @ mapping.T, student[2] @ mapping.T
+    assert loss(student, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for projection in loss.projections:
+            projection.weight.zero_()
+    assert loss(student, [10 * t for t in teacher], mask).item() == pytest.approx(1.0)  # zero output scores 1
+    assert loss(student, teacher, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_hidden_state_loss_trains_the_projection_and_the_student_not_the_teacher():
+    student_state = torch.randn(1, 3, 4, requires_grad=True)
+    teacher_state = torch.randn(1, 3, 6, requires_grad=True)
+    loss = HiddenStateMSE(4, 6, [(0, 0)])
+    loss([student_state], [teacher_state], torch.ones(1, 3, dtype=torch.bool)).backward()
+    assert student_state.grad is not None and loss.projections[0].weight.grad is not None
+    assert teacher_state.grad is None

@@ -166,3 +166,28 @@ def test_resampled_targets_are_drawn_per_batch(demo_dirs, cache, tmp_path):
     assert any((a.topk_ids != b.topk_ids).any() for a, b in zip(first, second, strict=True))
     recipe.train()
     assert recipe.history[-1]["kd_loss"] > 0
+
+
+def test_hidden_state_loss_trains_student_and_projections_against_a_frozen_teacher(demo_dirs, cache, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = Recipe(config(demo_dirs, cache, tmp_path, f"loss.hidden.teacher={demo_dirs[1]}",
+                           "loss.hidden.layers=[[1,3],[2,6]]", "loss.hidden.weight=0.5", "steps=3"))
+    recipe.setup()
+    teacher = recipe.step_module._teacher[0]
+    before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    projection = recipe.step_module.hidden.projections[0].weight.detach().clone()
+    recipe.train()
+    assert recipe.history[-1]["hidden_loss"] > 0
+    assert all(torch.equal(value, before[name]) for name, value in teacher.state_dict().items())
+    assert not torch.equal(projection, recipe.step_module.hidden.projections[0].weight)
+    saved = AutoModelForCausalLM.from_pretrained(recipe.save_final())  # a plain student, no projections inside
+    assert not any("projection" in name for name in saved.state_dict())
+
+
+def test_hidden_state_loss_errors_name_the_setting(demo_dirs, cache, tmp_path):
+    with pytest.raises(ValueError, match="loss.hidden.layers is empty"):
+        config(demo_dirs, cache, tmp_path, f"loss.hidden.teacher={demo_dirs[1]}")
+    with pytest.raises(ValueError, match=r"the student has layers 0\.\.2"):
+        Recipe(config(demo_dirs, cache, tmp_path, f"loss.hidden.teacher={demo_dirs[1]}",
+                      "loss.hidden.layers=[[3,6]]")).setup()
