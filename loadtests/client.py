@@ -23,6 +23,7 @@ from httpx_sse import SSEError, aconnect_sse
 from pydantic import BaseModel, ValidationError
 
 from gateway.chat.protocol import ChatCompletionChunk, Usage
+from gateway.sse import drain
 
 ROUTE_HEADER = "x-kdgate-route"
 REASON_HEADER = "x-kdgate-route-reason"
@@ -99,10 +100,13 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
             if response.status_code >= 400:
                 record.error = f"HTTP {response.status_code}: {_error_text(await response.aread())}"
                 return record
-            async for event in source.aiter_sse():
+            events = source.aiter_sse()
+            async for event in events:
                 now = time.perf_counter()
                 if event.data.strip() == "[DONE]":
                     done = True
+                    record.e2e = now - started
+                    await drain(events)  # keep the connection for the next request, as SDK clients do
                     break
                 try:
                     chunk = chunk_model.model_validate_json(event.data)
@@ -133,7 +137,8 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
     except httpx.HTTPError as error:
         record.error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     finally:
-        record.e2e = time.perf_counter() - started
+        if record.e2e is None:
+            record.e2e = time.perf_counter() - started
     if record.error is None:
         if content_chunks == 0:
             record.error = "no token: the stream carried no generated content"

@@ -32,6 +32,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     from_httpx,
 )
+from gateway.sse import drain
 
 
 class HttpBackend:
@@ -90,9 +91,11 @@ class HttpBackend:
         async with aconnect_sse(self._client, "POST", url, json=body, headers=self._headers) as source:
             await self._raise_for_status(source.response)
             finish_reason, stop_reason, usage = None, None, None
+            events = source.aiter_sse()
             try:
-                async for sse in source.aiter_sse():
+                async for sse in events:
                     if sse.data == "[DONE]":
+                        await drain(events)
                         break
                     chunk = self._parse_json(sse.data)
                     if "error" in chunk or chunk.get("object") == "error":  # current and pre-0.10.1 vLLM shapes
