@@ -10,6 +10,7 @@ Arms (one worker process each, all started once and kept up):
   kdgate handoff    routing active from token 0 (N=0): student logprobs requested, every token checked against
                     the handoff floor, nothing held back
   kdgate hold-8     the confidence policy holding back 8 tokens (N=8), logprobs on, then releasing them
+  kdgate handoff ×N the handoff arm with N uvicorn workers (--workers; multiprocess metrics), for scaling
   litellm           LiteLLM's proxy (optional: --litellm PATH; it lives in its own virtualenv)
 
 Each round visits the arms in a rotated order (machine noise hits all alike) and runs closed-loop streaming load at
@@ -125,12 +126,15 @@ def start_arms(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen
     variants = {"kdgate": {"policy": "student_only"},
                 "kdgate handoff": {"policy": "student_only", "handoff": {"enabled": True, "min_prob": 0.01}},
                 "kdgate hold-8": {"policy": "confidence", "policy_file": str(_hold_back_policy(folder, 8))}}
-    for name, routing in variants.items():
-        port = free_port()
-        config = _kdgate_config(folder, name.replace(" ", "-"), zero_url, routing)
+    runs = [(name, routing, 1) for name, routing in variants.items()]
+    runs += [(f"kdgate handoff ×{workers}", variants["kdgate handoff"], workers) for workers in args.workers
+             if workers > 1]
+    for name, routing, workers in runs:
+        port, slug = free_port(), name.replace(" ", "-").replace("×", "x")
+        config = _kdgate_config(folder, slug, zero_url, routing)
         arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", _start(
-            kdgate + ["serve", "--port", str(port), "--config", str(config)], f"http://127.0.0.1:{port}/readyz",
-            log=folder / f"{name.replace(' ', '-')}.log")))
+            kdgate + ["serve", "--port", str(port), "--config", str(config), "--workers", str(workers)],
+            f"http://127.0.0.1:{port}/readyz", log=folder / f"{slug}.log")))
     if args.litellm:
         arms.append(_start_litellm(args.litellm, folder, zero_url))
     return zero, arms
@@ -252,6 +256,8 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[2],
+                        help="also run the handoff arm with this many gateway workers (throughput scaling)")
     parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ def test_overhead_harness_runs_every_arm(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     arms = {row["arm"] for row in rows}
-    assert arms == {"direct", "passthrough", "kdgate", "kdgate handoff", "kdgate hold-8"}
+    assert arms == {"direct", "passthrough", "kdgate", "kdgate handoff", "kdgate hold-8", "kdgate handoff ×2"}
     assert all(row["failed"] == 0 for row in rows)
     for row in rows:
         if row["arm"] != "direct":
