@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.slow
 def test_overhead_harness_runs_every_arm(tmp_path):
     done = subprocess.run([sys.executable, "-m", "loadtests.overhead", "--rounds", "1", "--requests", "12",
-                           "--concurrency", "1", "4", "--rates", "20", "--rate-seconds", "1.5",
+                           "--concurrency", "1", "4", "--rates", "5", "10", "--rate-seconds", "2",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
@@ -25,4 +25,6 @@ def test_overhead_harness_runs_every_arm(tmp_path):
             assert row["cpu_ms_per_request"] > 0.1  # a gateway process did work for every request
         else:
             assert row["added_ttft_p50_ms"] == 0.0
-        assert row["max_sustainable_rate"] in (0.0, 20.0)
+        assert row["max_sustainable_rate"] in (0.0, 5.0, 10.0)
+    rates = {row["arm"]: row["max_sustainable_rate"] for row in rows}
+    assert rates["direct"] >= 5.0 and rates["kdgate handoff"] >= 5.0  # a few req/s are sustained on any machine
