@@ -163,6 +163,7 @@ async def measure(arm: Arm, shape: Shape, bounds: Bounds, prompts, args) -> dict
     return {"ttft_p50": _stat(summary, "ttft", "median"), "ttft_p99": _stat(summary, "ttft", "p99"),
             "e2e_p50": _stat(summary, "e2e", "median"), "e2e_p99": _stat(summary, "e2e", "p99"),
             "cpu_ms_per_request": 1000 * cpu / max(measured, 1), "failed": summary["failed"],
+            "all_finished": finished == len(result.records),
             "throughput": finished / result.elapsed if result.elapsed else 0.0}
 
 
@@ -170,23 +171,28 @@ def _stat(summary: dict, metric: str, key: str) -> float | None:
     return (summary.get(metric) or {}).get(key)
 
 
-async def max_rate(arm: Arm, prompts, args) -> dict:
-    """Raise the offered Poisson rate until p99 TTFT doubles against the lowest rate (or requests fail)."""
-    points = []
-    baseline = None
-    for rate in args.rates:
-        bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
-        point = await measure(arm, Shape(rate=rate), bounds, prompts, args)
-        point["rate"] = rate
-        points.append(point)
-        baseline = baseline or point["ttft_p99"]
-        sustained = (point["failed"] == 0 and point["ttft_p99"] is not None and point["ttft_p99"] <= 2 * baseline
-                     and point["throughput"] >= 0.9 * rate)
-        point["sustained"] = sustained
-        if not sustained:
+async def max_rates(arms: list[Arm], prompts, args) -> dict:
+    """Raise the offered Poisson rate until each arm's p99 TTFT doubles against its own at the lowest rate (or a
+    request fails). Every request offered must finish: a server that falls behind queues them, and their TTFT shows
+    it. Interleaved like the cells: at each rate the arms still standing go in a rotated order."""
+    points: dict[str, list[dict]] = {arm.name: [] for arm in arms}
+    standing = list(arms)
+    for index, rate in enumerate(args.rates):
+        shift = index % len(standing) if standing else 0
+        for arm in standing[shift:] + standing[:shift]:
+            bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
+            point = await measure(arm, Shape(rate=rate), bounds, prompts, args) | {"rate": rate}
+            baseline = points[arm.name][0]["ttft_p99"] if points[arm.name] else point["ttft_p99"]
+            point["sustained"] = (point["failed"] == 0 and point["all_finished"] and point["ttft_p99"] is not None
+                                  and baseline is not None and point["ttft_p99"] <= 2 * baseline)
+            points[arm.name].append(point)
+            print(f"rate {rate:g} {arm.name:17s} p99 TTFT {1000 * (point['ttft_p99'] or 0):6.1f} ms "
+                  f"{'sustained' if point['sustained'] else 'NOT sustained'}", flush=True)
+        standing = [arm for arm in standing if points[arm.name][-1]["sustained"]]
+        if not standing:
             break
-    best = max((p["rate"] for p in points if p["sustained"]), default=0.0)
-    return {"max_sustainable_rate": best, "points": points}
+    return {name: {"max_sustainable_rate": max((p["rate"] for p in arm_points if p["sustained"]), default=0.0),
+                   "points": arm_points} for name, arm_points in points.items()}
 
 
 async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
@@ -202,11 +208,9 @@ async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
                 print(f"round {round_index + 1} {arm.name:15s} c={concurrency:<3d} "
                       f"TTFT p50 {1000 * (cell['ttft_p50'] or 0):6.1f} ms  CPU {cell['cpu_ms_per_request']:5.1f} "
                       f"ms/req  failed {cell['failed']}", flush=True)
-    rates = {}
-    if args.rates:
-        for arm in arms:
-            rates[arm.name] = await max_rate(arm, prompts, args)
-            print(f"{arm.name:15s} max sustainable ≈ {rates[arm.name]['max_sustainable_rate']:g} req/s", flush=True)
+    rates = await max_rates(arms, prompts, args) if args.rates else {}
+    for name, found in rates.items():
+        print(f"{name:17s} max sustainable ≈ {found['max_sustainable_rate']:g} req/s", flush=True)
     return {"cells": results, "rates": rates}
 
 
