@@ -17,19 +17,24 @@ Each round visits the arms in a rotated order (machine noise hits all alike) and
 each concurrency (32-token answers). Reported per arm: added TTFT and e2e at p50/p99 against `direct` from the same
 round, CPU milliseconds per streamed request of the arm's server processes (from /proc, so the load generator's and
 the zero server's CPU are not counted), and the max sustainable rate of one worker: the highest offered Poisson rate
-whose p99 TTFT stays under twice the arm's own p99 at the lowest rate. Everything shares this machine's cores.
+whose p99 TTFT stays under twice the arm's own p99 at the lowest rate. With two or more cores (`--pin`, the default)
+the load generator and the zero server run on the first core and each one-worker arm on the second, so that an
+arm's figures are not the scheduler's time-slicing between three busy processes; the several-worker arm gets the
+remaining cores, or all of them on a 2-core machine (then it shares a core with the load generator).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +87,30 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _start(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None
-           ) -> subprocess.Popen:
+@dataclass(frozen=True)
+class Cores:
+    """Which CPUs each side runs on: the load generator and the zero server share `client`; one gateway worker
+    gets `gateway` to itself, so its max rate is its own and not the scheduler's; several workers get `workers`."""
+
+    client: frozenset[int] | None = None
+    gateway: frozenset[int] | None = None
+    workers: frozenset[int] | None = None
+
+    @classmethod
+    def split(cls, pin: bool) -> Cores:
+        available = sorted(os.sched_getaffinity(0))
+        if not pin or len(available) < 2:
+            return cls()
+        rest = frozenset(available[1:])
+        return cls(frozenset(available[:1]), frozenset(available[1:2]), rest if len(rest) > 1 else frozenset(available))
+
+
+def _start(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None,
+           cores: frozenset[int] | None = None) -> subprocess.Popen:
     output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 — lives as long as the process
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT)
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
+                               preexec_fn=pin)
     wait_until_up(url, process, timeout=120)
     return process
 
@@ -111,8 +136,8 @@ def _hold_back_policy(folder: Path, prefix: int) -> Path:
     return path
 
 
-def start_arms(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen, list[Arm]]:
-    """The zero-work server, and every arm in front of it."""
+def start_arms(args: argparse.Namespace, folder: Path, cores: Cores) -> tuple[subprocess.Popen, list[Arm]]:
+    """The zero-work server (on the client's cores, as this process is), and every arm in front of it."""
     kdgate = [sys.executable, "-m", "kdgate.cli"]
     zero_port = free_port()
     zero_url = f"http://127.0.0.1:{zero_port}/v1"
@@ -122,7 +147,7 @@ def start_arms(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen
     port = free_port()
     arms.append(Arm("passthrough", f"http://127.0.0.1:{port}/v1", _start(
         kdgate + ["loadtest", "passthrough", "--port", str(port), "--upstream", zero_url.removesuffix("/v1")],
-        f"http://127.0.0.1:{port}/v1/models")))
+        f"http://127.0.0.1:{port}/v1/models", cores=cores.gateway)))
     variants = {"kdgate": {"policy": "student_only"},
                 "kdgate handoff": {"policy": "student_only", "handoff": {"enabled": True, "min_prob": 0.01}},
                 "kdgate hold-8": {"policy": "confidence", "policy_file": str(_hold_back_policy(folder, 8))}}
@@ -134,13 +159,14 @@ def start_arms(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen
         config = _kdgate_config(folder, slug, zero_url, routing)
         arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", _start(
             kdgate + ["serve", "--port", str(port), "--config", str(config), "--workers", str(workers)],
-            f"http://127.0.0.1:{port}/readyz", log=folder / f"{slug}.log")))
+            f"http://127.0.0.1:{port}/readyz", log=folder / f"{slug}.log",
+            cores=cores.gateway if workers == 1 else cores.workers)))
     if args.litellm:
-        arms.append(_start_litellm(args.litellm, folder, zero_url))
+        arms.append(_start_litellm(args.litellm, folder, zero_url, cores.gateway))
     return zero, arms
 
 
-def _start_litellm(binary: str, folder: Path, zero_url: str) -> Arm:
+def _start_litellm(binary: str, folder: Path, zero_url: str, cores: frozenset[int] | None) -> Arm:
     port = free_port()
     config = folder / "litellm.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": MODEL, "litellm_params": {
@@ -148,11 +174,26 @@ def _start_litellm(binary: str, folder: Path, zero_url: str) -> Arm:
         "litellm_settings": {"drop_params": True, "telemetry": False}}))
     env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     process = _start([binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
-                     f"http://127.0.0.1:{port}/health/liveliness", env=env, log=folder / "litellm.log")
+                     f"http://127.0.0.1:{port}/health/liveliness", env=env, log=folder / "litellm.log", cores=cores)
     return Arm("litellm", f"http://127.0.0.1:{port}/v1", process, {"Authorization": f"Bearer {LITELLM_KEY}"})
 
 
-async def measure(arm: Arm, shape: Shape, bounds: Bounds, prompts, args) -> dict:
+async def settle(arms: list[Arm], quiet: float = 0.025, timeout: float = 10.0) -> None:
+    """Wait until every gateway process is idle (a server still finishing the last arm's work, LiteLLM's logging
+    say, would take its core from the next arm), and collect this process's garbage before the clock starts."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    last = sum(arm.cpu_seconds() for arm in arms)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = sum(arm.cpu_seconds() for arm in arms)
+        if now - last < quiet:
+            return
+        last = now
+
+
+async def measure(arm: Arm, shape: Shape, bounds: Bounds, prompts, args, arms: list[Arm]) -> dict:
+    await settle(arms)
     request = BodySettings(model=MODEL, max_tokens=args.output_tokens, logprobs=None)
     before = arm.cpu_seconds()
     result = await run(Target(f"{arm.url}/chat/completions", arm.headers, request), prompts, shape, bounds)
@@ -181,7 +222,7 @@ async def max_rates(arms: list[Arm], prompts, args) -> dict:
         shift = index % len(standing) if standing else 0
         for arm in standing[shift:] + standing[:shift]:
             bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
-            point = await measure(arm, Shape(rate=rate), bounds, prompts, args) | {"rate": rate}
+            point = await measure(arm, Shape(rate=rate), bounds, prompts, args, arms) | {"rate": rate}
             baseline = points[arm.name][0]["ttft_p99"] if points[arm.name] else point["ttft_p99"]
             point["sustained"] = (point["failed"] == 0 and point["all_finished"] and point["ttft_p99"] is not None
                                   and baseline is not None and point["ttft_p99"] <= 2 * baseline)
@@ -203,7 +244,7 @@ async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
         for arm in order:
             for concurrency in args.concurrency:
                 bounds = Bounds(requests=args.requests, warmup=max(concurrency, 10), timeout=30.0)
-                cell = await measure(arm, Shape(concurrency=concurrency), bounds, prompts, args)
+                cell = await measure(arm, Shape(concurrency=concurrency), bounds, prompts, args, arms)
                 results[arm.name][concurrency].append(cell)
                 print(f"round {round_index + 1} {arm.name:15s} c={concurrency:<3d} "
                       f"TTFT p50 {1000 * (cell['ttft_p50'] or 0):6.1f} ms  CPU {cell['cpu_ms_per_request']:5.1f} "
@@ -257,17 +298,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 40, 60, 80, 100, 130, 160, 200, 250, 300],
                         help="offered rates for the max-sustainable search (empty: skip it)")
-    parser.add_argument("--rate-seconds", type=float, default=6.0)
+    parser.add_argument("--rate-seconds", type=float, default=8.0)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
     parser.add_argument("--workers", type=int, nargs="*", default=[2],
                         help="also run the handoff arm with this many gateway workers (throughput scaling)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="pin the load generator + zero server and each one-worker gateway to separate cores")
     parser.add_argument("--out", type=Path, default=Path("runs/overhead"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    cores = Cores.split(args.pin)
+    if cores.client:
+        os.sched_setaffinity(0, cores.client)  # the load generator; the zero server inherits it
+        print(f"cores: load generator and zero server {sorted(cores.client)}, one gateway worker "
+              f"{sorted(cores.gateway)}, several workers {sorted(cores.workers)}", flush=True)
     with tempfile.TemporaryDirectory() as temporary:
-        zero, arms = start_arms(args, Path(temporary))
+        zero, arms = start_arms(args, Path(temporary), cores)
         try:
             raw = asyncio.run(benchmark(args, arms))
         finally:
