@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pydantic_core
 from httpx_sse import SSEError, aconnect_sse
 
 from gateway.backends.base import (
@@ -162,8 +163,8 @@ class HttpBackend:
 
     def _parse_json(self, data: str) -> dict:
         try:
-            value = json.loads(data)
-        except json.JSONDecodeError as exc:
+            value = pydantic_core.from_json(data)  # twice json.loads' speed, and this runs once per token
+        except ValueError as exc:
             raise UpstreamProtocolError(f"backend `{self.info.name}` sent invalid JSON: {data[:200]!r}",
                                         backend=self.info.name) from exc
         if not isinstance(value, dict):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams
 from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
+from gateway.chat.frames import ChunkFrames
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 from gateway.handoff import RouteChange
 from gateway.metrics import GatewayMetrics
@@ -193,9 +194,9 @@ class ChatServing:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         route_info = self._route_info(decision, backend)
 
-        def frame(choices, **extra) -> str:
-            chunk = protocol.ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, **extra)
-            return f"data: {chunk.model_dump_json()}\n\n"
+        frames = ChunkFrames(chunk_id, created, model)
+        frame, plain = frames.frame, not request.logprobs
+        ttft, itl = self.metrics.ttft.labels(route), self.metrics.itl.labels(route)
 
         self.metrics.in_flight.labels(route).inc()
         finished = completed = False
@@ -209,13 +210,16 @@ class ChatServing:
                     now = time.monotonic()
                     if event.text:
                         if last_content_at is None:
-                            self.metrics.ttft.labels(route).observe(now - started)
+                            ttft.observe(now - started)
                         else:
-                            self.metrics.itl.labels(route).observe(now - last_content_at)
+                            itl.observe(now - last_content_at)
                         last_content_at = now
-                    yield frame([protocol.ChatCompletionChunkChoice(
-                        delta=protocol.DeltaMessage(content=event.text),
-                        logprobs=self._wire_logprobs(event.logprobs, request))])
+                    if plain:  # nearly every chunk of a stream: the template, not a model per token
+                        yield frames.content(event.text)
+                    else:
+                        yield frame([protocol.ChatCompletionChunkChoice(
+                            delta=protocol.DeltaMessage(content=event.text),
+                            logprobs=self._wire_logprobs(event.logprobs, request))])
                 elif isinstance(event, RouteChange):
                     decision, backend = self._hand_off(event)
                     route_info = self._route_info(decision, backend)
