@@ -215,25 +215,43 @@ def _stat(summary: dict, metric: str, key: str) -> float | None:
 async def max_rates(arms: list[Arm], prompts, args) -> dict:
     """Raise the offered Poisson rate until each arm's p99 TTFT doubles against its own at the lowest rate (or a
     request fails). Every request offered must finish: a server that falls behind queues them, and their TTFT shows
-    it. Interleaved like the cells: at each rate the arms still standing go in a rotated order."""
+    it. Each rate is `rate_repeats` windows per arm, interleaved (rotated order) like the cells, and judged on the
+    median of the windows' p99s: one window hit by a stall of the machine does not end an arm's search."""
     points: dict[str, list[dict]] = {arm.name: [] for arm in arms}
     standing = list(arms)
     for index, rate in enumerate(args.rates):
-        shift = index % len(standing) if standing else 0
-        for arm in standing[shift:] + standing[:shift]:
-            bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
-            point = await measure(arm, Shape(rate=rate), bounds, prompts, args, arms) | {"rate": rate}
+        windows: dict[str, list[dict]] = {arm.name: [] for arm in standing}
+        for repeat in range(args.rate_repeats):
+            shift = (index + repeat) % len(standing)
+            for arm in standing[shift:] + standing[:shift]:
+                bounds = Bounds(duration=args.rate_seconds, warmup=min(5, int(rate)), grace=5.0, timeout=30.0)
+                windows[arm.name].append(await measure(arm, Shape(rate=rate), bounds, prompts, args, arms))
+        for arm in standing:
+            point = _combine(windows[arm.name]) | {"rate": rate}
             baseline = points[arm.name][0]["ttft_p99"] if points[arm.name] else point["ttft_p99"]
             point["sustained"] = (point["failed"] == 0 and point["all_finished"] and point["ttft_p99"] is not None
                                   and baseline is not None and point["ttft_p99"] <= 2 * baseline)
             points[arm.name].append(point)
-            print(f"rate {rate:g} {arm.name:17s} p99 TTFT {1000 * (point['ttft_p99'] or 0):6.1f} ms "
-                  f"{'sustained' if point['sustained'] else 'NOT sustained'}", flush=True)
+            print(f"rate {rate:g} {arm.name:17s} p99 TTFT {1000 * (point['ttft_p99'] or 0):6.1f} ms (median of "
+                  f"{len(windows[arm.name])}) {'sustained' if point['sustained'] else 'NOT sustained'}", flush=True)
         standing = [arm for arm in standing if points[arm.name][-1]["sustained"]]
         if not standing:
             break
     return {name: {"max_sustainable_rate": max((p["rate"] for p in arm_points if p["sustained"]), default=0.0),
                    "points": arm_points} for name, arm_points in points.items()}
+
+
+def _combine(windows: list[dict]) -> dict:
+    """Several windows at one rate: medians of the latencies and CPU, failures summed."""
+    def median(key):
+        values = [window[key] for window in windows if window[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {"ttft_p50": median("ttft_p50"), "ttft_p99": median("ttft_p99"), "e2e_p50": median("e2e_p50"),
+            "e2e_p99": median("e2e_p99"), "cpu_ms_per_request": median("cpu_ms_per_request"),
+            "throughput": median("throughput"), "failed": sum(window["failed"] for window in windows),
+            "all_finished": all(window["all_finished"] for window in windows),
+            "window_ttft_p99": [window["ttft_p99"] for window in windows]}
 
 
 async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
@@ -298,7 +316,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rates", type=float, nargs="*", default=[10, 20, 40, 60, 80, 100, 130, 160, 200, 250, 300],
                         help="offered rates for the max-sustainable search (empty: skip it)")
-    parser.add_argument("--rate-seconds", type=float, default=8.0)
+    parser.add_argument("--rate-seconds", type=float, default=5.0, help="seconds of one window at one rate")
+    parser.add_argument("--rate-repeats", type=int, default=3, help="windows per arm and rate (median p99 judged)")
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.slow
 def test_overhead_harness_runs_every_arm(tmp_path):
     done = subprocess.run([sys.executable, "-m", "loadtests.overhead", "--rounds", "1", "--requests", "12",
-                           "--concurrency", "1", "4", "--rates", "5", "10", "--rate-seconds", "2",
+                           "--concurrency", "1", "4", "--rates", "5", "10", "--rate-seconds", "2", "--rate-repeats", "1",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
