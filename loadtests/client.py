@@ -1,6 +1,8 @@
 """One measured request: send, read the SSE stream, and time it with a stated definition.
 
-The clock starts just before the request is sent. **TTFT** stops at the first SSE chunk that carries generated
+The clock starts when the request's headers start going out (httpx's `send_request_headers.started` trace event,
+the point GuideLLM uses too), so the client's own request building and connection checkout — about a millisecond of
+Python here — are not charged to the server. **TTFT** stops at the first SSE chunk that carries generated
 content (a non-empty `delta.content` for chat, `text` for completions); **TTFC** at the first chunk of any kind
 (vLLM's own benchmark counts that one: the role-only first chunk a chat server sends). `:` ping lines are not
 chunks (the SSE parser drops them) and `[DONE]` ends the stream. Every later content chunk adds an inter-token gap.
@@ -86,14 +88,23 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
     """Send `body` to `url` (streamed) and fill `record`; `origin` is the run's perf_counter() zero."""
     chat = url.endswith("/chat/completions")
     chunk_model = ChatCompletionChunk if chat else CompletionChunk
-    started = time.perf_counter()
+    started = time.perf_counter()  # until the headers go out; then from the moment they did
     record.sent = started - origin
+    headers_out: list[float] = []
+
+    async def trace(event: str, info: dict) -> None:
+        if not headers_out and event.endswith(".send_request_headers.started"):
+            headers_out.append(time.perf_counter())
+
     last = started
     chunks = content_chunks = 0
     done = False
     try:
-        async with aconnect_sse(client, "POST", url, json=body, headers=headers,
+        async with aconnect_sse(client, "POST", url, json=body, headers=headers, extensions={"trace": trace},
                                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))) as source:
+            if headers_out:
+                started = last = headers_out[0]
+                record.sent = started - origin
             response = source.response
             record.status = response.status_code
             record.route, record.reason = response.headers.get(ROUTE_HEADER), response.headers.get(REASON_HEADER)

@@ -4,11 +4,11 @@ rate, the two tools alternating run by run; their median TTFTs side by side.
     python -m loadtests.crosscheck --url http://127.0.0.1:8000 --rate 4 --requests 80 --rounds 2 \
         --guidellm .venv-guidellm/bin/guidellm --tokenizer distill/demo/artifacts/student --out runs/crosscheck
 
-Both tools stop the TTFT clock at the first SSE chunk that carries generated text (a role-only first chunk does
-not count). They start it a little differently: `kdgate loadtest` just before the request is handed to its HTTP
-client (a pooled connection's checkout included), GuideLLM at httpx's `send_request_headers.started` trace event
-(after the connection is ready). With keep-alive connections the two starts are microseconds apart. GuideLLM
-(PyPI `guidellm`, 0.8) lives in its own virtualenv: it pins its own transformers.
+Both tools start the TTFT clock at httpx's `send_request_headers.started` trace event (the request's headers
+start going out, after the client built the request and checked out a connection) and stop it at the first SSE
+chunk that carries generated text (a role-only first chunk does not count). `kdgate loadtest` also reports TTFC,
+the first chunk of any kind, which vLLM's own benchmark counts. GuideLLM (PyPI `guidellm`, 0.8) lives in its own
+virtualenv: it pins its own transformers.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from loadtests.runner import Bounds, Shape, Target, run
 from loadtests.stats import summarize
 from loadtests.workload import BodySettings, demo_prompts
 
-KDGATE_DEFINITION = "request handed to the client → first content chunk"
-GUIDELLM_DEFINITION = "request headers start → first content chunk"
+CLOCK = "request headers start going out → first content chunk"
 
 
 def guidellm_run(args: argparse.Namespace, model: str, prompts_file: Path, report: Path) -> dict:
@@ -118,8 +117,7 @@ def _table(runs: list[dict], medians: dict, args) -> Table:
     for column in ("tool", "clock", "round", "measured", "failed", "req/s", "TTFT p50 ms", "TTFT p90 ms"):
         table.add_column(column, justify="left" if column in ("tool", "clock") else "right")
     for run_ in runs:
-        clock = GUIDELLM_DEFINITION if run_["tool"] == "guidellm" else KDGATE_DEFINITION
-        table.add_row(run_["tool"], clock, str(run_["round"]), str(run_["measured"]), str(run_["failed"]),
+        table.add_row(run_["tool"], CLOCK, str(run_["round"]), str(run_["measured"]), str(run_["failed"]),
                       f"{run_['rate']:.2f}", f"{run_['ttft_median_ms']:.1f}", f"{run_['ttft_p90_ms']:.1f}")
     for tool, value in medians.items():
         table.add_row(tool, "median over rounds", "", "", "", "", f"{value:.1f}", "")
