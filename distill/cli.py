@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -11,8 +10,6 @@ from distill.demo import DEMO_TEACHER_DIR
 
 app = typer.Typer(help="Distillation: teacher data with cached top-k logprobs, KD training, evaluation.",
                   no_args_is_help=True)
-
-DEMO_FIELDS = ("queue", "priority", "reply")
 
 
 @app.command()
@@ -39,69 +36,26 @@ def generate(
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads of a local teacher"),
 ) -> None:
     """Ask the teacher, keep its top-k logprobs per token, filter, and write a resumable cache."""
-    from distill.data.cache import Manifest, tokenizer_hash
-    from distill.data.filters import Dedup, JsonFields, MatchesReference, MaxEntropy, SampleAgreement, Truncated
-    from distill.data.generate import GenerateSettings, Prompt, generate, load_prompts
+    from distill.data.generate import GenerateSettings, load_prompts
+    from distill.data.make import DEMO_FIELDS, Filters, Teacher, demo_prompts, make_cache
 
     if (prompts is None) == (demo is None):
         raise typer.BadParameter("give exactly one of --prompts FILE or --demo N")
-    if demo is not None:
-        from distill.demo import task
-
-        source = f"demo:train:{demo}:seed{seed}"
-        prompt_list = [Prompt(f"demo-{index}", ticket.messages(), ticket.answer_json())
-                       for index, ticket in enumerate(task.take("train", demo, seed=seed))]
-    else:
-        source, prompt_list = str(prompts), load_prompts(prompts)
-    settings = GenerateSettings(top_k=top_k, samples=samples, temperature=temperature, seed=seed,
-                                max_tokens=max_tokens, concurrency=concurrency)
-    per_answer = [Truncated()]
-    if demo is not None:
-        per_answer.append(JsonFields(DEMO_FIELDS))
-    if check_reference:
-        per_answer.append(MatchesReference())
-    if max_entropy is not None:
-        per_answer.append(MaxEntropy(max_entropy))
-    teacher_name = model if base_url else str(teacher_dir)
-    manifest = Manifest(teacher=teacher_name, tokenizer_hash=tokenizer_hash(tokenizer or teacher_dir), top_k=top_k,
-                        temperature=temperature, samples_per_prompt=samples, seed=seed, prompts=source)
-
-    async def run():
-        backend = _backend(teacher_dir, base_url, model, threads)
-        try:
-            return await generate(backend, prompt_list, out, settings, manifest, per_answer,
-                                  [SampleAgreement(min_agreement), Dedup()])
-        finally:
-            await backend.aclose()
-
+    if base_url and not model:
+        raise typer.BadParameter("--base-url needs --model (the served model id)")
     try:
-        result = asyncio.run(run())
+        source, prompt_list = demo_prompts(demo, seed) if demo is not None else (str(prompts), load_prompts(prompts))
+        settings = GenerateSettings(top_k=top_k, samples=samples, temperature=temperature, seed=seed,
+                                    max_tokens=max_tokens, concurrency=concurrency)
+        result = make_cache(out, prompt_list, source,
+                            Teacher(teacher_dir, base_url, model, tokenizer, threads),
+                            settings, Filters(DEMO_FIELDS if demo is not None else (), check_reference,
+                                              max_entropy, min_agreement))
     except ValueError as error:  # bad prompts, a cache made with other settings, a backend without token ids
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())) or "none"
     typer.echo(f"{out}: {result.rows} teacher answers, {result.kept} kept; dropped: {dropped}")
-
-
-def _backend(teacher_dir: Path, base_url: str | None, model: str | None, threads: int | None):
-    if base_url:
-        if not model:
-            raise typer.BadParameter("--base-url needs --model (the served model id)")
-        import httpx
-
-        from gateway.backends.base import BackendInfo
-        from gateway.backends.http import HttpBackend
-
-        class Owned(HttpBackend):  # the CLI owns its client: close it with the backend
-            async def aclose(self) -> None:
-                await self._client.aclose()
-
-        client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
-        return Owned(BackendInfo("teacher", model, "http"), base_url, client)
-    from gateway.backends.local import LocalBackend
-    from gateway.settings import BackendSettings
-
-    return LocalBackend("teacher", BackendSettings(model_dir=teacher_dir, threads=threads).engine_settings())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -173,7 +173,10 @@ class Recipe:
             rows.append(Row(prompt_ids + answer.token_ids.tolist(), len(prompt_ids),
                             answer.topk_ids[:, :self.top_k], answer.topk_logprobs[:, :self.top_k]))
         if not rows:
-            raise ValueError(f"the teacher cache {self.config.cache} has no kept answers")
+            dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.manifest.dropped.items()))
+            raise ValueError(f"the teacher cache {self.config.cache} has no kept answers (of {self.manifest.rows}; "
+                             f"dropped: {dropped or 'none'}); a teacher that cannot do the task yet gives nothing to "
+                             "learn from: train it further, or loosen `kdgate distill generate`'s filters")
         return rows
 
     def describe(self) -> str:

@@ -9,3 +9,4 @@ from pathlib import Path
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 DEMO_TEACHER_DIR = ARTIFACTS_DIR / "teacher"
 DEMO_STUDENT_DIR = ARTIFACTS_DIR / "student"
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"  # the trainer's YAML configs

@@ -1,21 +1,22 @@
-"""Build the demo models: tokenizer, teacher (from scratch, on ground truth), student (on the teacher's answers).
+"""Build the demo models: tokenizer, teacher (from scratch, on ground truth), student (distilled from the teacher).
 
-Every step is seeded, so a build on the same machine kind reproduces the committed models. The student is
-trained on teacher outputs (hard-label SFT for now; the distillation trainer replaces this with KD losses), so
-its gap to the teacher is the gap routing and distillation have to recover.
+Every step is seeded, so a build on the same machine kind reproduces the committed models. The student is made
+the way the README's distillation section makes one: the teacher's answers with their top-k logprobs go to a
+teacher cache (`kdgate distill generate --demo N`), and the trainer distills them into a fresh student
+(`kdgate distill train --config distill/configs/demo_kd.yaml`; `demo_sft.yaml` gives the hard-label baseline).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distill.demo import ARTIFACTS_DIR, models, sft, task
+from distill.demo import ARTIFACTS_DIR, CONFIGS_DIR, models, sft, task
 from distill.demo.evaluate import evaluate_model
+
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class BuildSettings:
     teacher_steps: int = 5_000
     teacher_examples: int | None = None  # ground-truth tickets for the teacher; default: a fresh one per sample
     label_examples: int = 30_000  # training tickets the teacher answers for the student
+    top_k: int = 20  # teacher logprobs cached per answer token
+    cache: Path | None = None  # the teacher cache (reused or resumed); default: cache/teacher-cache by the teacher
+    student_config: Path = CONFIGS_DIR / "demo_kd.yaml"  # the trainer's recipe for the student
     student_steps: int = 4_000
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -57,7 +61,7 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
         log(f"[2/5] teacher: {settings.teacher}, {settings.teacher_steps} steps on ground truth")
         teacher = models.build_model(settings.teacher, tokenizer, seed=settings.seed)
         count = settings.teacher_examples or settings.teacher_steps * settings.batch_size
-        report["teacher_training"] = _train(teacher, tokenizer, task.take("train", count, seed=settings.seed), None,
+        report["teacher_training"] = _train(teacher, tokenizer, task.take("train", count, seed=settings.seed),
                                             settings, settings.teacher_steps, "teacher", log)
         _save(teacher, tokenizer, settings.out / "teacher", report["teacher_training"])
     else:
@@ -65,19 +69,15 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(str(settings.teacher_dir))
         teacher = AutoModelForCausalLM.from_pretrained(str(settings.teacher_dir))
 
-    log(f"[3/5] teacher labels: greedy answers to {settings.label_examples} training tickets")
-    label_tickets = task.take("train", settings.label_examples, seed=settings.seed + 2)
-    # Cached beside the teacher, so a later student-only build on the same teacher reuses the answers.
-    teacher_home = (settings.teacher_dir or settings.out / "teacher").parent
-    labels = _teacher_labels(teacher, tokenizer, label_tickets, teacher_home / "cache" / "teacher_labels.jsonl")
-    report["teacher_label_accuracy"] = sum(
-        label == t.answer_json() for label, t in zip(labels, label_tickets, strict=True)) / len(labels)
+    teacher_dir = settings.teacher_dir or settings.out / "teacher"
+    cache = settings.cache or teacher_dir.parent / "cache" / "teacher-cache"
+    log(f"[3/5] teacher cache: answers and top-{settings.top_k} logprobs for {settings.label_examples} training "
+        f"tickets in {cache}")
+    report["teacher_cache"] = _teacher_cache(teacher_dir, cache, settings)
 
-    log(f"[4/5] student: {settings.student}, {settings.student_steps} steps on the teacher's answers")
-    student = models.build_model(settings.student, tokenizer, seed=settings.seed + 3)
-    report["student_training"] = _train(student, tokenizer, label_tickets, labels, settings, settings.student_steps,
-                                        "student", log)
-    _save(student, tokenizer, settings.out / "student", report["student_training"])
+    log(f"[4/5] student: {settings.student}, {settings.student_steps} steps of {settings.student_config.name}")
+    report["student_training"] = _distill_student(tokenizer, cache, settings)
+    student = AutoModelForCausalLM.from_pretrained(str(settings.out / "student"))
 
     log(f"[5/5] evaluation on {settings.test_examples} held-out tickets")
     test = task.take("test", settings.test_examples, seed=settings.seed)
@@ -90,10 +90,9 @@ def build(settings: BuildSettings, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _train(model, tokenizer, tickets, answers, settings: BuildSettings, steps: int, name: str, log) -> list[dict]:
+def _train(model, tokenizer, tickets, settings: BuildSettings, steps: int, name: str, log) -> list[dict]:
     from tqdm import tqdm  # evaluation lines are written above the progress bar, not through it
-    answers = answers if answers is not None else [t.answer_json() for t in tickets]
-    examples = sft.encode_examples(tokenizer, [t.messages() for t in tickets], answers)
+    examples = sft.encode_examples(tokenizer, [t.messages() for t in tickets], [t.answer_json() for t in tickets])
     validation = task.take("val", settings.eval_examples, seed=settings.seed)
     eval_every = max(steps // 10, 1)
 
@@ -107,30 +106,36 @@ def _train(model, tokenizer, tickets, answers, settings: BuildSettings, steps: i
                      log=lambda line: tqdm.write(f"  {name} {line}"), progress=f"  {name}")
 
 
-def _teacher_labels(teacher, tokenizer, tickets, cache: Path) -> list[str]:
-    """Greedy teacher answers, cached next to the models and keyed by the teacher's weights and the tickets."""
-    from distill.demo.generation import greedy_answers
+def _teacher_cache(teacher_dir: Path, cache: Path, settings: BuildSettings) -> dict:
+    """What `kdgate distill generate --demo N --top-k K --seed S` writes (the same call), resumed or reused."""
+    from distill.data.generate import GenerateSettings
+    from distill.data.make import DEMO_FIELDS, Filters, Teacher, demo_prompts, make_cache
 
-    key = _fingerprint(teacher, tickets)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    if cache.is_file():
-        cached = json.loads(cache.read_text().splitlines()[0])
-        if cached.get("key") == key:
-            return [json.loads(line)["answer"] for line in cache.read_text().splitlines()[1:]]
-    answers = greedy_answers(teacher, tokenizer, [t.messages() for t in tickets], batch_size=64, progress="labels")
-    lines = [json.dumps({"key": key})] + [json.dumps({"answer": answer}) for answer in answers]
-    cache.write_text("\n".join(lines) + "\n")
-    return answers
+    source, prompts = demo_prompts(settings.label_examples, settings.seed)
+    manifest = make_cache(cache, prompts, source, Teacher(teacher_dir, threads=settings.threads),
+                          GenerateSettings(top_k=settings.top_k, seed=settings.seed), Filters(DEMO_FIELDS))
+    return {"dir": str(cache), "rows": manifest.rows, "kept": manifest.kept, "dropped": manifest.dropped}
 
 
-def _fingerprint(model, tickets) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.float().numpy().tobytes()[:4096])
-    for ticket in tickets[:100]:
-        digest.update(ticket.text.encode())
-    digest.update(str(len(tickets)).encode())
-    return digest.hexdigest()[:16]
+def _distill_student(tokenizer, cache: Path, settings: BuildSettings) -> list[dict]:
+    """`kdgate distill train --config STUDENT_CONFIG` on the cache, from a fresh seeded student of the demo's
+    architecture; the trained model is copied to `out/student`."""
+    import shutil
+
+    from distill.config import load_config
+    from distill.recipe import run
+
+    work = settings.out / "cache"  # git-ignored beside the committed artifacts
+    init = work / "student-init"  # the architecture and tokenizer the recipe starts from (weights re-initialised)
+    _save(models.build_model(settings.student, tokenizer, seed=settings.seed), tokenizer, init, [])
+    overrides = [f"student.init={init}", "student.from_scratch=true", f"cache={cache}", f"out={work / 'student-run'}",
+                 f"steps={settings.student_steps}", f"batch_size={settings.batch_size}", f"seed={settings.seed}"]
+    if settings.threads:
+        overrides.append(f"threads={settings.threads}")
+    trained = run(load_config(settings.student_config, overrides))
+    shutil.rmtree(settings.out / "student", ignore_errors=True)
+    shutil.copytree(trained, settings.out / "student")
+    return json.loads((trained / "training_log.json").read_text())
 
 
 def _save(model, tokenizer, directory: Path, history: list[dict]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from distill.demo import ARTIFACTS_DIR, DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+from distill.demo import ARTIFACTS_DIR, CONFIGS_DIR, DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 
 app = typer.Typer(help="The embedded demo task: build and evaluate its teacher and student.", no_args_is_help=True)
 
@@ -21,6 +21,11 @@ def build(
     label_examples: int = typer.Option(30_000, min=100, help="training tickets the teacher answers for the student"),
     teacher: Path | None = typer.Option(None, exists=True, file_okay=False,
                                         help="reuse this teacher; only the student is trained"),
+    cache: Path | None = typer.Option(None, file_okay=False, help="the teacher cache to reuse or resume (e.g. "
+                                      "runs/teacher-cache); default: cache/teacher-cache beside the teacher"),
+    student_config: Path = typer.Option(CONFIGS_DIR / "demo_kd.yaml", exists=True, dir_okay=False,
+                                        help="the trainer's config for the student; demo_sft.yaml: the hard-label "
+                                        "baseline"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
     """Train the demo tokenizer, teacher and student, and write their held-out evaluation."""
@@ -28,8 +33,13 @@ def build(
     from distill.demo.build import build as run_build
 
     settings = BuildSettings(out=out, seed=seed, teacher_steps=teacher_steps, student_steps=student_steps,
-                             label_examples=label_examples, teacher_dir=teacher, threads=threads)
-    report = run_build(settings, log=typer.echo)
+                             label_examples=label_examples, teacher_dir=teacher, cache=cache,
+                             student_config=student_config, threads=threads)
+    try:
+        report = run_build(settings, log=typer.echo)
+    except ValueError as error:  # a cache made with other settings, a checkpoint of another config
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     _print_table({name: report["test"][name] for name in ("teacher", "student")})
     written = [out / "student", out / "build_report.json"] if teacher else [out / "teacher", out / "student",
                                                                               out / "build_report.json"]

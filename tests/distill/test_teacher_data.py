@@ -7,6 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from distill.data.cache import CachedAnswer, Manifest, read_answers, shards, tokenizer_hash
 from distill.data.filters import (
@@ -130,5 +131,15 @@ def test_tokenizer_hash_tells_tokenizers_apart(demo_dirs, tmp_path):
                                                                     "rstrip": False, "normalized": False}]
     (changed / "tokenizer.json").write_text(json.dumps(original))
     assert tokenizer_hash(changed) != tokenizer_hash(demo_dirs[1])
+    # Re-saved by transformers (the trainer's output model does this), a tokenizer keeps its hash: the padding
+    # section of tokenizer.json, which save_pretrained rewrites, decides no token ids.
+    resaved = tmp_path / "resaved"
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_dirs[1]))
+    tokenizer.save_pretrained(str(resaved))
+    padded = json.loads((resaved / "tokenizer.json").read_text())
+    padded["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": 8, "pad_id": 0,
+                         "pad_type_id": 0, "pad_token": "<|pad|>"}
+    (resaved / "tokenizer.json").write_text(json.dumps(padded))
+    assert tokenizer_hash(resaved) == tokenizer_hash(demo_dirs[1])
     with pytest.raises(ValueError, match="no tokenizer files"):
         tokenizer_hash(tmp_path)
