@@ -66,7 +66,9 @@ def evaluate(
     for directory in model:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         loaded = AutoModelForCausalLM.from_pretrained(str(directory))
-        results[directory.name] = evaluate_model(loaded, tokenizer, tickets, progress=directory.name)
+        # A trainer run's model sits in RUN/model: name it after the run.
+        name = directory.resolve().parent.name if directory.name == "model" else directory.name
+        results[name] = evaluate_model(loaded, tokenizer, tickets, progress=name)
     _print_table(results)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Hard-label supervised fine-tuning for the demo models: cross-entropy on the answer tokens only.
 
-The demo build trains the teacher from scratch on ground truth and the student on the teacher's answers with this
-loop. It is deliberately small; the distillation recipe (`distill/recipe.py`, a later issue) is the general trainer.
+The demo build trains the teacher from scratch on ground truth with this loop (the student is distilled with the
+trainer's recipe, `distill/recipe.py`). It is deliberately small: the recipe is the general trainer.
 """
 
 from __future__ import annotations
