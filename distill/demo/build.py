@@ -18,7 +18,6 @@ from distill.demo import ARTIFACTS_DIR, CONFIGS_DIR, models, sft, task
 from distill.demo.evaluate import evaluate_model
 
 
-
 @dataclass(frozen=True)
 class BuildSettings:
     out: Path = ARTIFACTS_DIR
