@@ -41,8 +41,6 @@ def generate(
 
     if (prompts is None) == (demo is None):
         raise typer.BadParameter("give exactly one of --prompts FILE or --demo N")
-    if base_url and not model:
-        raise typer.BadParameter("--base-url needs --model (the served model id)")
     try:
         source, prompt_list = demo_prompts(demo, seed) if demo is not None else (str(prompts), load_prompts(prompts))
         settings = GenerateSettings(top_k=top_k, samples=samples, temperature=temperature, seed=seed,

@@ -27,6 +27,10 @@ class Teacher:
     tokenizer: Path | None = None  # whose hash the cache records (default: `model_dir`)
     threads: int | None = None  # torch CPU threads of a local teacher
 
+    def __post_init__(self) -> None:
+        if self.base_url and not self.model:
+            raise ValueError("a teacher server (--base-url) needs --model, the served model id")
+
     @property
     def name(self) -> str:
         return self.model if self.base_url else str(Path(self.model_dir).resolve())
@@ -76,8 +80,6 @@ def make_cache(out: Path, prompts: list[Prompt], source: str, teacher: Teacher, 
 
 def _backend(teacher: Teacher):
     if teacher.base_url:
-        if not teacher.model:
-            raise ValueError("a teacher server (--base-url) needs --model, the served model id")
         import httpx
 
         from gateway.backends.base import BackendInfo
