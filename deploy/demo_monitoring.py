@@ -42,6 +42,7 @@ def start_gateway(port: int, store: Path) -> subprocess.Popen:
     env = os.environ | {
         "KDGATE_PORT": str(port), "KDGATE_ROUTING__POLICY": "confidence",
         "KDGATE_ROUTING__POLICY_FILE": str(ROOT / "distill/demo/artifacts/router-policy.json"),
+        "KDGATE_ROUTING__HANDOFF__ENABLED": "false",  # the whole-answer cascade alone: its teacher share has a target
         "KDGATE_SHADOW__SAMPLE_RATE": "0.25", "KDGATE_SHADOW__CONCURRENCY": "4",
         "KDGATE_SHADOW__STORE_URL": f"sqlite:///{store}", "KDGATE_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve"], cwd=ROOT, env=env)

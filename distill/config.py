@@ -43,7 +43,9 @@ class LossConfig(_Strict):
     kind: Literal["kd", "sft"] = Field(default="kd", description="sft: hard-label CE on the teacher's answers only")
     temperature: float = Field(default=1.0, gt=0, description="τ: both sides tempered, loss × τ²")
     alpha: float = Field(default=0.5, ge=0, le=1, description="α·KD + (1−α)·CE; sft ignores it (α=0)")
-    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    divergence: Literal["forward", "reverse", "jsd"] = Field(
+        default="forward", description="forward KL(teacher ‖ student) covers the teacher's modes; reverse KL seeks "
+        "one; jsd mixes both by `beta` (0: forward, 1: reverse)")
     beta: float = Field(default=0.5, ge=0, le=1, description="jsd: the mixture weight of the teacher")
     chunk_tokens: int = Field(default=1024, ge=1, description="tokens whose logits exist at once")
     top_k: int | None = Field(default=None, ge=1, description="use the cache's first k alternatives per token "
@@ -67,20 +69,23 @@ class LossConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    enabled: bool = False
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    enabled: bool = Field(default=False, description="train LoRA adapters (peft) instead of every weight; merged "
+                          "into the model on export")
+    r: int = Field(default=16, ge=1, description="adapter rank; vLLM serves up to --max-lora-rank (default 16)")
+    alpha: int = Field(default=32, ge=1, description="scale of the adapter's update (alpha / r)")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"])
+                                                               "gate_proj", "up_proj", "down_proj"],
+                                      description="module names that get adapters (Llama-style names)")
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_steps: int = Field(default=100, ge=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-3, gt=0, description="AdamW's peak learning rate, reached after the warmup")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW's decoupled weight decay")
+    warmup_steps: int = Field(default=100, ge=0, description="linear warmup from 0; then cosine decay")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="the cosine ends at lr × this; 1 keeps lr "
+                                "constant after the warmup")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradients clipped to this global norm")
 
 
 class TrainConfig(_Strict):
@@ -90,18 +95,20 @@ class TrainConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    steps: int = Field(default=1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(default=32, ge=1, description="answers per micro-batch")
     grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
     bf16: bool = Field(default=False, description="autocast; on CPUs without AMX it is slower than fp32")
     train_examples: int | None = Field(default=None, ge=1, description="train on the first N kept answers after "
                                        "the held-out split (a data-size ablation); unset: all")
-    eval_every: int = Field(default=200, ge=1)
+    eval_every: int = Field(default=200, ge=1, description="steps between held-out evaluations")
     eval_fraction: float = Field(default=0.05, gt=0, lt=1, description="share of the cache held out for eval")
     early_stopping_patience: int = Field(default=0, ge=0, description="evals without a better teacher agreement "
                                          "before stopping; 0: never stop early")
-    checkpoint_every: int = Field(default=200, ge=1)
-    seed: int = 0
+    checkpoint_every: int = Field(default=200, ge=1, description="steps between checkpoints (a rerun resumes from "
+                                  "the last)")
+    seed: int = Field(default=0, description="picks the initialisation (from_scratch), the held-out split and the "
+                      "batch order")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -10,7 +12,11 @@ from distill.cli import app as distill_app
 from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
 from kdgate.routing.cli import app as router_app
+from kdgate.config_cli import app as config_app
 from loadtests.cli import app as loadtest_app
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 app = typer.Typer(help="kdgate: serve a distilled student and its teacher behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -19,6 +25,25 @@ app.add_typer(router_app, name="router")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(distill_app, name="distill")
 app.add_typer(loadtest_app, name="loadtest")
+app.add_typer(config_app, name="config")
+
+
+def _every_command() -> str:
+    """The epilog of `kdgate --help`: every command, sub-commands included, with its one-line summary."""
+    import shutil
+
+    def leaves(command, path: str):
+        if hasattr(command, "commands"):  # a group (typer vendors its own click)
+            for name, sub in command.commands.items():
+                yield from leaves(sub, f"{path} {name}")
+        else:
+            yield path, command
+
+    rows = list(leaves(typer.main.get_group(app), "kdgate"))
+    width = max(len(path) for path, _ in rows)
+    room = max(30, shutil.get_terminal_size((100, 24)).columns - width - 6)
+    return "\b\nEvery command (each one's --help has an example):\n" + "\n".join(
+        f"  {path.ljust(width)}  {command.get_short_help_str(limit=room)}" for path, command in rows)
 
 
 @app.command()
@@ -29,18 +54,22 @@ def serve(
     workers: int | None = typer.Option(None, min=1, max=64, help="worker processes (default: KDGATE_WORKERS or 1); "
                                        "more than 1 needs http backends"),
 ) -> None:
-    """Run the gateway. With no configuration it serves the embedded demo student and teacher."""
+    """Run the gateway; with no configuration, the embedded demo student and teacher with teacher fallback on.
+
+    Example:  kdgate serve --config deploy/kdgate-vllm.yaml --workers 4
+    """
     import os
 
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.banner import banner
     from gateway.settings import load_settings
     from gateway.workers import prepare_workers
 
     overrides = {key: value for key, value in {"host": host, "port": port, "workers": workers}.items()
                  if value is not None}
-    settings = load_settings(config, **overrides)
+    settings = settings_or_exit(lambda: load_settings(config, **overrides))
     _configure_logging(settings.log_level)
     folder = None
     if settings.workers > 1:
@@ -48,9 +77,12 @@ def serve(
             folder = prepare_workers(settings, settings.workers)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--workers") from None
-    typer.echo(f"kdgate gateway on http://{settings.host}:{settings.port}/v1  (model `{settings.served_model}`; "
-               f"student: {_describe(settings.student)}; teacher: {_describe(settings.teacher)}"
-               f"{f'; {settings.workers} workers' if settings.workers > 1 else ''})")
+    try:
+        lines = banner(settings)  # reads the routing policy file: a bad one stops here, before any model loads
+    except ValueError as error:
+        _exit_with(str(error))
+    for line in lines:
+        typer.echo(line)
     run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
            "timeout_graceful_shutdown": 5}
     if folder is None:
@@ -75,7 +107,10 @@ def engine(
     max_logprobs: int = typer.Option(20, min=0, help="largest top_logprobs / prompt_logprobs (vLLM's --max-logprobs)"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
-    """Serve one local engine as a standalone OpenAI-compatible server (no routing), like `vllm serve`."""
+    """Serve one local engine as a standalone OpenAI-compatible server (no routing), like `vllm serve`.
+
+    Example:  kdgate engine --model distill/demo/artifacts/teacher --port 8002 --served-model-name teacher
+    """
     import uvicorn
 
     from gateway.app import create_engine_app
@@ -83,6 +118,11 @@ def engine(
     from gateway.chat.serving import ServingLimits
     from gateway.engine.engine import EngineSettings
 
+    from gateway.settings import model_dir_problem
+
+    problem = model_dir_problem(model)
+    if problem:
+        raise typer.BadParameter(problem, param_hint="--model")
     name = served_model_name or model.name
     settings = EngineSettings(model_dir=model, device=device, dtype=dtype, max_batch_size=max_batch_size,
                               threads=threads)
@@ -94,10 +134,35 @@ def engine(
     uvicorn.run(app_, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
-def _describe(backend) -> str:
-    if backend is None:
-        return "none"
-    return f"local {backend.model_dir}" if backend.kind == "local" else f"http {backend.base_url} ({backend.model})"
+def settings_or_exit(load: Callable[[], GatewaySettings]) -> GatewaySettings:
+    """The settings, or exit 2 with every invalid key named beside its environment variable."""
+    from pydantic import ValidationError
+
+    try:
+        return load()
+    except ValidationError as error:
+        lines = [f"  {_setting_name(item['loc'])}: {_reason(item)}" for item in error.errors()]
+        _exit_with("invalid settings:\n" + "\n".join(lines) + "\nsee docs/configuration.md for every key")
+    except (FileNotFoundError, ValueError) as error:
+        _exit_with(str(error))
+
+
+def _reason(item: dict) -> str:
+    reason = item["msg"].removeprefix("Value error, ")
+    given = item.get("input")
+    return f"{reason} (got {given!r})" if isinstance(given, str | int | float) else reason
+
+
+def _setting_name(location: tuple) -> str:
+    key = ".".join(str(part) for part in location if not isinstance(part, int))
+    if not key:
+        return "settings"
+    return f"`{key}` (KDGATE_{key.upper().replace('.', '__')})"
+
+
+def _exit_with(message: str) -> NoReturn:
+    typer.echo(f"kdgate: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _configure_logging(level: str) -> None:
@@ -106,5 +171,11 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The `kdgate` entry point: the epilog is built once the commands exist."""
+    app.info.epilog = _every_command()
     app()
+
+
+if __name__ == "__main__":
+    main()

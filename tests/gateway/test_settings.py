@@ -14,6 +14,33 @@ def test_defaults_serve_the_demo_models():
     assert settings.teacher.kind == "local" and settings.routing.policy == "student_only"
 
 
+def test_the_demo_routes_with_handoff_by_default():
+    handoff = GatewaySettings().routing.handoff
+    assert handoff.enabled is True and handoff.min_prob == 0.9
+    assert GatewaySettings(student={"threads": 1}).routing.handoff.enabled  # still the demo's model
+
+
+def test_other_models_start_without_fallback_until_chosen(monkeypatch):
+    vllm = {"kind": "http", "base_url": "http://vllm:8000/v1", "model": "m"}
+    assert GatewaySettings(student=vllm, teacher=vllm).routing.handoff.enabled is False
+    assert GatewaySettings(teacher=None).routing.handoff.enabled is False  # nothing to hand off to
+    monkeypatch.setenv("KDGATE_ROUTING__HANDOFF__ENABLED", "true")
+    assert GatewaySettings(student=vllm, teacher=vllm).routing.handoff.enabled is True
+
+
+def test_handoff_can_be_switched_off_on_the_demo(monkeypatch):
+    monkeypatch.setenv("KDGATE_ROUTING__HANDOFF__ENABLED", "false")
+    assert GatewaySettings().routing.handoff.enabled is False
+
+
+def test_resolving_the_default_leaves_a_passed_settings_object_as_it_was():
+    from gateway.settings import RoutingSettings
+
+    routing = RoutingSettings()
+    assert GatewaySettings(routing=routing).routing.handoff.enabled is True
+    assert routing.handoff.enabled is None
+
+
 def test_yaml_file_and_environment(tmp_path, monkeypatch):
     config = tmp_path / "kdgate.yaml"
     config.write_text("port: 9000\nteacher:\n  kind: http\n  base_url: http://vllm-teacher:8000/v1\n"
@@ -60,3 +87,22 @@ def test_the_vllm_example_config_is_valid():
     settings = load_settings(ROOT / "deploy" / "kdgate-vllm.yaml")
     assert settings.student.kind == settings.teacher.kind == "http"
     assert settings.teacher.base_url.endswith("/v1")
+    assert settings.routing.handoff.enabled is True  # it ships with teacher fallback on, spelled out
+
+
+def test_an_unknown_top_level_variable_is_refused(monkeypatch):
+    monkeypatch.setenv("KDGATE_MAX_BODY_BYTE", "5")  # a typo of KDGATE_MAX_BODY_BYTES
+    with pytest.raises(ValueError, match="KDGATE_MAX_BODY_BYTE .*did you mean KDGATE_MAX_BODY_BYTES"):
+        GatewaySettings()
+
+
+def test_variables_of_other_kdgate_tools_are_not_settings(monkeypatch):
+    monkeypatch.setenv("KDGATE_LOADTEST_API_KEY", "secret")
+    assert GatewaySettings().port == 8000
+
+
+def test_a_local_model_dir_must_be_a_model_folder(tmp_path):
+    with pytest.raises(ValidationError, match="no config.json"):
+        GatewaySettings(student={"model_dir": tmp_path})
+    with pytest.raises(ValidationError, match="not a directory"):
+        GatewaySettings(student={"model_dir": tmp_path / "missing"})

@@ -1,0 +1,68 @@
+"""What `kdgate serve` prints at start: where it listens, what serves, and, one line each, how requests are routed
+and what the shadow worker compares, with the setting that changes it."""
+
+from __future__ import annotations
+
+from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
+from router.policy_file import load_policy
+
+ROUTING_DOCS = "docs/routing.md"
+
+
+def banner(settings: GatewaySettings) -> list[str]:
+    workers = f"; {settings.workers} workers" if settings.workers > 1 else ""
+    return [f"kdgate gateway on http://{settings.host}:{settings.port}/v1  (model `{settings.served_model}`; "
+            f"student: {describe_backend(settings.student)}; teacher: {describe_backend(settings.teacher)}{workers})",
+            "routing: " + describe_routing(settings.routing, settings.teacher is not None),
+            "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None)]
+
+
+def describe_backend(backend: BackendSettings | None) -> str:
+    if backend is None:
+        return "none"
+    return f"local {backend.model_dir}" if backend.kind == "local" else f"http {backend.base_url} ({backend.model})"
+
+
+def describe_routing(routing: RoutingSettings, has_teacher: bool) -> str:
+    """One line: the active policy, its threshold, and the settings that change it."""
+    policy = routing.policy
+    if policy == "student_only":
+        first = "student first" if routing.handoff.enabled else "the student serves every request"
+    elif policy == "teacher_only":
+        first = "the teacher serves every request (routing.policy=teacher_only)"
+    elif policy == "random":
+        first = f"a random {routing.teacher_fraction:.0%} of requests go to the teacher (routing.policy=random)"
+    else:
+        first = _describe_confidence(routing)
+    if routing.handoff.enabled:
+        return (f"{first}; teacher fallback: mid-stream handoff at the first student token below "
+                f"p={routing.handoff.min_prob:g}. Change: KDGATE_ROUTING__HANDOFF__MIN_PROB, "
+                f"KDGATE_ROUTING__HANDOFF__ENABLED=false; other policies: {ROUTING_DOCS}")
+    if not has_teacher:
+        return f"{first} (no teacher configured)"
+    fallback = ", no teacher fallback" if policy == "student_only" else ""
+    return (f"{first}{fallback}. Change: KDGATE_ROUTING__HANDOFF__ENABLED=true (mid-stream handoff), "
+            f"KDGATE_ROUTING__POLICY; see {ROUTING_DOCS}")
+
+
+def _describe_confidence(routing: RoutingSettings) -> str:
+    policy_file = load_policy(routing.policy_file)
+    held = ("the student's whole answer" if policy_file.prefix_tokens is None
+            else f"the student's first {policy_file.prefix_tokens} tokens")
+    target = policy_file.calibration.target_teacher_fraction
+    online = ""
+    if routing.online.enabled:
+        online_target = routing.online.target_teacher_fraction
+        online = f", recalibrated online toward {target if online_target is None else online_target:.0%}"
+    return (f"confidence ({routing.policy_file}): {held} held back, {policy_file.scorer.kind} "
+            f"score below {policy_file.threshold:.4g} escalates to the teacher (calibrated to "
+            f"{target:.0%} teacher traffic{online})")
+
+
+def describe_shadow(shadow: ShadowSettings, has_teacher: bool) -> str:
+    if not shadow.enabled or not has_teacher:
+        return "off" + ("" if has_teacher else " (no teacher to compare with)") + "; KDGATE_SHADOW__ENABLED"
+    escalations = " and every escalation" if shadow.record_escalations else ""
+    store = shadow.store_url or "no store (metrics only)"
+    return (f"the teacher scores {shadow.sample_rate:.0%} of student answers{escalations} off the request path "
+            f"→ {store} (shadow.sample_rate, shadow.store_url)")
