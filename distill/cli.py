@@ -35,7 +35,10 @@ def generate(
     min_agreement: float = typer.Option(0.5, min=0.0, max=1.0, help="with several samples: majority share needed"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads of a local teacher"),
 ) -> None:
-    """Ask the teacher, keep its top-k logprobs per token, filter, and write a resumable cache."""
+    """Ask the teacher, keep its top-k logprobs per token, filter, and write a resumable cache.
+
+    Example:  kdgate distill generate --demo 30000 --top-k 20 --out runs/teacher-cache
+    """
     from distill.data.generate import GenerateSettings, load_prompts
     from distill.data.make import DEMO_FIELDS, Filters, Teacher, demo_prompts, make_cache
 
@@ -56,17 +59,29 @@ def generate(
     typer.echo(f"{out}: {result.rows} teacher answers, {result.kept} kept; dropped: {dropped}")
 
 
+def overrides(ctx: typer.Context) -> list[str]:
+    """The `key=value` arguments after the options; a stray `--flag` is a mistyped option, not an override."""
+    for argument in ctx.args:
+        if argument.startswith("-"):
+            raise typer.BadParameter(f"no such option: {argument.split('=')[0]}; after the options come "
+                                     "`key=value` overrides (e.g. steps=400)")
+    return list(ctx.args)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="YAML config (distill/configs/)"),
 ) -> None:
-    """Train a student on a teacher cache (KD or the SFT baseline). Extra `key=value` arguments override the config."""
+    """Train a student on a teacher cache (KD or the SFT baseline). Extra `key=value` arguments override the config.
+
+    Example:  kdgate distill train --config distill/configs/demo_kd.yaml steps=400 loss.alpha=0.7
+    """
     from distill.config import load_config
     from distill.recipe import run
 
     try:
-        resolved = load_config(config, list(ctx.args))
+        resolved = load_config(config, overrides(ctx))
         out = run(resolved)
     except ValueError as error:  # bad config, tokenizer mismatch, a checkpoint of another config
         typer.echo(f"error: {error}", err=True)
@@ -84,7 +99,10 @@ def evaluate_command(
     threads: int | None = typer.Option(None, min=1),
     json_out: Path | None = typer.Option(None, dir_okay=False),
 ) -> None:
-    """Students beside the teacher on held-out demo tickets: accuracy, agreement, KL, perplexity, ECE, tokens/s."""
+    """Students beside the teacher on held-out demo tickets: accuracy, agreement, KL, perplexity, ECE, tokens/s.
+
+    Example:  kdgate distill eval --model kd=runs/distill-kd/model --model sft=runs/distill-sft/model --kd kd --sft sft
+    """
     import json
 
     import torch
@@ -135,7 +153,10 @@ def quantize_command(
                                       "(default: demo training tickets)"),
     samples: int = typer.Option(256, min=1, help="calibration samples"),
 ) -> None:
-    """Quantize a student with llm-compressor for vLLM (the local engine loads the result too)."""
+    """Quantize a student with llm-compressor for vLLM (the local engine loads the result too).
+
+    Example:  kdgate distill quantize --model distill/demo/artifacts/student --scheme FP8_DYNAMIC --out runs/student-fp8
+    """
     from distill.quantize import quantize
 
     try:
@@ -158,7 +179,10 @@ def sweep(
     estimator: list[str] = typer.Option(["topk"], help="topk and/or sampled (repeat)"),
     examples: int = typer.Option(500, min=10, help="held-out demo tickets per evaluation"),
 ) -> None:
-    """Train and evaluate one student per (estimator, τ, α, k) beside the SFT baseline: sweep.md/.json/.png."""
+    """Train and evaluate one student per (estimator, τ, α, k) beside the SFT baseline: sweep.md/.json/.png.
+
+    Example:  kdgate distill sweep --config distill/configs/demo_kd.yaml --tau 1 --tau 2 --top-k 5 --top-k 20 steps=1000
+    """
     from distill.config import load_config
     from distill.sweep import sweep as run_sweep
 
@@ -166,7 +190,7 @@ def sweep(
         unknown = set(estimator) - {"topk", "sampled"}
         if unknown:
             raise ValueError(f"--estimator {', '.join(sorted(unknown))}: use topk or sampled")
-        base = load_config(config, list(ctx.args))
+        base = load_config(config, overrides(ctx))
         run_sweep(base, out, tau, alpha, top_k, examples, tuple(estimator))
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)

@@ -115,7 +115,10 @@ def run_command(
     out: Path | None = typer.Option(None, file_okay=False, help="write <run>.json, <run>-ttft-cdf.png, runs.csv"),
     fail_if: str | None = typer.Option(None, help="exit 1 if any term holds, e.g. 'p99_ttft>300ms,error_rate>0.01'"),
 ) -> None:
-    """Measure TTFT, TPOT, ITL and e2e at each load shape, overall and per route."""
+    """Measure TTFT, TPOT, ITL and e2e at each load shape, overall and per route.
+
+    Example:  kdgate loadtest run --url http://127.0.0.1:8000 --concurrency 1 --concurrency 16 --requests 150
+    """
     from loadtests.execute import execute
     from loadtests.gate import failed, parse_fail_if
     from loadtests.report import print_summary
@@ -156,7 +159,10 @@ def sweep_command(
     max_concurrency: int = typer.Option(64, min=1, help="requests in flight for the throughput run"),
     out: Path = typer.Option(Path("runs/loadtest-sweep"), file_okay=False),
 ) -> None:
-    """Synchronous, throughput, then Poisson rates between: sweep.png and one runs.csv row per run."""
+    """Synchronous, throughput, then Poisson rates between: sweep.png and one runs.csv row per run.
+
+    Example:  kdgate loadtest sweep --url http://127.0.0.1:8000 --rates 3 --requests 300 --out runs/lt-sweep
+    """
     from loadtests.execute import sweep
     from loadtests.report import print_summary
 
@@ -179,7 +185,10 @@ def zero_server(
     output_tokens: int = typer.Option(32, min=1),
     top_logprobs: int = typer.Option(5, min=0, help="most alternatives per token it returns when asked"),
 ) -> None:
-    """A zero-work OpenAI-compatible server: the instrument that isolates a gateway's own overhead."""
+    """A zero-work OpenAI-compatible server: the instrument that isolates a gateway's own overhead.
+
+    Example:  kdgate loadtest zero-server --port 9000 --output-tokens 32 --itl-ms 1
+    """
     import uvicorn
 
     from loadtests.zero import ZeroServer, ZeroSettings
@@ -195,7 +204,10 @@ def passthrough(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8101),
 ) -> None:
-    """A bare FastAPI + httpx proxy that streams bytes unchanged: the floor any Python gateway can reach."""
+    """A bare FastAPI + httpx proxy that streams bytes unchanged: the floor any Python gateway can reach.
+
+    Example:  kdgate loadtest passthrough --port 9001 --upstream http://127.0.0.1:9000
+    """
     import uvicorn
 
     from loadtests.passthrough import create_app

@@ -28,7 +28,10 @@ def build(
                                         "baseline"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
 ) -> None:
-    """Train the demo tokenizer, teacher and student, and write their held-out evaluation."""
+    """Train the demo tokenizer, teacher and student, and write their held-out evaluation.
+
+    Example:  kdgate demo build --threads 2 --out runs/demo
+    """
     from distill.demo.build import BuildSettings
     from distill.demo.build import build as run_build
 
@@ -55,7 +58,10 @@ def evaluate(
     seed: int = typer.Option(0),
     json_out: Path | None = typer.Option(None, help="also write the results as JSON"),
 ) -> None:
-    """Whole-answer exact match and per-field accuracy on the held-out split."""
+    """Whole-answer exact match and per-field accuracy on the held-out split.
+
+    Example:  kdgate demo eval --model distill/demo/artifacts/teacher --model distill/demo/artifacts/student
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill.demo import task

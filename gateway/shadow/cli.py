@@ -21,7 +21,10 @@ def export(
     since: datetime | None = typer.Option(None, help="only records created at or after this time (UTC if naive)"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings"),
 ) -> None:
-    """Write shadow and escalation records, oldest first, as JSON lines or a Parquet file."""
+    """Write shadow and escalation records, oldest first, as JSON lines or a Parquet file.
+
+    Example:  kdgate shadow export --out escalations.jsonl --kind escalation --since 2026-11-01
+    """
     from gateway.settings import load_settings
     from gateway.shadow.store import ShadowStore
 

@@ -29,7 +29,10 @@ def collect(
     top_logprobs: int = typer.Option(5, min=1, max=20, help="alternatives per student token"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
 ) -> None:
-    """Answer demo tickets with the student (keeping its logprobs) and the teacher; label both; write records."""
+    """Answer demo tickets with the student (keeping its logprobs) and the teacher; label both; write records.
+
+    Example:  kdgate router collect --split val --examples 1000 --out runs/records-val.jsonl
+    """
     from kdgate.routing.collect import collect_from_settings
     from router.records import write_records
 
@@ -50,7 +53,10 @@ def calibrate(
     signal: str | None = typer.Option(None, help="signal/isotonic: which signal (default: the best on the data)"),
     top_logprobs: int = typer.Option(5, min=1, max=20, help="alternatives per token the gateway asks the student"),
 ) -> None:
-    """Fit the scorer and the threshold that sends the target share of the records to the teacher."""
+    """Fit the scorer and the threshold that sends the target share of the records to the teacher.
+
+    Example:  kdgate router calibrate --data runs/records-val.jsonl --target-teacher-fraction 0.2 --prefix-tokens full
+    """
     from router.calibration import calibrate_threshold, teacher_fraction
     from router.comparison import correct, scores_of, windows
     from router.fitting import fit_scorer
@@ -88,7 +94,10 @@ def evaluate(
     handoff: bool = typer.Option(True, help="also measure mid-stream handoff at equal teacher token cost"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
 ) -> None:
-    """Accuracy vs teacher share for every prefix length and scorer, APGR/CPT, drift, TTFT: JSON, PNG, Markdown."""
+    """Accuracy vs teacher share for every prefix length and scorer, APGR/CPT, drift, TTFT: JSON, PNG, Markdown.
+
+    Example:  kdgate router eval --out runs/router-eval
+    """
     from kdgate.routing.evaluate import run_evaluation
 
     run_evaluation(out, fit, data, examples, target_teacher_fraction, [parse_prefix(p) for p in prefixes], kinds,

@@ -1,0 +1,132 @@
+"""The command line explains itself: `kdgate --help` lists every command, each command's help has an example that
+parses, and a wrong flag or value exits 2 naming it — checked for every command there is, so a new one cannot
+skip it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import typing
+
+import pytest
+import typer
+
+from kdgate.cli import app
+from tests.conftest import ROOT
+
+
+def leaves(command=None, path=("kdgate",)):
+    command = command if command is not None else typer.main.get_group(app)
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from leaves(sub, (*path, name))
+    else:
+        yield path, command
+
+
+COMMANDS = list(leaves())
+IDS = [" ".join(path[1:]) for path, _ in COMMANDS]
+
+
+def kdgate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=os.environ | {"COLUMNS": "200"})
+
+
+def example_of(command) -> list[str]:
+    """The arguments of the `Example:` line in the command's docstring, environment assignments dropped."""
+    found = re.search(r"Example:\s+(.+)", command.help or "")
+    assert found, "no `Example:` line in the docstring"
+    words = shlex.split(found.group(1))
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        words.pop(0)
+    return words
+
+
+def test_there_are_commands_to_check():
+    assert {"serve", "engine", "config docs", "loadtest run", "distill train", "shadow export"} <= set(IDS)
+
+
+def test_top_level_help_lists_every_command():
+    done = kdgate("--help")
+    assert done.returncode == 0
+    for path, _ in COMMANDS:
+        assert " ".join(path) in done.stdout
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
+def test_every_command_has_an_example_that_parses(path, command):
+    words = example_of(command)
+    assert tuple(words[:len(path)]) == path, f"the example runs {words[:len(path)]}, not {path}"
+    try:
+        command.make_context(" ".join(path), words[len(path):])
+    except Exception as error:  # noqa: BLE001  (click's and typer's own exception classes differ)
+        # the example may name files a run creates first (runs/...); anything else is a broken example
+        assert "does not exist" in str(error), f"{' '.join(words)}: {error}"
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
+def test_a_wrong_flag_exits_2_naming_it(path, command):
+    done = kdgate(*example_of(command)[1:], "--no-such-flag")  # the example's options make any required ones given
+    assert done.returncode == 2
+    assert "--no-such-flag" in done.stderr
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
+def test_a_wrong_number_exits_2_naming_the_option(path, command):
+    numeric = [param for param in command.params if param.opts and _numeric(param.type_descriptor.annotation)]
+    if not numeric:
+        pytest.skip("no numeric option")
+    option = numeric[0].opts[0]
+    done = kdgate(*path[1:], option, "not-a-number")
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+
+
+def _numeric(annotation) -> bool:
+    """int or float, alone, optional or repeated."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(inner) for inner in typing.get_args(annotation))
+
+
+def test_help_of_a_group_lists_its_commands():
+    done = kdgate("loadtest", "--help")
+    assert done.returncode == 0 and "zero-server" in done.stdout
+
+
+def gateway_command(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=clean | env)
+
+
+def test_a_bad_setting_stops_serve_with_its_key_and_variable_named():
+    done = gateway_command("serve", KDGATE_ROUTING__HANDOFF__MIN_PROB="2")
+    assert done.returncode == 2, done.stderr
+    assert "`routing.handoff.min_prob` (KDGATE_ROUTING__HANDOFF__MIN_PROB)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_mistyped_variable_stops_serve_with_a_suggestion():
+    done = gateway_command("serve", KDGATE_PROT="9000")
+    assert done.returncode == 2 and "did you mean KDGATE_PORT" in done.stderr
+
+
+def test_a_missing_policy_file_stops_serve_before_any_model_loads():
+    done = gateway_command("serve", KDGATE_ROUTING__POLICY="confidence", KDGATE_ROUTING__POLICY_FILE="/nope.json")
+    assert done.returncode == 2 and "/nope.json does not exist" in done.stderr
+
+
+def test_config_show_prints_what_serve_would_use():
+    import yaml
+
+    done = gateway_command("config", "show", KDGATE_ROUTING__HANDOFF__MIN_PROB="0.8")
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["routing"]["handoff"] == {"enabled": True, "min_prob": 0.8}
+    vllm = yaml.safe_load(gateway_command("config", "show", "--config", "deploy/kdgate-vllm.yaml").stdout)
+    assert vllm["student"]["kind"] == "http"
