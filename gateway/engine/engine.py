@@ -77,6 +77,7 @@ class LocalEngine:
 
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
+        self._prefilling: list[_Sequence] = []  # taken from the queue, not yet in the batch: failed with it
         self._batch = RunningBatch()
         self._wake = threading.Condition()
         self._stopping = False
@@ -157,9 +158,11 @@ class LocalEngine:
                     if self._stopping:
                         break
                     arrivals = self._take_arrivals()
+                    self._prefilling = arrivals
                 try:
                     if arrivals:
                         self._prefill(arrivals)
+                    self._prefilling = []
                     if self._running:
                         self._decode_step()
                 except Exception as exc:  # the batch is lost; fail its requests and keep serving new ones
@@ -217,11 +220,20 @@ class LocalEngine:
                          ) -> torch.Tensor:
         """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)"""
         sampling = [s.request.sampling for s in sequences]
+        failures: dict[int, Exception] = {}
         chosen = sample_next(logits, [p.temperature for p in sampling], [p.top_p for p in sampling],
-                             [s.generator for s in sequences])
+                             [s.generator for s in sequences], failures)
+        for row, error in failures.items():  # that request's parameters broke its own sampling: it alone fails
+            log.warning("request %s: sampling failed (%s: %s)", sequences[row].request.request_id,
+                        type(error).__name__, error)
+            sequences[row].finished = True
+            sequences[row].emit(InvalidRequest(f"sampling failed with these parameters ({type(error).__name__}: "
+                                               f"{error}); check `temperature` and `top_p`", parameter="top_p"))
         raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
         entries = sampled_logprobs(raw_logprobs, chosen, [p.top_logprobs for p in sampling], self.texts)
         for row, (sequence, token_id) in enumerate(zip(sequences, chosen.tolist(), strict=True)):
+            if sequence.finished:  # its sampling failed above
+                continue
             if sequence.cancelled:
                 sequence.finished = True
                 continue
@@ -269,11 +281,13 @@ class LocalEngine:
 
     def _fail_all(self, error: Exception) -> None:
         with self._wake:
-            doomed = list(self._running) + list(self._waiting)
+            doomed = list(self._prefilling) + list(self._running) + list(self._waiting)
             self._waiting.clear()
         for sequence in doomed:
-            sequence.finished = True
-            sequence.emit(error)
+            if not sequence.finished:
+                sequence.finished = True
+                sequence.emit(error)
+        self._prefilling = []
         self._running = []
         self._batch = RunningBatch()
 

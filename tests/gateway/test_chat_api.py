@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -125,6 +126,17 @@ def test_bad_input_gets_400_naming_the_field(gateway, body, parameter):
     assert error["type"] == "invalid_request_error" and f"`{parameter}" in error["message"]
 
 
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_non_finite_number_is_named_as_such(gateway, field, value):
+    raw = b'{"messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (field.encode(), value)
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=raw, timeout=10,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == field and "finite number" in error["message"]
+
+
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"null"])
 def test_malformed_body_gets_400_envelope(gateway, raw):
     response = httpx.post(f"{gateway.url}/v1/chat/completions", content=raw, timeout=10)
@@ -181,3 +193,16 @@ def test_a_tiny_temperature_is_greedy_and_fails_nobody(gateway):
     greedy = chat(gateway, base | {"temperature": 0}).json()["choices"][0]["message"]["content"]
     tiny = chat(gateway, base | {"temperature": 1e-300})
     assert tiny.status_code == 200 and tiny.json()["choices"][0]["message"]["content"] == greedy
+
+
+def test_a_vanishing_top_p_is_greedy_and_fails_nobody(gateway):
+    """A top_p below float32's smallest number used to make NaN probabilities and fail (or hang) every request in
+    the engine's batch; it now keeps the most likely token, and concurrent requests are untouched."""
+    base = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 12}
+    greedy = chat(gateway, base | {"temperature": 0}).json()["choices"][0]["message"]["content"]
+    with ThreadPoolExecutor(4) as pool:
+        odd = pool.submit(chat, gateway, base | {"temperature": 1, "top_p": 7e-46})
+        innocents = [pool.submit(chat, gateway, base | {"temperature": 0}) for _ in range(3)]
+        assert odd.result().status_code == 200, odd.result().text
+        assert odd.result().json()["choices"][0]["message"]["content"] == greedy
+        assert [reply.result().json()["choices"][0]["message"]["content"] for reply in innocents] == [greedy] * 3
