@@ -40,8 +40,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async with (worker_metrics(), open_backends(settings) as backends,
                     open_shadow(settings, backends, app.state.metrics) as shadow):
             handoff = settings.routing.handoff
+            deadlines = {role: config.first_token_timeout_s for role, config in
+                         (("student", settings.student), ("teacher", settings.teacher)) if config is not None}
             router = Router(policy, backends, app.state.metrics,
-                            handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None)
+                            handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None, deadlines=deadlines)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=app.state.metrics, announce_route=True, shadow=shadow)
             _collect_engine_metrics(app, backends)

@@ -11,21 +11,14 @@ text), since the cancelled student never reports its own.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from gateway.backends.base import Backend, Delta, Event, Finish, GenerationRequest
+from gateway.fallback import RouteChange, teacher_or_student
 from router.handoff import HandoffRule
 from router.policy import RouteDecision
-
-
-@dataclass(frozen=True)
-class RouteChange:
-    """Emitted once, between the student's last released event and the teacher's first."""
-
-    decision: RouteDecision
-    backend: Backend
-    handed_off_tokens: int  # student tokens the client received
+from router.reasons import Reason
 
 
 def continuation(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest:
@@ -40,31 +33,45 @@ def continuation(generation: GenerationRequest, text: str, tokens: int) -> Gener
                    sampling=sampling, add_generation_prompt=False, continue_final_message=True)
 
 
-async def with_handoff(student_events: AsyncIterator[Event], generation: GenerationRequest, teacher: Backend,
-                       rule: HandoffRule) -> AsyncIterator[Event | RouteChange]:
-    """The student's events until one carries a collapsing token; then the teacher's continuation."""
+async def with_handoff(student_events: AsyncIterator[Event | RouteChange], generation: GenerationRequest,
+                       student: Backend, teacher: Backend,
+                       open_teacher: Callable[[GenerationRequest], AsyncIterator[Event]], rule: HandoffRule
+                       ) -> AsyncIterator[Event | RouteChange]:
+    """The student's events until one carries a collapsing token; then the teacher's continuation. The student's
+    stream stays open until the teacher has started: if the teacher fails first, the student finishes the answer
+    it had started (`teacher_unavailable`). A stream that has already changed route is passed on unwatched."""
     released_text: list[str] = []
     released_tokens = 0
-    collapsed_at = None
+    teacher_finishes = False
     try:
         async for event in student_events:
+            if isinstance(event, RouteChange):  # the student failed before its first token: the teacher serves
+                yield event
+                async for rest in student_events:
+                    yield rest
+                return
             if isinstance(event, Delta):
                 collapsed_at = next((entry.logprob for entry in event.logprobs if rule.collapses(entry.logprob)),
                                     None)
                 if collapsed_at is not None:
-                    break
+                    decision = RouteDecision("teacher", Reason.HANDOFF, score=math.exp(collapsed_at),
+                                             threshold=rule.min_prob)
+                    teacher_events = open_teacher(continuation(generation, "".join(released_text), released_tokens))
+                    async for continued in teacher_or_student(teacher_events, student, [event], student_events):
+                        if isinstance(continued, RouteChange):  # the teacher could not: the student goes on
+                            decision = None
+                        elif decision is not None:  # the teacher's first event
+                            yield RouteChange(decision, teacher, released_tokens)
+                            decision, teacher_finishes = None, True
+                        if teacher_finishes and isinstance(continued, Finish):
+                            continued = replace(continued,
+                                                completion_tokens=continued.completion_tokens + released_tokens)
+                        yield continued
+                    return
                 released_text.append(event.text)
                 released_tokens += len(event.logprobs)
             yield event
             if isinstance(event, Finish):
                 return
-        else:
-            return  # ended without a Finish: serving reports the broken stream
     finally:
-        await student_events.aclose()  # on handoff this cancels the student's remaining work
-    decision = RouteDecision("teacher", "handoff", score=math.exp(collapsed_at), threshold=rule.min_prob)
-    yield RouteChange(decision, teacher, released_tokens)
-    async for event in teacher.generate(continuation(generation, "".join(released_text), released_tokens)):
-        if isinstance(event, Finish):
-            event = replace(event, completion_tokens=event.completion_tokens + released_tokens)
-        yield event
+        await student_events.aclose()

@@ -44,7 +44,7 @@ class GatewayMetrics:
         self.errors = Counter("kdgate_errors", "Failed requests by backend and error class",
                               ["backend", "error"], registry=r)
         self.decisions = Counter("kdgate_route_decisions", "Routing decisions by route and reason (policy:*, "
-                                 "forced:header, confidence:high|low|no_tokens, student_error)", ["route", "reason"],
+                                 "forced:header, confidence:high|low|no_tokens, handoff, student_error, teacher_unavailable)", ["route", "reason"],
                                  registry=r)
         self.confidence = Histogram("kdgate_confidence_score", "Confidence score of the student's held-back "
                                     "tokens (higher: surer)", buckets=CONFIDENCE_BUCKETS, registry=r)
@@ -58,6 +58,9 @@ class GatewayMetrics:
                                    "back before the confidence decision", buckets=LATENCY_BUCKETS, registry=r)
         self.discarded_tokens = Counter("kdgate_escalated_student_tokens", "Student tokens generated, then "
                                         "discarded because the request escalated", registry=r)
+        self.fallbacks = Counter("kdgate_fallbacks", "Requests served by the other backend because one failed or "
+                                 "missed its first-token deadline, by reason (student_error: the teacher served; "
+                                 "teacher_unavailable: the student's own answer)", ["reason"], registry=r)
         self.handoffs = Counter("kdgate_handoffs", "Answers the student started and the teacher finished "
                                 "(a student token fell below the handoff probability)", registry=r)
         # shadow comparisons (gateway.shadow)
@@ -90,6 +93,12 @@ class GatewayMetrics:
                                             buckets=LATENCY_BUCKETS, registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], multiprocess_mode="livemostrecent", registry=r)
+
+
+    def count_fallback(self, reason: str, failed_backend: str, error: Exception) -> None:
+        """One backend failed and the other served: the failure is counted against the one that failed."""
+        self.fallbacks.labels(reason).inc()
+        self.errors.labels(failed_backend, type(error).__name__).inc()
 
 
 class EngineCollector(Collector):

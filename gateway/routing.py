@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.fallback import is_client_error, student_or_teacher, teacher_or_student, with_deadline
 from gateway.handoff import with_handoff
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RoutingSettings
@@ -25,6 +26,7 @@ from router.handoff import HandoffRule
 from router.online import OnlineSettings
 from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, RouteRequest, RoutingPolicy, forced
 from router.policy_file import load_policy, policy_from_file
+from router.reasons import Reason
 from router.signals import TokenSignals, aggregate, signals_from_rows
 
 FORCE_HEADER = "x-kdgate-force"
@@ -54,7 +56,7 @@ class SingleBackend:
 
 class Router:
     def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
-                 handoff: HandoffRule | None = None):
+                 handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
@@ -65,6 +67,7 @@ class Router:
         self.backends = backends
         self.handoff = handoff
         self.metrics = metrics
+        self.deadlines = deadlines or {}  # role -> first-token deadline in seconds
         self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
         self._recent_teacher = 0  # how many of `_recent` are True: the gauge costs O(1) per request
         target = getattr(policy, "target_teacher_fraction", None)
@@ -89,17 +92,25 @@ class Router:
             routed = await self._hold_back(self.policy.hold_back, generation, request)
         else:
             self._count(decision)
-            backend = self.backends[decision.route]
             watched = with_logprobs(generation, 0) if watch and decision.route == "student" else generation
-            routed = Routed(decision, backend, backend.generate(watched))
+            events = self.open(decision.route, watched)
+            if decision.route == "student" and forced_route is None and "teacher" in self.backends:
+                events = student_or_teacher(events, self.backends["teacher"],
+                                            lambda: self.open("teacher", generation))
+            routed = Routed(decision, self.backends[decision.route], events)
         if watch and routed.decision.route == "student":
-            events = with_handoff(routed.events, generation, self.backends["teacher"], self.handoff)
+            events = with_handoff(routed.events, generation, self.backends["student"], self.backends["teacher"],
+                                  lambda continued: self.open("teacher", continued), self.handoff)
             routed = routed._replace(events=events)
         return routed
 
+    def open(self, role: str, generation: GenerationRequest) -> AsyncIterator[Event]:
+        """The backend's stream, held to its first-token deadline."""
+        return with_deadline(self.backends[role].generate(generation), self.deadlines.get(role), role)
+
     async def _hold_back(self, hold: HoldBack, generation: GenerationRequest, request: RouteRequest) -> Routed:
         student, started = self.backends["student"], time.monotonic()
-        events = student.generate(with_logprobs(generation, hold.top_logprobs))
+        events = self.open("student", with_logprobs(generation, hold.top_logprobs))
         held: list[Event] = []
         logprobs: list[TokenLogprob] = []
         try:
@@ -110,12 +121,16 @@ class Router:
                 logprobs.extend(event.logprobs)
                 if hold.tokens is not None and len(logprobs) >= hold.tokens:
                     break
-        except GatewayError as error:  # the student failed before answering: the teacher can still serve
+        except GatewayError as error:  # the student failed before the client saw anything
             await events.aclose()
+            if is_client_error(error):
+                raise
             log.warning("student failed during hold-back (%s); escalating to the teacher", error)
-            decision = RouteDecision("teacher", "student_error")
+            decision = RouteDecision("teacher", Reason.STUDENT_ERROR)
             self._count(decision, held_for=time.monotonic() - started)
-            return self._escalate(decision, generation)
+            if self.metrics is not None:
+                self.metrics.count_fallback(decision.reason, "student", error)
+            return Routed(decision, self.backends["teacher"], self.open("teacher", generation))
         except BaseException:
             await events.aclose()
             raise
@@ -124,17 +139,17 @@ class Router:
         self._count(decision, held_for=time.monotonic() - started)
         if decision.route == "student":
             return Routed(decision, student, _replay(held, events))
-        await events.aclose()  # cancels the student's work; none of its tokens were sent
-        if self.metrics is not None:
-            self.metrics.discarded_tokens.inc(len(logprobs))
-        return self._escalate(decision, generation)._replace(discarded=tuple(logprobs))
 
-    def _escalate(self, decision: RouteDecision, generation: GenerationRequest) -> Routed:
-        teacher = self.backends["teacher"]
-        return Routed(decision, teacher, teacher.generate(generation))
+        def count_discarded() -> None:  # once the teacher answers (if it cannot, these tokens are served)
+            if self.metrics is not None:
+                self.metrics.discarded_tokens.inc(len(logprobs))
+
+        teacher_events = teacher_or_student(self.open("teacher", generation), student, held, events,
+                                            count_discarded)
+        return Routed(decision, self.backends["teacher"], teacher_events, discarded=tuple(logprobs))
 
     def _count(self, decision: RouteDecision, held_for: float | None = None) -> None:
-        if decision.reason != "forced:header":
+        if decision.reason != Reason.FORCED:
             if len(self._recent) == FRACTION_WINDOW:
                 self._recent_teacher -= self._recent[0]
             escalated = decision.route == "teacher"

@@ -41,6 +41,10 @@ class BackendSettings(BaseModel):
     dtype: str = Field(default="auto", description="local: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="local: sequences decoded together")
     threads: int | None = Field(default=None, ge=1, description="local: torch CPU threads; unset = torch default")
+    first_token_timeout_s: float | None = Field(
+        default=10.0, gt=0, description="a backend that has sent nothing this long after the request is treated as "
+        "failed, and its fallback serves (the teacher for a failed student; the student's own answer for a failed "
+        "teacher). Separate from `http.read_timeout_s`, which bounds silences once it streams. null: no deadline")
     version: str | None = Field(default=None, description="a label for these weights (training run, git sha), "
                                 "stored with shadow records")
     adapter_version: str | None = Field(default=None, description="the LoRA adapter served on top, if any")

@@ -12,6 +12,7 @@ import math
 
 from router.online import OnlineRecalibration
 from router.policy import ROUTES, HoldBack, Route, RouteDecision, RouteRequest
+from router.reasons import Reason
 from router.scorers import Scorer
 from router.signals import WindowSignals
 
@@ -37,11 +38,11 @@ class ConfidencePolicy:
         threshold = self.threshold
         route: Route
         if math.isnan(score):
-            route, reason = "teacher", "confidence:no_tokens"
+            route, reason = "teacher", Reason.NO_TOKENS
         elif score < threshold:
-            route, reason = "teacher", "confidence:low"
+            route, reason = "teacher", Reason.CONFIDENCE_LOW
         else:
-            route, reason = "student", "confidence:high"
+            route, reason = "student", Reason.CONFIDENCE_HIGH
         if self.online is not None:
             self.threshold = self.online.observe(score, route == "teacher", threshold)
         return RouteDecision(route=route, reason=reason, score=None if math.isnan(score) else score,

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from router.reasons import Reason, policy_reason
 from router.signals import WindowSignals
 
 Route = Literal["student", "teacher"]
@@ -30,7 +31,7 @@ class RouteRequest:
 @dataclass(frozen=True)
 class RouteDecision:
     route: Route
-    reason: str  # a short code: "policy:student_only", "forced:header", "confidence:low", ...
+    reason: str  # a `router.reasons.Reason`, or `policy:<name>` for a fixed policy
     score: float | None = None  # the confidence the decision was based on, when there is one
     threshold: float | None = None
 
@@ -73,7 +74,7 @@ class FixedRoute:
         return frozenset({self.route})
 
     def decide(self, request: RouteRequest, evidence: WindowSignals | None = None) -> RouteDecision:
-        return RouteDecision(route=self.route, reason=f"policy:{self.name}")
+        return RouteDecision(route=self.route, reason=policy_reason(self.name))
 
 
 class RandomRoute:
@@ -91,9 +92,9 @@ class RandomRoute:
 
     def decide(self, request: RouteRequest, evidence: WindowSignals | None = None) -> RouteDecision:
         route: Route = "teacher" if self._rng.random() < self.teacher_fraction else "student"
-        return RouteDecision(route=route, reason="policy:random", threshold=self.teacher_fraction)
+        return RouteDecision(route=route, reason=policy_reason(self.name), threshold=self.teacher_fraction)
 
 
 def forced(route: Route) -> RouteDecision:
     """The decision for a request that names its backend (the `x-kdgate-force` header)."""
-    return RouteDecision(route=route, reason="forced:header")
+    return RouteDecision(route=route, reason=Reason.FORCED)

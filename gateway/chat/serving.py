@@ -21,12 +21,15 @@ from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
 from gateway.chat.frames import ChunkFrames
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
-from gateway.handoff import RouteChange
+from gateway.fallback import RouteChange
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Router, SingleBackend
 from gateway.shadow.capture import Capture
 from gateway.shadow.worker import ShadowWorker
 from router.policy import RouteDecision, RouteRequest
+from router.reasons import Reason
+
+FAILED_BACKEND = {Reason.STUDENT_ERROR: "student", Reason.TEACHER_UNAVAILABLE: "teacher"}
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class ChatServing:
                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
         generation, route_request = self._prepare(request)
         capture, generation = Capture.plan(self.shadow, generation, forced)
-        decision, backend, events, discarded = await self.router.start(generation, route_request, forced)
+        decision, backend, events, discarded = await self._start(generation, route_request, forced, stream=False)
         text, logprobs, finish = [], [], None
         started_on = decision.route
         self.metrics.in_flight.labels(started_on).inc()
@@ -85,7 +88,7 @@ class ChatServing:
                 else:
                     finish = event
         except GatewayError as error:
-            self._count_failure(decision, error, stream=False)
+            self._count_failure(decision.route, error, stream=False)
             raise
         except asyncio.CancelledError:  # the client went away; closing `events` cancelled the backend's work
             self.metrics.requests.labels(decision.route, "cancelled", "false").inc()
@@ -119,19 +122,33 @@ class ChatServing:
                      ) -> PreparedStream:
         generation, route_request = self._prepare(request)
         capture, generation = Capture.plan(self.shadow, generation, forced)
-        decision, backend, events, discarded = await self.router.start(generation, route_request, forced)
+        decision, backend, events, discarded = await self._start(generation, route_request, forced, stream=True)
         try:
             first = await anext(events)
+            while isinstance(first, RouteChange):  # a fallback before any content: the headers name who serves
+                capture.observe(first)
+                decision, backend = self._hand_off(first)
+                first = await anext(events)
         except StopAsyncIteration:
             error = UpstreamProtocolError(f"backend `{backend.info.name}` sent nothing", backend=backend.info.name)
-            self._count_failure(decision, error, stream=True)
+            self._count_failure(decision.route, error, stream=True)
             raise error from None
         except GatewayError as error:
-            self._count_failure(decision, error, stream=True)
+            self._count_failure(decision.route, error, stream=True)
             raise
         frames = self._frames(request, generation, decision, backend, first, events, started,
                               _ShadowHandOver(capture, discarded, self._student_model()))
         return PreparedStream(decision=decision, frames=frames)
+
+    async def _start(self, generation: GenerationRequest, route_request: RouteRequest, forced: str | None,
+                     stream: bool):
+        """The router's choice; a failure before any backend is chosen (an invalid request for the student seen
+        during hold-back) is counted against the student."""
+        try:
+            return await self.router.start(generation, route_request, forced)
+        except GatewayError as error:
+            self._count_failure("student", error, stream)
+            raise
 
     # ------------------------------------------------------------------------------------------------ preparation
 
@@ -235,13 +252,13 @@ class ChatServing:
                 event = await anext(events)
         except GatewayError as error:
             finished = True
-            self._count_failure(decision, error, stream=True)
+            self._count_failure(decision.route, error, stream=True)
             yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
         except StopAsyncIteration:
             finished = True
             error = UpstreamProtocolError(f"backend `{backend.info.name}` ended the stream without finishing",
                                           backend=backend.info.name)
-            self._count_failure(decision, error, stream=True)
+            self._count_failure(decision.route, error, stream=True)
             yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
         finally:
             self.metrics.in_flight.labels(route).dec()
@@ -257,8 +274,13 @@ class ChatServing:
         return student.info.model if student is not None else ""
 
     def _hand_off(self, change: RouteChange) -> tuple[RouteDecision, Backend]:
-        self.metrics.handoffs.inc()
-        self.metrics.decisions.labels(change.decision.route, change.decision.reason).inc()
+        """Another backend takes over the answer: a handoff, or a fallback from one that failed."""
+        reason = change.decision.reason
+        if reason == Reason.HANDOFF:
+            self.metrics.handoffs.inc()
+        if change.cause is not None:
+            self.metrics.count_fallback(reason, FAILED_BACKEND.get(reason, "unknown"), change.cause)
+        self.metrics.decisions.labels(change.decision.route, reason).inc()
         return change.decision, change.backend
 
     # ------------------------------------------------------------------------------------------------ shapes
@@ -284,9 +306,9 @@ class ChatServing:
         self.metrics.prompt_tokens.labels(route).inc(finish.prompt_tokens)
         self.metrics.completion_tokens.labels(route).inc(finish.completion_tokens)
 
-    def _count_failure(self, decision: RouteDecision, error: GatewayError, stream: bool) -> None:
-        self.metrics.requests.labels(decision.route, "error", str(stream).lower()).inc()
-        self.metrics.errors.labels(decision.route, type(error).__name__).inc()
+    def _count_failure(self, route: str, error: GatewayError, stream: bool) -> None:
+        self.metrics.requests.labels(route, "error", str(stream).lower()).inc()
+        self.metrics.errors.labels(route, type(error).__name__).inc()
 
 
 def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:

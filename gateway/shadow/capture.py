@@ -10,13 +10,11 @@ student did not finish (escalated on confidence, or handed off mid-stream).
 from __future__ import annotations
 
 from gateway.backends.base import Delta, GenerationRequest, TokenLogprob
-from gateway.handoff import RouteChange
+from gateway.fallback import RouteChange
 from gateway.routing import with_logprobs
 from gateway.shadow.worker import ShadowWorker, new_job
 from router.policy import RouteDecision
-
-ESCALATIONS = frozenset({"confidence:low", "confidence:no_tokens", "handoff"})
-
+from router.reasons import ESCALATIONS, Reason
 
 class Capture:
     def __init__(self, worker: ShadowWorker | None, sampled: bool):
@@ -36,7 +34,7 @@ class Capture:
 
     def observe(self, event) -> None:
         if isinstance(event, RouteChange):
-            self._student_part = False
+            self._student_part = event.decision.route == "student"  # the student finishes when the teacher fails
         elif self._student_part and isinstance(event, Delta):
             self.text.append(event.text)
             self.tokens.extend(event.logprobs)
@@ -46,10 +44,12 @@ class Capture:
         """Offer the job, if there is one; never raises into the request."""
         if self.worker is None:
             return
+        if decision.reason == Reason.TEACHER_UNAVAILABLE:  # nothing to compare with: the teacher is down
+            return
         if decision.route == "student" and self.sampled:
             kind, text, tokens = "shadow", "".join(self.text), tuple(self.tokens)
         elif decision.reason in ESCALATIONS and self.worker.config.record_escalations:
-            student = tuple(self.tokens) if decision.reason == "handoff" else discarded
+            student = tuple(self.tokens) if decision.reason == Reason.HANDOFF else discarded
             kind, text, tokens = "escalation", "".join(entry.token for entry in student), student
         else:
             return
