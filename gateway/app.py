@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from gateway import ops
+from gateway import openapi, ops
 from gateway.backends.base import Backend, BackendInfo
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, to_envelope
+from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
 from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
@@ -49,11 +53,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             _collect_engine_metrics(app, backends)
             yield
 
-    return _app("kdgate gateway", lifespan, settings.max_body_bytes)
+    return _app("kdgate gateway", lifespan, AppOptions.of(settings))
 
 
 def create_engine_app(backend_factory: Callable[[], Backend], served_model: str, limits: ServingLimits,
-                      max_body_bytes: int = 1_048_576) -> FastAPI:
+                      options: AppOptions | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = backend_factory()
@@ -65,7 +69,7 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         finally:
             await backend.aclose()
 
-    return _app("kdgate engine", lifespan, max_body_bytes)
+    return _app("kdgate engine", lifespan, options or AppOptions())
 
 
 def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
@@ -129,15 +133,38 @@ async def http_client(settings: HttpClientSettings, backends) -> AsyncIterator[h
         yield client
 
 
-def _app(title: str, lifespan, max_body_bytes: int) -> FastAPI:
-    app = FastAPI(title=title, lifespan=lifespan)
+@dataclass(frozen=True)
+class AppOptions:
+    """How the HTTP side behaves, for the gateway and the engine server alike."""
+
+    max_body_bytes: int = 1_048_576
+    body_read_timeout_s: float = 30.0
+    docs_enabled: bool = False
+    cors_allow_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> AppOptions:
+        return cls(settings.max_body_bytes, settings.body_read_timeout_s, settings.docs_enabled,
+                   tuple(settings.cors_allow_origins))
+
+
+def _app(title: str, lifespan, options: AppOptions) -> FastAPI:
+    docs = {} if options.docs_enabled else {"docs_url": None, "redoc_url": None}
+    app = FastAPI(title=title, lifespan=lifespan, **docs)
     app.state.metrics = GatewayMetrics()
-    app.state.max_body_bytes = max_body_bytes
+    app.state.max_body_bytes = options.max_body_bytes
+    app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
     app.include_router(ops.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
+    if options.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-kdgate-force"],
+                           expose_headers=["x-kdgate-route", "x-kdgate-route-reason", "retry-after"])
+    openapi.install(app)
     return app
 
 
@@ -147,11 +174,17 @@ async def _gateway_error(request: Request, error: GatewayError) -> JSONResponse:
 
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-    message = {404: f"no route {request.url.path}; see /docs for the API",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(error.status_code,
-                                                                                         str(error.detail))
+    message = {404: f"no route {escape(request.url.path)}; see /openapi.json for the API",
+               405: f"method {request.method} is not allowed on {escape(request.url.path)}; use "
+                    f"{(error.headers or {}).get('allow', 'another method')}"}.get(error.status_code, str(error.detail))
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                   "code": error.status_code}}, status_code=error.status_code)
+                                   "code": error.status_code}}, status_code=error.status_code, headers=error.headers)
+
+
+async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
+    """The client left while sending its request: nothing to answer, nothing wrong on our side."""
+    log.debug("client disconnected before its request arrived whole (%s)", request.url.path)
+    return Response(status_code=499)
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:

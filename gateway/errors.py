@@ -3,6 +3,8 @@
     GatewayError
     ├── InvalidRequest(parameter)             400 invalid_request_error
     │   ├── PayloadTooLarge                   413
+    │   ├── RequestTimeout                    408 (the body did not arrive in time)
+    │   ├── UnsupportedMediaType              415
     │   └── ModelNotFound                     404
     ├── UpstreamError(backend)
     │   ├── UpstreamTimeout                   504
@@ -38,6 +40,14 @@ class InvalidRequest(GatewayError):
 
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status_code = 415
 
 
 class ModelNotFound(InvalidRequest):

@@ -203,8 +203,17 @@ class GatewaySettings(BaseSettings):
     max_top_logprobs: int = Field(default=20, ge=0, le=20, description="largest top_logprobs (vLLM caps at 20 "
                                   "unless started with --max-logprobs)")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get HTTP 413")
+    body_read_timeout_s: float = Field(default=30.0, gt=0, description="a request body not fully received this "
+                                       "long after its headers gets HTTP 408 (a slow or stalled client is let go)")
+    docs_enabled: bool = Field(default=False, description="serve the interactive API pages /docs and /redoc "
+                               "(/openapi.json is always served)")
+    cors_allow_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the "
+                                          "API cross-origin (e.g. [\"https://app.example.com\"]); empty: no CORS "
+                                          "headers, so browsers refuse cross-origin calls")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="info logs one line per request and ignored request fields")
+    log_format: Literal["text", "json"] = Field(default="text", description="text: one escaped line per record; "
+                                                "json: one JSON object per line, for log pipelines")
 
     @model_validator(mode="before")
     @classmethod

@@ -103,6 +103,9 @@ def scrape_registry(folder: Path):
 def app_from_environment():
     """uvicorn's factory in each worker: the settings from the environment and `KDGATE_CONFIG`, as the parent's."""
     from gateway.app import create_app
+    from gateway.logs import configure_logging
     from gateway.settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)  # a spawned worker starts with no logging set up
+    return create_app(settings)

@@ -64,13 +64,14 @@ def serve(
 
     from gateway.app import create_app
     from gateway.banner import banner
+    from gateway.logs import configure_logging
     from gateway.settings import load_settings
     from gateway.workers import prepare_workers
 
     overrides = {key: value for key, value in {"host": host, "port": port, "workers": workers}.items()
                  if value is not None}
     settings = settings_or_exit(lambda: load_settings(config, **overrides))
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     folder = None
     if settings.workers > 1:
         try:
@@ -83,7 +84,7 @@ def serve(
         _exit_with(str(error))
     for line in lines:
         typer.echo(line)
-    run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+    run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": None,
            "timeout_graceful_shutdown": 5}
     if folder is None:
         uvicorn.run(create_app(settings), **run)
@@ -117,7 +118,7 @@ def engine(
     from gateway.backends.local import LocalBackend
     from gateway.chat.serving import ServingLimits
     from gateway.engine.engine import EngineSettings
-
+    from gateway.logs import configure_logging
     from gateway.settings import model_dir_problem
 
     problem = model_dir_problem(model)
@@ -128,10 +129,10 @@ def engine(
                               threads=threads)
     limits = ServingLimits(max_tokens_limit=max_tokens_limit, default_max_tokens=min(256, max_tokens_limit),
                            max_top_logprobs=max_logprobs)
-    _configure_logging("info")
+    configure_logging("info")
     typer.echo(f"kdgate engine serving `{name}` from {model} on http://{host}:{port}/v1")
     app_ = create_engine_app(lambda: LocalBackend("engine", settings, model_name=name), name, limits)
-    uvicorn.run(app_, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app_, host=host, port=port, log_level="info", log_config=None, timeout_graceful_shutdown=5)
 
 
 def settings_or_exit(load: Callable[[], GatewaySettings]) -> GatewaySettings:
@@ -163,12 +164,6 @@ def _setting_name(location: tuple) -> str:
 def _exit_with(message: str) -> NoReturn:
     typer.echo(f"kdgate: {message}", err=True)
     raise typer.Exit(2)
-
-
-def _configure_logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:

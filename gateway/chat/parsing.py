@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import ValidationError
 from starlette.requests import Request
 
 from gateway.chat.protocol import ChatCompletionRequest
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+JSON_MEDIA_TYPE = "application/json"
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float | None = None) -> bytes:
+    """The whole body: JSON by content type (or none given), at most `max_bytes`, within `timeout_s`."""
+    media_type = request.headers.get("content-type", JSON_MEDIA_TYPE).split(";")[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        raise UnsupportedMediaType(f"the request body must be JSON (content-type: {JSON_MEDIA_TYPE}), got "
+                                   f"{media_type or 'an empty content type'!r}; set the header",
+                                   code="unsupported_media_type")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > max_bytes:
-            raise _too_large(len(body), max_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > max_bytes:
+                    raise _too_large(len(body), max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({len(body)} bytes came); "
+                             "send it whole, or raise `KDGATE_BODY_READ_TIMEOUT_S`", code="request_timeout") from None
     return bytes(body)
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gateway.chat.parsing import parse_chat_request, read_body
-from gateway.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
+from gateway.chat.protocol import ChatCompletionResponse
 from gateway.errors import InvalidRequest
 from gateway.routing import FORCE_HEADER
 from router.policy import ROUTES
@@ -21,16 +21,11 @@ REASON_HEADER = "x-kdgate-route-reason"
 router = APIRouter()
 
 
-@router.post(
-    "/v1/chat/completions",
-    response_model=ChatCompletionResponse,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
-)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)  # its body: gateway.openapi
 async def create_chat_completion(request: Request):
     started = time.monotonic()
     state = request.app.state
-    chat_request = parse_chat_request(await read_body(request, state.max_body_bytes))
+    chat_request = parse_chat_request(await read_body(request, state.max_body_bytes, state.body_read_timeout_s))
     forced = forced_route(request, state.chat.announce_route)
     if chat_request.stream:
         # Priming (and a confidence policy's hold-back) happens before the response starts: watch for a disconnect.

@@ -157,7 +157,7 @@ class ChatServing:
             raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
                                 f"`{self.served_model}` (see GET /v1/models)")
         if request.model_extra:
-            log.info("ignoring unknown request fields: %s", ", ".join(sorted(request.model_extra)))
+            log.info("ignoring unknown request fields: %s", _field_names(request.model_extra))
         generation = self._generation_request(request)
         route_request = RouteRequest(request_id=generation.request_id, message_count=len(request.messages),
                                      prompt_chars=sum(len(message["content"]) for message in generation.messages))
@@ -309,6 +309,13 @@ class ChatServing:
     def _count_failure(self, route: str, error: GatewayError, stream: bool) -> None:
         self.metrics.requests.labels(route, "error", str(stream).lower()).inc()
         self.metrics.errors.labels(route, type(error).__name__).inc()
+
+
+def _field_names(extra: dict, most: int = 10, longest: int = 40) -> str:
+    """Client-chosen names, bounded before they reach a log line (the formatter escapes control characters)."""
+    names = sorted(extra)
+    shown = [name if len(name) <= longest else name[:longest] + "…" for name in names[:most]]
+    return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:

@@ -1,0 +1,79 @@
+"""The OpenAPI document: FastAPI's, completed with what the routes do by hand.
+
+The chat route parses its body itself (to name bad fields in OpenAI's error envelope), so FastAPI knows neither its
+request schema nor its error statuses nor its SSE stream; they are added here, with every schema they refer to in
+`components`, so that each `$ref` resolves (schemathesis and client generators stop at one that does not).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from gateway.chat.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorResponse
+
+REF = "#/components/schemas/{model}"
+CHAT_ERRORS = {
+    400: "invalid request: the message names the field and what to do",
+    401: "no API key, or a wrong one",
+    403: "the key may not do this (force a route, ask for prompt logprobs)",
+    404: "unknown model",
+    408: "the request body did not arrive in time",
+    413: "the request body is too large",
+    415: "the request body is not JSON",
+    429: "this key's rate limit is spent: retry after `Retry-After` seconds",
+    503: "no capacity, or a backend is down: retry after `Retry-After` seconds",
+    504: "a backend timed out",
+}
+COMMON_ERRORS = {401: CHAT_ERRORS[401], 429: CHAT_ERRORS[429], 503: CHAT_ERRORS[503]}
+
+
+def install(app: FastAPI) -> None:
+    """Make `app.openapi()` return the completed document (built once, on first use)."""
+
+    def document() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app)
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+
+def build(app: FastAPI) -> dict:
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, ChatCompletionChunk, ErrorResponse):
+        _add_schema(schemas, model)
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            errors = CHAT_ERRORS if path == "/v1/chat/completions" else COMMON_ERRORS
+            responses = operation.setdefault("responses", {})
+            for status, description in errors.items():
+                responses.setdefault(str(status), _error_response(description))
+            if path == "/v1/chat/completions" and method == "post":
+                _describe_chat(operation)
+    return doc
+
+
+def _describe_chat(operation: dict) -> None:
+    operation["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model="ChatCompletionRequest")}}}}
+    ok = operation["responses"]["200"]
+    ok["description"] = ("the completion as JSON, or with `stream: true` a `text/event-stream` of "
+                         "`data: <chunk JSON>` frames ending with `data: [DONE]`")
+    ok["content"]["text/event-stream"] = {"schema": {
+        "type": "string", "description": "SSE frames; each `data:` line holds a ChatCompletionChunk (or one error "
+        "envelope), the last one is `[DONE]`", "x-chunk-schema": {"$ref": REF.format(model="ChatCompletionChunk")}}}
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model="ErrorResponse")}}}}
+
+
+def _add_schema(schemas: dict, model: type[BaseModel]) -> None:
+    schema = model.model_json_schema(ref_template=REF)
+    for name, definition in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    schemas[model.__name__] = schema
