@@ -18,8 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from gateway import openapi, ops
+from gateway import admin, openapi, ops
+from gateway.auth import AuthMiddleware, Credentials, load_credentials
 from gateway.backends.base import Backend, BackendInfo
+from gateway.banner import banner
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, to_envelope
@@ -53,7 +55,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             _collect_engine_metrics(app, backends)
             yield
 
-    return _app("kdgate gateway", lifespan, AppOptions.of(settings))
+    credentials = load_credentials(settings)
+    app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials)
+    app.include_router(admin.router)
+    app.state.banner = banner(settings)
+    return app
 
 
 def create_engine_app(backend_factory: Callable[[], Backend], served_model: str, limits: ServingLimits,
@@ -69,7 +75,7 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         finally:
             await backend.aclose()
 
-    return _app("kdgate engine", lifespan, options or AppOptions())
+    return _app("kdgate engine", lifespan, options or AppOptions(), Credentials(required=False, keys=()))
 
 
 def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
@@ -148,10 +154,12 @@ class AppOptions:
                    tuple(settings.cors_allow_origins))
 
 
-def _app(title: str, lifespan, options: AppOptions) -> FastAPI:
+def _app(title: str, lifespan, options: AppOptions, credentials: Credentials) -> FastAPI:
     docs = {} if options.docs_enabled else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title=title, lifespan=lifespan, **docs)
     app.state.metrics = GatewayMetrics()
+    app.state.credentials = credentials
+    app.state.auth_required = credentials.required
     app.state.max_body_bytes = options.max_body_bytes
     app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
@@ -160,7 +168,8 @@ def _app(title: str, lifespan, options: AppOptions) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
-    if options.cors_allow_origins:
+    app.add_middleware(AuthMiddleware, credentials=credentials, metrics=app.state.metrics)
+    if options.cors_allow_origins:  # added last, so outermost: a preflight (which carries no key) is answered here
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_allow_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type", "x-kdgate-force"],
                            expose_headers=["x-kdgate-route", "x-kdgate-route-reason", "retry-after"])

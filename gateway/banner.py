@@ -14,7 +14,8 @@ def banner(settings: GatewaySettings) -> list[str]:
     return [f"kdgate gateway on http://{settings.host}:{settings.port}/v1  (model `{settings.served_model}`; "
             f"student: {describe_backend(settings.student)}; teacher: {describe_backend(settings.teacher)}{workers})",
             "routing: " + describe_routing(settings.routing, settings.teacher is not None),
-            "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None)]
+            "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None),
+            "auth: " + describe_auth(settings)]
 
 
 def describe_backend(backend: BackendSettings | None) -> str:
@@ -66,3 +67,19 @@ def describe_shadow(shadow: ShadowSettings, has_teacher: bool) -> str:
     store = shadow.store_url or "no store (metrics only)"
     return (f"the teacher scores {shadow.sample_rate:.0%} of student answers{escalations} off the request path "
             f"→ {store} (shadow.sample_rate, shadow.store_url)")
+
+
+def describe_auth(settings: GatewaySettings) -> str:
+    from gateway.auth import load_credentials
+
+    credentials = load_credentials(settings)
+    if not credentials.required:
+        where = f"{settings.host}:{settings.port}"
+        if settings.auth.mode == "none":
+            return (f"OPEN: no API keys, anyone who reaches {where} can call both models (auth.mode: none). "
+                    "Keys: `kdgate auth new-key`")
+        return f"open on the loopback address {where} (no API keys configured; add some with `kdgate auth new-key`)"
+    keys = sum(1 for _, principal in credentials.keys if principal.name not in ("admin", "metrics"))
+    admin = "an admin credential" if settings.auth.admin_sha256 else "no admin credential (/admin refused)"
+    metrics = "a /metrics token" if settings.auth.metrics_sha256 else "/metrics for the admin credential only"
+    return f"API keys required ({keys} chat key{'s' if keys != 1 else ''}, {admin}, {metrics})"

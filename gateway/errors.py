@@ -6,6 +6,7 @@
     │   ├── RequestTimeout                    408 (the body did not arrive in time)
     │   ├── UnsupportedMediaType              415
     │   └── ModelNotFound                     404
+    ├── PermissionDenied                      403 (the key may not do this)
     ├── UpstreamError(backend)
     │   ├── UpstreamTimeout                   504
     │   ├── UpstreamUnavailable               503
@@ -55,6 +56,14 @@ class ModelNotFound(InvalidRequest):
 
     def __init__(self, message: str):
         super().__init__(message, parameter="model", code="model_not_found")
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, parameter: str | None = None):
+        super().__init__(message, parameter=parameter, code="permission_denied")
 
 
 class UpstreamError(GatewayError):

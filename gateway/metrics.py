@@ -91,6 +91,9 @@ class GatewayMetrics:
                                      "internal)", ["stage"], registry=r)
         self.shadow_store_write = Histogram("kdgate_shadow_store_write_seconds", "Time to write one shadow record",
                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.api_requests = Counter("kdgate_api_requests", "API calls by the key's name (bounded: the configured "
+                                    "keys, admin, metrics, anonymous, unknown) and HTTP status", ["key", "status"],
+                                    registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], multiprocess_mode="livemostrecent", registry=r)
 

@@ -30,6 +30,9 @@ async def readyz(request: Request) -> JSONResponse:
     for name, result in report.items():
         metrics.backend_up.labels(name).set(1 if result["ready"] else 0)
     ready = all(result["ready"] for result in report.values())
+    principal = getattr(request.state, "principal", None)
+    if request.app.state.auth_required and not (principal is not None and principal.admin):
+        report = {name: {"ready": result["ready"]} for name, result in report.items()}  # no URLs or errors
     return JSONResponse({"status": "ready" if ready else "unready", "backends": report},
                         status_code=200 if ready else 503)
 

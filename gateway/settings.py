@@ -8,6 +8,7 @@ With nothing set, the gateway serves the embedded demo: local student and teache
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -74,6 +75,15 @@ class BackendSettings(BaseModel):
 
         return EngineSettings(model_dir=Path(self.model_dir), device=self.device, dtype=self.dtype,
                               max_batch_size=self.max_batch_size, threads=self.threads)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only the machine's own counts
+        return False
 
 
 def model_dir_problem(path: Path) -> str | None:
@@ -180,6 +190,61 @@ class ShadowSettings(BaseModel):
                                       "[REDACTED] in stored prompts (emails, phones, cards, keys always are)")
 
 
+Permission = Literal["force_route", "prompt_logprobs"]
+SHA256_HEX = r"^[0-9a-f]{64}$"
+RESERVED_KEY_NAMES = frozenset({"admin", "metrics", "anonymous", "unknown"})  # the gateway's own principals
+
+
+class KeySettings(BaseModel):
+    """One API key of the chat API, stored as the SHA-256 of the key (`kdgate auth new-key` makes both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="who holds the key: in logs and in the "
+                      "`key` label of kdgate_api_requests_total (letters, digits, `_.-`, at most 64)")
+    sha256: str = Field(pattern=SHA256_HEX, description="hex SHA-256 of the key; the key itself is never stored")
+    permissions: list[Permission] = Field(default_factory=list, description="what beyond plain chat it may do: "
+                                          "force_route (the x-kdgate-force header: a teacher call on demand), "
+                                          "prompt_logprobs (scores any text with the model)")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="this key's request rate limit; "
+                                            "null: `limits.key_requests_per_minute`")
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="this key's prompt + completion token "
+                                          "rate limit; null: `limits.key_tokens_per_minute`")
+
+    @field_validator("name")
+    @classmethod
+    def check_not_reserved(cls, name: str) -> str:
+        if name in RESERVED_KEY_NAMES:
+            raise ValueError(f"the key name {name!r} is reserved for the gateway's own principals; choose another")
+        return name
+
+
+class AuthSettings(BaseModel):
+    """Who may call what (see SECURITY.md). Bearer tokens, compared as SHA-256 digests in constant time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["keys", "none"] | None = Field(
+        default=None, description="keys: every API call needs a key; none: open to anyone who can reach the port "
+        "(the banner says so). Unset: keys when any are configured, else open on a loopback address only — the "
+        "gateway refuses to listen elsewhere without keys")
+    keys: list[KeySettings] = Field(default_factory=list, description="chat API keys (also from `keys_file`)")
+    keys_file: Path | None = Field(default=None, description="a YAML file with a `keys:` list of the same "
+                                   "entries, for secrets mounted from a vault or a Kubernetes Secret")
+    admin_sha256: str | None = Field(default=None, pattern=SHA256_HEX, description="SHA-256 of the admin "
+                                     "credential: /admin endpoints, /metrics, and chat with every permission")
+    metrics_sha256: str | None = Field(default=None, pattern=SHA256_HEX, description="SHA-256 of the bearer token "
+                                       "Prometheus sends for /metrics (its `authorization` scrape setting); "
+                                       "without it /metrics needs the admin credential")
+
+    @model_validator(mode="after")
+    def check_names(self) -> AuthSettings:
+        names = [key.name for key in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("two `auth.keys` entries share a name; give each key its own")
+        return self
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid",
                                       env_parse_none_str="null")
@@ -196,6 +261,7 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     http: HttpClientSettings = Field(default_factory=HttpClientSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none; "
@@ -230,6 +296,23 @@ class GatewaySettings(BaseSettings):
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("`default_max_tokens` is above `max_tokens_limit`; lower it or raise the limit")
         return self
+
+    @model_validator(mode="after")
+    def check_exposure(self) -> GatewaySettings:
+        """No keys and an address others can reach: refuse, unless openness was chosen (`auth.mode: none`)."""
+        auth = self.auth
+        if auth.mode == "keys" and not (auth.keys or auth.keys_file or auth.admin_sha256):
+            raise ValueError("`auth.mode` is keys but no key is configured; add `auth.keys`, `auth.keys_file` or "
+                             "`auth.admin_sha256` (`kdgate auth new-key` makes one)")
+        if auth.mode is None and not (auth.keys or auth.keys_file or auth.admin_sha256) and not is_loopback(self.host):
+            raise ValueError(f"the gateway would listen on {self.host} with no API keys: anyone who reaches it "
+                             "could call both models. Add keys (`kdgate auth new-key`, then `auth.keys` or "
+                             "`auth.keys_file`), or set `auth.mode: none` to run it open on purpose")
+        return self
+
+    def auth_required(self) -> bool:
+        auth = self.auth
+        return auth.mode == "keys" or (auth.mode is None and bool(auth.keys or auth.keys_file or auth.admin_sha256))
 
     @model_validator(mode="after")
     def resolve_handoff(self) -> GatewaySettings:

@@ -12,6 +12,7 @@ from distill.cli import app as distill_app
 from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
 from kdgate.routing.cli import app as router_app
+from kdgate.auth_cli import app as auth_app
 from kdgate.config_cli import app as config_app
 from loadtests.cli import app as loadtest_app
 
@@ -26,6 +27,7 @@ app.add_typer(shadow_app, name="shadow")
 app.add_typer(distill_app, name="distill")
 app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(config_app, name="config")
+app.add_typer(auth_app, name="auth")
 
 
 def _every_command() -> str:
@@ -85,7 +87,7 @@ def serve(
     for line in lines:
         typer.echo(line)
     run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": None,
-           "timeout_graceful_shutdown": 5}
+           "access_log": False, "timeout_graceful_shutdown": 5}  # gateway.access logs each call, with its key
     if folder is None:
         uvicorn.run(create_app(settings), **run)
         return

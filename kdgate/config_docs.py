@@ -52,6 +52,9 @@ def sections(model: type[BaseModel], defaults: BaseModel | None = None, prefix: 
             nested.append((key, sub, value if isinstance(value, BaseModel) else None, field))
             continue
         rows.append(Row(key, _type(field.annotation), _show(value, field), _range(field), _description(field)))
+        entry = _list_entry_model(field.annotation)
+        if entry is not None:  # a list of settings objects: its entries' keys get a section of their own
+            nested.append((f"{key}[]", entry, None, field))
     title = prefix.rstrip(".") or "top level"
     found = [Section(prefix.rstrip("."), title, _doc(model), rows)] if rows else []
     for key, sub, value, field in nested:
@@ -77,7 +80,9 @@ def render(env_prefix: str | None, model: type[BaseModel], defaults: BaseModel |
         out.append(f"| key | {how} | type | default | range | what it does |")
         out.append("|---|---|---|---|---|---|")
         for row in section.rows:
-            if env_prefix is not None:
+            if "[]" in row.key:
+                setter = "(a key of each entry)"
+            elif env_prefix is not None:
                 setter = f"`{env_prefix}{row.key.upper().replace('.', '__')}`"
             else:
                 setter = f"`{row.key}=…`"
@@ -96,6 +101,9 @@ def missing_descriptions(model: type[BaseModel], prefix: str = "") -> list[str]:
             found += missing_descriptions(sub, f"{prefix}{name}.")
         elif not field.description:
             found.append(f"{prefix}{name}")
+        entry = _list_entry_model(field.annotation)
+        if entry is not None:
+            found += missing_descriptions(entry, f"{prefix}{name}[].")
     return found
 
 
@@ -107,6 +115,13 @@ def _settings_model(annotation) -> type[BaseModel] | None:
     candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
     models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
     return models[0] if len(models) == 1 else None
+
+
+def _list_entry_model(annotation) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is list:
+        (entry,) = typing.get_args(annotation)
+        return entry if isinstance(entry, type) and issubclass(entry, BaseModel) else None
+    return None
 
 
 def _is_union(annotation) -> bool:

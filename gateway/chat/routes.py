@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gateway.chat.parsing import parse_chat_request, read_body
-from gateway.chat.protocol import ChatCompletionResponse
-from gateway.errors import InvalidRequest
+from gateway.auth import ANONYMOUS
+from gateway.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
+from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.routing import FORCE_HEADER
 from router.policy import ROUTES
 
@@ -27,6 +28,7 @@ async def create_chat_completion(request: Request):
     state = request.app.state
     chat_request = parse_chat_request(await read_body(request, state.max_body_bytes, state.body_read_timeout_s))
     forced = forced_route(request, state.chat.announce_route)
+    check_permissions(request, chat_request, forced)
     if chat_request.stream:
         # Priming (and a confidence policy's hold-back) happens before the response starts: watch for a disconnect.
         prepared = await cancel_on_disconnect(request, state.chat.stream(chat_request, forced, started))
@@ -63,6 +65,17 @@ def forced_route(request: Request, routing: bool) -> str | None:
         raise InvalidRequest(f"header `{FORCE_HEADER}` must be one of {', '.join(ROUTES)}, got {value!r}",
                              parameter=FORCE_HEADER)
     return value
+
+
+def check_permissions(request: Request, chat_request: ChatCompletionRequest, forced: str | None) -> None:
+    """What costs a teacher call on demand or scores arbitrary text needs the key's permission."""
+    principal = getattr(request.state, "principal", ANONYMOUS)
+    if forced is not None and not principal.may("force_route"):
+        raise PermissionDenied(f"the key `{principal.name}` may not choose the backend (`{FORCE_HEADER}`); drop "
+                               "the header or ask for the `force_route` permission", parameter=FORCE_HEADER)
+    if chat_request.prompt_logprobs is not None and not principal.may("prompt_logprobs"):
+        raise PermissionDenied(f"the key `{principal.name}` may not ask for `prompt_logprobs`; drop it or ask for "
+                               "the `prompt_logprobs` permission", parameter="prompt_logprobs")
 
 
 def route_headers(decision, routing: bool) -> dict[str, str]:

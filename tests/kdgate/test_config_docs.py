@@ -29,7 +29,7 @@ def test_every_gateway_key_is_on_the_page_with_its_variable():
     text = PAGE.read_text()
     keys = [row.key for section in sections(GatewaySettings) for row in section.rows]
     assert "routing.handoff.min_prob" in keys and "shadow.store_url" in keys and "student.model_dir" in keys
-    for key in keys:
+    for key in (key for key in keys if "[]" not in key):
         assert f"`KDGATE_{key.upper().replace('.', '__')}`" in text, key
 
 

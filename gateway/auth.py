@@ -1,0 +1,184 @@
+"""Who may call what: bearer tokens checked before a request reaches any route.
+
+| path | needs |
+|---|---|
+| `/healthz`, `/health`, `/readyz`, `/openapi.json`, `/docs`, `/redoc` | nothing (readiness details only for admin) |
+| `/v1/...` | a chat key, or the admin credential |
+| `/metrics` | the metrics token, or the admin credential |
+| `/admin/...` | the admin credential |
+
+Keys are stored as SHA-256 digests; a presented token is hashed and compared with every configured digest by
+`hmac.compare_digest`, so neither a match nor a miss returns early. Random keys of 32 bytes make a plain hash the
+right tool (no password stretching needed: there is nothing to guess). With authentication off (`auth.mode: none`,
+or no keys on a loopback address) every caller is the anonymous principal with every chat permission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import AuthSettings, GatewaySettings, KeySettings
+
+OPEN_PATHS = frozenset({"/healthz", "/health", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                        "/redoc"})
+ALL_PERMISSIONS = frozenset({"force_route", "prompt_logprobs"})
+KEY_PREFIX = "kdg-"
+access_log = logging.getLogger("gateway.access")  # one line per API call: method, path, status, time, key, route
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request: a key's name and what it may do."""
+
+    name: str
+    permissions: frozenset[str]
+    admin: bool = False
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    def may(self, permission: str) -> bool:
+        return self.admin or permission in self.permissions
+
+
+ANONYMOUS = Principal("anonymous", ALL_PERMISSIONS)
+ADMIN = Principal("admin", ALL_PERMISSIONS, admin=True)
+METRICS = Principal("metrics", frozenset())
+
+
+@dataclass(frozen=True)
+class Credentials:
+    required: bool
+    keys: tuple[tuple[bytes, Principal], ...]  # (SHA-256 digest, who)
+
+    def identify(self, token: str | None) -> Principal | None:
+        """The principal whose digest matches, compared against every digest; None when none does."""
+        if token is None:
+            return None
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for known, principal in self.keys:
+            if hmac.compare_digest(digest, known) and found is None:
+                found = principal
+        return found
+
+
+def load_credentials(settings: GatewaySettings) -> Credentials:
+    """The configured keys (settings and `keys_file`), admin and metrics digests; a bad file is a ValueError."""
+    auth = settings.auth
+    entries = list(auth.keys) + _keys_from_file(auth.keys_file)
+    names = [entry.name for entry in entries]
+    if len(names) != len(set(names)):
+        raise ValueError("two API keys share a name across `auth.keys` and `auth.keys_file`; rename one")
+    keys = [(bytes.fromhex(entry.sha256), Principal(entry.name, frozenset(entry.permissions),
+                                                     requests_per_minute=entry.requests_per_minute,
+                                                     tokens_per_minute=entry.tokens_per_minute)) for entry in entries]
+    if auth.admin_sha256:
+        keys.append((bytes.fromhex(auth.admin_sha256), ADMIN))
+    if auth.metrics_sha256:
+        keys.append((bytes.fromhex(auth.metrics_sha256), METRICS))
+    return Credentials(required=settings.auth_required(), keys=tuple(keys))
+
+
+def _keys_from_file(path: Path | None) -> list[KeySettings]:
+    if path is None:
+        return []
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"`auth.keys_file` {path} does not exist; create it or fix the path") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"`auth.keys_file` {path} is not YAML: {error}") from None
+    if not isinstance(raw, dict) or set(raw) - {"keys"}:
+        raise ValueError(f"`auth.keys_file` {path} must hold one `keys:` list")
+    try:
+        return AuthSettings(keys=raw.get("keys") or []).keys
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise ValueError(f"`auth.keys_file` {path}: {problems}") from None
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh random key and its SHA-256 hex digest (what the configuration stores)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+class AuthMiddleware:
+    """Pure ASGI (no per-chunk overhead on streams): refuses, or puts the caller in `request.state.principal`."""
+
+    def __init__(self, app, credentials: Credentials, metrics: GatewayMetrics):
+        self.app = app
+        self.credentials = credentials
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        principal = self.credentials.identify(_bearer(scope)) if self.credentials.required else ANONYMOUS
+        refusal = self._refusal(path, principal)
+        scope.setdefault("state", {})["principal"] = principal
+        if refusal is not None:
+            status, code, message = refusal
+            self.metrics.api_requests.labels(principal.name if principal else "unknown", str(status)).inc()
+            return await _send_error(send, status, code, message)
+        if path in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.api_requests.labels(principal.name, str(status)).inc()
+                route = next((value.decode() for name, value in message.get("headers", ())
+                              if name == b"x-kdgate-route"), "-")
+                access_log.info("%s %s %d %.1f ms key=%s route=%s", scope["method"], path, status,
+                                1000 * (time.monotonic() - started), principal.name, route)
+            await send(message)
+
+        return await self.app(scope, receive, counting_send)
+
+    def _refusal(self, path: str, principal: Principal | None) -> tuple[int, str, str] | None:
+        if path in OPEN_PATHS or not self.credentials.required:
+            return None
+        if principal is None:
+            return 401, "invalid_api_key", ("no valid API key: send `Authorization: Bearer <key>` with a key this "
+                                            "gateway knows (ask its operator for one)")
+        if path == "/metrics":
+            allowed = principal.admin or principal is METRICS
+        elif path.startswith("/admin"):
+            allowed = principal.admin
+        else:
+            allowed = principal is not METRICS
+        if not allowed:
+            return 403, "permission_denied", f"the key `{principal.name}` may not call {path}"
+        return None
+
+
+def _bearer(scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+async def _send_error(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": code}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="kdgate"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
