@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from fastapi import FastAPI, Request
@@ -25,10 +25,11 @@ from gateway.banner import banner
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, to_envelope
+from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
-from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings
+from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings, LimitsSettings
 from gateway.shadow.service import open_shadow
 from gateway.workers import multiprocess_dir, reap_dead_workers, worker_exited
 from router.handoff import HandoffRule
@@ -46,17 +47,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async with (worker_metrics(), open_backends(settings) as backends,
                     open_shadow(settings, backends, app.state.metrics) as shadow):
             handoff = settings.routing.handoff
-            deadlines = {role: config.first_token_timeout_s for role, config in
-                         (("student", settings.student), ("teacher", settings.teacher)) if config is not None}
+            configs = settings.backends()
             router = Router(policy, backends, app.state.metrics,
-                            handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None, deadlines=deadlines)
+                            handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None,
+                            deadlines={role: config.first_token_timeout_s for role, config in configs.items()},
+                            caps={role: config.max_in_flight for role, config in configs.items()})
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=app.state.metrics, announce_route=True, shadow=shadow)
             _collect_engine_metrics(app, backends)
-            yield
+            try:
+                yield
+            finally:
+                await app.state.admission.aclose()
 
     credentials = load_credentials(settings)
-    app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials)
+    app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials, admission=True)
     app.include_router(admin.router)
     app.state.banner = banner(settings)
     return app
@@ -101,8 +106,7 @@ async def worker_metrics() -> AsyncIterator[None]:
 @asynccontextmanager
 async def open_backends(settings: GatewaySettings) -> AsyncIterator[dict[str, Backend]]:
     """The configured backends by role (`student`, and `teacher` unless it is null), closed on exit."""
-    roles = {name: config for name, config in (("student", settings.student), ("teacher", settings.teacher))
-             if config is not None}
+    roles = settings.backends()
     async with http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
         backends = {}
         for name, config in roles.items():
@@ -147,19 +151,21 @@ class AppOptions:
     body_read_timeout_s: float = 30.0
     docs_enabled: bool = False
     cors_allow_origins: tuple[str, ...] = ()
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @classmethod
     def of(cls, settings: GatewaySettings) -> AppOptions:
         return cls(settings.max_body_bytes, settings.body_read_timeout_s, settings.docs_enabled,
-                   tuple(settings.cors_allow_origins))
+                   tuple(settings.cors_allow_origins), settings.limits)
 
 
-def _app(title: str, lifespan, options: AppOptions, credentials: Credentials) -> FastAPI:
+def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, admission: bool = False) -> FastAPI:
     docs = {} if options.docs_enabled else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title=title, lifespan=lifespan, **docs)
     app.state.metrics = GatewayMetrics()
     app.state.credentials = credentials
     app.state.auth_required = credentials.required
+    app.state.admission = Admission(options.limits, app.state.metrics) if admission else None
     app.state.max_body_bytes = options.max_body_bytes
     app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
@@ -168,6 +174,8 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials) ->
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
+    if admission:  # inside auth (added first), which names the key it limits
+        app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
     app.add_middleware(AuthMiddleware, credentials=credentials, metrics=app.state.metrics)
     if options.cors_allow_origins:  # added last, so outermost: a preflight (which carries no key) is answered here
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_allow_origins), allow_methods=["GET", "POST"],
@@ -179,7 +187,7 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials) ->
 
 async def _gateway_error(request: Request, error: GatewayError) -> JSONResponse:
     status, body = to_envelope(error)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=error.headers())
 
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -27,6 +26,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from gateway.asgi import send_error
+from gateway.errors import GatewayError, PermissionDenied, Unauthenticated
+from gateway.logs import escape
 from gateway.metrics import GatewayMetrics
 from gateway.settings import AuthSettings, GatewaySettings, KeySettings
 
@@ -130,9 +132,9 @@ class AuthMiddleware:
         refusal = self._refusal(path, principal)
         scope.setdefault("state", {})["principal"] = principal
         if refusal is not None:
-            status, code, message = refusal
-            self.metrics.api_requests.labels(principal.name if principal else "unknown", str(status)).inc()
-            return await _send_error(send, status, code, message)
+            self.metrics.api_requests.labels(principal.name if principal else "unknown",
+                                             str(refusal.status_code)).inc()
+            return await send_error(send, refusal)
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         started = time.monotonic()
@@ -149,12 +151,12 @@ class AuthMiddleware:
 
         return await self.app(scope, receive, counting_send)
 
-    def _refusal(self, path: str, principal: Principal | None) -> tuple[int, str, str] | None:
+    def _refusal(self, path: str, principal: Principal | None) -> GatewayError | None:
         if path in OPEN_PATHS or not self.credentials.required:
             return None
         if principal is None:
-            return 401, "invalid_api_key", ("no valid API key: send `Authorization: Bearer <key>` with a key this "
-                                            "gateway knows (ask its operator for one)")
+            return Unauthenticated("no valid API key: send `Authorization: Bearer <key>` with a key this gateway "
+                                   "knows (ask its operator for one)")
         if path == "/metrics":
             allowed = principal.admin or principal is METRICS
         elif path.startswith("/admin"):
@@ -162,7 +164,7 @@ class AuthMiddleware:
         else:
             allowed = principal is not METRICS
         if not allowed:
-            return 403, "permission_denied", f"the key `{principal.name}` may not call {path}"
+            return PermissionDenied(f"the key `{principal.name}` may not call {escape(path)}")
         return None
 
 
@@ -172,13 +174,3 @@ def _bearer(scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" and token.strip() else None
     return None
-
-
-async def _send_error(send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                 "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="kdgate"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

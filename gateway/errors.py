@@ -6,7 +6,10 @@
     │   ├── RequestTimeout                    408 (the body did not arrive in time)
     │   ├── UnsupportedMediaType              415
     │   └── ModelNotFound                     404
+    ├── Unauthenticated                       401 (no key, or an unknown one)
     ├── PermissionDenied                      403 (the key may not do this)
+    ├── RateLimited(retry_after)              429 (this key's requests or tokens per minute are spent)
+    ├── Overloaded(retry_after)               503 (no capacity now: the queue is full or the wait ran out)
     ├── UpstreamError(backend)
     │   ├── UpstreamTimeout                   504
     │   ├── UpstreamUnavailable               503
@@ -20,6 +23,8 @@ Lower-level errors are translated once, at the boundary where they happen (`from
 
 from __future__ import annotations
 
+import math
+
 import httpx
 
 
@@ -32,6 +37,17 @@ class GatewayError(Exception):
         self.message = message
         self.parameter = parameter
         self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's response."""
+        return {}
+
+
+class _RetryAfter:
+    retry_after: float
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}  # whole seconds, at least 1
 
 
 class InvalidRequest(GatewayError):
@@ -58,12 +74,41 @@ class ModelNotFound(InvalidRequest):
         super().__init__(message, parameter="model", code="model_not_found")
 
 
+class Unauthenticated(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="invalid_api_key")
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="kdgate"'}
+
+
 class PermissionDenied(GatewayError):
     status_code = 403
     error_type = "invalid_request_error"
 
     def __init__(self, message: str, *, parameter: str | None = None):
         super().__init__(message, parameter=parameter, code="permission_denied")
+
+
+class RateLimited(_RetryAfter, GatewayError):
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: float, kind: str):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.error_type = kind  # OpenAI's: "requests" or "tokens"
+        self.retry_after = retry_after
+
+
+class Overloaded(_RetryAfter, GatewayError):
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message, code="overloaded")
+        self.retry_after = retry_after
 
 
 class UpstreamError(GatewayError):
@@ -81,6 +126,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     status_code = 503
+
+
+class BackendBusy(UpstreamUnavailable):
+    """The backend's in-flight cap is reached and no slot came free in time."""
 
 
 class UpstreamRejected(UpstreamError):

@@ -94,6 +94,17 @@ class GatewayMetrics:
         self.api_requests = Counter("kdgate_api_requests", "API calls by the key's name (bounded: the configured "
                                     "keys, admin, metrics, anonymous, unknown) and HTTP status", ["key", "status"],
                                     registry=r)
+        self.admitted = Gauge("kdgate_admitted_requests", "Chat requests holding an admission slot (from admission "
+                              "to the answer's last byte, whatever backend state)", multiprocess_mode="livesum",
+                              registry=r)
+        self.queued = Gauge("kdgate_queued_requests", "Chat requests waiting for an admission slot",
+                            multiprocess_mode="livesum", registry=r)
+        self.shed = Counter("kdgate_shed_requests", "Requests refused with 503 for capacity, by reason "
+                            "(queue_full, queue_timeout)", ["reason"], registry=r)
+        self.limited = Counter("kdgate_rate_limited_requests", "Requests refused with 429, by key and by which "
+                               "limit (requests, tokens)", ["key", "kind"], registry=r)
+        self.limit_errors = Counter("kdgate_limit_errors", "Rate-limit checks that could not be made (Redis down "
+                                    "or slow); those requests were admitted", registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], multiprocess_mode="livemostrecent", registry=r)
 

@@ -9,6 +9,7 @@ backend's stream, so the client gets one well-formed answer and usage counts exa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from gateway.backends.base import Backend, Event, Finish, GenerationRequest, Tok
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.fallback import is_client_error, student_or_teacher, teacher_or_student, with_deadline
 from gateway.handoff import with_handoff
+from gateway.limits import capped
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RoutingSettings
 from router.handoff import HandoffRule
@@ -56,7 +58,8 @@ class SingleBackend:
 
 class Router:
     def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
-                 handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None):
+                 handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None,
+                 caps: dict[str, int | None] | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
@@ -68,6 +71,7 @@ class Router:
         self.handoff = handoff
         self.metrics = metrics
         self.deadlines = deadlines or {}  # role -> first-token deadline in seconds
+        self.slots = {role: asyncio.Semaphore(cap) for role, cap in (caps or {}).items() if cap}  # in-flight caps
         self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
         self._recent_teacher = 0  # how many of `_recent` are True: the gauge costs O(1) per request
         target = getattr(policy, "target_teacher_fraction", None)
@@ -105,8 +109,14 @@ class Router:
         return routed
 
     def open(self, role: str, generation: GenerationRequest) -> AsyncIterator[Event]:
-        """The backend's stream, held to its first-token deadline."""
-        return with_deadline(self.backends[role].generate(generation), self.deadlines.get(role), role)
+        """The backend's stream, held to its first-token deadline once one of its in-flight slots is free."""
+        deadline = self.deadlines.get(role)
+
+        def start() -> AsyncIterator[Event]:
+            return with_deadline(self.backends[role].generate(generation), deadline, role)
+
+        slots = self.slots.get(role)
+        return start() if slots is None else capped(slots, deadline, role, start)
 
     async def _hold_back(self, hold: HoldBack, generation: GenerationRequest, request: RouteRequest) -> Routed:
         student, started = self.backends["student"], time.monotonic()

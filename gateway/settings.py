@@ -46,6 +46,10 @@ class BackendSettings(BaseModel):
         default=10.0, gt=0, description="a backend that has sent nothing this long after the request is treated as "
         "failed, and its fallback serves (the teacher for a failed student; the student's own answer for a failed "
         "teacher). Separate from `http.read_timeout_s`, which bounds silences once it streams. null: no deadline")
+    max_in_flight: int | None = Field(default=None, ge=1, description="requests sent to this backend at once "
+                                      "by one gateway process; one more waits within its first-token deadline, "
+                                      "then is served by the fallback (the student's own answer when the teacher "
+                                      "is saturated). null: no cap")
     version: str | None = Field(default=None, description="a label for these weights (training run, git sha), "
                                 "stored with shadow records")
     adapter_version: str | None = Field(default=None, description="the LoRA adapter served on top, if any")
@@ -245,6 +249,30 @@ class AuthSettings(BaseModel):
         return self
 
 
+class LimitsSettings(BaseModel):
+    """Admission and backpressure: what the gateway takes on before it sheds with 429 or 503 and `Retry-After`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_in_flight: int = Field(default=256, ge=1, description="chat requests served at once by one gateway "
+                               "process; more wait in a queue")
+    max_queued: int = Field(default=256, ge=0, description="requests waiting for a slot; beyond it a request gets "
+                            "503 at once. 0: no queue")
+    queue_timeout_s: float = Field(default=5.0, gt=0, description="longest wait for a slot, then 503 with "
+                                   "Retry-After")
+    key_requests_per_minute: int | None = Field(default=None, ge=1, description="requests per key per minute "
+                                                "(sliding window); a key's own `requests_per_minute` wins. null: "
+                                                "no limit")
+    key_tokens_per_minute: int | None = Field(default=None, ge=1, description="prompt + completion tokens per key "
+                                              "per minute (sliding window; a request is admitted while the key is "
+                                              "under it, its tokens counted when it finishes). null: no limit")
+    redis_url: str | None = Field(default=None, description="redis://host:6379/0 shares the per-key windows "
+                                  "between worker processes and replicas; null: each process counts alone. If "
+                                  "Redis fails, requests are admitted and kdgate_limit_errors_total counts it")
+    max_connections: int | None = Field(default=2048, ge=1, description="open connections one process accepts "
+                                        "(uvicorn's limit_concurrency); beyond it new ones get 503. null: no cap")
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDGATE_", env_nested_delimiter="__", extra="forbid",
                                       env_parse_none_str="null")
@@ -262,6 +290,7 @@ class GatewaySettings(BaseSettings):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     http: HttpClientSettings = Field(default_factory=HttpClientSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none; "
@@ -309,6 +338,11 @@ class GatewaySettings(BaseSettings):
                              "could call both models. Add keys (`kdgate auth new-key`, then `auth.keys` or "
                              "`auth.keys_file`), or set `auth.mode: none` to run it open on purpose")
         return self
+
+    def backends(self) -> dict[str, BackendSettings]:
+        """The configured backends by role: `student`, and `teacher` unless it is null."""
+        return {role: config for role, config in (("student", self.student), ("teacher", self.teacher))
+                if config is not None}
 
     def auth_required(self) -> bool:
         auth = self.auth

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,3 +79,34 @@ def gateway(demo_dirs, engine_server) -> Iterator[ThreadedServer]:
 
     with ThreadedServer(create_app(gateway_settings(demo_dirs, engine_server))) as server:
         yield server
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free port, no persistence (`.ci/run` installs it)."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield RedisServer(url=f"redis://127.0.0.1:{port}/0", process=process)
+    stop(process)

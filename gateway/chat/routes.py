@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -29,15 +29,27 @@ async def create_chat_completion(request: Request):
     chat_request = parse_chat_request(await read_body(request, state.max_body_bytes, state.body_read_timeout_s))
     forced = forced_route(request, state.chat.announce_route)
     check_permissions(request, chat_request, forced)
+    ticket = getattr(request.state, "ticket", None)  # the admission (gateway.limits); none on an engine server
     if chat_request.stream:
         # Priming (and a confidence policy's hold-back) happens before the response starts: watch for a disconnect.
         prepared = await cancel_on_disconnect(request, state.chat.stream(chat_request, forced, started))
-        return StreamingResponse(prepared.frames, media_type="text/event-stream",
+        return StreamingResponse(_accounted(prepared, ticket), media_type="text/event-stream",
                                  headers=route_headers(prepared.decision, state.chat.announce_route)
                                  | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response, decision = await cancel_on_disconnect(request, state.chat.complete(chat_request, forced, started))
+    if ticket is not None:
+        await ticket.spent(response.usage.total_tokens)
     return JSONResponse(response.model_dump(mode="json"),
                         headers=route_headers(decision, state.chat.announce_route))
+
+
+async def _accounted(prepared, ticket) -> AsyncIterator[str]:
+    """The stream's frames; once they are all sent, its tokens count against the key's tokens per minute."""
+    async for frame in prepared.frames:
+        yield frame
+    finish = prepared.outcome.finish
+    if ticket is not None and finish is not None:
+        await ticket.spent(finish.prompt_tokens + finish.completion_tokens)
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable):

@@ -48,10 +48,18 @@ class _ShadowHandOver:
     student_model: str
 
 
+@dataclass
+class StreamOutcome:
+    """Filled in while the stream runs: its Finish (usage), for the caller to account after the last frame."""
+
+    finish: Finish | None = None
+
+
 @dataclass(frozen=True)
 class PreparedStream:
     decision: RouteDecision
     frames: AsyncIterator[str]
+    outcome: StreamOutcome
 
 
 class ChatServing:
@@ -136,9 +144,10 @@ class ChatServing:
         except GatewayError as error:
             self._count_failure(decision.route, error, stream=True)
             raise
+        outcome = StreamOutcome()
         frames = self._frames(request, generation, decision, backend, first, events, started,
-                              _ShadowHandOver(capture, discarded, self._student_model()))
-        return PreparedStream(decision=decision, frames=frames)
+                              _ShadowHandOver(capture, discarded, self._student_model()), outcome)
+        return PreparedStream(decision=decision, frames=frames, outcome=outcome)
 
     async def _start(self, generation: GenerationRequest, route_request: RouteRequest, forced: str | None,
                      stream: bool):
@@ -203,7 +212,7 @@ class ChatServing:
 
     async def _frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                       decision: RouteDecision, backend: Backend, first, events, started: float,
-                      shadow: _ShadowHandOver) -> AsyncIterator[str]:
+                      shadow: _ShadowHandOver, outcome: StreamOutcome) -> AsyncIterator[str]:
         """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
         route = decision.route
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
@@ -242,6 +251,7 @@ class ChatServing:
                     route_info = self._route_info(decision, backend)
                 elif isinstance(event, Finish):
                     finished = completed = True
+                    outcome.finish = event
                     self._count_success(decision, event, started, stream=True)
                     yield frame([protocol.ChatCompletionChunkChoice(
                         delta=protocol.DeltaMessage(), finish_reason=event.finish_reason,

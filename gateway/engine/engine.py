@@ -23,9 +23,10 @@ from gateway.engine.batch import RunningBatch
 from gateway.engine.logprobs import TokenTexts, prompt_logprobs, sampled_logprobs
 from gateway.engine.sampling import make_generator, sample_next
 from gateway.engine.text import IncrementalDetokenizer, StopStringBuffer
-from gateway.errors import EngineFailure, InvalidRequest
+from gateway.errors import EngineFailure, InvalidRequest, Overloaded
 
 log = logging.getLogger(__name__)
+MAX_CHARS_PER_TOKEN = 64  # no real tokenizer's token is longer: more characters than this per context token is over
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class EngineSettings:
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     dtype: str = "auto"  # "auto": bfloat16 on CUDA with bf16 support, float32 otherwise
     max_batch_size: int = 32  # sequences decoded together; more arrivals wait for a free row
+    max_waiting: int = 1024  # arrivals waiting for a row; beyond it a request is refused (503) at once
     threads: int | None = None  # torch CPU threads; None keeps torch's default
 
 
@@ -94,6 +96,10 @@ class LocalEngine:
         text = self.tokenizer.apply_chat_template(
             list(request.messages), add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message, tokenize=False)
+        if len(text) > self.max_model_len * MAX_CHARS_PER_TOKEN:  # surely too long: refused before tokenizing it
+            raise InvalidRequest(
+                f"the messages are {len(text):,} characters, far beyond this model's maximum context length of "
+                f"{self.max_model_len} tokens; shorten them", parameter="messages")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         max_tokens = request.sampling.max_tokens
         if request.sampling.fit_to_context:
@@ -118,6 +124,9 @@ class LocalEngine:
             stops=StopStringBuffer(request.sampling.stop),
         )
         with self._wake:
+            if len(self._waiting) >= self.settings.max_waiting:
+                raise Overloaded(f"the local engine has {len(self._waiting)} requests waiting for a batch row; "
+                                 "retry shortly", retry_after=1.0)
             self._waiting.append(sequence)
             self._wake.notify()
         try:

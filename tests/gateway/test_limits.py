@@ -1,0 +1,283 @@
+"""Limits and backpressure: per-key requests and tokens per minute (sliding windows, in memory and in a real Redis
+shared by two worker processes), in-flight slots with a bounded queue, per-backend caps, a bounded engine queue and
+a cheap length bound — each refusal a 429 or 503 with `Retry-After`, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import httpx
+import openai
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import create_app
+from gateway.auth import Principal, new_key
+from gateway.errors import Overloaded, RateLimited
+from gateway.limits import WINDOW_S, Admission, MemoryWindows, RedisWindows, estimate, seconds_until_under
+from gateway.metrics import GatewayMetrics
+from gateway.settings import LimitsSettings
+from tests.conftest import ROOT, ThreadedServer, free_port, gateway_settings, stop, wait_until_up
+
+TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
+CHAT = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 8, "temperature": 0}
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ the windows
+
+
+@given(limit=st.integers(1, 500), current=st.integers(0, 1000), previous=st.integers(0, 1000),
+       into=st.floats(0, WINDOW_S, exclude_max=True))
+def test_after_the_wait_the_window_is_under_its_limit(limit, current, previous, into):
+    wait = seconds_until_under(limit, current, previous, into)
+    assert wait >= 0
+    later = into + wait
+    if later >= WINDOW_S:  # the window has moved on by a minute (or two): what remains of today's counts
+        current, previous, later = (0, current, later - WINDOW_S) if later < 2 * WINDOW_S else (0, 0, 0.0)
+    assert estimate(current, previous, later) < limit + 1e-9
+
+
+async def test_memory_windows_count_and_refuse():
+    windows = MemoryWindows()
+    now = 1_000 * WINDOW_S + 1.0
+    for _ in range(3):
+        assert (await windows.take("app", 3, None, now))[0]
+    admitted, counts = await windows.take("app", 3, None, now)
+    assert not admitted and counts.requests == 3
+    assert (await windows.take("other", 3, None, now))[0]  # keys do not share a window
+    half_later = now + WINDOW_S * 1.5  # the previous minute weighs half: 3 × 0.5 = 1.5 < 3
+    assert (await windows.take("app", 3, None, half_later))[0]
+
+
+async def test_admission_refuses_with_retry_after_and_counts_tokens():
+    admission = Admission(LimitsSettings(key_requests_per_minute=2, key_tokens_per_minute=100), GatewayMetrics())
+    app = Principal("app", frozenset())
+    first = await admission.admit(app)
+    first.release()
+    await first.spent(150)  # over the tokens per minute: the next request waits
+    with pytest.raises(RateLimited) as refused:
+        await admission.admit(app)
+    assert refused.value.error_type == "tokens" and 1 <= refused.value.retry_after <= 2 * WINDOW_S
+    assert refused.value.headers()["Retry-After"].isdigit()
+    generous = Principal("generous", frozenset(), requests_per_minute=5)
+    for _ in range(5):
+        (await admission.admit(generous)).release()
+    with pytest.raises(RateLimited, match="5 requests per minute"):
+        await admission.admit(generous)
+
+
+async def test_slots_queue_then_shed():
+    admission = Admission(LimitsSettings(max_in_flight=1, max_queued=1, queue_timeout_s=0.3), GatewayMetrics())
+    anyone = Principal("anyone", frozenset())
+    held = await admission.admit(anyone)
+    waiting = asyncio.create_task(admission.admit(anyone))
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded, match="at capacity"):  # the queue (one place) is taken
+        await admission.admit(anyone)
+    held.release()
+    handed = await asyncio.wait_for(waiting, 1)  # the freed slot went to the waiter
+    with pytest.raises(Overloaded, match="within 0.3 s"):
+        await admission.admit(anyone)
+    handed.release()
+    (await admission.admit(anyone)).release()
+    assert admission.in_flight == 0
+
+
+# ------------------------------------------------------------------------------------------------ through a gateway
+
+
+@pytest.fixture(scope="module")
+def limited(demo_dirs, engine_server):
+    keys = {name: new_key()[0] for name in ("app", "tokens", "holder", "admin")}
+    auth = {"keys": [{"name": "app", "sha256": digest(keys["app"]), "requests_per_minute": 2},
+                     {"name": "tokens", "sha256": digest(keys["tokens"]), "tokens_per_minute": 60},
+                     {"name": "holder", "sha256": digest(keys["holder"])}],
+            "admin_sha256": digest(keys["admin"])}
+    settings = gateway_settings(demo_dirs, engine_server, auth=auth,
+                                limits=LimitsSettings(max_in_flight=1, max_queued=0))
+    with ThreadedServer(create_app(settings)) as server:
+        yield server, keys
+
+
+def post(server, key, body=CHAT, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {key}"}, **kwargs)
+
+
+def metric(server, admin_key: str, name: str, **labels) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10, headers={"authorization": f"Bearer {admin_key}"}).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_a_spent_key_gets_429_with_retry_after(limited):
+    server, keys = limited
+    assert [post(server, keys["app"]).status_code for _ in range(2)] == [200, 200]
+    refused = post(server, keys["app"])
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["app"], max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="kdgate-demo", messages=CHAT["messages"], max_tokens=4)
+    assert metric(server, keys["admin"], "kdgate_rate_limited_requests_total", key="app", kind="requests") == 2
+
+
+def test_tokens_per_minute_count_what_was_served(limited):
+    server, keys = limited
+    stream = CHAT | {"stream": True, "max_tokens": 48}
+    assert post(server, keys["tokens"], stream).status_code == 200  # its tokens are counted after the stream
+    refused = post(server, keys["tokens"])
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
+
+
+def test_no_free_slot_and_no_queue_is_a_503_at_once(limited):
+    server, keys = limited
+    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
+    started = threading.Event()
+
+    def hold():
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
+                          headers={"authorization": f"Bearer {keys['holder']}"}) as response:
+            lines = response.iter_lines()
+            next(lines)
+            started.set()
+            for _ in lines:
+                pass
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert started.wait(30)
+    shed = post(server, keys["holder"])
+    holder.join(60)
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+    assert shed.json()["error"]["code"] == "overloaded"
+    assert metric(server, keys["admin"], "kdgate_shed_requests_total", reason="queue_full") >= 1
+    assert metric(server, keys["admin"], "kdgate_admitted_requests") == 0  # the stream gave its slot back
+
+
+def test_a_client_leaving_mid_stream_gives_its_slot_back(limited):
+    server, keys = limited
+    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
+    for _ in range(3):
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
+                          headers={"authorization": f"Bearer {keys['holder']}"}) as response:
+            next(response.iter_lines())
+    assert post(server, keys["holder"]).status_code == 200  # with one slot: each leaver freed it
+
+
+def test_a_saturated_teacher_leaves_the_student_answer(demo_dirs, engine_server, tmp_path):
+    """The teacher's in-flight cap is taken by a long forced request: an escalation then gets the student's own
+    answer (BackendBusy → teacher_unavailable) instead of queueing behind it."""
+    from gateway.settings import BackendSettings, HandoffSettings, RoutingSettings
+    from tests.gateway.test_confidence_routing import ESCALATE, write_policy
+
+    write_policy(tmp_path / "policy.json", prefix_tokens=None)
+    routing = RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json",
+                              handoff=HandoffSettings(enabled=False))
+    teacher = BackendSettings(kind="http", base_url=engine_server.base_url, model=engine_server.model,
+                              max_in_flight=1, first_token_timeout_s=0.5)
+    settings = gateway_settings(demo_dirs, engine_server, routing=routing).model_copy(update={"teacher": teacher})
+    with ThreadedServer(create_app(settings)) as server:
+        server.app.state.chat.router.policy.threshold = ESCALATE
+        long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
+        started = threading.Event()
+
+        def hold():
+            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
+                              headers={"x-kdgate-force": "teacher"}) as response:
+                lines = response.iter_lines()
+                next(lines)
+                started.set()
+                for _ in lines:
+                    pass
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert started.wait(30)
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60)
+        holder.join(60)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-kdgate-route-reason"] == "teacher_unavailable"
+
+
+def test_the_engine_refuses_a_prompt_far_beyond_its_context_before_tokenizing(gateway):
+    huge = {"messages": [{"role": "user", "content": "x" * 900_000}], "max_tokens": 4}
+    reply = httpx.post(f"{gateway.url}/v1/chat/completions", json=huge, timeout=60,
+                       headers={"x-kdgate-force": "student"})
+    assert reply.status_code == 400 and "characters" in reply.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------------ Redis
+
+
+async def test_redis_windows_are_shared_between_processes_state(redis_server):
+    """Two admissions (as two processes would hold) on one Redis share one window."""
+    settings = LimitsSettings(key_requests_per_minute=3, redis_url=redis_server.url)
+    first, second = Admission(settings, GatewayMetrics()), Admission(settings, GatewayMetrics())
+    key = Principal(f"shared-{os.getpid()}-{id(first)}", frozenset())
+    try:
+        outcomes = []
+        for admission in (first, second, first, second, first):
+            try:
+                (await admission.admit(key)).release()
+                outcomes.append("ok")
+            except RateLimited:
+                outcomes.append("429")
+        assert outcomes == ["ok", "ok", "ok", "429", "429"]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_redis_that_is_down_admits_and_counts():
+    metrics = GatewayMetrics()
+    port = free_port()  # nothing listens there
+    admission = Admission(LimitsSettings(key_requests_per_minute=1, redis_url=f"redis://127.0.0.1:{port}/0"),
+                          metrics)
+    key = Principal("app", frozenset())
+    for _ in range(3):
+        (await admission.admit(key)).release()
+    assert metrics.limit_errors._value.get() == 3
+    await admission.aclose()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, redis_server, tmp_path):
+    """kdgate serve --workers 2 with http backends and a key limited to 4 requests a minute: 4 requests are
+    admitted in all, whichever worker takes each connection."""
+    key = new_key()[0]
+    config = tmp_path / "kdgate.yaml"
+    config.write_text(json.dumps({
+        "student": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
+        "teacher": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
+        "shadow": {"enabled": False},
+        "auth": {"keys": [{"name": f"shared-{tmp_path.name}", "sha256": digest(key), "requests_per_minute": 4}]},
+        "limits": {"redis_url": redis_server.url}}))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDGATE_")}
+    process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve", "--config", str(config), "--port",
+                                str(port), "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
+        statuses, pids = [], set()
+        for _ in range(10):  # a new connection each time, so the kernel spreads them over both workers
+            with httpx.Client(timeout=60) as client:
+                reply = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
+                                    headers={"authorization": f"Bearer {key}"})
+                statuses.append(reply.status_code)
+        assert statuses.count(200) == 4 and statuses.count(429) == 6, statuses
+    finally:
+        stop(process)
