@@ -21,7 +21,9 @@ from starlette.requests import ClientDisconnect
 from gateway import admin, openapi, ops
 from gateway.auth import AuthMiddleware, Credentials, load_credentials
 from gateway.backends.base import Backend, BackendInfo
+from gateway.backends.retry import RetryBudget
 from gateway.banner import banner
+from gateway.breaker import CircuitBreaker, HealthChecker
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
 from gateway.errors import GatewayError, to_envelope
@@ -44,20 +46,27 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (worker_metrics(), open_backends(settings) as backends,
+        async with (worker_metrics(), open_backends(settings, app.state.metrics) as backends,
                     open_shadow(settings, backends, app.state.metrics) as shadow):
             handoff = settings.routing.handoff
-            configs = settings.backends()
+            configs, resilience = settings.backends(), settings.resilience
+            breakers = {role: CircuitBreaker(role, app.state.metrics, resilience.breaker_failures,
+                                             resilience.breaker_open_s) for role in backends}
             router = Router(policy, backends, app.state.metrics,
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None,
                             deadlines={role: config.first_token_timeout_s for role, config in configs.items()},
-                            caps={role: config.max_in_flight for role, config in configs.items()})
+                            caps={role: config.max_in_flight for role, config in configs.items()},
+                            breakers=breakers)
+            health = HealthChecker(backends, breakers, app.state.metrics, resilience.health_interval_s or 0)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=app.state.metrics, announce_route=True, shadow=shadow)
             _collect_engine_metrics(app, backends)
+            if resilience.health_interval_s:
+                health.start()
             try:
                 yield
             finally:
+                await health.aclose()
                 await app.state.admission.aclose()
 
     credentials = load_credentials(settings)
@@ -104,24 +113,28 @@ async def worker_metrics() -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def open_backends(settings: GatewaySettings) -> AsyncIterator[dict[str, Backend]]:
+async def open_backends(settings: GatewaySettings, metrics: GatewayMetrics | None = None
+                        ) -> AsyncIterator[dict[str, Backend]]:
     """The configured backends by role (`student`, and `teacher` unless it is null), closed on exit."""
     roles = settings.backends()
     async with http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
         backends = {}
         for name, config in roles.items():
-            backends[name] = build_backend(name, config, client)
+            on_retry = (lambda role=name: metrics.retries.labels(role).inc()) if metrics else (lambda: None)
+            backends[name] = build_backend(name, config, client, settings.resilience.retry_budget, on_retry)
             backends_open.push_async_callback(backends[name].aclose)
         yield backends
 
 
-def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None) -> Backend:
+def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None,
+                  retry_budget: float = 0.0, on_retry: Callable[[], None] = lambda: None) -> Backend:
     if config.kind == "http":
         from gateway.backends.http import HttpBackend
 
         api_key = config.api_key.get_secret_value() if config.api_key else None
         info = BackendInfo(name=name, model=config.model, kind="http")
-        return HttpBackend(info, config.base_url, client, api_key=api_key)
+        return HttpBackend(info, config.base_url, client, api_key=api_key, retry_budget=RetryBudget(retry_budget),
+                           on_retry=on_retry)
     from gateway.backends.local import LocalBackend
 
     if not config.model_dir.is_dir():

@@ -167,16 +167,17 @@ def to_envelope(error: GatewayError) -> tuple[int, dict]:
 def from_httpx(exc: httpx.HTTPError | httpx.InvalidURL | httpx.StreamError, *, backend: str, url: str) -> UpstreamError:
     """Translate an httpx failure talking to `backend` into the tree. Every httpx exception class has a branch."""
     where = f"backend `{backend}` at {url}"
+    detail = str(exc) or type(exc).__name__  # some httpx errors carry no message: name the class instead
     if isinstance(exc, httpx.TimeoutException):
         kind = type(exc).__name__
         return UpstreamTimeout(f"{where} timed out ({kind}); check that it is healthy or raise its timeout",
                                backend=backend)
     if isinstance(exc, (httpx.ConnectError, httpx.NetworkError, httpx.ProxyError)):
-        return UpstreamUnavailable(f"{where} is unreachable ({exc}); check that the server is running",
+        return UpstreamUnavailable(f"{where} is unreachable ({detail}); check that the server is running",
                                    backend=backend)
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.DecodingError, httpx.TooManyRedirects,
                         httpx.LocalProtocolError, httpx.StreamError)):
-        return UpstreamProtocolError(f"{where} broke the HTTP protocol ({type(exc).__name__}: {exc})",
+        return UpstreamProtocolError(f"{where} broke the HTTP protocol ({type(exc).__name__}: {detail})",
                                      backend=backend)
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
         return UpstreamUnavailable(f"{where}: the URL is not usable ({exc}); fix the backend's base_url",

@@ -105,6 +105,13 @@ class GatewayMetrics:
                                "limit (requests, tokens)", ["key", "kind"], registry=r)
         self.limit_errors = Counter("kdgate_limit_errors", "Rate-limit checks that could not be made (Redis down "
                                     "or slow); those requests were admitted", registry=r)
+        self.circuit_state = Gauge("kdgate_circuit_state", "A backend's circuit: 0 closed, 1 half-open (one probe), "
+                                   "2 open (its requests fail at once; fallbacks serve)", ["backend"],
+                                   multiprocess_mode="livemax", registry=r)
+        self.circuit_transitions = Counter("kdgate_circuit_transitions", "Circuit state changes by backend and the "
+                                           "state entered", ["backend", "state"], registry=r)
+        self.retries = Counter("kdgate_backend_retries", "Requests sent again after failing before any response "
+                               "(within the retry budget)", ["backend"], registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], multiprocess_mode="livemostrecent", registry=r)
 

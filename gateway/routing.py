@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
+from gateway.breaker import CircuitBreaker, guarded
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.fallback import is_client_error, student_or_teacher, teacher_or_student, with_deadline
 from gateway.handoff import with_handoff
@@ -59,7 +60,7 @@ class SingleBackend:
 class Router:
     def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
                  handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None,
-                 caps: dict[str, int | None] | None = None):
+                 caps: dict[str, int | None] | None = None, breakers: dict[str, CircuitBreaker] | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
@@ -72,6 +73,7 @@ class Router:
         self.metrics = metrics
         self.deadlines = deadlines or {}  # role -> first-token deadline in seconds
         self.slots = {role: asyncio.Semaphore(cap) for role, cap in (caps or {}).items() if cap}  # in-flight caps
+        self.breakers = breakers or {}
         self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
         self._recent_teacher = 0  # how many of `_recent` are True: the gauge costs O(1) per request
         target = getattr(policy, "target_teacher_fraction", None)
@@ -109,14 +111,16 @@ class Router:
         return routed
 
     def open(self, role: str, generation: GenerationRequest) -> AsyncIterator[Event]:
-        """The backend's stream, held to its first-token deadline once one of its in-flight slots is free."""
+        """The backend's stream: refused at once while its circuit is open, then held to its first-token deadline
+        once one of its in-flight slots is free."""
         deadline = self.deadlines.get(role)
 
         def start() -> AsyncIterator[Event]:
             return with_deadline(self.backends[role].generate(generation), deadline, role)
 
-        slots = self.slots.get(role)
-        return start() if slots is None else capped(slots, deadline, role, start)
+        slots, breaker = self.slots.get(role), self.breakers.get(role)
+        opened = start if slots is None else (lambda: capped(slots, deadline, role, start))
+        return opened() if breaker is None else guarded(breaker, opened)
 
     async def _hold_back(self, hold: HoldBack, generation: GenerationRequest, request: RouteRequest) -> Routed:
         student, started = self.backends["student"], time.monotonic()

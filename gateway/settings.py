@@ -249,6 +249,23 @@ class AuthSettings(BaseModel):
         return self
 
 
+class ResilienceSettings(BaseModel):
+    """How the gateway treats a failing backend: circuit breakers, health checks, retries (gateway.breaker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    breaker_failures: int = Field(default=5, ge=1, description="failures in a row that open a backend's circuit; "
+                                  "while open its requests fail at once and the fallback serves them")
+    breaker_open_s: float = Field(default=10.0, gt=0, description="how long a circuit stays open before one probe "
+                                  "request is let through")
+    health_interval_s: float | None = Field(default=5.0, gt=0, description="seconds between background readiness "
+                                            "checks of every backend (kdgate_backend_up; a failing check opens the "
+                                            "circuit, a passing one lets a probe through). null: no checks")
+    retry_budget: float = Field(default=0.1, ge=0, le=1, description="share of an HTTP backend's requests that may "
+                                "be retried once when they failed before any response (connection refused, a "
+                                "keep-alive connection closed under them); 0: never retry")
+
+
 class LimitsSettings(BaseModel):
     """Admission and backpressure: what the gateway takes on before it sheds with 429 or 503 and `Retry-After`."""
 
@@ -291,6 +308,7 @@ class GatewaySettings(BaseSettings):
     http: HttpClientSettings = Field(default_factory=HttpClientSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
 
     max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none; "

@@ -9,7 +9,8 @@ vLLM's extension fields are sent only when they differ from their defaults, so p
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 
 import httpx
 import pydantic_core
@@ -25,6 +26,7 @@ from gateway.backends.base import (
     TokenLogprob,
     TopLogprob,
 )
+from gateway.backends.retry import RetryBudget
 from gateway.backends.scoring import ScoredAnswer, score_answer
 from gateway.errors import (
     GatewayError,
@@ -35,13 +37,19 @@ from gateway.errors import (
 )
 from gateway.sse import drain
 
+# Failures before any response: the request was not (or not wholly) received, so sending it again is safe.
+RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
+
 
 class HttpBackend:
-    def __init__(self, info: BackendInfo, base_url: str, client: httpx.AsyncClient, api_key: str | None = None):
+    def __init__(self, info: BackendInfo, base_url: str, client: httpx.AsyncClient, api_key: str | None = None,
+                 retry_budget: RetryBudget | None = None, on_retry: Callable[[], None] = lambda: None):
         self.info = info
         self.base_url = base_url.rstrip("/")
         self._client = client
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._retries = retry_budget or RetryBudget(0.0)
+        self._on_retry = on_retry
 
     def _body(self, request: GenerationRequest, stream: bool) -> dict:
         sampling = request.sampling
@@ -87,9 +95,24 @@ class HttpBackend:
         except httpx.HTTPError as exc:
             raise from_httpx(exc, backend=self.info.name, url=url) from exc
 
+    async def _connect(self, stack: AsyncExitStack, url: str, body: dict):
+        """The event source, once the response's headers are in. A request that failed before any response (refused,
+        or a pooled keep-alive connection the server had just closed) is sent once more if the budget allows."""
+        self._retries.requested()
+        try:
+            return await stack.enter_async_context(aconnect_sse(self._client, "POST", url, json=body,
+                                                                headers=self._headers))
+        except RETRYABLE:
+            if not self._retries.spend():
+                raise
+        self._on_retry()
+        return await stack.enter_async_context(aconnect_sse(self._client, "POST", url, json=body,
+                                                            headers=self._headers))
+
     async def _generate_streamed(self, url: str, request: GenerationRequest) -> AsyncIterator[Event]:
         body = self._body(request, stream=True)
-        async with aconnect_sse(self._client, "POST", url, json=body, headers=self._headers) as source:
+        async with AsyncExitStack() as stack:
+            source = await self._connect(stack, url, body)
             await self._raise_for_status(source.response)
             finish_reason, stop_reason, usage = None, None, None
             events = source.aiter_sse()
