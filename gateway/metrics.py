@@ -83,10 +83,14 @@ class GatewayMetrics:
                                               registry=r)
         self.shadow_queue = Gauge("kdgate_shadow_queue_depth", "Shadow jobs waiting for the teacher",
                                   multiprocess_mode="livesum", registry=r)
+        self.shadow_acknowledged = Counter("kdgate_shadow_acknowledged", "Shadow jobs committed to the store: from "
+                                           "here a crash delays them, never loses them", registry=r)
+        self.shadow_pending = Gauge("kdgate_shadow_pending_jobs", "Shadow jobs in the store not yet completed (all "
+                                    "processes)", multiprocess_mode="livemax", registry=r)
         self.shadow_sampled = Counter("kdgate_shadow_sampled", "Jobs queued for shadow work, by kind (shadow, "
                                       "escalation)", ["kind"], registry=r)
         self.shadow_dropped = Counter("kdgate_shadow_dropped", "Shadow jobs or records dropped, by reason "
-                                      "(queue_full, store_error, rejected)", ["reason"], registry=r)
+                                      "(queue_full, store_error, store_unavailable, rejected, retries_exhausted)", ["reason"], registry=r)
         self.shadow_failed = Counter("kdgate_shadow_failed", "Shadow jobs that failed, by stage (timeout, teacher, "
                                      "internal)", ["stage"], registry=r)
         self.shadow_store_write = Histogram("kdgate_shadow_store_write_seconds", "Time to write one shadow record",

@@ -182,7 +182,10 @@ class ShadowSettings(BaseModel):
                               "tightens the KL lower bound")
     queue_size: int = Field(default=256, ge=1, description="jobs waiting; beyond it jobs are dropped and counted")
     concurrency: int = Field(default=2, ge=1, le=64, description="shadow requests in flight toward the teacher")
-    timeout_s: float = Field(default=60.0, gt=0, description="one job (score + answer + write); then dropped")
+    timeout_s: float = Field(default=60.0, gt=0, description="one try of a job (score + answer); a job is tried "
+                             "three times, then dropped and counted")
+    drain_timeout_s: float = Field(default=10.0, ge=0, description="at shutdown (SIGTERM), how long the worker "
+                                   "keeps working through its jobs; stored ones left over resume at the next start")
     window: int = Field(default=200, ge=1, description="shadowed answers in the rolling KL/agreement gauges")
     store_url: str | None = Field(default="sqlite:///var/kdgate-shadow.sqlite3", description="SQLAlchemy URL: "
                                   "sqlite:///path (WAL) or postgresql+psycopg://user:pass@host/db; null: metrics "

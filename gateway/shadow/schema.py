@@ -50,3 +50,20 @@ class ShadowRow(Base):
 
     __table_args__ = (Index("ix_shadow_records_created_at", "created_at"),
                       Index("ix_shadow_records_kind_created_at", "kind", "created_at"))
+
+
+class JobRow(Base):
+    """A shadow job acknowledged and not yet completed: the raw request (the teacher must see what the student saw),
+    so it lives only until the worker has written its record."""
+
+    __tablename__ = "shadow_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload: Mapped[dict] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # a worker's lease
+    claim: Mapped[str | None] = mapped_column(String(32))  # which claim holds it
+
+    __table_args__ = (Index("ix_shadow_jobs_claimed_until", "claimed_until"),)

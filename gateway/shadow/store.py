@@ -76,18 +76,8 @@ class ShadowStore:
             command.upgrade(config, "head")
 
     def write(self, record: ShadowRecord) -> None:
-        if record.kind not in KINDS:
-            raise RecordRejected(f"kind must be one of {KINDS}, got {record.kind!r}")
-        try:
-            size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
-                                   record.student_answer, record.teacher_answer], allow_nan=False))
-        except (TypeError, ValueError) as error:  # NaN, infinities, objects JSON cannot hold
-            raise RecordRejected(f"record {record.request_id} is not storable as JSON: {error}") from None
-        if size > self.max_record_bytes:
-            raise RecordRejected(f"record {record.request_id} is {size} bytes, above the {self.max_record_bytes} "
-                                 "byte limit (`shadow.max_record_bytes`)")
         with Session(self.engine) as session, session.begin():
-            session.add(ShadowRow(**(asdict(record) | {"created_at": self._db_time(record.created_at)})))
+            session.add(record_row(self, record))
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete records past the retention limits; returns how many went."""
@@ -137,6 +127,21 @@ class ShadowStore:
         """Aware UTC for PostgreSQL; naive UTC for SQLite, which stores no time zone (and compares as text)."""
         moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
         return moment.replace(tzinfo=None) if self.engine.dialect.name == "sqlite" else moment
+
+
+def record_row(store: ShadowStore, record: ShadowRecord) -> ShadowRow:
+    """The row for a record, after the checks every stored record passes (`RecordRejected` names the problem)."""
+    if record.kind not in KINDS:
+        raise RecordRejected(f"kind must be one of {KINDS}, got {record.kind!r}")
+    try:
+        size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
+                               record.student_answer, record.teacher_answer], allow_nan=False))
+    except (TypeError, ValueError) as error:  # NaN, infinities, objects JSON cannot hold
+        raise RecordRejected(f"record {record.request_id} is not storable as JSON: {error}") from None
+    if size > store.max_record_bytes:
+        raise RecordRejected(f"record {record.request_id} is {size} bytes, above the {store.max_record_bytes} "
+                             "byte limit (`shadow.max_record_bytes`)")
+    return ShadowRow(**(asdict(record) | {"created_at": store._db_time(record.created_at)}))
 
 
 def _record(row: ShadowRow) -> ShadowRecord:

@@ -1,10 +1,14 @@
 """The shadow worker: off the request path, the teacher scores sampled student answers and answers itself.
 
-Serving hands a finished request over with `offer`, which never waits: the job goes into a bounded queue, or is
-dropped and counted when the queue is full. A fixed number of worker tasks (the concurrency limit toward the
-teacher) take jobs, each under a timeout, so a slow or dead teacher costs shadow jobs, never client requests.
-Results go to the metrics and to the store (in a thread; a failing store drops the record with a counter and a
-log line).
+Serving hands a finished request over with `offer`, which never waits. With a store, the job is then made durable
+(`gateway.shadow.jobs`): a writer task commits offered jobs in batches, and only then are they acknowledged; worker
+tasks (the concurrency limit toward the teacher) claim jobs from the store, each under a timeout, and complete them
+by writing the record and deleting the job together. A job survives SIGKILL as its row and is resumed by the next
+start; on SIGTERM the worker drains for `shadow.drain_timeout_s` and leaves the rest for the next start. A slow or
+dead teacher costs shadow work, never client requests: failed jobs are retried later, and dropped after three tries.
+Without a store (metrics only, or a store that could not be opened yet, which is retried in the background), jobs
+wait in a bounded memory queue. Either way the queue is bounded: beyond `shadow.queue_size` jobs are dropped and
+counted.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +30,7 @@ from gateway.backends.base import Backend, GenerationRequest, SamplingParams, To
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
+from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
 from gateway.shadow.scrub import Scrubber
 from gateway.shadow.store import RecordRejected, ShadowRecord, ShadowStore
 from router.policy import RouteDecision
@@ -32,18 +38,10 @@ from router.records import floor
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100  # writes between retention passes
-
-@dataclass(frozen=True)
-class ShadowJob:
-    request_id: str
-    kind: str  # "shadow": the student answered, compare; "escalation": the student did not finish
-    messages: tuple[dict, ...]
-    student_answer: str
-    student_tokens: tuple[TokenLogprob, ...]
-    decision: RouteDecision
-    student_model: str
-    max_tokens: int
-    created_at: datetime
+WRITE_BATCH = 64  # jobs committed together by the writer
+IDLE_POLL_S = 1.0  # an idle worker looks for resumed or retried jobs this often
+REOPEN_EVERY_S = 30.0  # a store that could not be opened is tried again this often
+STORE_ERRORS = (SQLAlchemyError, OSError)
 
 
 @dataclass(frozen=True)
@@ -57,23 +55,29 @@ class ShadowConfig:
     window: int  # requests in the rolling divergence gauges
     student_version: str | None = None
     adapter_version: str | None = None
+    drain_timeout_s: float = 10.0
 
 
 class ShadowWorker:
     def __init__(self, config: ShadowConfig, teacher: Backend, store: ShadowStore | None, scrubber: Scrubber,
-                 metrics: GatewayMetrics, seed: int | None = None, store_down: bool = False):
+                 metrics: GatewayMetrics, seed: int | None = None, store_down: bool = False,
+                 reopen: Callable[[], ShadowStore] | None = None):
         self.config = config
         self.teacher = teacher
         self.store = store
-        self.store_down = store_down  # configured but could not be opened: records are dropped and counted
+        self.jobs = JobQueue(store) if store is not None else None
+        self.store_down = store_down  # configured but could not be opened: retried with `reopen`
+        self._reopen = reopen
         self._writes_since_prune = 0
         self.scrub = scrubber
         self.metrics = metrics
-        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=config.queue_size)
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=config.queue_size)  # offered, not yet durable
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task] = []
         self._recent: deque[Divergence] = deque(maxlen=config.window)
         self._writes = asyncio.Semaphore(1)  # one store write at a time: SQLite has one writer anyway
+        self._wake = asyncio.Event()
+        self._busy = 0  # jobs being processed now
 
     # ------------------------------------------------------------------------------------------------ request side
 
@@ -92,40 +96,183 @@ class ShadowWorker:
         self.metrics.shadow_queue.inc()  # counted, not read at scrape time: several workers' queues add up
         return True
 
-    # ------------------------------------------------------------------------------------------------ worker side
+    # ------------------------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"shadow-{index}")
-                       for index in range(self.config.concurrency)]
+        self._tasks = [asyncio.create_task(self._writer(), name="shadow-writer")]
+        self._tasks += [asyncio.create_task(self._run(), name=f"shadow-{index}")
+                        for index in range(self.config.concurrency)]
+        if self.store_down and self._reopen is not None:
+            self._tasks.append(asyncio.create_task(self._reopen_store(), name="shadow-reopen"))
 
     async def aclose(self) -> None:
+        """Drain what can be done within `drain_timeout_s` (SIGTERM's path); durable jobs left over wait for the
+        next start."""
+        try:
+            await self.drain(timeout=self.config.drain_timeout_s)
+        except TimeoutError:
+            log.warning("shadow work not finished after %.0f s at shutdown; %s", self.config.drain_timeout_s,
+                        "the stored jobs resume at the next start" if self.jobs else "in-memory jobs are dropped")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def drain(self) -> None:
-        """Wait until every queued job is done (tests, graceful shutdown)."""
-        await self.queue.join()
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every job offered so far is done (written and processed), at most `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self.queue.join()
+            while self._busy or (self.jobs is not None and await asyncio.to_thread(self.jobs.pending)):
+                self._wake.set()
+                await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------------------------------------ worker side
+
+    async def _writer(self) -> None:
+        """Offered jobs made durable in batches: acknowledged once committed. Idle while there is no store."""
+        while True:
+            if self.jobs is None:
+                await self._idle()
+                continue
+            batch = [await self.queue.get()]
+            while len(batch) < WRITE_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._persist(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+                    self.metrics.shadow_queue.dec()
+
+    async def _persist(self, batch: list[ShadowJob]) -> None:
+        try:
+            async with self._writes:
+                room = self.config.queue_size - await asyncio.to_thread(self.jobs.pending)
+                kept = batch[:max(0, room)]
+                stored = await asyncio.to_thread(self.jobs.enqueue, kept) if kept else 0
+        except STORE_ERRORS as error:
+            self.metrics.shadow_dropped.labels("store_error").inc(len(batch))
+            log.warning("shadow jobs could not be stored, %d dropped: %s", len(batch), error)
+            return
+        if len(kept) < len(batch):
+            self.metrics.shadow_dropped.labels("queue_full").inc(len(batch) - len(kept))
+        self.metrics.shadow_acknowledged.inc(stored)
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            job = await self.queue.get()
-            self.metrics.shadow_queue.dec()
+            if self.jobs is None:  # no store (yet): jobs are taken from memory
+                await self._run_from_memory()
+                continue
             try:
-                await asyncio.wait_for(self.process(job), timeout=self.config.timeout_s)
-            except TimeoutError:
-                self.metrics.shadow_failed.labels("timeout").inc()
-                log.warning("shadow job %s timed out after %.0f s (teacher slow or down)", job.request_id,
-                            self.config.timeout_s)
-            except GatewayError as error:
-                self.metrics.shadow_failed.labels("teacher").inc()
-                log.warning("shadow job %s: teacher failed: %s", job.request_id, error)
-            except Exception:  # a bug here must not kill the worker task
-                self.metrics.shadow_failed.labels("internal").inc()
-                log.exception("shadow job %s failed", job.request_id)
+                claimed = await asyncio.to_thread(self.jobs.claim, 1, self.config.timeout_s + 5.0)
+            except STORE_ERRORS as error:
+                log.warning("shadow jobs could not be claimed: %s", error)
+                await self._idle()
+                continue
+            if not claimed:
+                await self._idle()
+                continue
+            self._busy += 1
+            try:
+                await self._complete(claimed[0])
             finally:
-                self.queue.task_done()
+                self._busy -= 1
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+        except TimeoutError:
+            if self.jobs is not None:
+                try:
+                    self.metrics.shadow_pending.set(await asyncio.to_thread(self.jobs.pending))
+                except STORE_ERRORS:
+                    pass
+
+    async def _complete(self, claimed: Claimed) -> None:
+        job = claimed.job
+        record = await self._attempt(job)
+        if record is None:
+            await self._release(claimed)
+            return
+        started = time.monotonic()
+        try:
+            async with self._writes:
+                await asyncio.to_thread(self.jobs.complete, claimed, record)
+        except RecordRejected as error:
+            self.metrics.shadow_dropped.labels("rejected").inc()
+            log.warning("shadow record rejected: %s", error)
+            await self._release(claimed, final=True)
+        except STORE_ERRORS as error:
+            log.warning("shadow record %s could not be written: %s", job.request_id, error)
+            await self._release(claimed, reason="store_error")
+        else:
+            self.metrics.shadow_store_write.observe(time.monotonic() - started)
+            await self._after_write()
+
+    async def _release(self, claimed: Claimed, final: bool = False, reason: str = "retries_exhausted") -> None:
+        """A failed try: the job waits for another, or is dropped for good (counted as `reason`) after its last;
+        `final` drops it now (its drop is counted by the caller)."""
+        try:
+            async with self._writes:
+                if final:
+                    await asyncio.to_thread(self.jobs.drop, claimed)
+                    return
+                kept = await asyncio.to_thread(self.jobs.release, claimed)
+        except STORE_ERRORS as error:
+            log.warning("shadow job %s could not be released (its lease will expire): %s", claimed.job.request_id,
+                        error)
+            return
+        if not kept:
+            self.metrics.shadow_dropped.labels(reason).inc()
+            log.warning("shadow job %s dropped after %d tries", claimed.job.request_id, claimed.attempts + 1)
+
+    async def _attempt(self, job: ShadowJob) -> ShadowRecord | None:
+        """The record, or None (counted, logged) when the teacher failed or timed out."""
+        try:
+            return await asyncio.wait_for(self.process(job), timeout=self.config.timeout_s)
+        except TimeoutError:
+            self.metrics.shadow_failed.labels("timeout").inc()
+            log.warning("shadow job %s timed out after %.0f s (teacher slow or down)", job.request_id,
+                        self.config.timeout_s)
+        except GatewayError as error:
+            self.metrics.shadow_failed.labels("teacher").inc()
+            log.warning("shadow job %s: teacher failed: %s", job.request_id, error)
+        except Exception:  # a bug here must not kill the worker task
+            self.metrics.shadow_failed.labels("internal").inc()
+            log.exception("shadow job %s failed", job.request_id)
+        return None
+
+    async def _run_from_memory(self) -> None:
+        try:
+            job = await asyncio.wait_for(self.queue.get(), IDLE_POLL_S)
+        except TimeoutError:
+            return
+        self._busy += 1
+        try:
+            if self.jobs is not None:  # the store came back while this task waited: the job is stored after all
+                await self._persist([job])
+                return
+            record = await self._attempt(job)
+            if record is not None and self.store_down:
+                self.metrics.shadow_dropped.labels("store_unavailable").inc()
+        finally:
+            self._busy -= 1
+            self.queue.task_done()
+            self.metrics.shadow_queue.dec()
+
+    async def _reopen_store(self) -> None:
+        while self.jobs is None:
+            await asyncio.sleep(REOPEN_EVERY_S)
+            try:
+                store = await asyncio.to_thread(self._reopen)
+            except STORE_ERRORS as error:
+                log.warning("shadow store still unavailable: %s", error)
+                continue
+            self.store, self.jobs, self.store_down = store, JobQueue(store), False
+            log.info("shadow store is available again; shadow jobs are stored from now on")
+            self._wake.set()
 
     async def process(self, job: ShadowJob) -> ShadowRecord:
         k = self.config.top_logprobs
@@ -149,7 +296,6 @@ class ShadowWorker:
             teacher_nll=figures.teacher_nll if figures else None,
             answers_agree=figures.answers_agree if figures else None,
             field_agreement=figures.field_agreement if figures else None)
-        await self._store(record)
         return record
 
     async def _teacher_answer(self, job: ShadowJob, messages: list[dict]) -> tuple[str, tuple[TokenLogprob, ...]]:
@@ -177,27 +323,11 @@ class ShadowWorker:
         if answered:
             metrics.shadow_agreement_rolling.set(sum(answered) / len(answered))
 
-    async def _store(self, record: ShadowRecord) -> None:
-        if self.store is None:
-            if self.store_down:
-                self.metrics.shadow_dropped.labels("store_unavailable").inc()
-            return
-        started = time.monotonic()
-        try:
-            async with self._writes:
-                await asyncio.to_thread(self.store.write, record)
-        except RecordRejected as error:
-            self.metrics.shadow_dropped.labels("rejected").inc()
-            log.warning("shadow record rejected: %s", error)
-        except (SQLAlchemyError, OSError) as error:
-            self.metrics.shadow_dropped.labels("store_error").inc()
-            log.warning("shadow store write failed, record %s dropped: %s", record.request_id, error)
-        else:
-            self.metrics.shadow_store_write.observe(time.monotonic() - started)
-            self._writes_since_prune += 1
-            if self._writes_since_prune >= PRUNE_EVERY:
-                self._writes_since_prune = 0
-                await self._prune()
+    async def _after_write(self) -> None:
+        self._writes_since_prune += 1
+        if self._writes_since_prune >= PRUNE_EVERY:
+            self._writes_since_prune = 0
+            await self._prune()
 
     async def _prune(self) -> None:
         try:

@@ -147,3 +147,25 @@ def test_an_unreachable_store_at_startup_still_serves(demo_dirs, engine_server, 
         figures = wait_for(lambda: (m := metrics(server)).get(
             "kdgate_shadow_dropped_total[('reason', 'store_unavailable')]") and m)
     assert figures["kdgate_shadow_kl_count[]"] == 1  # divergence still reaches the metrics
+
+
+def test_a_store_that_comes_back_is_opened(demo_dirs, engine_server, tmp_path, monkeypatch):
+    """The store's folder is blocked by a file at start; once the file is gone the worker opens the store and
+    records are written again."""
+    import gateway.shadow.worker as worker
+    from gateway.app import create_app
+
+    monkeypatch.setattr(worker, "REOPEN_EVERY_S", 0.3)
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's folder should be")
+    settings = gateway_settings(demo_dirs, engine_server, shadow=ShadowSettings(
+        enabled=True, sample_rate=1.0, store_url=f"sqlite:///{blocker}/shadow.sqlite3"))
+    with ThreadedServer(create_app(settings)) as server:
+        assert ask(server)
+        wait_for(lambda: metrics(server).get("kdgate_shadow_dropped_total[('reason', 'store_unavailable')]"))
+        blocker.unlink()
+        shadow = server.app.state.chat.shadow
+        wait_for(lambda: shadow.store is not None)
+        assert ask(server)
+        record = wait_for(lambda: next(iter(shadow.store.iter_records()), None))
+    assert record.kind == "shadow"

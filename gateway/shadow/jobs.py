@@ -1,0 +1,158 @@
+"""The durable shadow job queue: a table in the shadow store, so that an acknowledged job survives any exit.
+
+A job is *acknowledged* once its row is committed (`kdgate_shadow_acknowledged_total`): from then on a crash can
+delay it, never lose it. Workers take jobs by *claiming* them — one UPDATE that sets a lease on rows whose lease is
+free or expired, re-checked row by row, so two processes never hold the same job — and *complete* one by writing
+its record and deleting the job in a single transaction (a crash between the two cannot duplicate the record;
+the record's unique request id refuses a second one anyway). A job whose teacher call fails is released for a
+later try, and dropped after `max_attempts`. Jobs hold the raw request (the teacher must see what the student
+saw) and are deleted when done; the stored record holds the scrubbed prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.backends.base import TokenLogprob, TopLogprob
+from gateway.shadow.schema import JobRow, ShadowRow
+from gateway.shadow.store import ShadowRecord, ShadowStore, record_row
+from router.policy import RouteDecision
+from router.records import floor
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    request_id: str
+    kind: str  # "shadow": the student answered, compare; "escalation": the student did not finish
+    messages: tuple[dict, ...]
+    student_answer: str
+    student_tokens: tuple[TokenLogprob, ...]
+    decision: RouteDecision
+    student_model: str
+    max_tokens: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: int
+    attempts: int
+    job: ShadowJob
+
+
+class JobQueue:
+    def __init__(self, store: ShadowStore, max_attempts: int = 3):
+        self.store = store
+        self.max_attempts = max_attempts
+
+    def enqueue(self, jobs: list[ShadowJob]) -> int:
+        """Persist jobs (one transaction); a job already queued is skipped. Returns how many are now stored."""
+        rows = [JobRow(request_id=job.request_id, created_at=self.store._db_time(job.created_at),
+                       payload=to_payload(job), attempts=0) for job in jobs]
+        try:
+            with Session(self.store.engine) as session, session.begin():
+                session.add_all(rows)
+            return len(rows)
+        except IntegrityError:  # a duplicate in the batch: store them one by one, skipping it
+            stored = 0
+            for row in rows:
+                try:
+                    with Session(self.store.engine) as session, session.begin():
+                        session.add(JobRow(request_id=row.request_id, created_at=row.created_at,
+                                           payload=row.payload, attempts=0))
+                    stored += 1
+                except IntegrityError:
+                    continue
+            return stored
+
+    def claim(self, limit: int, lease_s: float, now: datetime | None = None) -> list[Claimed]:
+        """Take up to `limit` jobs whose lease is free or expired, oldest first."""
+        now = now or datetime.now(UTC)
+        token = uuid.uuid4().hex
+        free = or_(JobRow.claimed_until.is_(None), JobRow.claimed_until < self.store._db_time(now))
+        oldest = select(JobRow.id).where(free).order_by(JobRow.id).limit(limit).scalar_subquery()
+        with Session(self.store.engine) as session, session.begin():
+            session.execute(update(JobRow).where(and_(JobRow.id.in_(oldest), free)).values(
+                claimed_until=self.store._db_time(now + timedelta(seconds=lease_s)), claim=token)
+                .execution_options(synchronize_session=False))
+            rows = session.scalars(select(JobRow).where(JobRow.claim == token).order_by(JobRow.id)).all()
+            return [Claimed(row.id, row.attempts, from_payload(row.payload)) for row in rows]
+
+    def complete(self, claimed: Claimed, record: ShadowRecord) -> bool:
+        """Write the record and delete the job, together. False when the record already existed."""
+        try:
+            with Session(self.store.engine) as session, session.begin():
+                session.add(record_row(self.store, record))
+                session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
+            return True
+        except IntegrityError:  # completed before (another process, or a retry): the job is done
+            with Session(self.store.engine) as session, session.begin():
+                session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
+            return False
+
+    def release(self, claimed: Claimed) -> bool:
+        """The job failed this time: free it for a later try, or drop it after `max_attempts`. True if kept."""
+        with Session(self.store.engine) as session, session.begin():
+            if claimed.attempts + 1 >= self.max_attempts:
+                session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
+                return False
+            session.execute(update(JobRow).where(JobRow.id == claimed.job_id).values(
+                attempts=claimed.attempts + 1, claimed_until=None, claim=None))
+            return True
+
+    def drop(self, claimed: Claimed) -> None:
+        with Session(self.store.engine) as session, session.begin():
+            session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
+
+    def pending(self) -> int:
+        with Session(self.store.engine) as session:
+            return session.scalar(select(func.count()).select_from(JobRow)) or 0
+
+    def request_ids(self) -> set[str]:
+        """Every job's and every record's request id (tests count what survived a crash)."""
+        with Session(self.store.engine) as session:
+            jobs = set(session.scalars(select(JobRow.request_id)))
+            return jobs | set(session.scalars(select(ShadowRow.request_id)))
+
+
+# ------------------------------------------------------------------------------------------------ the payload
+
+
+def to_payload(job: ShadowJob) -> dict:
+    decision = job.decision
+    return {"request_id": job.request_id, "kind": job.kind, "messages": list(job.messages),
+            "student_answer": job.student_answer, "student_tokens": [_token(entry) for entry in job.student_tokens],
+            "decision": {"route": decision.route, "reason": str(decision.reason), "score": _finite(decision.score),
+                         "threshold": _finite(decision.threshold)},
+            "student_model": job.student_model, "max_tokens": job.max_tokens,
+            "created_at": job.created_at.isoformat()}
+
+
+def from_payload(payload: dict) -> ShadowJob:
+    decision = payload["decision"]
+    return ShadowJob(
+        request_id=payload["request_id"], kind=payload["kind"], messages=tuple(payload["messages"]),
+        student_answer=payload["student_answer"],
+        student_tokens=tuple(TokenLogprob(entry["token"], entry["logprob"],
+                                          tuple(TopLogprob(token, logprob, token_id)
+                                                for token, logprob, token_id in entry["top"]), entry["id"])
+                             for entry in payload["student_tokens"]),
+        decision=RouteDecision(decision["route"], decision["reason"], decision["score"], decision["threshold"]),
+        student_model=payload["student_model"], max_tokens=payload["max_tokens"],
+        created_at=datetime.fromisoformat(payload["created_at"]))
+
+
+def _token(entry: TokenLogprob) -> dict:
+    return {"token": entry.token, "logprob": floor(entry.logprob), "id": entry.token_id,
+            "top": [[top.token, floor(top.logprob), top.token_id] for top in entry.top_logprobs]}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
