@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials, admission=True)
     app.include_router(admin.router)
     app.state.banner = banner(settings)
+    app.state.served = openapi.ServedLimits(settings.served_model, settings.max_tokens_limit, settings.max_top_logprobs)
     return app
 
 
@@ -89,7 +90,9 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         finally:
             await backend.aclose()
 
-    return _app("kdgate engine", lifespan, options or AppOptions(), Credentials(required=False, keys=()))
+    app = _app("kdgate engine", lifespan, options or AppOptions(), Credentials(required=False, keys=()))
+    app.state.served = openapi.ServedLimits(served_model, limits.max_tokens_limit, limits.max_top_logprobs)
+    return app
 
 
 def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:

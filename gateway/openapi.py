@@ -7,6 +7,8 @@ request schema nor its error statuses nor its SSE stream; they are added here, w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
@@ -45,6 +47,9 @@ def build(app: FastAPI) -> dict:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in (ChatCompletionRequest, ChatCompletionChunk, ErrorResponse):
         _add_schema(schemas, model)
+    limits = getattr(app.state, "served", None)
+    if limits is not None:
+        _this_servers_limits(schemas["ChatCompletionRequest"]["properties"], limits)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             errors = CHAT_ERRORS if path == "/v1/chat/completions" else COMMON_ERRORS
@@ -62,9 +67,36 @@ def _describe_chat(operation: dict) -> None:
     ok = operation["responses"]["200"]
     ok["description"] = ("the completion as JSON, or with `stream: true` a `text/event-stream` of "
                          "`data: <chunk JSON>` frames ending with `data: [DONE]`")
-    ok["content"]["text/event-stream"] = {"schema": {
-        "type": "string", "description": "SSE frames; each `data:` line holds a ChatCompletionChunk (or one error "
-        "envelope), the last one is `[DONE]`", "x-chunk-schema": {"$ref": REF.format(model="ChatCompletionChunk")}}}
+    ok["content"]["text/event-stream"] = {"schema": {  # one server-sent event (OpenAPI 3.2's SSE pattern)
+        "description": "each event's `data` is a ChatCompletionChunk, or (once, mid-stream) an error envelope; the "
+                       "last is the literal `[DONE]`",
+        "type": "object", "required": ["data"],
+        "anyOf": [{"properties": {"data": {"const": "[DONE]"}}},
+                  {"properties": {"data": {"type": "string", "contentMediaType": "application/json",
+                                           "contentSchema": {"anyOf": [
+                                               {"$ref": REF.format(model="ChatCompletionChunk")},
+                                               {"$ref": REF.format(model="ErrorResponse")}]}}}}]}}
+
+
+def _this_servers_limits(properties: dict, served: ServedLimits) -> None:
+    """What this server accepts beyond the wire format: its model id, its max_tokens and logprob limits."""
+    properties["model"]["anyOf"] = [{"type": "string", "enum": [served.model]}, {"type": "null"}]
+    for name in ("max_tokens", "max_completion_tokens"):
+        for branch in properties[name]["anyOf"]:
+            if branch.get("type") == "integer":
+                branch["maximum"] = served.max_tokens
+    for name in ("top_logprobs", "prompt_logprobs"):
+        target = properties[name]["anyOf"] if "anyOf" in properties[name] else [properties[name]]
+        for branch in target:
+            if branch.get("type") == "integer":
+                branch["maximum"] = served.max_top_logprobs
+
+
+@dataclass(frozen=True)
+class ServedLimits:
+    model: str
+    max_tokens: int
+    max_top_logprobs: int
 
 
 def _error_response(description: str) -> dict:

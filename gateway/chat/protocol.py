@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 OPENAI_MAX_STOP_SEQUENCES = 4
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
 Role = Literal["system", "developer", "user", "assistant"]
+
+
+def _integral(value: Any) -> Any:
+    """JSON's 20.0 is the integer 20 (JSON Schema agrees); strict parsing would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
+def bounded(ge: int, le: int | None = None):
+    """An integer within bounds; the bounds sit inside the before-validator so the JSON schema states them."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
 
 
 class TextContentPart(BaseModel):
@@ -26,11 +39,24 @@ class TextContentPart(BaseModel):
     text: str
 
 
+def _branches(schema: dict, **per_type: dict) -> None:
+    """Add JSON-schema constraints to the `anyOf` branches of a field, by branch type (the OpenAPI document then
+    says what the field's validator checks)."""
+    for branch in schema.get("anyOf", [schema]):
+        branch.update(per_type.get(branch.get("type"), {}))
+
+
+def _content_schema(schema: dict) -> None:
+    _branches(schema, string={"pattern": r"\S"},
+              array={"minItems": 1, "contains": {"type": "object", "required": ["text"],
+                                                 "properties": {"text": {"type": "string", "pattern": r"\S"}}}})
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[TextContentPart]
+    content: str | list[TextContentPart] = Field(json_schema_extra=_content_schema)
     name: str | None = None
 
     @field_validator("content", mode="before")
@@ -62,26 +88,44 @@ def text_of(content: str | list[TextContentPart]) -> str:
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
 
+# The cross-field rules of the validators below, as JSON Schema (for the OpenAPI document and schema-driven tests).
+CROSS_FIELD_RULES = [
+    {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+     "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+    {"if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+     "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
+    {"if": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+     "then": {"properties": {"prompt_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}}},
+    {"if": {"required": ["continue_final_message"], "properties": {"continue_final_message": {"const": True}}},
+     "then": {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}}},
+]
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: a number or boolean sent as a string is refused, as OpenAI's API refuses it (lax parsing accepted
+    # "5" for `max_tokens` while the documented schema says integer)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": CROSS_FIELD_RULES})
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     logprobs: bool = False
-    max_completion_tokens: int | None = None
-    max_tokens: int | None = None
-    n: int = 1
-    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: str | list[str] | None = None
+    max_completion_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(
+        s, integer={"minimum": 1}))
+    max_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(s, integer={"minimum": 1}))
+    n: Integer = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    seed: bounded(*SEED_RANGE) | None = None
+    stop: str | list[str] | None = Field(default=None, json_schema_extra=lambda s: _branches(
+        s, string={"minLength": 1}, array={"maxItems": OPENAI_MAX_STOP_SEQUENCES,
+                                           "items": {"type": "string", "minLength": 1}}))
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_logprobs: int | None = Field(default=None, ge=0)
+    top_logprobs: bounded(0) | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     user: str | None = None
 
@@ -90,8 +134,8 @@ class ChatCompletionRequest(BaseModel):
         default=True, description="Append the assistant turn header after the messages (vLLM).")
     continue_final_message: bool = Field(
         default=False, description="Continue the last (assistant) message instead of starting a new one (vLLM).")
-    prompt_logprobs: int | None = Field(
-        default=None, ge=0, description="Return top-k logprobs of every prompt token, for scoring (vLLM).")
+    prompt_logprobs: bounded(0) | None = Field(
+        default=None, description="Return top-k logprobs of every prompt token, for scoring (vLLM).")
     return_token_ids: bool = Field(
         default=False, description="Return `prompt_token_ids` of the rendered prompt (vLLM).")
     ignore_eos: bool = Field(
