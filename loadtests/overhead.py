@@ -11,6 +11,9 @@ Arms (one worker process each, all started once and kept up):
                     the handoff floor, nothing held back
   kdgate hold-8     the confidence policy holding back 8 tokens (N=8), logprobs on, then releasing them
   kdgate handoff ×N the handoff arm with N uvicorn workers (--workers; multiprocess metrics), for scaling
+  kdgate handoff +keys+limits   the handoff arm with an API key required and per-key request and token limits
+                    (in-memory sliding windows; limits far above the load, so what is measured is their cost)
+  kdgate handoff +keys+redis    the same with the windows in Redis (--redis URL: a running redis-server)
   litellm           LiteLLM's proxy (optional: --litellm PATH; it lives in its own virtualenv)
 
 Each round visits the arms in a rotated order (machine noise hits all alike) and runs closed-loop streaming load at
@@ -115,13 +118,22 @@ def _start(command: list[str], url: str, env: dict[str, str] | None = None, log:
     return process
 
 
-def _kdgate_config(folder: Path, name: str, zero_url: str, routing: dict) -> Path:
+def _kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: dict | None = None) -> Path:
     backend = {"kind": "http", "base_url": zero_url, "model": MODEL}
     config = {"served_model": MODEL, "student": backend, "teacher": backend, "routing": routing,
-              "shadow": {"enabled": False}, "log_level": "warning"}
+              "shadow": {"enabled": False}, "log_level": "warning"} | (extra or {})
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
+
+
+def _keyed() -> tuple[str, dict]:
+    """A key and the settings that require it, with request and token limits far above any load here."""
+    from gateway.auth import new_key
+
+    key, digest = new_key()
+    return key, {"auth": {"keys": [{"name": "bench", "sha256": digest}]},
+                 "limits": {"key_requests_per_minute": 10**9, "key_tokens_per_minute": 10**12}}
 
 
 def _hold_back_policy(folder: Path, prefix: int) -> Path:
@@ -151,13 +163,19 @@ def start_arms(args: argparse.Namespace, folder: Path, cores: Cores) -> tuple[su
     variants = {"kdgate": {"policy": "student_only"},
                 "kdgate handoff": {"policy": "student_only", "handoff": {"enabled": True, "min_prob": 0.01}},
                 "kdgate hold-8": {"policy": "confidence", "policy_file": str(_hold_back_policy(folder, 8))}}
-    runs = [(name, routing, 1) for name, routing in variants.items()]
-    runs += [(f"kdgate handoff ×{workers}", variants["kdgate handoff"], workers) for workers in args.workers
+    runs = [(name, routing, 1, None) for name, routing in variants.items()]
+    runs += [(f"kdgate handoff ×{workers}", variants["kdgate handoff"], workers, None) for workers in args.workers
              if workers > 1]
-    for name, routing, workers in runs:
-        port, slug = free_port(), name.replace(" ", "-").replace("×", "x")
-        config = _kdgate_config(folder, slug, zero_url, routing)
-        arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", _start(
+    key, guarded = _keyed()
+    runs.append(("kdgate handoff +keys+limits", variants["kdgate handoff"], 1, guarded))
+    if args.redis:
+        runs.append(("kdgate handoff +keys+redis", variants["kdgate handoff"], 1,
+                     guarded | {"limits": guarded["limits"] | {"redis_url": args.redis}}))
+    for name, routing, workers, extra in runs:
+        port, slug = free_port(), name.replace(" ", "-").replace("×", "x").replace("+", "")
+        config = _kdgate_config(folder, slug, zero_url, routing, extra)
+        arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"} if extra
+                        else {}, process=_start(
             kdgate + ["serve", "--port", str(port), "--config", str(config), "--workers", str(workers)],
             f"http://127.0.0.1:{port}/readyz", log=folder / f"{slug}.log",
             cores=cores.gateway if workers == 1 else cores.workers)))
@@ -321,6 +339,7 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
+    parser.add_argument("--redis", help="redis://… of a running redis-server: adds the Redis-limited arm")
     parser.add_argument("--workers", type=int, nargs="*", default=[2],
                         help="also run the handoff arm with this many gateway workers (throughput scaling)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,

@@ -11,14 +11,16 @@ import pytest
 
 
 @pytest.mark.slow
-def test_overhead_harness_runs_every_arm(tmp_path):
+def test_overhead_harness_runs_every_arm(tmp_path, redis_server):
     done = subprocess.run([sys.executable, "-m", "loadtests.overhead", "--rounds", "1", "--requests", "12",
                            "--concurrency", "1", "4", "--rates", "5", "10", "--rate-seconds", "2", "--rate-repeats", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           "--redis", redis_server.url, "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     arms = {row["arm"] for row in rows}
-    assert arms == {"direct", "passthrough", "kdgate", "kdgate handoff", "kdgate hold-8", "kdgate handoff ×2"}
+    assert arms == {"direct", "passthrough", "kdgate", "kdgate handoff", "kdgate hold-8", "kdgate handoff ×2",
+                    "kdgate handoff +keys+limits", "kdgate handoff +keys+redis"}  # the keyed arms send their key
     assert all(row["failed"] == 0 for row in rows)
     for row in rows:
         if row["arm"] != "direct":
