@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -64,6 +66,7 @@ async def test_memory_windows_count_and_refuse():
 async def test_admission_refuses_with_retry_after_and_counts_tokens():
     admission = Admission(LimitsSettings(key_requests_per_minute=2, key_tokens_per_minute=100), GatewayMetrics())
     app = Principal("app", frozenset())
+    await asyncio.to_thread(clear_of_a_minute_boundary, 5)
     first = await admission.admit(app)
     first.release()
     await first.spent(150)  # over the tokens per minute: the next request waits
@@ -116,14 +119,48 @@ def post(server, key, body=CHAT, **kwargs) -> httpx.Response:
                       headers={"authorization": f"Bearer {key}"}, **kwargs)
 
 
+def clear_of_a_minute_boundary(seconds: float) -> None:
+    """Wait, if need be, until `seconds` fit before the next wall-clock minute. The sliding window weighs the
+    previous minute by how much of it is still inside the last 60 s, so requests that straddle a minute boundary
+    are judged on 2 × (1 − ε) < 2: a test of an exact count must not straddle one."""
+    into = time.time() % WINDOW_S
+    if into + seconds > WINDOW_S:
+        time.sleep(WINDOW_S - into + 0.05)
+
+
 def metric(server, admin_key: str, name: str, **labels) -> float:
     text = httpx.get(f"{server.url}/metrics", timeout=10, headers={"authorization": f"Bearer {admin_key}"}).text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
+@contextmanager
+def long_stream_held(server, headers: dict):
+    """A 400-token stream in flight (its first chunk received) for the block's duration."""
+    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
+    started = threading.Event()
+
+    def hold():
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
+                          headers=headers) as response:
+            lines = response.iter_lines()
+            next(lines)
+            started.set()
+            for _ in lines:
+                pass
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert started.wait(30)
+    try:
+        yield
+    finally:
+        holder.join(60)
+
+
 def test_a_spent_key_gets_429_with_retry_after(limited):
     server, keys = limited
+    clear_of_a_minute_boundary(15)
     assert [post(server, keys["app"]).status_code for _ in range(2)] == [200, 200]
     refused = post(server, keys["app"])
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
@@ -137,6 +174,7 @@ def test_a_spent_key_gets_429_with_retry_after(limited):
 def test_tokens_per_minute_count_what_was_served(limited):
     server, keys = limited
     stream = CHAT | {"stream": True, "max_tokens": 48}
+    clear_of_a_minute_boundary(10)
     assert post(server, keys["tokens"], stream).status_code == 200  # its tokens are counted after the stream
     refused = post(server, keys["tokens"])
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "tokens"
@@ -144,23 +182,8 @@ def test_tokens_per_minute_count_what_was_served(limited):
 
 def test_no_free_slot_and_no_queue_is_a_503_at_once(limited):
     server, keys = limited
-    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
-    started = threading.Event()
-
-    def hold():
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
-                          headers={"authorization": f"Bearer {keys['holder']}"}) as response:
-            lines = response.iter_lines()
-            next(lines)
-            started.set()
-            for _ in lines:
-                pass
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert started.wait(30)
-    shed = post(server, keys["holder"])
-    holder.join(60)
+    with long_stream_held(server, {"authorization": f"Bearer {keys['holder']}"}):
+        shed = post(server, keys["holder"])
     assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
     assert shed.json()["error"]["code"] == "overloaded"
     assert metric(server, keys["admin"], "kdgate_shed_requests_total", reason="queue_full") >= 1
@@ -191,23 +214,8 @@ def test_a_saturated_teacher_leaves_the_student_answer(demo_dirs, engine_server,
     settings = gateway_settings(demo_dirs, engine_server, routing=routing).model_copy(update={"teacher": teacher})
     with ThreadedServer(create_app(settings)) as server:
         server.app.state.chat.router.policy.threshold = ESCALATE
-        long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
-        started = threading.Event()
-
-        def hold():
-            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
-                              headers={"x-kdgate-force": "teacher"}) as response:
-                lines = response.iter_lines()
-                next(lines)
-                started.set()
-                for _ in lines:
-                    pass
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert started.wait(30)
-        reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60)
-        holder.join(60)
+        with long_stream_held(server, {"x-kdgate-force": "teacher"}):
+            reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60)
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-kdgate-route-reason"] == "teacher_unavailable"
 
@@ -226,6 +234,7 @@ async def test_redis_windows_are_shared_between_processes_state(redis_server):
     """Two admissions (as two processes would hold) on one Redis share one window."""
     settings = LimitsSettings(key_requests_per_minute=3, redis_url=redis_server.url)
     first, second = Admission(settings, GatewayMetrics()), Admission(settings, GatewayMetrics())
+    await asyncio.to_thread(clear_of_a_minute_boundary, 5)
     key = Principal(f"shared-{os.getpid()}-{id(first)}", frozenset())
     try:
         outcomes = []
@@ -273,6 +282,7 @@ def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, red
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
         statuses, pids = [], set()
+        clear_of_a_minute_boundary(30)
         for _ in range(10):  # a new connection each time, so the kernel spreads them over both workers
             with httpx.Client(timeout=60) as client:
                 reply = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
