@@ -291,6 +291,10 @@ class LimitsSettings(BaseModel):
                                   "Redis fails, requests are admitted and kdgate_limit_errors_total counts it")
     max_connections: int | None = Field(default=2048, ge=1, description="open connections one process accepts "
                                         "(uvicorn's limit_concurrency); beyond it new ones get 503. null: no cap")
+    keep_alive_s: float = Field(default=75.0, gt=0, description="how long an idle client connection is kept open. "
+                                "Keep it above every client's and load balancer's own idle timeout (httpx and the "
+                                "openai SDK: 5 s; AWS ALB: 60 s): when both sides time out alike, a client reuses a "
+                                "connection the gateway is closing and its request fails")
 
 
 class GatewaySettings(BaseSettings):

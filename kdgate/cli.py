@@ -88,7 +88,7 @@ def serve(
         typer.echo(line)
     run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": None,
            "access_log": False, "timeout_graceful_shutdown": 5,  # gateway.access logs each call, with its key
-           "limit_concurrency": settings.limits.max_connections}
+           "limit_concurrency": settings.limits.max_connections, "timeout_keep_alive": settings.limits.keep_alive_s}
     if folder is None:
         uvicorn.run(create_app(settings), **run)
         return

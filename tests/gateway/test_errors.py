@@ -45,3 +45,9 @@ def test_envelope_has_openai_shape():
     status, body = errors.to_envelope(errors.InvalidRequest("`n` must be 1", parameter="n"))
     assert status == 400
     assert body == {"error": {"message": "`n` must be 1", "type": "invalid_request_error", "param": "n", "code": 400}}
+
+
+def test_an_httpx_error_without_a_message_is_named_by_its_class():
+    """One keep-alive race gave '503 … is unreachable ()': an empty reason. The class name stands in for it."""
+    error = errors.from_httpx(httpx.ConnectError(""), backend="teacher", url="http://teacher:8002/v1/chat/completions")
+    assert "(ConnectError)" in error.message and "()" not in error.message

@@ -85,3 +85,21 @@ def test_the_banner_names_the_policy_its_threshold_and_how_to_change_it(default_
     assert "KDGATE_ROUTING__HANDOFF__ENABLED=false" in routing and "docs/routing.md" in routing
     shadow = next(line for line in log.read_text().splitlines() if line.startswith("shadow: "))
     assert "5%" in shadow and "sqlite:///var/kdgate-shadow.sqlite3" in shadow
+
+
+def test_an_idle_connection_outlives_a_clients_own_keep_alive(default_gateway):
+    """uvicorn closed idle connections after 5 s, the same expiry as httpx's and the openai SDK's pools: a client
+    reusing a connection just as the gateway closed it got a ReadError (one in 12,000 requests of the soak run).
+    The gateway now keeps idle connections for `limits.keep_alive_s` (75 s)."""
+    import socket
+    import time
+
+    url, _ = default_gateway
+    port = int(url.rsplit(":", 1)[1])
+    request = b"GET /healthz HTTP/1.1\r\nHost: kdgate\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(6.5)  # past httpx's 5 s keep-alive expiry, and uvicorn's old default
+        connection.sendall(request)
+        assert connection.recv(4096).startswith(b"HTTP/1.1 200")
