@@ -184,6 +184,8 @@ def zero_server(
     itl_ms: float = typer.Option(0.0, min=0.0),
     output_tokens: int = typer.Option(32, min=1),
     top_logprobs: int = typer.Option(5, min=0, help="most alternatives per token it returns when asked"),
+    slots: int = typer.Option(0, min=0, help="answers generated at once, the rest waiting (a batch's capacity, as "
+                              "vLLM's max_num_seqs); 0: no limit"),
 ) -> None:
     """A zero-work OpenAI-compatible server: the instrument that isolates a gateway's own overhead.
 
@@ -194,7 +196,7 @@ def zero_server(
     from loadtests.zero import ZeroServer, ZeroSettings
 
     settings = ZeroSettings(model=model, ttft_ms=ttft_ms, itl_ms=itl_ms, output_tokens=output_tokens,
-                            top_logprobs=top_logprobs)
+                            top_logprobs=top_logprobs, slots=slots)
     uvicorn.run(ZeroServer(settings), host=host, port=port, log_level="warning", access_log=False)
 
 

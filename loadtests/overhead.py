@@ -14,6 +14,8 @@ Arms (one worker process each, all started once and kept up):
   kdgate handoff +keys+limits   the handoff arm with an API key required and per-key request and token limits
                     (in-memory sliding windows; limits far above the load, so what is measured is their cost)
   kdgate handoff +keys+redis    the same with the windows in Redis (--redis URL: a running redis-server)
+  baseline handoff  the handoff arm run from another checkout (--baseline DIR, e.g. a `git worktree` of the last
+                    release): what a change costs, measured in the same interleaved run
   litellm           LiteLLM's proxy (optional: --litellm PATH; it lives in its own virtualenv)
 
 Each round visits the arms in a rotated order (machine noise hits all alike) and runs closed-loop streaming load at
@@ -108,17 +110,17 @@ class Cores:
         return cls(frozenset(available[:1]), frozenset(available[1:2]), rest if len(rest) > 1 else frozenset(available))
 
 
-def _start(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None,
-           cores: frozenset[int] | None = None) -> subprocess.Popen:
+def start_process(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None,
+                  cores: frozenset[int] | None = None, cwd: str | None = None) -> subprocess.Popen:
     output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 — lives as long as the process
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
-                               preexec_fn=pin)
+                               preexec_fn=pin, cwd=cwd)
     wait_until_up(url, process, timeout=120)
     return process
 
 
-def _kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: dict | None = None) -> Path:
+def kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: dict | None = None) -> Path:
     backend = {"kind": "http", "base_url": zero_url, "model": MODEL}
     config = {"served_model": MODEL, "student": backend, "teacher": backend, "routing": routing,
               "shadow": {"enabled": False}, "log_level": "warning"} | (extra or {})
@@ -127,7 +129,7 @@ def _kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra:
     return path
 
 
-def _keyed() -> tuple[str, dict]:
+def keyed() -> tuple[str, dict]:
     """A key and the settings that require it, with request and token limits far above any load here."""
     from gateway.auth import new_key
 
@@ -153,32 +155,42 @@ def start_arms(args: argparse.Namespace, folder: Path, cores: Cores) -> tuple[su
     kdgate = [sys.executable, "-m", "kdgate.cli"]
     zero_port = free_port()
     zero_url = f"http://127.0.0.1:{zero_port}/v1"
-    zero = _start(kdgate + ["loadtest", "zero-server", "--port", str(zero_port), "--itl-ms", str(args.itl_ms),
-                            "--output-tokens", str(args.output_tokens)], f"{zero_url}/models")
+    zero = start_process(kdgate + ["loadtest", "zero-server", "--port", str(zero_port), "--itl-ms", str(args.itl_ms),
+                                   "--output-tokens", str(args.output_tokens)], f"{zero_url}/models")
     arms = [Arm("direct", zero_url)]
     port = free_port()
-    arms.append(Arm("passthrough", f"http://127.0.0.1:{port}/v1", _start(
-        kdgate + ["loadtest", "passthrough", "--port", str(port), "--upstream", zero_url.removesuffix("/v1")],
-        f"http://127.0.0.1:{port}/v1/models", cores=cores.gateway)))
+    if not args.only or "passthrough" in args.only:
+        arms.append(Arm("passthrough", f"http://127.0.0.1:{port}/v1", start_process(
+            kdgate + ["loadtest", "passthrough", "--port", str(port), "--upstream", zero_url.removesuffix("/v1")],
+            f"http://127.0.0.1:{port}/v1/models", cores=cores.gateway)))
     variants = {"kdgate": {"policy": "student_only"},
                 "kdgate handoff": {"policy": "student_only", "handoff": {"enabled": True, "min_prob": 0.01}},
                 "kdgate hold-8": {"policy": "confidence", "policy_file": str(_hold_back_policy(folder, 8))}}
     runs = [(name, routing, 1, None) for name, routing in variants.items()]
     runs += [(f"kdgate handoff ×{workers}", variants["kdgate handoff"], workers, None) for workers in args.workers
              if workers > 1]
-    key, guarded = _keyed()
+    key, guarded = keyed()
     runs.append(("kdgate handoff +keys+limits", variants["kdgate handoff"], 1, guarded))
     if args.redis:
         runs.append(("kdgate handoff +keys+redis", variants["kdgate handoff"], 1,
                      guarded | {"limits": guarded["limits"] | {"redis_url": args.redis}}))
+    if args.only:
+        runs = [run for run in runs if run[0] in args.only]
     for name, routing, workers, extra in runs:
         port, slug = free_port(), name.replace(" ", "-").replace("×", "x").replace("+", "")
-        config = _kdgate_config(folder, slug, zero_url, routing, extra)
+        config = kdgate_config(folder, slug, zero_url, routing, extra)
         arms.append(Arm(name, f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"} if extra
-                        else {}, process=_start(
+                        else {}, process=start_process(
             kdgate + ["serve", "--port", str(port), "--config", str(config), "--workers", str(workers)],
             f"http://127.0.0.1:{port}/readyz", log=folder / f"{slug}.log",
             cores=cores.gateway if workers == 1 else cores.workers)))
+    if args.baseline:
+        port = free_port()
+        config = kdgate_config(folder, "baseline", zero_url, variants["kdgate handoff"])
+        arms.append(Arm("baseline handoff", f"http://127.0.0.1:{port}/v1", process=start_process(
+            kdgate + ["serve", "--port", str(port), "--config", str(config)], f"http://127.0.0.1:{port}/readyz",
+            env={"PYTHONPATH": str(Path(args.baseline).resolve())}, log=folder / "baseline.log",
+            cores=cores.gateway, cwd=args.baseline)))
     if args.litellm:
         arms.append(_start_litellm(args.litellm, folder, zero_url, cores.gateway))
     return zero, arms
@@ -191,8 +203,8 @@ def _start_litellm(binary: str, folder: Path, zero_url: str, cores: frozenset[in
         "model": f"openai/{MODEL}", "api_base": zero_url, "api_key": "none"}}],
         "litellm_settings": {"drop_params": True, "telemetry": False}}))
     env = {"LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    process = _start([binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
-                     f"http://127.0.0.1:{port}/health/liveliness", env=env, log=folder / "litellm.log", cores=cores)
+    process = start_process([binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+                            f"http://127.0.0.1:{port}/health/liveliness", env=env, log=folder / "litellm.log", cores=cores)
     return Arm("litellm", f"http://127.0.0.1:{port}/v1", process, {"Authorization": f"Bearer {LITELLM_KEY}"})
 
 
@@ -340,6 +352,8 @@ def main() -> None:
     parser.add_argument("--itl-ms", type=float, default=1.0, help="the zero server's inter-token delay")
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
     parser.add_argument("--redis", help="redis://… of a running redis-server: adds the Redis-limited arm")
+    parser.add_argument("--baseline", help="another checkout (a git worktree): adds its handoff arm, to compare")
+    parser.add_argument("--only", nargs="*", help="run only these arms (and `direct`), by name")
     parser.add_argument("--workers", type=int, nargs="*", default=[2],
                         help="also run the handoff arm with this many gateway workers (throughput scaling)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,

@@ -14,6 +14,7 @@ what it measures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class ZeroSettings:
     output_tokens: int = 32
     prompt_tokens: int = 16  # what usage reports for any prompt
     top_logprobs: int = 5  # alternatives per token when the request asks for logprobs (at most this many)
+    slots: int = 0  # answers generated at once (a batch's capacity); more wait their turn, in TTFT. 0: no limit
 
 
 class ZeroServer:
@@ -34,6 +36,7 @@ class ZeroServer:
 
     def __init__(self, settings: ZeroSettings = ZeroSettings()):
         self.settings = settings
+        self._slots: asyncio.Semaphore | None = None  # made in the server's loop, on first use
         self._models = json.dumps({"object": "list", "data": [
             {"id": settings.model, "object": "model", "created": 0, "owned_by": "zero",
              "max_model_len": 1 << 20}]}).encode()
@@ -58,11 +61,14 @@ class ZeroServer:
             return await _respond(send, 400, _error("the body is not JSON"))
         chat = path == "/v1/chat/completions"
         answer = _Answer(self.settings, body, chat)
-        if body.get("stream"):
-            await self._stream(send, answer, body)
-        else:
-            await asyncio.sleep((self.settings.ttft_ms + self.settings.itl_ms * (answer.tokens - 1)) / 1000)
-            await _respond(send, 200, answer.whole())
+        if self.settings.slots and self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.slots)
+        async with self._slots or contextlib.nullcontext():
+            if body.get("stream"):
+                await self._stream(send, answer, body)
+            else:
+                await asyncio.sleep((self.settings.ttft_ms + self.settings.itl_ms * (answer.tokens - 1)) / 1000)
+                await _respond(send, 200, answer.whole())
 
     async def _stream(self, send, answer: _Answer, body: dict) -> None:
         await send({"type": "http.response.start", "status": 200,

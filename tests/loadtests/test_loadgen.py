@@ -97,6 +97,20 @@ def test_measures_a_server_of_known_timing(endpoint):
     assert summary["output_tokens"] == 3 * 12 and summary["tpot"]["median"] == pytest.approx(0.015, abs=0.008)
 
 
+def test_a_zero_server_with_slots_makes_the_rest_wait():
+    """`slots` is the overload instrument's batch capacity: with one slot, a second stream's first token waits for
+    the first stream's whole answer (12 tokens × 15 ms after 20 ms), as a full vLLM batch makes new requests wait."""
+    from loadtests.zero import ZeroServer, ZeroSettings
+
+    settings = ZeroSettings(ttft_ms=20, itl_ms=15, output_tokens=12, slots=1)
+    with ThreadedServer(ZeroServer(settings)) as server:
+        target = Target(f"{server.url}/v1/chat/completions", {}, BodySettings(model="zero", max_tokens=12))
+        result = asyncio.run(run(target, demo_prompts(2, seed=0), Shape(concurrency=2), Bounds(requests=2)))
+    ttfts = sorted(record.ttft for record in result.records)
+    assert all(record.ok for record in result.records)
+    assert ttfts[0] < 0.020 + 0.05 and ttfts[1] > 0.020 + 11 * 0.015
+
+
 def test_open_loop_rate_cap_ramp_and_duration(mixed_gateway):
     prompts = demo_prompts(8, seed=2)
     target = Target(f"{mixed_gateway.url}/v1/chat/completions", {}, BodySettings(model="kdgate-demo",
