@@ -1,0 +1,128 @@
+"""The backend contract: one protocol, two implementations (HTTP to vLLM-compatible servers, the local engine).
+
+A backend turns a `GenerationRequest` into an async stream of `Delta` events (new text and the logprobs of the
+tokens that produced it) ending with one `Finish`. Logprobs follow vLLM's conventions exactly: raw model logprobs
+(before temperature and top-p), the sampled token first in `top_logprobs` and then the others by rank, `-inf`
+reported as -9999.0. Closing the stream early (client gone, routing switched backends) cancels the work upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+LOGPROB_FLOOR = -9999.0  # vLLM's stand-in for -inf in JSON
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; 0: the sampled token's only; k: k alternatives
+    fit_to_context: bool = False  # max_tokens was a default, not asked for: shrink it to fit the context
+    ignore_eos: bool = False  # vLLM's benchmark switch: generate exactly max_tokens
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    messages: tuple[dict, ...]  # {"role": ..., "content": str}; content parts are joined before this point
+    sampling: SamplingParams
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    prompt_logprobs: int | None = None  # vLLM's scoring extension: top-k logprobs of each prompt token
+    token_ids: bool = False  # logprobs must carry token ids (an HTTP backend asks vLLM for `token_id:<id>` tokens)
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top_logprobs: tuple[TopLogprob, ...] = ()
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptTokenLogprobs:
+    """vLLM's `prompt_logprobs` entry for one prompt position: token id -> (logprob, rank, decoded text)."""
+
+    entries: dict[int, tuple[float, int | None, str | None]]
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    finish_reason: str  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str | int | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    prompt_logprobs: tuple[PromptTokenLogprobs | None, ...] | None = None
+
+
+Event = Delta | Finish
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str  # the role it plays: "student", "teacher", or "engine"
+    model: str  # the model id it serves
+    kind: str  # "local" | "http"
+    max_model_len: int | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Collected:
+    text: str
+    logprobs: tuple[TokenLogprob, ...]
+    finish: Finish | None  # None when the stream ended without one
+
+
+async def collect(events: AsyncIterator[Event]) -> Collected:
+    """A whole answer from a backend's event stream: for work off the request path (shadow, data, evaluation)."""
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    finish = None
+    async for event in events:
+        if isinstance(event, Delta):
+            text.append(event.text)
+            logprobs.extend(event.logprobs)
+        else:
+            finish = event
+    return Collected("".join(text), tuple(logprobs), finish)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    info: BackendInfo
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Stream the completion. Raises a `runtime.errors.GatewayError` on failure, before or during the stream."""
+        ...
+
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int):
+        """Teacher-forced logprobs of `answer` as the assistant's reply (`runtime.backends.scoring.ScoredAnswer`)."""
+        ...
+
+    async def check_ready(self) -> None:
+        """Return when the backend can serve; raise `UpstreamUnavailable` (with the reason) when it cannot."""
+        ...
+
+    async def aclose(self) -> None: ...
