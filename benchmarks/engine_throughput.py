@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR, task
-from gateway.backends.base import Finish, GenerationRequest, SamplingParams
-from gateway.engine.engine import EngineSettings, LocalEngine
+from runtime.contract import Finish, GenerationRequest, SamplingParams
+from runtime.engine.engine import EngineSettings, LocalEngine
 
 
 async def cell(engine: LocalEngine, tickets: list[task.Ticket], tag: str) -> tuple[float, int]:

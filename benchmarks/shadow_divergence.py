@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR, task
-from gateway.backends.base import GenerationRequest, SamplingParams, collect
-from gateway.backends.local import LocalBackend
 from gateway.settings import BackendSettings
 from gateway.shadow.divergence import divergence
+from runtime.backends.local import LocalBackend
+from runtime.contract import GenerationRequest, SamplingParams, collect
 
 
 async def measure(ticket: task.Ticket, student, teacher, k: int, gate: asyncio.Semaphore):

@@ -40,7 +40,8 @@ def generate(
     Example:  kdgate distill generate --demo 30000 --top-k 20 --out runs/teacher-cache
     """
     from distill.data.generate import GenerateSettings, load_prompts
-    from distill.data.make import DEMO_FIELDS, Filters, Teacher, demo_prompts, make_cache
+    from distill.data.make import Filters, Teacher, make_cache
+    from distill.demo.prompts import DEMO_FIELDS, demo_prompts
 
     if (prompts is None) == (demo is None):
         raise typer.BadParameter("give exactly one of --prompts FILE or --demo N")

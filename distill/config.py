@@ -70,7 +70,7 @@ class LossConfig(_Strict):
 
 class LoraConfig(_Strict):
     enabled: bool = Field(default=False, description="train LoRA adapters (peft) instead of every weight; merged "
-                          "into the model on export")
+                          "into the model on export, and saved alone in `model/adapter/` for vLLM's runtime LoRA")
     r: int = Field(default=16, ge=1, description="adapter rank; vLLM serves up to --max-lora-rank (default 16)")
     alpha: int = Field(default=32, ge=1, description="scale of the adapter's update (alpha / r)")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the adapter's input")

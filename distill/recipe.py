@@ -32,10 +32,11 @@ import yaml
 from tqdm import tqdm
 
 from distill.config import TrainConfig
-from distill.data.cache import Manifest, read_answers, tokenizer_hash
+from distill.data.cache import Manifest, read_answers
 from distill.losses import IGNORE_INDEX, ChunkedKD, HiddenStateMSE, SampledKD, SparseKD
 from distill.sampling import sample_targets
 from distill.step import DistillStep
+from runtime.tokenizer_hash import tokenizer_hash
 
 CHECKPOINT = "checkpoint"
 
@@ -336,14 +337,18 @@ class Recipe:
         self.evals_since_best, self.history = progress["evals_since_best"], progress["history"]
 
     def save_final(self) -> Path:
-        """A plain Hugging Face model (LoRA merged) with the tokenizer, the log and the resolved config."""
+        """A plain Hugging Face model (LoRA merged) with the tokenizer, the log and the resolved config; with LoRA,
+        the adapter alone in `adapter/` too (a student version for vLLM's runtime LoRA: `kdgate student register
+        --adapter`)."""
         accelerator = self.accelerator
         out = self.config.out / "model"
         state = accelerator.get_state_dict(self.step_module)  # whole on the main process, even when sharded
         if not accelerator.is_main_process:
             return out
         model = accelerator.unwrap_model(self.step_module).model
-        if self.config.lora.enabled:
+        if self.config.lora.enabled:  # the adapter alone first (vLLM's runtime LoRA loads it), then merged
+            model.save_pretrained(out / "adapter")
+            self.tokenizer.save_pretrained(out / "adapter")
             model.merge_and_unload().save_pretrained(out)
         else:
             model.save_pretrained(out, state_dict={key.removeprefix("model."): value for key, value in state.items()

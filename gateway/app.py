@@ -7,12 +7,13 @@ The lifespan builds the shared `httpx.AsyncClient` and the backends, and closes 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import httpx
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -20,21 +21,26 @@ from starlette.requests import ClientDisconnect
 
 from gateway import admin, openapi, ops
 from gateway.auth import AuthMiddleware, Credentials, load_credentials
-from gateway.backends.base import Backend, BackendInfo
-from gateway.backends.retry import RetryBudget
 from gateway.banner import banner
 from gateway.breaker import CircuitBreaker, HealthChecker
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
-from gateway.errors import GatewayError, to_envelope
 from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
-from gateway.settings import BackendSettings, GatewaySettings, HttpClientSettings, LimitsSettings
+from gateway.settings import GatewaySettings, LimitsSettings
 from gateway.shadow.service import open_shadow
+from gateway.students import routes as student_routes
+from gateway.students.service import LiveRoles, open_students
 from gateway.workers import multiprocess_dir, reap_dead_workers, worker_exited
 from router.handoff import HandoffRule
+from runtime.backends.factory import open_backends
+from runtime.contract import Backend
+from runtime.errors import GatewayError, to_envelope
+
+if TYPE_CHECKING:
+    from runtime.engine.engine import EngineSettings  # imports torch: only the engine server passes one
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +52,30 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (worker_metrics(), open_backends(settings, app.state.metrics) as backends,
-                    open_shadow(settings, backends, app.state.metrics) as shadow):
+        metrics = app.state.metrics
+        others = {role: config for role, config in settings.backends().items() if role != "student"}
+        async with (worker_metrics(), open_backends(others, settings.http, settings.resilience.retry_budget,
+                                                    lambda role: metrics.retries.labels(role).inc()) as fixed,
+                    open_students(settings, metrics) as students,
+                    open_shadow(settings, fixed, metrics) as shadow):
+            backends = LiveRoles(fixed, students, "backend")
             handoff = settings.routing.handoff
             configs, resilience = settings.backends(), settings.resilience
-            breakers = {role: CircuitBreaker(role, app.state.metrics, resilience.breaker_failures,
-                                             resilience.breaker_open_s) for role in backends}
-            router = Router(policy, backends, app.state.metrics,
+            breakers = LiveRoles({role: CircuitBreaker(role, metrics, resilience.breaker_failures,
+                                                       resilience.breaker_open_s) for role in fixed},
+                                 students, "breaker")
+            router = Router(policy, backends, metrics,
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None,
                             deadlines={role: config.first_token_timeout_s for role, config in configs.items()},
                             caps={role: config.max_in_flight for role, config in configs.items()},
                             breakers=breakers)
-            health = HealthChecker(backends, breakers, app.state.metrics, resilience.health_interval_s or 0)
+            students.on_switch.append(router.share.restart)
+            if shadow is not None:
+                shadow.on_divergence = students.record_divergence
+            health = HealthChecker(backends, breakers, metrics, resilience.health_interval_s or 0)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
-                                         metrics=app.state.metrics, announce_route=True, shadow=shadow)
+                                         metrics=metrics, announce_route=True, shadow=shadow, students=students)
+            app.state.students = students
             _collect_engine_metrics(app, backends)
             if resilience.health_interval_s:
                 health.start()
@@ -72,33 +88,44 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     credentials = load_credentials(settings)
     app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials, admission=True)
     app.include_router(admin.router)
+    app.include_router(student_routes.router)
     app.state.banner = banner(settings)
     app.state.served = openapi.ServedLimits(settings.served_model, settings.max_tokens_limit, settings.max_top_logprobs)
     return app
 
 
 def create_engine_app(backend_factory: Callable[[], Backend], served_model: str, limits: ServingLimits,
-                      options: AppOptions | None = None) -> FastAPI:
+                      options: AppOptions | None = None, lora_base: EngineSettings | None = None) -> FastAPI:
+    """`lora_base`: serve vLLM's runtime LoRA endpoints, adapters going over these engine settings."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = backend_factory()
-        app.state.chat = ChatServing(served_model=served_model, router=SingleBackend(backend), limits=limits,
+        router = SingleBackend(backend)
+        app.state.chat = ChatServing(served_model=served_model, router=router, limits=limits,
                                      metrics=app.state.metrics, announce_route=False)
         _collect_engine_metrics(app, {"engine": backend})
         try:
             yield
         finally:
+            for adapter in list(router.adapters.values()):
+                await adapter.aclose()
             await backend.aclose()
 
     app = _app("kdgate engine", lifespan, options or AppOptions(), Credentials(required=False, keys=()))
+    if lora_base is not None:
+        from gateway import engine_lora
+
+        app.state.lora_base = lora_base
+        app.include_router(engine_lora.router)
     app.state.served = openapi.ServedLimits(served_model, limits.max_tokens_limit, limits.max_top_logprobs)
     return app
 
 
-def _collect_engine_metrics(app: FastAPI, backends: dict[str, Backend]) -> None:
-    engines = {name: backend.engine for name, backend in backends.items() if hasattr(backend, "engine")}
-    if engines:
-        app.state.metrics.registry.register(EngineCollector(engines))
+def _collect_engine_metrics(app: FastAPI, backends: Mapping[str, Backend]) -> None:
+    """Local engines' batch state at scrape time, of the backends serving then (a student version may change)."""
+    if any(hasattr(backend, "engine") for backend in backends.values()):
+        app.state.metrics.registry.register(EngineCollector(
+            lambda: {name: backend.engine for name, backend in backends.items() if hasattr(backend, "engine")}))
 
 
 @asynccontextmanager
@@ -113,50 +140,6 @@ async def worker_metrics() -> AsyncIterator[None]:
         yield
     finally:
         worker_exited(folder)
-
-
-@asynccontextmanager
-async def open_backends(settings: GatewaySettings, metrics: GatewayMetrics | None = None
-                        ) -> AsyncIterator[dict[str, Backend]]:
-    """The configured backends by role (`student`, and `teacher` unless it is null), closed on exit."""
-    roles = settings.backends()
-    async with http_client(settings.http, roles.values()) as client, AsyncExitStack() as backends_open:
-        backends = {}
-        for name, config in roles.items():
-            on_retry = (lambda role=name: metrics.retries.labels(role).inc()) if metrics else (lambda: None)
-            backends[name] = build_backend(name, config, client, settings.resilience.retry_budget, on_retry)
-            backends_open.push_async_callback(backends[name].aclose)
-        yield backends
-
-
-def build_backend(name: str, config: BackendSettings, client: httpx.AsyncClient | None,
-                  retry_budget: float = 0.0, on_retry: Callable[[], None] = lambda: None) -> Backend:
-    if config.kind == "http":
-        from gateway.backends.http import HttpBackend
-
-        api_key = config.api_key.get_secret_value() if config.api_key else None
-        info = BackendInfo(name=name, model=config.model, kind="http")
-        return HttpBackend(info, config.base_url, client, api_key=api_key, retry_budget=RetryBudget(retry_budget),
-                           on_retry=on_retry)
-    from gateway.backends.local import LocalBackend
-
-    if not config.model_dir.is_dir():
-        raise FileNotFoundError(f"{name} model directory {config.model_dir} does not exist; build the demo models "
-                                "with `kdgate demo build` or point `model_dir` at a Hugging Face model directory")
-    return LocalBackend(name, config.engine_settings(), model_name=config.model)
-
-
-@asynccontextmanager
-async def http_client(settings: HttpClientSettings, backends) -> AsyncIterator[httpx.AsyncClient | None]:
-    if not any(config and config.kind == "http" for config in backends):
-        yield None
-        return
-    timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
-                            write=settings.write_timeout_s, pool=settings.pool_timeout_s)
-    limits = httpx.Limits(max_connections=settings.max_connections,
-                          max_keepalive_connections=settings.max_keepalive_connections)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        yield client
 
 
 @dataclass(frozen=True)
@@ -188,6 +171,7 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, ad
     app.include_router(ops.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
     if admission:  # inside auth (added first), which names the key it limits
@@ -196,7 +180,8 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, ad
     if options.cors_allow_origins:  # added last, so outermost: a preflight (which carries no key) is answered here
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_allow_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type", "x-kdgate-force"],
-                           expose_headers=["x-kdgate-route", "x-kdgate-route-reason", "retry-after"])
+                           expose_headers=["x-kdgate-route", "x-kdgate-route-reason", "x-kdgate-student-version",
+                                           "retry-after"])
     openapi.install(app)
     return app
 
@@ -214,6 +199,15 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
                                    "code": error.status_code}}, status_code=error.status_code, headers=error.headers)
 
 
+async def _invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+    """An admin body that does not validate: 400 in OpenAI's envelope, naming the first field and what is wrong."""
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
+    field = ".".join(str(part) for part in first["loc"] if part != "body") or None
+    message = first["msg"].removeprefix("Value error, ")
+    return JSONResponse({"error": {"message": f"`{field}`: {message}" if field else message,
+                                   "type": "invalid_request_error", "param": field, "code": 400}}, status_code=400)
+
+
 async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
     """The client left while sending its request: nothing to answer, nothing wrong on our side."""
     log.debug("client disconnected before its request arrived whole (%s)", request.url.path)
@@ -225,3 +219,13 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": {"message": f"internal error ({type(error).__name__}); the gateway logged the "
                                    "details", "type": "internal_error", "param": None, "code": 500}},
                         status_code=500)
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory in each worker: the settings from the environment and `KDGATE_CONFIG`, as the parent's."""
+    from gateway.logs import configure_logging
+    from gateway.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)  # a spawned worker starts with no logging set up
+    return create_app(settings)

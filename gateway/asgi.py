@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.errors import GatewayError, to_envelope
+from runtime.errors import GatewayError, to_envelope
 
 
 async def send_error(send, error: GatewayError) -> None:

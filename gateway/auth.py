@@ -27,10 +27,10 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.asgi import send_error
-from gateway.errors import GatewayError, PermissionDenied, Unauthenticated
 from gateway.logs import escape
 from gateway.metrics import GatewayMetrics
 from gateway.settings import AuthSettings, GatewaySettings, KeySettings
+from runtime.errors import GatewayError, PermissionDenied, Unauthenticated
 
 OPEN_PATHS = frozenset({"/healthz", "/health", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})

@@ -18,10 +18,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from enum import IntEnum
 
-from gateway.backends.base import Backend, Event
-from gateway.errors import BackendBusy, GatewayError, UpstreamUnavailable
 from gateway.fallback import is_client_error
 from gateway.metrics import GatewayMetrics
+from runtime.contract import Backend, Event
+from runtime.errors import BackendBusy, GatewayError, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.backends.base import Backend, Event, Finish
-from gateway.errors import GatewayError, InvalidRequest, UpstreamProtocolError, UpstreamRejected, UpstreamTimeout
 from router.policy import RouteDecision
 from router.reasons import Reason
+from runtime.contract import Backend, Event, Finish
+from runtime.errors import GatewayError, InvalidRequest, UpstreamProtocolError, UpstreamRejected, UpstreamTimeout
 
 CLIENT_ERRORS = (InvalidRequest, UpstreamRejected)
 

@@ -14,11 +14,11 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from gateway.backends.base import Backend, Delta, Event, Finish, GenerationRequest
 from gateway.fallback import RouteChange, teacher_or_student
 from router.handoff import HandoffRule
 from router.policy import RouteDecision
 from router.reasons import Reason
+from runtime.contract import Backend, Delta, Event, Finish, GenerationRequest
 
 
 def continuation(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest:

@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.auth import ANONYMOUS, Principal
 from gateway.asgi import send_error
-from gateway.backends.base import Event
-from gateway.errors import BackendBusy, Overloaded, RateLimited
+from gateway.auth import ANONYMOUS, Principal
 from gateway.metrics import GatewayMetrics
 from gateway.settings import LimitsSettings
+from runtime.contract import Event
+from runtime.errors import BackendBusy, Overloaded, RateLimited
 
 WINDOW_S = 60.0
 log = logging.getLogger(__name__)

@@ -118,7 +118,50 @@ class GatewayMetrics:
                                "(within the retry budget)", ["backend"], registry=r)
         self.backend_up = Gauge("kdgate_backend_up", "1 when the backend passed its last readiness check",
                                 ["backend"], multiprocess_mode="livemostrecent", registry=r)
+        # student versions (gateway.students): labelled only with the versions serving now (active, canary)
+        self.student_requests = Counter("kdgate_student_requests", "Requests by the student version that served "
+                                        "(or started) them and outcome", ["student_version", "outcome"], registry=r)
+        self.student_escalations = Counter("kdgate_student_escalations", "Requests a student version started and "
+                                           "the teacher served or finished", ["student_version"], registry=r)
+        self.student_ttft = Histogram("kdgate_student_time_to_first_token_seconds", "TTFT by student version",
+                                      ["student_version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.student_shadow_kl = Histogram("kdgate_student_shadow_kl", "Shadow KL(teacher||student) by student "
+                                           "version", ["student_version"], buckets=KL_BUCKETS, registry=r)
+        self.student_serving = Gauge("kdgate_student_serving", "1 for each student version serving now, by role "
+                                     "(active, canary)", ["student_version", "role"],
+                                     multiprocess_mode="livemostrecent", registry=r)
+        self.student_revision = Gauge("kdgate_student_slot_revision", "The student slot revision this process "
+                                      "serves (every promotion or rollback adds one)",
+                                      multiprocess_mode="livemin", registry=r)
+        self.student_promotions = Counter("kdgate_student_promotions", "Promotions by kind (full, canary) and how "
+                                          "(manual, automatic)", ["kind", "how"], registry=r)
+        self.student_rollbacks = Counter("kdgate_student_rollbacks", "Rollbacks by how (manual, automatic)",
+                                         ["how"], registry=r)
+        self._student_labels: dict[str, str] = {}  # version -> role, of the label children that exist
 
+
+    def count_student_request(self, version: str, ok: bool, escalated: bool, ttft: float | None) -> None:
+        self.student_requests.labels(version, "ok" if ok else "error").inc()
+        if escalated:
+            self.student_escalations.labels(version).inc()
+        if ttft is not None:
+            self.student_ttft.labels(version).observe(ttft)
+
+    def student_serving_changed(self, serving: dict[str, str], revision: int) -> None:
+        """The versions serving now (version -> role); the label children of the others are removed, so the
+        `student_version` label stays bounded by what serves."""
+        for version, role in self._student_labels.items():
+            if serving.get(version) != role:
+                self.student_serving.remove(version, role)
+            if version not in serving:
+                for family in (self.student_escalations, self.student_ttft, self.student_shadow_kl):
+                    _remove(family, version)
+                for outcome in ("ok", "error"):
+                    _remove(self.student_requests, version, outcome)
+        for version, role in serving.items():
+            self.student_serving.labels(version, role).set(1)
+        self._student_labels = dict(serving)
+        self.student_revision.set(revision)
 
     def count_fallback(self, reason: str, failed_backend: str, error: Exception) -> None:
         """One backend failed and the other served: the failure is counted against the one that failed."""
@@ -126,11 +169,18 @@ class GatewayMetrics:
         self.errors.labels(failed_backend, type(error).__name__).inc()
 
 
+def _remove(family, *labels: str) -> None:
+    try:
+        family.remove(*labels)
+    except KeyError:  # never observed
+        pass
+
+
 class EngineCollector(Collector):
     """Local engines' batch state, read at scrape time (nothing is added to the decode loop)."""
 
-    def __init__(self, engines: dict):
-        self.engines = engines  # backend name -> LocalEngine
+    def __init__(self, engines):
+        self.engines = engines  # () -> {backend name: LocalEngine}, read at each scrape
 
     def collect(self):
         running = GaugeMetricFamily("kdgate_engine_running", "Sequences in the running batch", labels=["backend"])
@@ -138,7 +188,7 @@ class EngineCollector(Collector):
         steps = CounterMetricFamily("kdgate_engine_decode_steps", "Batched decode steps", labels=["backend"])
         tokens = CounterMetricFamily("kdgate_engine_decoded_tokens", "Tokens decoded in batched steps "
                                      "(divided by decode steps: the mean batch size)", labels=["backend"])
-        for name, engine in self.engines.items():
+        for name, engine in self.engines().items():
             stats = engine.stats()
             running.add_metric([name], stats["running"])
             waiting.add_metric([name], stats["waiting"])

@@ -29,6 +29,13 @@ CHAT_ERRORS = {
     504: "a backend timed out",
 }
 COMMON_ERRORS = {401: CHAT_ERRORS[401], 429: CHAT_ERRORS[429], 503: CHAT_ERRORS[503]}
+STUDENT_ERRORS = COMMON_ERRORS | {
+    400: "invalid: a field, a file that is missing, a tokenizer that differs (the message names it)",
+    403: "not the admin credential",
+    404: "no student version of that name",
+    409: "another promotion or rollback landed first: look at the status and try again",
+    502: "a student server refused the LoRA adapter: nothing was switched anywhere",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -52,7 +59,8 @@ def build(app: FastAPI) -> dict:
         _this_servers_limits(schemas["ChatCompletionRequest"]["properties"], limits)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
-            errors = CHAT_ERRORS if path == "/v1/chat/completions" else COMMON_ERRORS
+            errors = CHAT_ERRORS if path == "/v1/chat/completions" else (
+                STUDENT_ERRORS if path.startswith("/admin/v1/students") else COMMON_ERRORS)
             responses = operation.setdefault("responses", {})
             for status, description in errors.items():
                 responses.setdefault(str(status), _error_response(description))

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.chat.protocol import ModelCard, ModelList
-from gateway.errors import GatewayError
 from gateway.workers import multiprocess_dir, scrape_registry
+from runtime.errors import GatewayError
 
 router = APIRouter()
 
@@ -52,8 +52,11 @@ async def _check(backend) -> dict:
 async def list_models(request: Request) -> ModelList:
     chat = request.app.state.chat
     lengths = [backend.info.max_model_len for backend in chat.backends.values() if backend.info.max_model_len]
-    return ModelList(data=[ModelCard(id=chat.served_model, root=chat.served_model,
-                                     max_model_len=min(lengths) if lengths else None)])
+    longest = min(lengths) if lengths else None
+    adapters = [ModelCard(id=name, root=name, parent=chat.served_model, max_model_len=longest)
+                for name in getattr(chat.router, "adapters", {})]
+    return ModelList(data=[ModelCard(id=chat.served_model, root=chat.served_model, max_model_len=longest),
+                           *adapters])
 
 
 @router.get("/metrics", include_in_schema=False)

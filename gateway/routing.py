@@ -10,6 +10,7 @@ backend's stream, so the client gets one well-formed answer and usage counts exa
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import deque
@@ -17,9 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import NamedTuple
 
-from gateway.backends.base import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from gateway.breaker import CircuitBreaker, guarded
-from gateway.errors import GatewayError, InvalidRequest
 from gateway.fallback import is_client_error, student_or_teacher, teacher_or_student, with_deadline
 from gateway.handoff import with_handoff
 from gateway.limits import capped
@@ -31,6 +30,8 @@ from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, Rout
 from router.policy_file import load_policy, policy_from_file
 from router.reasons import Reason
 from router.signals import TokenSignals, aggregate, signals_from_rows
+from runtime.contract import Backend, Event, Finish, GenerationRequest, TokenLogprob
+from runtime.errors import GatewayError, InvalidRequest
 
 FORCE_HEADER = "x-kdgate-force"
 FRACTION_WINDOW = 500  # decisions over which the realised teacher fraction is exported
@@ -46,14 +47,15 @@ class Routed(NamedTuple):
 
 
 class SingleBackend:
-    """`kdgate engine`: one backend, nothing to decide."""
+    """`kdgate engine`: one backend, nothing to decide, except which runtime-loaded LoRA adapter a request names."""
 
     def __init__(self, backend: Backend):
         self.backends = {backend.info.name: backend}
+        self.adapters: dict[str, Backend] = {}  # lora_name -> its backend (gateway.engine_lora)
         self._decision = RouteDecision(backend.info.name, backend.info.name)  # type: ignore[arg-type]
 
     async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
-        backend = next(iter(self.backends.values()))
+        backend = self.adapters.get(request.model) or next(iter(self.backends.values()))
         return Routed(self._decision, backend, backend.generate(generation))
 
 
@@ -74,11 +76,20 @@ class Router:
         self.deadlines = deadlines or {}  # role -> first-token deadline in seconds
         self.slots = {role: asyncio.Semaphore(cap) for role, cap in (caps or {}).items() if cap}  # in-flight caps
         self.breakers = breakers or {}
-        self._recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?, for the realised-fraction gauge
-        self._recent_teacher = 0  # how many of `_recent` are True: the gauge costs O(1) per request
+        self.share = TeacherShare()  # shared by every bound copy: one realised-fraction gauge per process
         target = getattr(policy, "target_teacher_fraction", None)
         if metrics is not None and target is not None:
             metrics.teacher_fraction_target.set(target)
+
+    def bound(self, student: Backend, policy: RoutingPolicy, breaker: CircuitBreaker | None = None) -> Router:
+        """This router for one request served by `student` under the policy calibrated for it and its own circuit
+        breaker (a student version brings both); the rest (teacher, deadlines, slots, metrics) is shared."""
+        routed = copy.copy(self)
+        routed.backends = {**self.backends, "student": student}
+        routed.policy = policy
+        if breaker is not None:
+            routed.breakers = {**self.breakers, "student": breaker}
+        return routed
 
     def decide(self, request: RouteRequest, forced_route: str | None) -> RouteDecision | None:
         """The decision made before generation; None when the policy must see the student's first tokens."""
@@ -164,11 +175,7 @@ class Router:
 
     def _count(self, decision: RouteDecision, held_for: float | None = None) -> None:
         if decision.reason != Reason.FORCED:
-            if len(self._recent) == FRACTION_WINDOW:
-                self._recent_teacher -= self._recent[0]
-            escalated = decision.route == "teacher"
-            self._recent.append(escalated)
-            self._recent_teacher += escalated
+            self.share.add(decision.route == "teacher")
         metrics = self.metrics
         if metrics is None:
             return
@@ -180,7 +187,29 @@ class Router:
         threshold = getattr(self.policy, "threshold", None)
         if threshold is not None:
             metrics.threshold.set(threshold)
-        metrics.teacher_fraction.set(self._recent_teacher / len(self._recent) if self._recent else 0.0)
+        metrics.teacher_fraction.set(self.share.value())
+
+
+class TeacherShare:
+    """The realised teacher share over the last `FRACTION_WINDOW` routed requests, O(1) per request."""
+
+    def __init__(self):
+        self.recent: deque[bool] = deque(maxlen=FRACTION_WINDOW)  # escalated?
+        self.teacher = 0  # how many of `recent` are True
+
+    def add(self, escalated: bool) -> None:
+        if len(self.recent) == FRACTION_WINDOW:
+            self.teacher -= self.recent[0]
+        self.recent.append(escalated)
+        self.teacher += escalated
+
+    def value(self) -> float:
+        return self.teacher / len(self.recent) if self.recent else 0.0
+
+    def restart(self) -> None:
+        """A new student: its share is its own."""
+        self.recent.clear()
+        self.teacher = 0
 
 
 def with_logprobs(generation: GenerationRequest, top_logprobs: int) -> GenerationRequest:

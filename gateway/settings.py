@@ -14,71 +14,17 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+from runtime.settings import BackendSettings, HttpClientSettings
 
 DEMO_BACKENDS = {
     "student": {"kind": "local", "model_dir": DEMO_STUDENT_DIR, "model": "demo-student"},
     "teacher": {"kind": "local", "model_dir": DEMO_TEACHER_DIR, "model": "demo-teacher"},
 }
-OTHER_VARIABLES = {"KDGATE_CONFIG", "KDGATE_LOADTEST_API_KEY"}  # read by kdgate, but not gateway settings
-PLACEHOLDER_SECRETS = {"changeme", "change-me", "placeholder", "xxx", "your-api-key"}
-
-
-class BackendSettings(BaseModel):
-    """One backend. `local`: an in-process engine on `model_dir`. `http`: an OpenAI-compatible server (vLLM)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["local", "http"] = Field(default="local", description="local: the model runs in the gateway's "
-                                           "process; http: a server speaking vLLM's OpenAI API (vLLM, `kdgate engine`)")
-    model_dir: Path | None = Field(default=None, description="local: a Hugging Face model directory")
-    base_url: str | None = Field(default=None, description="http: e.g. http://127.0.0.1:8001/v1")
-    model: str | None = Field(default=None, description="model id sent upstream; local default: the dir name")
-    api_key: SecretStr | None = Field(default=None, description="http: bearer token; none for an open server")
-    device: str = Field(default="auto", description="local: auto (cuda if present, else cpu), cpu, cuda, cuda:1")
-    dtype: str = Field(default="auto", description="local: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
-    max_batch_size: int = Field(default=32, ge=1, le=1024, description="local: sequences decoded together")
-    threads: int | None = Field(default=None, ge=1, description="local: torch CPU threads; unset = torch default")
-    first_token_timeout_s: float | None = Field(
-        default=10.0, gt=0, description="a backend that has sent nothing this long after the request is treated as "
-        "failed, and its fallback serves (the teacher for a failed student; the student's own answer for a failed "
-        "teacher). Separate from `http.read_timeout_s`, which bounds silences once it streams. null: no deadline")
-    max_in_flight: int | None = Field(default=None, ge=1, description="requests sent to this backend at once "
-                                      "by one gateway process; one more waits within its first-token deadline, "
-                                      "then is served by the fallback (the student's own answer when the teacher "
-                                      "is saturated). null: no cap")
-    version: str | None = Field(default=None, description="a label for these weights (training run, git sha), "
-                                "stored with shadow records")
-    adapter_version: str | None = Field(default=None, description="the LoRA adapter served on top, if any")
-
-    @field_validator("model_dir")
-    @classmethod
-    def check_model_dir(cls, path: Path | None) -> Path | None:
-        problem = model_dir_problem(path) if path is not None else None
-        if problem:
-            raise ValueError(problem)
-        return path
-
-    @model_validator(mode="after")
-    def check_kind_fields(self) -> BackendSettings:
-        if self.kind == "local":
-            if self.model_dir is None:
-                raise ValueError("a `local` backend needs `model_dir` (a Hugging Face model directory)")
-        else:
-            if not self.base_url or not self.model:
-                raise ValueError("an `http` backend needs `base_url` (ending in /v1) and `model` (the served id)")
-            if self.api_key is not None and self.api_key.get_secret_value().lower() in PLACEHOLDER_SECRETS:
-                raise ValueError("`api_key` is still a placeholder; set the real key or remove it")
-        return self
-
-    def engine_settings(self):
-        from gateway.engine.engine import EngineSettings
-
-        return EngineSettings(model_dir=Path(self.model_dir), device=self.device, dtype=self.dtype,
-                              max_batch_size=self.max_batch_size, threads=self.threads)
+OTHER_VARIABLES = {"KDGATE_CONFIG", "KDGATE_LOADTEST_API_KEY", "KDGATE_ADMIN_KEY", "KDGATE_GATEWAY_URL"}  # read by kdgate, but not gateway settings
 
 
 def is_loopback(host: str) -> bool:
@@ -88,31 +34,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: only the machine's own counts
         return False
-
-
-def model_dir_problem(path: Path) -> str | None:
-    """Why `path` cannot be loaded as a Hugging Face model folder, or None when it can be tried."""
-    path = Path(path)
-    if not path.is_dir():
-        return (f"{path} is not a directory; point it at a Hugging Face model folder (build the demo's with "
-                "`kdgate demo build`)")
-    if not (path / "config.json").is_file():
-        return f"{path} has no config.json: it is not a Hugging Face model folder"
-    return None
-
-
-class HttpClientSettings(BaseModel):
-    """The one shared `httpx.AsyncClient` toward HTTP backends."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP+TLS connect; a down backend fails this fast")
-    read_timeout_s: float = Field(default=120.0, gt=0, description="longest silence between two streamed bytes")
-    write_timeout_s: float = Field(default=30.0, gt=0, description="sending a request body upstream")
-    pool_timeout_s: float = Field(default=10.0, gt=0, description="wait for a free connection before failing")
-    max_connections: int = Field(default=512, ge=1, description="per gateway process, across backends")
-    max_keepalive_connections: int = Field(default=128, ge=0, description="idle connections kept open; 0 reconnects "
-                                           "every request (adds a TCP handshake to TTFT)")
 
 
 class OnlineRecalibrationSettings(BaseModel):
@@ -269,6 +190,45 @@ class ResilienceSettings(BaseModel):
                                 "keep-alive connection closed under them); 0: never retry")
 
 
+class CanarySettings(BaseModel):
+    """How a canary student version is judged against the active one (gateway.students.canary)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_requests: int = Field(default=50, ge=1, description="requests the canary must serve before it is judged; "
+                              "fewer: no automatic decision either way")
+    max_error_rate_increase: float = Field(default=0.02, ge=0, le=1, description="the canary's error rate may "
+                                           "exceed the active version's by this much (absolute); more: rolled back")
+    max_teacher_share_increase: float = Field(default=0.10, ge=0, le=1, description="the share of the canary's "
+                                              "requests escalated to the teacher may exceed the active version's "
+                                              "by this much; more: rolled back")
+    max_kl_increase: float | None = Field(default=None, ge=0, description="shadow KL (nats/token) the canary may "
+                                          "add over the active version (needs shadowed answers of both); null: "
+                                          "not judged on divergence")
+    clean_window_s: float | None = Field(default=None, gt=0, description="a canary judged healthy for this long "
+                                         "after its minimum sample is promoted to active automatically; null: only "
+                                         "by `kdgate student promote`")
+
+
+class StudentsSettings(BaseModel):
+    """Student versions: one truth in the store, picked up by every gateway process (gateway.students)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="serve the store's active student version (needs "
+                          "`shadow.store_url`); off: the configured student always, and no admin student API")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="how often each gateway process reads the "
+                                   "store's student slot; a promotion reaches every process within about this long "
+                                   "(plus the new version's load time)")
+    initial_version: str = Field(default="initial", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the name the "
+                                 "configured student gets in the store on the first start (when `student.version` "
+                                 "is unset)")
+    keep_policy: bool = Field(default=False, description="a version without its own calibrated policy file may be "
+                              "promoted under a `confidence` policy fitted to another student (online "
+                              "recalibration restarts its window either way). false: refused with 400")
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+
+
 class LimitsSettings(BaseModel):
     """Admission and backpressure: what the gateway takes on before it sheds with 429 or 503 and `Retry-After`."""
 
@@ -316,6 +276,7 @@ class GatewaySettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     resilience: ResilienceSettings = Field(default_factory=ResilienceSettings)
+    students: StudentsSettings = Field(default_factory=StudentsSettings)
 
     max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none; "

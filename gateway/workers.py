@@ -56,7 +56,7 @@ def prepare_workers(settings: GatewaySettings, workers: int) -> Path:
 def _migrate_once(store_url: str) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.shadow.store import ShadowStore
+    from runtime.store.records import ShadowStore
 
     try:
         ShadowStore(store_url).close()  # opening runs the Alembic migrations to head
@@ -98,14 +98,3 @@ def scrape_registry(folder: Path):
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(folder))
     return registry
-
-
-def app_from_environment():
-    """uvicorn's factory in each worker: the settings from the environment and `KDGATE_CONFIG`, as the parent's."""
-    from gateway.app import create_app
-    from gateway.logs import configure_logging
-    from gateway.settings import load_settings
-
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)  # a spawned worker starts with no logging set up
-    return create_app(settings)

@@ -11,9 +11,10 @@ import typer
 from distill.cli import app as distill_app
 from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
-from kdgate.routing.cli import app as router_app
 from kdgate.auth_cli import app as auth_app
 from kdgate.config_cli import app as config_app
+from kdgate.routing.cli import app as router_app
+from kdgate.student_cli import app as student_app
 from loadtests.cli import app as loadtest_app
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ app.add_typer(distill_app, name="distill")
 app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(config_app, name="config")
 app.add_typer(auth_app, name="auth")
+app.add_typer(student_app, name="student")
 
 
 def _every_command() -> str:
@@ -95,7 +97,7 @@ def serve(
     typer.echo(f"metrics: prometheus-client multiprocess mode, files in {folder}")
     if config is not None:
         os.environ["KDGATE_CONFIG"] = str(config.resolve())  # the workers read the same file
-    uvicorn.run("gateway.workers:app_from_environment", factory=True, workers=settings.workers, **run)
+    uvicorn.run("gateway.app:app_from_environment", factory=True, workers=settings.workers, **run)
 
 
 @app.command()
@@ -110,6 +112,8 @@ def engine(
     max_tokens_limit: int = typer.Option(4096, min=1),
     max_logprobs: int = typer.Option(20, min=0, help="largest top_logprobs / prompt_logprobs (vLLM's --max-logprobs)"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+    enable_lora: bool = typer.Option(False, help="serve peft LoRA adapters loaded at runtime (vLLM's "
+                                     "/v1/load_lora_adapter; also needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)"),
 ) -> None:
     """Serve one local engine as a standalone OpenAI-compatible server (no routing), like `vllm serve`.
 
@@ -118,11 +122,11 @@ def engine(
     import uvicorn
 
     from gateway.app import create_engine_app
-    from gateway.backends.local import LocalBackend
     from gateway.chat.serving import ServingLimits
-    from gateway.engine.engine import EngineSettings
     from gateway.logs import configure_logging
-    from gateway.settings import model_dir_problem
+    from runtime.backends.local import LocalBackend
+    from runtime.engine.engine import EngineSettings
+    from runtime.settings import model_dir_problem
 
     problem = model_dir_problem(model)
     if problem:
@@ -134,7 +138,14 @@ def engine(
                            max_top_logprobs=max_logprobs)
     configure_logging("info")
     typer.echo(f"kdgate engine serving `{name}` from {model} on http://{host}:{port}/v1")
-    app_ = create_engine_app(lambda: LocalBackend("engine", settings, model_name=name), name, limits)
+    from gateway.engine_lora import runtime_lora_allowed
+
+    lora = enable_lora and runtime_lora_allowed()
+    if enable_lora and not lora:
+        typer.echo("--enable-lora: runtime adapter loading stays off until VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 is set "
+                   "(as in vLLM)", err=True)
+    app_ = create_engine_app(lambda: LocalBackend("engine", settings, model_name=name), name, limits,
+                             lora_base=settings if lora else None)
     uvicorn.run(app_, host=host, port=port, log_level="info", log_config=None, timeout_graceful_shutdown=5)
 
 

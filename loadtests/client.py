@@ -25,7 +25,7 @@ from httpx_sse import SSEError, aconnect_sse
 from pydantic import BaseModel, ValidationError
 
 from gateway.chat.protocol import ChatCompletionChunk, Usage
-from gateway.sse import drain
+from runtime.sse import drain
 
 ROUTE_HEADER = "x-kdgate-route"
 REASON_HEADER = "x-kdgate-route-reason"

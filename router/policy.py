@@ -26,6 +26,7 @@ class RouteRequest:
     request_id: str
     message_count: int
     prompt_chars: int
+    model: str | None = None  # the model the client named (an engine server picks a LoRA adapter by it)
 
 
 @dataclass(frozen=True)

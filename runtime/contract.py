@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-LOGPROB_FLOOR = -9999.0  # vLLM's stand-in for -inf in JSON
+from router.signals import LOGPROB_FLOOR  # noqa: F401  (declared once, with the routing signals that floor it)
 
 
 @dataclass(frozen=True)

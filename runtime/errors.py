@@ -5,7 +5,9 @@
     │   ├── PayloadTooLarge                   413
     │   ├── RequestTimeout                    408 (the body did not arrive in time)
     │   ├── UnsupportedMediaType              415
-    │   └── ModelNotFound                     404
+    │   ├── ModelNotFound                     404
+    │   └── NotFound                          404 (an admin resource: a student version)
+    ├── Conflict                              409 (the state moved: another promotion landed first)
     ├── Unauthenticated                       401 (no key, or an unknown one)
     ├── PermissionDenied                      403 (the key may not do this)
     ├── RateLimited(retry_after)              429 (this key's requests or tokens per minute are spent)
@@ -72,6 +74,21 @@ class ModelNotFound(InvalidRequest):
 
     def __init__(self, message: str):
         super().__init__(message, parameter="model", code="model_not_found")
+
+
+class NotFound(InvalidRequest):
+    status_code = 404
+
+    def __init__(self, message: str, *, parameter: str | None = None):
+        super().__init__(message, parameter=parameter, code="not_found")
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="conflict")
 
 
 class Unauthenticated(GatewayError):

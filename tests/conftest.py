@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import os
-import time
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,12 @@ import pytest
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from gateway.threaded import ThreadedServer, free_port, wait_until_up  # noqa: F401  (tests import them here)
+
+# Gateways the tests start would otherwise share the default record store (var/ under the working directory) and
+# its student versions across configurations; the student-version tests turn versions on with a store of their own.
+os.environ.setdefault("KDGATE_STUDENTS__ENABLED", "false")
+
+pytest_plugins = ["tests.postgres"]  # the `postgres_url` fixture: a real PostgreSQL cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,12 +45,12 @@ class EngineServer:
     process: subprocess.Popen
 
 
-def start_engine_server(model_dir: Path, name: str) -> EngineServer:
+def start_engine_server(model_dir: Path, name: str, *extra: str, env: dict | None = None) -> EngineServer:
     port = free_port()
     command = [sys.executable, "-m", "kdgate.cli", "engine", "--model", str(model_dir), "--port", str(port),
-               "--served-model-name", name, "--threads", "1"]
+               "--served-model-name", name, "--threads", "1", *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                               env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}))
     wait_until_up(f"http://127.0.0.1:{port}/health", process)
     return EngineServer(base_url=f"http://127.0.0.1:{port}/v1", model=name, process=process)
 
@@ -65,11 +71,12 @@ def engine_server(demo_dirs) -> Iterator[EngineServer]:
 
 
 def gateway_settings(demo_dirs, engine: EngineServer, **overrides):
-    from gateway.settings import BackendSettings, GatewaySettings, ShadowSettings
+    from gateway.settings import BackendSettings, GatewaySettings, ShadowSettings, StudentsSettings
 
     student = BackendSettings(kind="local", model_dir=demo_dirs[0], model="demo-student", threads=1)
     teacher = BackendSettings(kind="http", base_url=engine.base_url, model=engine.model)
     overrides.setdefault("shadow", ShadowSettings(enabled=False))  # shadow tests turn it on with their own store
+    overrides.setdefault("students", StudentsSettings(enabled=False))  # version tests: with their own store too
     return GatewaySettings(student=student, teacher=teacher, **overrides)
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from distill.data.cache import CachedAnswer, Manifest, done_keys, read_answers, shards, write_shard
 from distill.data.filters import apply_filters
-from gateway.backends.base import Backend, GenerationRequest, SamplingParams, collect
+from runtime.contract import Backend, GenerationRequest, SamplingParams, collect
 
 FILL_ID, FILL_LOGPROB = -1, -9999.0
 

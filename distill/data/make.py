@@ -10,11 +10,12 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.data.cache import Manifest, tokenizer_hash
+from distill.data.cache import Manifest
 from distill.data.filters import Dedup, JsonFields, MatchesReference, MaxEntropy, SampleAgreement, Truncated
 from distill.data.generate import GenerateSettings, Prompt, generate
-
-DEMO_FIELDS = ("queue", "priority", "reply")
+from runtime.backends.factory import open_backends
+from runtime.settings import BackendSettings, HttpClientSettings
+from runtime.tokenizer_hash import tokenizer_hash
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,6 @@ class Filters:
     min_agreement: float = 0.5  # with several samples per prompt: the majority share needed
 
 
-def demo_prompts(count: int, seed: int) -> tuple[str, list[Prompt]]:
-    """The first `count` demo training tickets for `seed`, with their ground truth as the reference."""
-    from distill.demo import task
-
-    prompts = [Prompt(f"demo-{index}", ticket.messages(), ticket.answer_json())
-               for index, ticket in enumerate(task.take("train", count, seed=seed))]
-    return f"demo:train:{count}:seed{seed}", prompts
-
-
 def make_cache(out: Path, prompts: list[Prompt], source: str, teacher: Teacher, settings: GenerateSettings,
                filters: Filters) -> Manifest:
     """Generate (or resume) the cache in `out`; a cache there made with other settings is refused (ValueError)."""
@@ -68,31 +60,16 @@ def make_cache(out: Path, prompts: list[Prompt], source: str, teacher: Teacher, 
                         samples_per_prompt=settings.samples, seed=settings.seed, prompts=source)
 
     async def run():
-        backend = _backend(teacher)
-        try:
-            return await generate(backend, prompts, out, settings, manifest, per_answer,
+        async with open_backends({"teacher": _backend_settings(teacher)}, HttpClientSettings(read_timeout_s=300.0,
+                                                                                          connect_timeout_s=10.0)
+                                 ) as backends:
+            return await generate(backends["teacher"], prompts, out, settings, manifest, per_answer,
                                   [SampleAgreement(filters.min_agreement), Dedup()])
-        finally:
-            await backend.aclose()
 
     return asyncio.run(run())
 
 
-def _backend(teacher: Teacher):
+def _backend_settings(teacher: Teacher) -> BackendSettings:
     if teacher.base_url:
-        import httpx
-
-        from gateway.backends.base import BackendInfo
-        from gateway.backends.http import HttpBackend
-
-        class Owned(HttpBackend):  # the cache run owns its client: close it with the backend
-            async def aclose(self) -> None:
-                await self._client.aclose()
-
-        client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
-        return Owned(BackendInfo("teacher", teacher.model, "http"), teacher.base_url, client)
-    from gateway.backends.local import LocalBackend
-    from gateway.settings import BackendSettings
-
-    return LocalBackend("teacher", BackendSettings(model_dir=teacher.model_dir,
-                                                   threads=teacher.threads).engine_settings())
+        return BackendSettings(kind="http", base_url=teacher.base_url, model=teacher.model)
+    return BackendSettings(model_dir=teacher.model_dir, threads=teacher.threads)

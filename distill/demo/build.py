@@ -108,7 +108,8 @@ def _train(model, tokenizer, tickets, settings: BuildSettings, steps: int, name:
 def _teacher_cache(teacher_dir: Path, cache: Path, settings: BuildSettings) -> dict:
     """What `kdgate distill generate --demo N --top-k K --seed S` writes (the same call), resumed or reused."""
     from distill.data.generate import GenerateSettings
-    from distill.data.make import DEMO_FIELDS, Filters, Teacher, demo_prompts, make_cache
+    from distill.data.make import Filters, Teacher, make_cache
+    from distill.demo.prompts import DEMO_FIELDS, demo_prompts
 
     source, prompts = demo_prompts(settings.label_examples, settings.seed)
     manifest = make_cache(cache, prompts, source, Teacher(teacher_dir, threads=settings.threads),

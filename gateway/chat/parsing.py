@@ -8,8 +8,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from gateway.chat.protocol import ChatCompletionRequest
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-
+from runtime.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 JSON_MEDIA_TYPE = "application/json"
 

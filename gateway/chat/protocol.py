@@ -237,6 +237,8 @@ class RouteInfo(BaseModel):
     route: str
     reason: str
     model: str
+    student_version: str | None = Field(default=None, description="the student version that served or started "
+                                        "this request (also the `x-kdgate-student-version` header)")
 
 
 class PromptLogprob(BaseModel):
@@ -306,6 +308,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "kdgate"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (vLLM's field)
     max_model_len: int | None = None
 
 

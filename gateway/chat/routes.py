@@ -9,15 +9,16 @@ from collections.abc import AsyncIterator, Awaitable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from gateway.chat.parsing import parse_chat_request, read_body
 from gateway.auth import ANONYMOUS
+from gateway.chat.parsing import parse_chat_request, read_body
 from gateway.chat.protocol import ChatCompletionRequest, ChatCompletionResponse
-from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.routing import FORCE_HEADER
 from router.policy import ROUTES
+from runtime.errors import InvalidRequest, PermissionDenied
 
 ROUTE_HEADER = "x-kdgate-route"
 REASON_HEADER = "x-kdgate-route-reason"
+VERSION_HEADER = "x-kdgate-student-version"
 
 router = APIRouter()
 
@@ -34,13 +35,15 @@ async def create_chat_completion(request: Request):
         # Priming (and a confidence policy's hold-back) happens before the response starts: watch for a disconnect.
         prepared = await cancel_on_disconnect(request, state.chat.stream(chat_request, forced, started))
         return StreamingResponse(_accounted(prepared, ticket), media_type="text/event-stream",
-                                 headers=route_headers(prepared.decision, state.chat.announce_route)
+                                 headers=route_headers(prepared.decision, state.chat.announce_route,
+                                                       prepared.student_version)
                                  | {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response, decision = await cancel_on_disconnect(request, state.chat.complete(chat_request, forced, started))
     if ticket is not None:
         await ticket.spent(response.usage.total_tokens)
     return JSONResponse(response.model_dump(mode="json"),
-                        headers=route_headers(decision, state.chat.announce_route))
+                        headers=route_headers(decision, state.chat.announce_route,
+                                              response.kdgate.student_version if response.kdgate else None))
 
 
 async def _accounted(prepared, ticket) -> AsyncIterator[str]:
@@ -90,7 +93,10 @@ def check_permissions(request: Request, chat_request: ChatCompletionRequest, for
                                "the `prompt_logprobs` permission", parameter="prompt_logprobs")
 
 
-def route_headers(decision, routing: bool) -> dict[str, str]:
+def route_headers(decision, routing: bool, student_version: str | None = None) -> dict[str, str]:
     if not routing:
         return {}
-    return {ROUTE_HEADER: decision.route, REASON_HEADER: decision.reason}
+    headers = {ROUTE_HEADER: decision.route, REASON_HEADER: decision.reason}
+    if student_version is not None:
+        headers[VERSION_HEADER] = student_version
+    return headers

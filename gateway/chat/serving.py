@@ -16,18 +16,20 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from gateway.backends.base import Backend, Delta, Finish, GenerationRequest, SamplingParams
-from gateway.backends.base import TokenLogprob as EngineTokenLogprob
 from gateway.chat import protocol
 from gateway.chat.frames import ChunkFrames
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 from gateway.fallback import RouteChange
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Router, SingleBackend
 from gateway.shadow.capture import Capture
 from gateway.shadow.worker import ShadowWorker
+from gateway.students.manager import StudentManager
+from gateway.students.slot import Lease
 from router.policy import RouteDecision, RouteRequest
 from router.reasons import Reason
+from runtime.contract import Backend, Delta, Finish, GenerationRequest, SamplingParams
+from runtime.contract import TokenLogprob as EngineTokenLogprob
+from runtime.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 
 FAILED_BACKEND = {Reason.STUDENT_ERROR: "student", Reason.TEACHER_UNAVAILABLE: "teacher"}
 
@@ -46,6 +48,46 @@ class _ShadowHandOver:
     capture: Capture
     discarded: tuple  # student tokens generated, then not sent (escalation)
     student_model: str
+    student_version: str | None = None
+
+
+@dataclass
+class _LeaseOutcome:
+    """One request's hold on a student version, and what it did with it (for the version's figures)."""
+
+    lease: Lease | None
+    forced: str | None
+    decision: RouteDecision | None = None
+    ok: bool = False
+    ttft: float | None = None
+    _closed: bool = False
+
+    @property
+    def version(self) -> str | None:
+        """The student version of this request; None when the teacher was forced (no student took part)."""
+        return self.lease.version if self.lease is not None and self.forced != "teacher" else None
+
+    def router(self, router: Router | SingleBackend) -> Router | SingleBackend:
+        if self.lease is None:
+            return router
+        return router.bound(self.lease.student.backend, self.lease.student.policy, self.lease.student.breaker)
+
+    def student_model(self, serving: ChatServing) -> str:
+        if self.lease is not None:
+            return self.lease.student.backend.info.model
+        student = serving.router.backends.get("student")
+        return student.info.model if student is not None else ""
+
+    def close(self, students: StudentManager | None) -> None:
+        """Give the lease back (once), and count the request against its version unless it was forced."""
+        if self._closed or self.lease is None:
+            return
+        self._closed = True
+        self.lease.release()
+        if self.forced is None and students is not None and self.decision is not None:
+            failed = not self.ok or self.decision.reason == Reason.STUDENT_ERROR  # the teacher covered its failure
+            students.record(self.lease, not failed, self.decision.route == "teacher",
+                            self.ttft if self.decision.route == "student" else None)
 
 
 @dataclass
@@ -60,26 +102,47 @@ class PreparedStream:
     decision: RouteDecision
     frames: AsyncIterator[str]
     outcome: StreamOutcome
+    student_version: str | None = None
 
 
 class ChatServing:
     def __init__(self, *, served_model: str, router: Router | SingleBackend, limits: ServingLimits,
-                 metrics: GatewayMetrics, announce_route: bool, shadow: ShadowWorker | None = None):
+                 metrics: GatewayMetrics, announce_route: bool, shadow: ShadowWorker | None = None,
+                 students: StudentManager | None = None):
         self.served_model = served_model
         self.router = router
         self.shadow = shadow
-        self.backends = router.backends
+        self.students = students  # the gateway's student slot; None on an engine server (one backend)
         self.limits = limits
         self.metrics = metrics
         self.announce_route = announce_route  # the gateway says which backend served; an engine server does not
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        """The backends serving now by role (the active student version's)."""
+        if self.students is None:
+            return dict(self.router.backends)
+        return {**self.router.backends, "student": self.students.slot.active.backend}
 
     # ------------------------------------------------------------------------------------------------ entry points
 
     async def complete(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
         generation, route_request = self._prepare(request)
+        lease = self.students.acquire() if self.students is not None else None
+        outcome = _LeaseOutcome(lease, forced)
+        try:
+            return await self._complete(request, generation, route_request, forced, started, outcome)
+        finally:
+            outcome.close(self.students)
+
+    async def _complete(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
+                        route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
+                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
         capture, generation = Capture.plan(self.shadow, generation, forced)
-        decision, backend, events, discarded = await self._start(generation, route_request, forced, stream=False)
+        decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
+                                                                 route_request, forced, stream=False)
+        outcome.decision = decision
         text, logprobs, finish = [], [], None
         started_on = decision.route
         self.metrics.in_flight.labels(started_on).inc()
@@ -88,11 +151,13 @@ class ChatServing:
                 capture.observe(event)
                 if isinstance(event, Delta):
                     if event.text and not text:
-                        self.metrics.ttft.labels(decision.route).observe(time.monotonic() - started)
+                        outcome.ttft = time.monotonic() - started
+                        self.metrics.ttft.labels(decision.route).observe(outcome.ttft)
                     text.append(event.text)
                     logprobs.extend(event.logprobs)
                 elif isinstance(event, RouteChange):
                     decision, backend = self._hand_off(event)
+                    outcome.decision = decision
                 else:
                     finish = event
         except GatewayError as error:
@@ -108,6 +173,7 @@ class ChatServing:
             raise UpstreamProtocolError(f"backend `{backend.info.name}` ended without finishing",
                                         backend=backend.info.name)
         self._count_success(decision, finish, started, stream=False)
+        outcome.ok = True
         response = protocol.ChatCompletionResponse(
             id=f"chatcmpl-{generation.request_id}",
             model=request.model or self.served_model,
@@ -121,21 +187,35 @@ class ChatServing:
             prompt_logprobs=_wire_prompt_logprobs(finish) if request.prompt_logprobs is not None else None,
             prompt_token_ids=list(finish.prompt_token_ids) if request.return_token_ids and finish.prompt_token_ids
             else None,
-            kdgate=self._route_info(decision, backend),
+            kdgate=self._route_info(decision, backend, outcome.version),
         )
-        capture.finish(generation, decision, discarded, self._student_model())
+        capture.finish(generation, decision, discarded, outcome.student_model(self), outcome.version)
         return response, decision
 
     async def stream(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                      ) -> PreparedStream:
         generation, route_request = self._prepare(request)
+        lease = self.students.acquire() if self.students is not None else None
+        outcome = _LeaseOutcome(lease, forced)
+        try:
+            return await self._stream(request, generation, route_request, forced, started, outcome)
+        except BaseException:
+            outcome.close(self.students)  # on success the stream's frames close it after their last byte
+            raise
+
+    async def _stream(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
+                      route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
+                      ) -> PreparedStream:
         capture, generation = Capture.plan(self.shadow, generation, forced)
-        decision, backend, events, discarded = await self._start(generation, route_request, forced, stream=True)
+        decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
+                                                                 route_request, forced, stream=True)
+        outcome.decision = decision
         try:
             first = await anext(events)
             while isinstance(first, RouteChange):  # a fallback before any content: the headers name who serves
                 capture.observe(first)
                 decision, backend = self._hand_off(first)
+                outcome.decision = decision
                 first = await anext(events)
         except StopAsyncIteration:
             error = UpstreamProtocolError(f"backend `{backend.info.name}` sent nothing", backend=backend.info.name)
@@ -144,17 +224,19 @@ class ChatServing:
         except GatewayError as error:
             self._count_failure(decision.route, error, stream=True)
             raise
-        outcome = StreamOutcome()
+        stream_outcome = StreamOutcome()
         frames = self._frames(request, generation, decision, backend, first, events, started,
-                              _ShadowHandOver(capture, discarded, self._student_model()), outcome)
-        return PreparedStream(decision=decision, frames=frames, outcome=outcome)
+                              _ShadowHandOver(capture, discarded, outcome.student_model(self), outcome.version),
+                              stream_outcome, outcome)
+        return PreparedStream(decision=decision, frames=frames, outcome=stream_outcome,
+                              student_version=outcome.version)
 
-    async def _start(self, generation: GenerationRequest, route_request: RouteRequest, forced: str | None,
-                     stream: bool):
+    async def _start(self, router: Router | SingleBackend, generation: GenerationRequest,
+                     route_request: RouteRequest, forced: str | None, stream: bool):
         """The router's choice; a failure before any backend is chosen (an invalid request for the student seen
         during hold-back) is counted against the student."""
         try:
-            return await self.router.start(generation, route_request, forced)
+            return await router.start(generation, route_request, forced)
         except GatewayError as error:
             self._count_failure("student", error, stream)
             raise
@@ -162,14 +244,16 @@ class ChatServing:
     # ------------------------------------------------------------------------------------------------ preparation
 
     def _prepare(self, request: protocol.ChatCompletionRequest) -> tuple[GenerationRequest, RouteRequest]:
-        if request.model is not None and request.model != self.served_model:
+        if request.model is not None and request.model != self.served_model and \
+                request.model not in getattr(self.router, "adapters", {}):
             raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
                                 f"`{self.served_model}` (see GET /v1/models)")
         if request.model_extra:
             log.info("ignoring unknown request fields: %s", _field_names(request.model_extra))
         generation = self._generation_request(request)
         route_request = RouteRequest(request_id=generation.request_id, message_count=len(request.messages),
-                                     prompt_chars=sum(len(message["content"]) for message in generation.messages))
+                                     prompt_chars=sum(len(message["content"]) for message in generation.messages),
+                                     model=request.model)
         return generation, route_request
 
     def _generation_request(self, request: protocol.ChatCompletionRequest) -> GenerationRequest:
@@ -212,13 +296,24 @@ class ChatServing:
 
     async def _frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                       decision: RouteDecision, backend: Backend, first, events, started: float,
-                      shadow: _ShadowHandOver, outcome: StreamOutcome) -> AsyncIterator[str]:
+                      shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome) -> AsyncIterator[str]:
         """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
+        try:
+            async for frame in self._stream_frames(request, generation, decision, backend, first, events, started,
+                                                   shadow, outcome, lease):
+                yield frame
+        finally:
+            lease.close(self.students)
+
+    async def _stream_frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
+                             decision: RouteDecision, backend: Backend, first, events, started: float,
+                             shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome
+                             ) -> AsyncIterator[str]:
         route = decision.route
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
         model = request.model or self.served_model
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        route_info = self._route_info(decision, backend)
+        route_info = self._route_info(decision, backend, shadow.student_version)
 
         frames = ChunkFrames(chunk_id, created, model)
         frame, plain = frames.frame, not request.logprobs
@@ -236,7 +331,8 @@ class ChatServing:
                     now = time.monotonic()
                     if event.text:
                         if last_content_at is None:
-                            ttft.observe(now - started)
+                            lease.ttft = now - started
+                            ttft.observe(lease.ttft)
                         else:
                             itl.observe(now - last_content_at)
                         last_content_at = now
@@ -248,9 +344,10 @@ class ChatServing:
                             logprobs=self._wire_logprobs(event.logprobs, request))])
                 elif isinstance(event, RouteChange):
                     decision, backend = self._hand_off(event)
-                    route_info = self._route_info(decision, backend)
+                    lease.decision = decision
+                    route_info = self._route_info(decision, backend, shadow.student_version)
                 elif isinstance(event, Finish):
-                    finished = completed = True
+                    finished = completed = lease.ok = True
                     outcome.finish = event
                     self._count_success(decision, event, started, stream=True)
                     yield frame([protocol.ChatCompletionChunkChoice(
@@ -277,11 +374,8 @@ class ChatServing:
             await events.aclose()  # cancels the backend's work when the client left early
         yield "data: [DONE]\n\n"
         if completed:  # the client has its whole answer: only now is shadow work queued
-            shadow.capture.finish(generation, decision, shadow.discarded, shadow.student_model)
-
-    def _student_model(self) -> str:
-        student = self.backends.get("student")
-        return student.info.model if student is not None else ""
+            shadow.capture.finish(generation, decision, shadow.discarded, shadow.student_model,
+                                  shadow.student_version)
 
     def _hand_off(self, change: RouteChange) -> tuple[RouteDecision, Backend]:
         """Another backend takes over the answer: a handoff, or a fallback from one that failed."""
@@ -302,10 +396,12 @@ class ChatServing:
         as_ids = request.return_tokens_as_token_ids
         return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep, as_ids) for entry in logprobs])
 
-    def _route_info(self, decision: RouteDecision, backend: Backend) -> protocol.RouteInfo | None:
+    def _route_info(self, decision: RouteDecision, backend: Backend, student_version: str | None
+                    ) -> protocol.RouteInfo | None:
         if not self.announce_route:
             return None
-        return protocol.RouteInfo(route=decision.route, reason=decision.reason, model=backend.info.model)
+        return protocol.RouteInfo(route=decision.route, reason=decision.reason, model=backend.info.model,
+                                  student_version=student_version)
 
     # ------------------------------------------------------------------------------------------------ metrics
 

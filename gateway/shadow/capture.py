@@ -9,12 +9,15 @@ student did not finish (escalated on confidence, or handed off mid-stream).
 
 from __future__ import annotations
 
-from gateway.backends.base import Delta, GenerationRequest, TokenLogprob
+from dataclasses import replace
+
 from gateway.fallback import RouteChange
 from gateway.routing import with_logprobs
 from gateway.shadow.worker import ShadowWorker, new_job
 from router.policy import RouteDecision
 from router.reasons import ESCALATIONS, Reason
+from runtime.contract import Delta, GenerationRequest, TokenLogprob
+
 
 class Capture:
     def __init__(self, worker: ShadowWorker | None, sampled: bool):
@@ -28,6 +31,10 @@ class Capture:
     def plan(cls, worker: ShadowWorker | None, generation: GenerationRequest, forced: str | None
              ) -> tuple[Capture, GenerationRequest]:
         sampled = worker is not None and forced is None and worker.wants()
+        if worker is not None and generation.sampling.top_logprobs is None:
+            # records keep token ids: an HTTP student then reports `token_id:<id>` tokens, which only a client that
+            # asked for no logprobs of its own may be given
+            generation = replace(generation, token_ids=True)
         if sampled:
             generation = with_logprobs(generation, worker.config.top_logprobs)
         return cls(worker, sampled), generation
@@ -40,7 +47,7 @@ class Capture:
             self.tokens.extend(event.logprobs)
 
     def finish(self, generation: GenerationRequest, decision: RouteDecision, discarded: tuple[TokenLogprob, ...],
-               student_model: str) -> None:
+               student_model: str, student_version: str | None = None) -> None:
         """Offer the job, if there is one; never raises into the request."""
         if self.worker is None:
             return
@@ -53,4 +60,4 @@ class Capture:
             kind, text, tokens = "escalation", "".join(entry.token for entry in student), student
         else:
             return
-        self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model))
+        self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model, student_version))

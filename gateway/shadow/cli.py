@@ -26,7 +26,7 @@ def export(
     Example:  kdgate shadow export --out escalations.jsonl --kind escalation --since 2026-11-01
     """
     from gateway.settings import load_settings
-    from gateway.shadow.store import ShadowStore
+    from runtime.store.records import ShadowStore
 
     if format not in ("jsonl", "parquet"):
         raise typer.BadParameter(f"{format!r}: use jsonl or parquet", param_hint="--format")

@@ -3,7 +3,9 @@ estimates and how top-k truncation biases it.
 
 Inputs, per student answer token t: the student's reported alternatives at t (its own top-k, from generation)
 and the teacher's, teacher-forced on the same prefix (its top-k at t from `prompt_logprobs`, plus its logprob of
-the student's token). Tokens are matched by their text: distillation pairs share a tokenizer.
+the student's token). Tokens are matched by their ids when both sides report ids for every token (the local
+engine always does; vLLM with `return_tokens_as_token_ids`), else by their text: distillation pairs share a
+tokenizer.
 
 - `kl_per_token`: forward KL(teacher ‖ student) at each position, over the union of both top-k supports plus one
   tail bucket. A token only one side reports has an unknown probability on the other side, so it joins the tail
@@ -26,12 +28,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.backends.base import LOGPROB_FLOOR, TokenLogprob
+from runtime.contract import LOGPROB_FLOOR, TokenLogprob, TopLogprob
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,13 @@ def divergence(student: Sequence[TokenLogprob], teacher_scored: Sequence[TokenLo
         raise ValueError("the teacher scored no tokens; there is nothing to compare")
     student = answer_tokens(student, student_answer)
     nll = -float(np.mean([max(entry.logprob, LOGPROB_FLOOR) for entry in teacher_scored]))
+    key = _by_id if _all_ids(student) and _all_ids(teacher_scored) else _by_text
     aligned = len(student) == len(teacher_scored) and all(
-        a.token == b.token for a, b in zip(student, teacher_scored, strict=False))
+        key(a) == key(b) for a, b in zip(student, teacher_scored, strict=False))
     if aligned:
-        kls = tuple(token_kl(_alternatives(t), _alternatives(s)) for s, t in zip(student, teacher_scored, strict=True))
-        agreement = float(np.mean([_argmax(_alternatives(t)) == s.token
+        kls = tuple(token_kl(_alternatives(t, key), _alternatives(s, key))
+                    for s, t in zip(student, teacher_scored, strict=True))
+        agreement = float(np.mean([_argmax(_alternatives(t, key)) == key(s)
                                    for s, t in zip(student, teacher_scored, strict=True)]))
         mean_kl = float(np.mean(kls))
     else:
@@ -90,14 +94,27 @@ def answer_tokens(tokens: Sequence[TokenLogprob], answer: str) -> Sequence[Token
     return tokens
 
 
-def _alternatives(entry: TokenLogprob) -> dict[str, float]:
-    """The token's reported distribution: its alternatives, and the token itself (always known)."""
-    reported = {alternative.token: alternative.logprob for alternative in entry.top_logprobs}
-    reported.setdefault(entry.token, entry.logprob)
+def _by_id(entry: TokenLogprob | TopLogprob) -> int | None:
+    return entry.token_id
+
+
+def _by_text(entry: TokenLogprob | TopLogprob) -> str:
+    return entry.token
+
+
+def _all_ids(tokens: Sequence[TokenLogprob]) -> bool:
+    return all(entry.token_id is not None and all(top.token_id is not None for top in entry.top_logprobs)
+               for entry in tokens)
+
+
+def _alternatives(entry: TokenLogprob, key: Callable = _by_text) -> dict:
+    """The token's reported distribution: its alternatives, and the token itself (always known), by `key`."""
+    reported = {key(alternative): alternative.logprob for alternative in entry.top_logprobs}
+    reported.setdefault(key(entry), entry.logprob)
     return reported
 
 
-def _argmax(reported: dict[str, float]) -> str:
+def _argmax(reported: dict) -> str | int:
     return max(reported, key=reported.__getitem__)
 
 

@@ -20,11 +20,10 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.backends.base import TokenLogprob, TopLogprob
-from gateway.shadow.schema import JobRow, ShadowRow
-from gateway.shadow.store import ShadowRecord, ShadowStore, record_row
 from router.policy import RouteDecision
-from router.records import floor
+from runtime.contract import TokenLogprob
+from runtime.store.records import ShadowRecord, ShadowStore, record_row, tokens_from_json, tokens_json
+from runtime.store.schema import JobRow, ShadowRow
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ class ShadowJob:
     student_model: str
     max_tokens: int
     created_at: datetime
+    student_version: str | None = None  # the version that produced the answer (the canary's, when it served)
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,10 @@ class JobQueue:
 def to_payload(job: ShadowJob) -> dict:
     decision = job.decision
     return {"request_id": job.request_id, "kind": job.kind, "messages": list(job.messages),
-            "student_answer": job.student_answer, "student_tokens": [_token(entry) for entry in job.student_tokens],
+            "student_answer": job.student_answer, "student_tokens": tokens_json(job.student_tokens),
             "decision": {"route": decision.route, "reason": str(decision.reason), "score": _finite(decision.score),
                          "threshold": _finite(decision.threshold)},
-            "student_model": job.student_model, "max_tokens": job.max_tokens,
+            "student_model": job.student_model, "student_version": job.student_version, "max_tokens": job.max_tokens,
             "created_at": job.created_at.isoformat()}
 
 
@@ -140,18 +140,11 @@ def from_payload(payload: dict) -> ShadowJob:
     return ShadowJob(
         request_id=payload["request_id"], kind=payload["kind"], messages=tuple(payload["messages"]),
         student_answer=payload["student_answer"],
-        student_tokens=tuple(TokenLogprob(entry["token"], entry["logprob"],
-                                          tuple(TopLogprob(token, logprob, token_id)
-                                                for token, logprob, token_id in entry["top"]), entry["id"])
-                             for entry in payload["student_tokens"]),
+        student_tokens=tokens_from_json(payload["student_tokens"]),
         decision=RouteDecision(decision["route"], decision["reason"], decision["score"], decision["threshold"]),
-        student_model=payload["student_model"], max_tokens=payload["max_tokens"],
+        student_model=payload["student_model"], student_version=payload.get("student_version"),
+        max_tokens=payload["max_tokens"],
         created_at=datetime.fromisoformat(payload["created_at"]))
-
-
-def _token(entry: TokenLogprob) -> dict:
-    return {"token": entry.token, "logprob": floor(entry.logprob), "id": entry.token_id,
-            "top": [[top.token, floor(top.logprob), top.token_id] for top in entry.top_logprobs]}
 
 
 def _finite(value: float | None) -> float | None:

@@ -10,12 +10,12 @@ from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.backends.base import Backend
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.shadow.scrub import Scrubber
-from gateway.shadow.store import ShadowStore
 from gateway.shadow.worker import ShadowConfig, ShadowWorker
+from runtime.contract import Backend
+from runtime.store.records import ShadowStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
                           top_logprobs=shadow.top_logprobs, queue_size=shadow.queue_size,
                           concurrency=shadow.concurrency, timeout_s=shadow.timeout_s, window=shadow.window,
                           student_version=settings.student.version,
-                          adapter_version=settings.student.adapter_version, drain_timeout_s=shadow.drain_timeout_s)
+                          adapter_version=settings.student.adapter_version,
+                          teacher_version=settings.teacher.version, drain_timeout_s=shadow.drain_timeout_s)
     worker = ShadowWorker(config, backends["teacher"], store, scrubber, metrics, store_down=store_down,
                           reopen=open_store)
     worker.start()

@@ -26,15 +26,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.backends.base import Backend, GenerationRequest, SamplingParams, TokenLogprob, collect
-from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
 from gateway.shadow.scrub import Scrubber
-from gateway.shadow.store import RecordRejected, ShadowRecord, ShadowStore
 from router.policy import RouteDecision
-from router.records import floor
+from runtime.contract import Backend, GenerationRequest, SamplingParams, TokenLogprob, collect
+from runtime.errors import GatewayError
+from runtime.store.records import RecordRejected, ShadowRecord, ShadowStore, has_token_ids, tokens_json
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100  # writes between retention passes
@@ -53,8 +52,9 @@ class ShadowConfig:
     concurrency: int
     timeout_s: float
     window: int  # requests in the rolling divergence gauges
-    student_version: str | None = None
+    student_version: str | None = None  # of the configured student; a job's own version wins
     adapter_version: str | None = None
+    teacher_version: str | None = None
     drain_timeout_s: float = 10.0
 
 
@@ -78,6 +78,7 @@ class ShadowWorker:
         self._writes = asyncio.Semaphore(1)  # one store write at a time: SQLite has one writer anyway
         self._wake = asyncio.Event()
         self._busy = 0  # jobs being processed now
+        self.on_divergence: Callable[[str | None, float], None] | None = None  # (student version, mean KL)
 
     # ------------------------------------------------------------------------------------------------ request side
 
@@ -283,14 +284,17 @@ class ShadowWorker:
             scored = (await self.teacher.score(messages, job.student_answer, k)).tokens
             figures = divergence(job.student_tokens, scored, job.student_answer, teacher_text)
             self._observe(figures)
+            if self.on_divergence is not None and figures.aligned:
+                self.on_divergence(job.student_version, figures.mean_kl)
         record = ShadowRecord(
             request_id=job.request_id, created_at=job.created_at, kind=job.kind, student_model=job.student_model,
-            student_version=self.config.student_version, adapter_version=self.config.adapter_version,
-            teacher_model=self.teacher.info.model, route=job.decision.route, route_reason=job.decision.reason,
+            student_version=job.student_version or self.config.student_version,
+            adapter_version=self.config.adapter_version, teacher_model=self.teacher.info.model,
+            teacher_version=self.config.teacher_version, token_ids=has_token_ids(job.student_tokens), route=job.decision.route, route_reason=job.decision.reason,
             confidence=_finite(job.decision.score), threshold=_finite(job.decision.threshold),
             prompt=self.scrub.messages(messages), student_answer=job.student_answer,
-            student_tokens=_tokens_json(job.student_tokens), teacher_scores=_tokens_json(scored) if scored else None,
-            teacher_answer=teacher_text, teacher_tokens=_tokens_json(teacher_tokens),
+            student_tokens=tokens_json(job.student_tokens), teacher_scores=tokens_json(scored) if scored else None,
+            teacher_answer=teacher_text, teacher_tokens=tokens_json(teacher_tokens),
             aligned=figures.aligned if figures else None, mean_kl=_finite(figures.mean_kl) if figures else None,
             top1_agreement=_finite(figures.top1_agreement) if figures else None,
             teacher_nll=figures.teacher_nll if figures else None,
@@ -300,7 +304,7 @@ class ShadowWorker:
 
     async def _teacher_answer(self, job: ShadowJob, messages: list[dict]) -> tuple[str, tuple[TokenLogprob, ...]]:
         request = GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
-            max_tokens=job.max_tokens, temperature=0.0, top_logprobs=self.config.top_logprobs))
+            max_tokens=job.max_tokens, temperature=0.0, top_logprobs=self.config.top_logprobs), token_ids=True)
         answer = await collect(self.teacher.generate(request))
         return answer.text, answer.logprobs
 
@@ -341,16 +345,11 @@ class ShadowWorker:
 
 
 def new_job(kind: str, generation: GenerationRequest, answer: str, tokens: tuple[TokenLogprob, ...],
-            decision: RouteDecision, student_model: str) -> ShadowJob:
+            decision: RouteDecision, student_model: str, student_version: str | None = None) -> ShadowJob:
     return ShadowJob(request_id=generation.request_id, kind=kind, messages=generation.messages, student_answer=answer,
                      student_tokens=tokens, decision=decision, student_model=student_model,
-                     max_tokens=generation.sampling.max_tokens, created_at=datetime.now(UTC))
-
-
-def _tokens_json(tokens) -> list:
-    return [{"token": entry.token, "logprob": floor(entry.logprob),
-             "top": [[alternative.token, floor(alternative.logprob)] for alternative in entry.top_logprobs]}
-            for entry in tokens or ()]
+                     max_tokens=generation.sampling.max_tokens, created_at=datetime.now(UTC),
+                     student_version=student_version)
 
 
 def _finite(value: float | None) -> float | None:

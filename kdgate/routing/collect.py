@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from distill.demo import task
 from distill.demo.scoring import parse_answer
-from gateway.backends.base import Backend, GenerationRequest, SamplingParams, collect
 from router.records import RouteRecord, floor
+from runtime.contract import Backend, GenerationRequest, SamplingParams, collect
 
 MAX_TOKENS = 96  # the longest demo answer is well under this
 
@@ -73,11 +73,11 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
 
 async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int) -> list[RouteRecord]:
     """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default)."""
-    from gateway.app import open_backends
     from gateway.settings import load_settings
+    from runtime.backends.factory import open_backends
 
     settings = load_settings(config)
     if settings.teacher is None:
         raise ValueError("routing records need a teacher backend; set `teacher` in the settings")
-    async with open_backends(settings) as backends:
+    async with open_backends(settings.backends(), settings.http) as backends:
         return await collect_demo(backends["student"], backends["teacher"], split, examples, seed, top_logprobs)

@@ -97,12 +97,13 @@ def save_policies(out: Path, results: list[PolicyResult], target: float, fit_pat
 
 async def measure_handoff(results: list[PolicyResult], records, config: Path | None) -> list[dict]:
     """Handoff against whole-request escalation by the logistic policies, at equal teacher token cost."""
-    from gateway.app import open_backends
     from gateway.settings import load_settings
+    from runtime.backends.factory import open_backends
 
     prefix_scores = {result.name.removesuffix(" logistic"): result.held_out_scores for result in results
                      if result.scorer is not None and result.scorer.kind == "logistic"}
-    async with open_backends(load_settings(config)) as backends:
+    settings = load_settings(config)
+    async with open_backends(settings.backends(), settings.http) as backends:
         return await evaluate_handoff(backends["teacher"], records, prefix_scores)
 
 

@@ -15,11 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.demo.scoring import parse_answer
-from gateway.backends.base import Backend
 from gateway.handoff import continuation
 from kdgate.routing.collect import answer, greedy
 from router.handoff import HandoffRule, handoff_point
 from router.records import RouteRecord
+from runtime.contract import Backend
 
 MIN_PROBS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 

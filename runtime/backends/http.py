@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import httpx
 import pydantic_core
 from httpx_sse import SSEError, aconnect_sse
 
+from runtime.backends.retry import RetryBudget
+from runtime.backends.scoring import ScoredAnswer, score_answer
 from runtime.contract import (
     BackendInfo,
     Delta,
@@ -26,8 +29,6 @@ from runtime.contract import (
     TokenLogprob,
     TopLogprob,
 )
-from runtime.backends.retry import RetryBudget
-from runtime.backends.scoring import ScoredAnswer, score_answer
 from runtime.errors import (
     GatewayError,
     UpstreamProtocolError,
@@ -182,6 +183,8 @@ class HttpBackend:
                                         backend=self.info.name) from exc
         if not text and not logprobs:
             return None
+        if logprobs and logprobs[-1].token_id is not None:
+            logprobs = _texts_from_content(logprobs, text)
         return Delta(text=text, logprobs=logprobs)
 
     def _parse_json(self, data: str) -> dict:
@@ -260,3 +263,13 @@ def _token_id(token: str) -> int | None:
     if token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
         return int(token[9:])
     return None
+
+
+def _texts_from_content(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
+    """Tokens asked for as ids (`token_id:<id>`) get their text back from the chunk's content: vLLM streams one
+    token per chunk, whose text is the content; several tokens in one chunk share it (the last one carries it, so
+    the texts still add up to the answer). Alternatives' texts are not known without the tokenizer: empty."""
+    last = len(logprobs) - 1
+    return tuple(replace(entry, token=text if index == last else "",
+                         top_logprobs=tuple(replace(top, token="") for top in entry.top_logprobs))
+                 for index, entry in enumerate(logprobs))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from runtime.contract import BackendInfo, Event, GenerationRequest
 from runtime.backends.scoring import ScoredAnswer, score_answer
+from runtime.contract import BackendInfo, Event, GenerationRequest
 from runtime.errors import UpstreamUnavailable
 
 

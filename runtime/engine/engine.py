@@ -37,6 +37,7 @@ class EngineSettings:
     max_batch_size: int = 32  # sequences decoded together; more arrivals wait for a free row
     max_waiting: int = 1024  # arrivals waiting for a row; beyond it a request is refused (503) at once
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    adapter_dir: Path | None = None  # a peft LoRA adapter over `model_dir`, merged into these weights at load
 
 
 @dataclass(eq=False)
@@ -71,6 +72,8 @@ class LocalEngine:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{settings.model_dir} has no chat template; the engine serves chat models only")
         self.model = AutoModelForCausalLM.from_pretrained(str(settings.model_dir), dtype=self.dtype)
+        if settings.adapter_dir is not None:
+            self.model = merged_adapter(self.model, settings.adapter_dir)
         self.model.to(self.device).eval()
         _refuse_sliding_window(self.model.config, settings.model_dir)
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
@@ -83,6 +86,7 @@ class LocalEngine:
         self._batch = RunningBatch()
         self._wake = threading.Condition()
         self._stopping = False
+        self._open = 0  # generate() calls not yet returned (counted on the event loop's thread)
         self.step_count = 0
         self.decoded_tokens = 0  # summed batch sizes: decoded_tokens / step_count is the mean batch size
         self.recent_steps: deque[tuple[int, tuple[str, ...]]] = deque(maxlen=4096)  # (step, request ids decoded)
@@ -113,6 +117,20 @@ class LocalEngine:
         return ids, max_tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._open += 1
+        events = self._generate(request)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # a consumer that left early cancels the sequence now, not at garbage collection
+            self._open -= 1
+
+    def idle(self) -> bool:
+        """No request is being generated, or about to be (closing now would fail none)."""
+        return self._open == 0
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         prompt_ids, max_tokens = await asyncio.to_thread(self.encode_prompt, request)
         if not self._thread.is_alive():
             raise EngineFailure("the engine thread has stopped; restart the server")
@@ -300,6 +318,17 @@ class LocalEngine:
         self._running = []
         self._batch = RunningBatch()
 
+
+
+def merged_adapter(model, adapter_dir: Path):
+    """The base model with a peft LoRA adapter merged in: one set of weights, served at the base model's speed."""
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ValueError("serving a LoRA adapter needs peft (`pip install -e .[train]`)") from error
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir} has no adapter_config.json: it is not a peft adapter folder")
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
 def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:

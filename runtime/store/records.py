@@ -1,4 +1,7 @@
-"""The shadow store: SQLAlchemy 2 over a SQLite file (WAL) by default, PostgreSQL by URL; Alembic migrations.
+"""The record store: SQLAlchemy 2 over a SQLite file (WAL) by default, PostgreSQL by URL; Alembic migrations.
+
+It holds shadow and escalation records (this module), the durable shadow jobs (`gateway.shadow.jobs`) and the
+student versions (`runtime.store.versions`), one database for all.
 
 Synchronous on purpose: the shadow worker calls it in a thread, off the request path, one record at a time, so
 the store needs no async driver. Retention (max age, max rows) is applied after writes, in batches.
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +22,8 @@ from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from router.records import floor
+from runtime.contract import TokenLogprob, TopLogprob
 from runtime.store.schema import KINDS, ShadowRow
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,8 @@ class ShadowRecord:
     student_tokens: list
     student_version: str | None = None
     adapter_version: str | None = None
+    teacher_version: str | None = None
+    token_ids: bool = False  # every student token carries its token id (records from before 0003 do not)
     confidence: float | None = None
     threshold: float | None = None
     teacher_scores: list | None = None
@@ -127,6 +134,25 @@ class ShadowStore:
         """Aware UTC for PostgreSQL; naive UTC for SQLite, which stores no time zone (and compares as text)."""
         moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
         return moment.replace(tzinfo=None) if self.engine.dialect.name == "sqlite" else moment
+
+
+def tokens_json(tokens: Sequence[TokenLogprob] | None) -> list:
+    """Tokens as stored: `{"token", "id", "logprob", "top": [[token, logprob, id], ...]}` (ids null when the backend
+    gave none; the logprob floor for -inf)."""
+    return [{"token": entry.token, "id": entry.token_id, "logprob": floor(entry.logprob),
+             "top": [[top.token, floor(top.logprob), top.token_id] for top in entry.top_logprobs]}
+            for entry in tokens or ()]
+
+
+def tokens_from_json(entries: Sequence[dict]) -> tuple[TokenLogprob, ...]:
+    """The stored form back (records from before migration 0003: no `id`, `top` pairs without one)."""
+    return tuple(TokenLogprob(entry["token"], entry["logprob"],
+                              tuple(TopLogprob(top[0], top[1], top[2] if len(top) > 2 else None)
+                                    for top in entry["top"]), entry.get("id")) for entry in entries)
+
+
+def has_token_ids(tokens: Sequence[TokenLogprob]) -> bool:
+    return bool(tokens) and all(entry.token_id is not None for entry in tokens)
 
 
 def record_row(store: ShadowStore, record: ShadowRecord) -> ShadowRow:

@@ -1,4 +1,4 @@
-"""The shadow store's tables (SQLAlchemy 2). Changes go through an Alembic migration in `migrations/versions/`."""
+"""The record store's tables (SQLAlchemy 2). Changes go through an Alembic migration in `migrations/versions/`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class ShadowRow(Base):
     student_version: Mapped[str | None] = mapped_column(String(128))
     adapter_version: Mapped[str | None] = mapped_column(String(128))
     teacher_model: Mapped[str] = mapped_column(String(256))
+    teacher_version: Mapped[str | None] = mapped_column(String(128))
     route: Mapped[str] = mapped_column(String(16))
     route_reason: Mapped[str] = mapped_column(String(64))
     confidence: Mapped[float | None] = mapped_column(Float)
@@ -35,8 +36,10 @@ class ShadowRow(Base):
     # what was said (the prompt scrubbed before storage)
     prompt: Mapped[list] = mapped_column(JSON)
     student_answer: Mapped[str] = mapped_column(Text)
-    # [{"token", "logprob", "top": [[token, logprob], ...]}] as generated, ending with the end token when there was one
+    # [{"token", "id", "logprob", "top": [[token, logprob, id], ...]}] as generated, ending with the end token when
+    # there was one (`runtime.store.records.tokens_json`); records from before migration 0003 have no ids
     student_tokens: Mapped[list] = mapped_column(JSON)
+    token_ids: Mapped[bool] = mapped_column(Boolean, default=False)  # every student token carries its id
     teacher_scores: Mapped[list | None] = mapped_column(JSON)  # the teacher's scoring of the answer text, same shape
     teacher_answer: Mapped[str | None] = mapped_column(Text)
     teacher_tokens: Mapped[list | None] = mapped_column(JSON)
@@ -67,3 +70,43 @@ class JobRow(Base):
     claim: Mapped[str | None] = mapped_column(String(32))  # which claim holds it
 
     __table_args__ = (Index("ix_shadow_jobs_claimed_until", "claimed_until"),)
+
+
+VERSION_STATES = ("candidate", "canary", "active", "retired", "rejected")
+VERSION_KINDS = ("model", "lora", "endpoint")
+
+
+class StudentVersionRow(Base):
+    """One student the gateways may serve: a model folder, a LoRA adapter over the configured student, or a server
+    of its own (blue/green), with its state and what it was admitted with."""
+
+    __tablename__ = "student_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    model_dir: Mapped[str | None] = mapped_column(String(1024))
+    adapter_path: Mapped[str | None] = mapped_column(String(1024))
+    base_url: Mapped[str | None] = mapped_column(String(1024))
+    served_model: Mapped[str | None] = mapped_column(String(256))
+    tokenizer_hash: Mapped[str | None] = mapped_column(String(64))
+    policy_file: Mapped[str | None] = mapped_column(String(1024))
+    figures: Mapped[dict | None] = mapped_column(JSON)
+    notes: Mapped[str | None] = mapped_column(Text)
+    previous: Mapped[str | None] = mapped_column(String(64))  # the active version this one replaced
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StudentSlotRow(Base):
+    """The one row (id 1) that says what serves: every gateway process reads it; every change bumps `revision`."""
+
+    __tablename__ = "student_slot"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active: Mapped[str | None] = mapped_column(String(64))
+    canary: Mapped[str | None] = mapped_column(String(64))
+    canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -7,8 +7,8 @@ import pytest
 
 from distill.demo import task
 from distill.quantize import quantize
-from gateway.backends.base import Delta, GenerationRequest, SamplingParams
-from gateway.engine.engine import EngineSettings, LocalEngine
+from runtime.contract import Delta, GenerationRequest, SamplingParams
+from runtime.engine.engine import EngineSettings, LocalEngine
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from distill.config import load_config
-from distill.data.cache import Manifest, tokenizer_hash
+from distill.data.cache import Manifest
 from distill.data.generate import GenerateSettings, Prompt, generate
 from distill.demo import task
 from distill.losses import IGNORE_INDEX
 from distill.recipe import Recipe, collate, run
-from gateway.backends.local import LocalBackend
 from gateway.settings import BackendSettings
+from runtime.backends.local import LocalBackend
+from runtime.tokenizer_hash import tokenizer_hash
 
 K = 8
 

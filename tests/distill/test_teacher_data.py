@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from distill.data.cache import CachedAnswer, Manifest, read_answers, shards, tokenizer_hash
+from distill.data.cache import CachedAnswer, Manifest, read_answers, shards
 from distill.data.filters import (
     Dedup,
     JsonFields,
@@ -21,10 +21,11 @@ from distill.data.filters import (
 )
 from distill.data.generate import GenerateSettings, Prompt, generate, load_prompts
 from distill.demo import task
-from gateway.backends.base import BackendInfo
-from gateway.backends.http import HttpBackend
-from gateway.backends.local import LocalBackend
 from gateway.settings import BackendSettings
+from runtime.backends.http import HttpBackend
+from runtime.backends.local import LocalBackend
+from runtime.contract import BackendInfo
+from runtime.tokenizer_hash import tokenizer_hash
 
 K = 5
 

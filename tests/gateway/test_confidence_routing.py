@@ -43,7 +43,7 @@ def routed(demo_dirs, engine_server, tmp_path_factory):
 
 @pytest.fixture
 def policy(routed):
-    policy = routed.app.state.chat.router.policy
+    policy = routed.app.state.chat.students.slot.active.policy
     saved = policy.threshold
     yield policy
     policy.threshold = saved
@@ -80,7 +80,7 @@ def test_confident_student_is_released_in_order_without_duplicates(client, polic
     assert len(tokens) == chunks[-1].usage.completion_tokens  # each held-back token sent exactly once
     assert all(len(entry.top_logprobs) == 2 for entry in tokens)  # the client's k, not the router's 5
     assert chunks[-1].model_extra["kdgate"] == {"route": "student", "reason": "confidence:high",
-                                                "model": "demo-student"}
+                                                "model": "demo-student", "student_version": "initial"}
 
 
 def test_escalated_stream_contains_only_the_teacher(client, policy):
@@ -133,7 +133,7 @@ def test_whole_answer_hold_back_replays_the_finished_answer(demo_dirs, engine_se
     settings = gateway_settings(demo_dirs, engine_server,
                                 routing=RoutingSettings(policy="confidence", policy_file=tmp_path / "full.json"))
     with ThreadedServer(create_app(settings)) as server:
-        server.app.state.chat.router.policy.threshold = KEEP
+        server.app.state.chat.students.slot.active.policy.threshold = KEEP
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         _, direct = ask(client, force="student")
         headers, chunks, text = streamed(client)

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.settings import (BackendSettings, GatewaySettings, HandoffSettings, RoutingSettings, ShadowSettings)
+from gateway.settings import BackendSettings, GatewaySettings, HandoffSettings, RoutingSettings, ShadowSettings
 from tests.conftest import ThreadedServer, start_engine_server, stop
 from tests.gateway.test_confidence_routing import ESCALATE, write_policy
 
@@ -97,7 +97,7 @@ def student_alone(server: ThreadedServer) -> str:
 
 def test_teacher_down_an_escalated_answer_is_served_from_the_student(student_engine, teacher_engine, tmp_path):
     with gateway(student_engine, teacher_engine, escalate_everything(tmp_path)) as server:
-        server.app.state.chat.router.policy.threshold = ESCALATE
+        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
         expected = student_alone(server)
         teacher_engine.process.kill()
         teacher_engine.process.wait()
@@ -117,7 +117,7 @@ def test_teacher_down_an_escalated_answer_is_served_from_the_student(student_eng
 
 def test_a_teacher_past_its_first_token_deadline_is_not_waited_for(student_engine, teacher_engine, tmp_path):
     with gateway(student_engine, teacher_engine, escalate_everything(tmp_path)) as server:
-        server.app.state.chat.router.policy.threshold = ESCALATE
+        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
         expected = student_alone(server)
         os.kill(teacher_engine.process.pid, signal.SIGSTOP)
         started = time.monotonic()

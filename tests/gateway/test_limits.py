@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.auth import Principal, new_key
-from gateway.errors import Overloaded, RateLimited
-from gateway.limits import WINDOW_S, Admission, MemoryWindows, RedisWindows, estimate, seconds_until_under
+from gateway.limits import WINDOW_S, Admission, MemoryWindows, estimate, seconds_until_under
 from gateway.metrics import GatewayMetrics
 from gateway.settings import LimitsSettings
+from runtime.errors import Overloaded, RateLimited
 from tests.conftest import ROOT, ThreadedServer, free_port, gateway_settings, stop, wait_until_up
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
@@ -213,7 +213,7 @@ def test_a_saturated_teacher_leaves_the_student_answer(demo_dirs, engine_server,
                               max_in_flight=1, first_token_timeout_s=0.5)
     settings = gateway_settings(demo_dirs, engine_server, routing=routing).model_copy(update={"teacher": teacher})
     with ThreadedServer(create_app(settings)) as server:
-        server.app.state.chat.router.policy.threshold = ESCALATE
+        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
         with long_stream_held(server, {"x-kdgate-force": "teacher"}):
             reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60)
         assert reply.status_code == 200, reply.text

@@ -14,11 +14,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.backends.retry import MIN_RETRIES, RetryBudget
 from gateway.breaker import CircuitBreaker, State, guarded
-from gateway.errors import UpstreamRejected, UpstreamUnavailable
-from gateway.settings import (BackendSettings, GatewaySettings, HandoffSettings, ResilienceSettings, RoutingSettings,
-                              ShadowSettings)
+from gateway.settings import (
+    BackendSettings,
+    GatewaySettings,
+    HandoffSettings,
+    ResilienceSettings,
+    RoutingSettings,
+    ShadowSettings,
+)
+from runtime.backends.retry import MIN_RETRIES, RetryBudget
+from runtime.errors import UpstreamRejected, UpstreamUnavailable
 from tests.conftest import ThreadedServer, free_port, start_engine_server, stop
 from tests.gateway.test_confidence_routing import ESCALATE, write_policy
 
@@ -106,7 +112,7 @@ def test_a_paused_teacher_is_found_by_the_health_check_and_skipped_until_it_is_b
             shadow=ShadowSettings(enabled=False),
             resilience=ResilienceSettings(health_interval_s=0.5, breaker_open_s=1.0))
         with ThreadedServer(create_app(settings)) as server:
-            server.app.state.chat.router.policy.threshold = ESCALATE
+            server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
             assert httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60).headers[
                 "x-kdgate-route"] == "teacher"
             os.kill(teacher.process.pid, signal.SIGSTOP)

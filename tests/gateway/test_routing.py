@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.errors import InvalidRequest
 from gateway.routing import Router, build_policy
 from gateway.settings import RoutingSettings
 from router.policy import FixedRoute, RouteRequest
+from runtime.errors import InvalidRequest
 
 REQUEST = RouteRequest("r", message_count=1, prompt_chars=10)
 BOTH = {"student": object(), "teacher": object()}

@@ -17,17 +17,23 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from gateway.app import create_app
+from gateway.settings import ShadowSettings, StudentsSettings
 from tests.conftest import ThreadedServer, gateway_settings
 
 EXAMPLES = 150  # per generation mode for the chat endpoint: 300 chat cases in all, plus the other operations
 UNSTATEABLE = ("maximum context length", "far beyond this model's maximum context",
                "needs the last message to have role `assistant`")
+# The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
+STATEFUL = "/admin/v1/students"
 
 
 @pytest.fixture(scope="module")
-def fuzzed_gateway(demo_dirs, engine_server):
+def fuzzed_gateway(demo_dirs, engine_server, tmp_path_factory):
     """Small answers (max_tokens ≤ 8) so that hundreds of generated requests run in a minute."""
-    app = create_app(gateway_settings(demo_dirs, engine_server, max_tokens_limit=8, default_max_tokens=8))
+    store = tmp_path_factory.mktemp("fuzz-store") / "store.sqlite3"
+    app = create_app(gateway_settings(demo_dirs, engine_server, max_tokens_limit=8, default_max_tokens=8,
+                                      shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{store}"),
+                                      students=StudentsSettings(enabled=True)))
     with ThreadedServer(app) as server:
         yield server
 
@@ -42,6 +48,8 @@ def valid_data_accepted_unless_unstateable(ctx, response, case):
             else {}
         message = (body.get("error") or {}).get("message", "")
         if response.status_code == 400 and any(rule in message for rule in UNSTATEABLE):
+            return None
+        if case.path.startswith(STATEFUL) and response.status_code in (400, 404, 409):
             return None
         raise
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.shadow.store import ShadowStore
+from runtime.store.records import ShadowStore
 from tests.conftest import ROOT, free_port, start_engine_server, stop, wait_until_up
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"

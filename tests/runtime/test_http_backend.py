@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from runtime.contract import BackendInfo, Delta, Finish, GenerationRequest, SamplingParams
 from runtime.backends.http import HttpBackend
+from runtime.contract import BackendInfo, Delta, Finish, GenerationRequest, SamplingParams
 from runtime.engine.engine import EngineSettings, LocalEngine
 from runtime.errors import UpstreamRejected, UpstreamUnavailable
 from tests.conftest import free_port
@@ -120,11 +120,13 @@ async def test_server_that_is_down_is_unavailable(client):
 
 
 async def test_token_ids_come_through_vllm_token_id_strings(backend, local_teacher):
-    """`return_tokens_as_token_ids`: the server writes `token_id:<id>`, the backend parses the ids back."""
-    _, remote, _ = await collect(backend.generate(greedy("ids-http", token_ids=True)))
-    _, local, _ = await collect(local_teacher.generate(greedy("ids-local")))
+    """`return_tokens_as_token_ids`: the server writes `token_id:<id>`, the backend parses the ids back, and each
+    sampled token's text comes back from its chunk's content (one token per chunk), so the texts spell the answer."""
+    remote_text, remote, _ = await collect(backend.generate(greedy("ids-http", token_ids=True)))
+    local_text, local, _ = await collect(local_teacher.generate(greedy("ids-local")))
     assert [entry.token_id for entry in remote] == [entry.token_id for entry in local]
-    assert all(entry.token == f"token_id:{entry.token_id}" for entry in remote)
+    assert remote_text == local_text and "".join(entry.token for entry in remote) == remote_text
+    assert [entry.token for entry in remote] == [entry.token for entry in local]
     assert [[top.token_id for top in entry.top_logprobs] for entry in remote] == \
         [[top.token_id for top in entry.top_logprobs] for entry in local]
     _, plain, _ = await collect(backend.generate(greedy("plain-http")))

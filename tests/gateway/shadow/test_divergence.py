@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.backends.base import TokenLogprob, TopLogprob
 from gateway.shadow.divergence import divergence, token_kl
+from runtime.contract import TokenLogprob, TopLogprob
 
 
 def entry(token: str, reported: dict[str, float]) -> TokenLogprob:

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from distill.demo import task
 from gateway.shadow.jobs import JobQueue
-from gateway.shadow.store import ShadowStore
-from tests.conftest import ROOT, free_port, stop, wait_until_up
+from runtime.store.records import ShadowStore
+from tests.conftest import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 REQUESTS = 100

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 
-from gateway.shadow.store import ShadowStore
+from runtime.store.records import ShadowStore
 from tests.conftest import ROOT
-from tests.gateway.shadow.test_store import record
+from tests.runtime.store.test_records import record
 
 
 def kdgate(*args: str) -> subprocess.CompletedProcess:

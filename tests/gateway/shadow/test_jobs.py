@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from gateway.backends.base import TokenLogprob, TopLogprob
 from gateway.shadow.jobs import JobQueue, ShadowJob
-from gateway.shadow.store import ShadowStore
 from router.policy import RouteDecision
-from tests.gateway.shadow.test_store import record
+from runtime.contract import TokenLogprob, TopLogprob
+from runtime.store.records import ShadowStore
+from tests.runtime.store.test_records import record
 
 
 def job(request_id: str) -> ShadowJob:

@@ -72,6 +72,34 @@ def test_a_shadowed_answer_is_scored_stored_and_measured(demo_dirs, engine_serve
     assert figures["kdgate_shadow_sampled_total[('kind', 'shadow')]"] == 1
     assert figures["kdgate_shadow_kl_count[]"] == 1 and figures["kdgate_shadow_store_write_seconds_count[]"] == 1
     assert figures["kdgate_shadow_kl_rolling[]"] == pytest.approx(record.mean_kl)
+    assert_trainable(record)
+
+
+def assert_trainable(record) -> None:
+    """What a trainer needs without re-tokenizing: ids for every token on both sides, and the student version."""
+    assert record.token_ids and record.student_version == "initial"
+    for tokens in (record.student_tokens, record.teacher_scores, record.teacher_tokens):
+        assert all(isinstance(token["id"], int) for token in tokens)
+        assert all(len(top) == 3 and isinstance(top[2], int) for token in tokens for top in token["top"])
+    assert [token["id"] for token in record.teacher_scores] == [token["id"] for token in record.student_tokens[:-1]]
+    assert "".join(token["token"] for token in record.teacher_tokens) == record.teacher_answer
+
+
+def test_an_http_student_reports_token_ids_for_the_record(demo_dirs, engine_server, tmp_path):
+    """vLLM (here `kdgate engine`) gives ids only as `token_id:<id>` tokens: asked for them when the client wants no
+    logprobs of its own, the record gets ids, and the texts still spell the answer."""
+    from gateway.app import create_app
+    from gateway.settings import BackendSettings
+
+    student = BackendSettings(kind="http", base_url=engine_server.base_url, model=engine_server.model)
+    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path)).model_copy(
+        update={"student": student})
+    with ThreadedServer(create_app(settings)) as server:
+        answer = ask(server)
+        record = wait_for(lambda: next(iter(server.app.state.chat.shadow.store.iter_records()), None))
+    assert record.student_answer == answer and record.aligned
+    assert "".join(token["token"] for token in record.student_tokens) == answer
+    assert_trainable(record)
 
 
 def test_streamed_and_escalated_requests_are_recorded_as_escalations(demo_dirs, engine_server, tmp_path):

@@ -1,0 +1,84 @@
+"""vLLM's runtime LoRA endpoints, on every student replica: all of them get the adapter, or none keeps it.
+
+`POST /v1/load_lora_adapter {lora_name, lora_path}` on each replica (vLLM started with `--enable-lora` and
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`), then each replica's `/v1/models` must list it; if any replica refuses or
+does not list it, the adapter is unloaded from the replicas that took it and `AdapterRefused` names the replica
+and its reason. `kdgate engine --enable-lora` speaks the same endpoints (gateway.engine_lora).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from runtime.errors import from_httpx
+
+log = logging.getLogger(__name__)
+
+
+class AdapterRefused(Exception):
+    """A replica did not take the adapter; nothing was left loaded anywhere."""
+
+    def __init__(self, replica: str, reason: str):
+        super().__init__(f"student server {replica} did not load the adapter: {reason}; the old version keeps "
+                         "serving everywhere")
+        self.replica = replica
+        self.reason = reason
+
+
+class LoraReplicas:
+    def __init__(self, client: httpx.AsyncClient, urls: list[str], api_key: str | None = None):
+        self.client = client
+        self.urls = [url.rstrip("/") for url in urls]
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def load(self, name: str, path: str) -> None:
+        loaded: list[str] = []
+        for url in self.urls:
+            problem = await self._load_one(url, name, path)
+            if problem is not None:
+                for done in loaded:
+                    await self.unload_one(done, name)
+                raise AdapterRefused(url, problem)
+            loaded.append(url)
+        log.info("adapter %s loaded on %d student server(s)", name, len(loaded))
+
+    async def unload(self, name: str) -> None:
+        """Best effort on every replica (an adapter that is not there is fine)."""
+        for url in self.urls:
+            await self.unload_one(url, name)
+
+    async def _load_one(self, url: str, name: str, path: str) -> str | None:
+        try:
+            response = await self.client.post(f"{url}/load_lora_adapter", headers=self.headers,
+                                              json={"lora_name": name, "lora_path": path})
+            if response.status_code != 200:
+                return f"HTTP {response.status_code}: {_message(response)}"
+            listed = await self.client.get(f"{url}/models", headers=self.headers)
+            if listed.status_code != 200 or name not in {model.get("id") for model in listed.json().get("data", [])}:
+                await self.unload_one(url, name)
+                return f"it answered the load but does not list `{name}` in /v1/models"
+        except httpx.HTTPError as error:
+            return from_httpx(error, backend="student", url=url).message
+        return None
+
+    async def unload_one(self, url: str, name: str) -> None:
+        try:
+            response = await self.client.post(f"{url}/unload_lora_adapter", headers=self.headers,
+                                              json={"lora_name": name})
+            if response.status_code not in (200, 404):
+                log.warning("unloading adapter %s from %s: HTTP %d %s", name, url, response.status_code,
+                            _message(response))
+        except httpx.HTTPError as error:
+            log.warning("unloading adapter %s from %s failed: %s", name, url, error)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body))[:300]
+    return str(body)[:300]

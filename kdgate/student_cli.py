@@ -1,0 +1,138 @@
+"""`kdgate student`: student versions through a running gateway's admin API (`/admin/v1/students`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Student versions: register, promote (or canary), roll back, and watch them serve.",
+                  no_args_is_help=True)
+
+URL = typer.Option("http://127.0.0.1:8000", envvar="KDGATE_GATEWAY_URL", help="the gateway (any replica)")
+ADMIN_KEY = typer.Option(None, envvar="KDGATE_ADMIN_KEY", help="the admin credential (none: an open local gateway)")
+
+
+def _call(method: str, url: str, path: str, admin_key: str | None, body: dict | None = None) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+    try:
+        response = httpx.request(method, f"{url.rstrip('/')}/admin/v1/students{path}", json=body, headers=headers,
+                                 timeout=600)
+    except httpx.HTTPError as error:
+        typer.echo(f"kdgate: cannot reach the gateway at {url} ({error}); start it (`./dev serve`) or set --url",
+                   err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        typer.echo(f"kdgate: the gateway refused ({response.status_code}): {message}", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+def _print_slot(slot: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    canary = f", canary {slot['canary']} at {slot['canary_fraction']:.0%}" if slot.get("canary") else ""
+    typer.echo(f"slot revision {slot['revision']}: active {slot['active']}{canary}")
+    figures = slot.get("this_process") or {}
+    if not figures:
+        return
+    table = Table("version", "role", "requests", "errors", "teacher share", "mean TTFT ms", "mean shadow KL",
+                  title="this gateway process, since each version began serving here")
+    for name, row in figures.items():
+        table.add_row(name, row["role"], str(row.get("requests", 0)), str(row.get("errors", 0)),
+                      f"{row.get('teacher_share', 0):.3f}", str(row.get("mean_ttft_ms")), str(row.get("mean_shadow_kl")))
+    Console().print(table)
+
+
+@app.command("list")
+def list_command(url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
+    """Every registered version with its state, and which one serves.
+
+    Example:  kdgate student list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    answer = _call("GET", url, "", admin_key)
+    table = Table("name", "state", "kind", "source", "previous", "created", "notes")
+    for version in answer["versions"]:
+        source = version["model_dir"] or version["adapter_path"] or f"{version['base_url']} {version['served_model']}"
+        table.add_row(version["name"], version["state"], version["kind"], source, version["previous"] or "",
+                      (version["created_at"] or "")[:19], (version["notes"] or "")[:60])
+    Console().print(table)
+    _print_slot(answer["slot"])
+
+
+@app.command()
+def status(url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
+    """The slot, and per serving version its requests, errors, teacher share, TTFT and shadow KL.
+
+    Example:  kdgate student status
+    """
+    _print_slot(_call("GET", url, "/status", admin_key))
+
+
+@app.command()
+def register(
+    name: str = typer.Argument(..., help="the version's name (letters, digits, `_.-`)"),
+    model_dir: Path | None = typer.Option(None, "--model", help="a model folder (local students)"),
+    adapter: str | None = typer.Option(None, help="a peft LoRA adapter folder (vLLM reads it on its own disk)"),
+    base_url: str | None = typer.Option(None, help="a server of its own, ending in /v1 (blue/green)"),
+    served_model: str | None = typer.Option(None, help="with --base-url: the model id it serves"),
+    policy_file: Path | None = typer.Option(None, help="the routing policy calibrated for this student"),
+    figures: str | None = typer.Option(None, help="JSON: what it was admitted with"),
+    notes: str | None = typer.Option(None),
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+) -> None:
+    """Register a candidate version (it serves nothing until promoted).
+
+    Example:  kdgate student register v2 --model runs/distill-kd/model --policy-file runs/router/router-policy.json
+    """
+    try:
+        parsed = json.loads(figures) if figures else None
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(f"not JSON: {error}", param_hint="--figures") from None
+    body = {"name": name, "model_dir": str(model_dir.resolve()) if model_dir else None, "adapter_path": adapter,
+            "base_url": base_url, "served_model": served_model,
+            "policy_file": str(policy_file.resolve()) if policy_file else None, "figures": parsed, "notes": notes}
+    version = _call("POST", url, "", admin_key, {key: value for key, value in body.items() if value is not None})
+    typer.echo(f"registered {version['name']} ({version['kind']}) as a candidate; promote it with "
+               f"`kdgate student promote {version['name']}`")
+
+
+@app.command()
+def promote(
+    name: str = typer.Argument(..., help="a registered version"),
+    canary: float | None = typer.Option(None, min=0.0, max=1.0, help="serve it to this share of student-served "
+                                        "requests beside the active version, instead of to all"),
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+) -> None:
+    """Put a version into service, whole or as a canary; answers once the gateway serves it.
+
+    Example:  kdgate student promote v2 --canary 0.1
+    """
+    body = {"canary_fraction": canary} if canary is not None else None
+    _print_slot(_call("POST", url, f"/{name}/promote", admin_key, body))
+
+
+@app.command()
+def rollback(
+    reason: str = typer.Option("rolled back by hand", help="kept with the version"),
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+) -> None:
+    """Back to the previous active version, from any state (a canary is dropped, the active one stays).
+
+    Example:  kdgate student rollback --reason "answers drifted"
+    """
+    _print_slot(_call("POST", url, "/rollback", admin_key, {"reason": reason}))

@@ -1,0 +1,191 @@
+"""Student versions on a real gateway (local demo student, teacher over HTTP): promote and roll back under streaming
+load with no failed request and no mixed stream, every refusal named, two promotions at once, a restart, a canary
+that splits traffic and one that is rolled back on its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import CanarySettings, HandoffSettings, RoutingSettings, ShadowSettings, StudentsSettings
+from tests.conftest import ThreadedServer, free_port, gateway_settings
+
+HARD = ("Hi there, Felix here. Order 28898 was a StreamPlus and order 72108 was a TaskPilto. The TaskPilto says my "
+        "account is disabled. Last year order 36966 had the same problem. I am a Plus member.")  # the README's
+PROMPTS = [HARD] + [f"Hello, my SmartHub Pro from order {48213 + 7 * index} will not turn on. Thanks, Maria"
+                    for index in range(5)]
+MAX_TOKENS = 48
+
+
+def settings_with_store(demo_dirs, engine_server, store, **students):
+    return gateway_settings(demo_dirs, engine_server,
+                            routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
+                            shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{store}"),
+                            students=StudentsSettings(enabled=True, poll_interval_s=0.2, **students))
+
+
+@pytest.fixture
+def versioned(demo_dirs, engine_server, tmp_path):
+    with ThreadedServer(create_app(settings_with_store(demo_dirs, engine_server, tmp_path / "store.sqlite3"))) as server:
+        yield server
+
+
+def admin(server, method: str, path: str, body: dict | None = None, **headers) -> httpx.Response:
+    return httpx.request(method, f"{server.url}/admin/v1/students{path}", json=body, timeout=120, headers=headers)
+
+
+def stream(server, prompt: str) -> tuple[str, str]:
+    """One streamed answer and the student version its header names."""
+    body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": MAX_TOKENS,
+            "stream": True}
+    text = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        version = response.headers["x-kdgate-student-version"]
+        frames = [line for line in response.iter_lines() if line]
+        for line in frames:
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                assert "error" not in chunk, chunk
+                if chunk["choices"]:
+                    text.append(chunk["choices"][0]["delta"].get("content") or "")
+        assert frames[-1] == "data: [DONE]"
+    return "".join(text), version
+
+
+def answers(server) -> dict[str, str]:
+    pairs = [stream(server, prompt) for prompt in PROMPTS]
+    assert len({version for _, version in pairs}) == 1
+    return {prompt: text for prompt, (text, _) in zip(PROMPTS, pairs, strict=True)}
+
+
+def test_promote_and_roll_back_under_load_fail_nothing_and_mix_nothing(versioned, demo_dirs):
+    """The teacher's weights registered as student version `v2` (same tokenizer, different answers): every answer
+    during the switches is exactly one version's greedy answer, the one its header names."""
+    server = versioned
+    expected = {"initial": answers(server)}
+    assert admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])}).status_code == 201
+    assert admin(server, "POST", "/v2/promote").status_code == 200
+    expected["v2"] = answers(server)
+    assert admin(server, "POST", "/rollback").status_code == 200
+    assert expected["v2"] != expected["initial"]
+
+    seen, failures, stop = [], [], threading.Event()
+
+    def load(offset: int) -> None:
+        index = offset
+        while not stop.is_set():
+            prompt = PROMPTS[index % len(PROMPTS)]
+            try:
+                seen.append((prompt, *stream(server, prompt)))
+            except Exception as error:  # noqa: BLE001 — every failure is the finding
+                failures.append(repr(error))
+            index += 1
+
+    threads = [threading.Thread(target=load, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        assert admin(server, "POST", "/v2/promote").json()["active"] == "v2"
+        time.sleep(1.5)
+        assert admin(server, "POST", "/rollback").json()["active"] == "initial"
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    assert {version for _, _, version in seen} == {"initial", "v2"}
+    mixed = [(prompt, text, version) for prompt, text, version in seen if expected[version][prompt] != text]
+    assert mixed == [], mixed[:3]
+    versions = {row["name"]: row for row in admin(server, "GET", "").json()["versions"]}
+    assert versions["v2"]["state"] == "retired" and versions["initial"]["state"] == "active"
+
+
+def test_refusals_name_what_is_wrong(versioned, demo_dirs, tmp_path):
+    server = versioned
+    missing = admin(server, "POST", "/nope/promote")
+    assert missing.status_code == 404 and "no student version `nope`" in missing.json()["error"]["message"]
+    gone = admin(server, "POST", "", {"name": "v9", "model_dir": str(tmp_path / "absent")})
+    assert gone.status_code == 400 and str(tmp_path / "absent") in gone.json()["error"]["message"]
+    assert gone.json()["error"]["param"] == "model_dir"
+    both = admin(server, "POST", "", {"name": "v9", "model_dir": str(demo_dirs[1]), "base_url": "http://x/v1"})
+    assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(demo_dirs[0], other)
+    tokenizer = other / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"<|pad|>"', '"<|padding|>"'))
+    mismatch = admin(server, "POST", "", {"name": "v9", "model_dir": str(other)})
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["param"] == "tokenizer"
+    assert "differs from the active student" in mismatch.json()["error"]["message"]
+    assert admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])}).status_code == 201
+    again = admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])})
+    assert again.status_code == 400 and "exists already" in again.json()["error"]["message"]
+    bad_share = admin(server, "POST", "/v2/promote", {"canary_fraction": 1.5})
+    assert bad_share.status_code == 400 and bad_share.json()["error"]["param"] == "canary_fraction"
+    nothing = admin(server, "POST", "/rollback")
+    assert nothing.status_code == 400 and "nothing to roll back to" in nothing.json()["error"]["message"]
+
+
+def test_of_two_promotions_at_once_one_wins_and_the_other_gets_409(versioned, demo_dirs):
+    server = versioned
+    for name in ("v2", "v3"):
+        assert admin(server, "POST", "", {"name": name, "model_dir": str(demo_dirs[1])}).status_code == 201
+    manager = server.app.state.students
+    first: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: first.append(admin(server, "POST", "/v2/promote")))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not manager._changing.locked() and time.monotonic() < deadline:  # v2's weights are loading
+        time.sleep(0.001)
+    second = admin(server, "POST", "/v3/promote")
+    thread.join(60)
+    assert first[0].status_code == 200 and first[0].json()["active"] == "v2"
+    assert second.status_code == 409 and second.json()["error"]["code"] == "conflict"
+
+
+def test_a_restarted_gateway_serves_the_active_version_from_the_store(demo_dirs, engine_server, tmp_path):
+    store = tmp_path / "store.sqlite3"
+    settings = settings_with_store(demo_dirs, engine_server, store)
+    with ThreadedServer(create_app(settings)) as server:
+        admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])})
+        admin(server, "POST", "/v2/promote")
+    with ThreadedServer(create_app(settings)) as server:
+        assert stream(server, PROMPTS[0])[1] == "v2"
+        models = httpx.get(f"{server.url}/admin/status", timeout=10).json()["backends"]
+        assert models["student"]["model"] == "demo-student@v2"
+
+
+def test_a_canary_serves_its_share_and_a_failing_one_is_rolled_back_by_itself(demo_dirs, engine_server, tmp_path):
+    """A canary on a server that is not there: its requests fail before their first token and the teacher answers
+    them (no client sees an error); once it has served its minimum sample it is rolled back, and counted."""
+    settings = settings_with_store(demo_dirs, engine_server, tmp_path / "store.sqlite3",
+                                   canary=CanarySettings(min_requests=5))
+    with ThreadedServer(create_app(settings)) as server:
+        dead = f"http://127.0.0.1:{free_port()}/v1"
+        assert admin(server, "POST", "", {"name": "broken", "base_url": dead, "served_model": "x"}).status_code == 201
+        assert admin(server, "POST", "/broken/promote", {"canary_fraction": 0.5}).json()["canary"] == "broken"
+        served = Counter()
+        for index in range(40):
+            body = {"messages": [{"role": "user", "content": PROMPTS[index % 6]}], "max_tokens": 4}
+            reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+            assert reply.status_code == 200, reply.text
+            served[(reply.headers["x-kdgate-student-version"], reply.headers["x-kdgate-route-reason"])] += 1
+            if server.app.state.students.slot.canary is None:
+                break
+        time.sleep(0.5)
+        slot = admin(server, "GET", "/status").json()
+        versions = {row["name"]: row for row in admin(server, "GET", "").json()["versions"]}
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert served[("broken", "student_error")] >= 5  # the teacher answered every one of the canary's
+    assert slot["canary"] is None and slot["active"] == "initial"
+    assert versions["broken"]["state"] == "rejected" and "automatic" in versions["broken"]["notes"]
+    assert 'kdgate_student_rollbacks_total{how="automatic"} 1.0' in metrics

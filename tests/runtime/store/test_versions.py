@@ -1,0 +1,124 @@
+"""The versions table and the slot row: states, the compare-and-swap that lets one of two promotions land, rollback
+from every state, and the migration that brought them (0003) over a store written before it."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from runtime.store.records import MIGRATIONS, ShadowStore, tokens_from_json
+from runtime.store.versions import SlotChanged, StudentVersion, StudentVersions, VersionError, VersionExists
+
+
+@pytest.fixture
+def versions(tmp_path) -> StudentVersions:
+    store = ShadowStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    yield StudentVersions(store)
+    store.close()
+
+
+def model(name: str) -> StudentVersion:
+    return StudentVersion(name=name, kind="model", model_dir=f"/models/{name}")
+
+
+def states(versions: StudentVersions) -> dict[str, str]:
+    return {version.name: version.state for version in versions.list()}
+
+
+def test_seed_makes_the_configured_student_active_once(versions):
+    slot = versions.seed(model("v1"))
+    assert (slot.active, slot.canary, slot.revision) == ("v1", None, 1)
+    assert versions.seed(model("other")) == slot  # a store that has an active version keeps it
+    assert states(versions) == {"v1": "active"}
+
+
+def test_a_version_is_never_replaced_in_place(versions):
+    versions.register(model("v2"))
+    with pytest.raises(VersionExists, match="exists already"):
+        versions.register(model("v2"))
+
+
+def test_promote_retires_the_old_version_and_remembers_it(versions):
+    slot = versions.seed(model("v1"))
+    versions.register(model("v2"))
+    slot = versions.promote("v2", slot)
+    assert (slot.active, slot.revision) == ("v2", 2)
+    assert states(versions) == {"v1": "retired", "v2": "active"}
+    assert versions.get("v2").previous == "v1"
+    with pytest.raises(VersionError, match="already the active"):
+        versions.promote("v2", slot)
+
+
+def test_of_two_promotions_from_one_state_exactly_one_lands(versions):
+    seen = versions.seed(model("v1"))
+    versions.register(model("v2"))
+    versions.register(model("v3"))
+    versions.promote("v2", seen)
+    with pytest.raises(SlotChanged, match="another promotion or rollback landed first"):
+        versions.promote("v3", seen)
+    assert versions.slot().active == "v2" and versions.get("v3").state == "candidate"
+
+
+def test_a_canary_then_its_completion(versions):
+    slot = versions.seed(model("v1"))
+    versions.register(model("v2"))
+    slot = versions.promote("v2", slot, canary_fraction=0.25)
+    assert (slot.active, slot.canary, slot.canary_fraction) == ("v1", "v2", 0.25)
+    assert states(versions) == {"v1": "active", "v2": "canary"}
+    slot = versions.promote("v2", slot)
+    assert (slot.active, slot.canary) == ("v2", None) and states(versions) == {"v1": "retired", "v2": "active"}
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_a_canary_share_must_be_between_nothing_and_everything(versions, fraction):
+    slot = versions.seed(model("v1"))
+    versions.register(model("v2"))
+    with pytest.raises(VersionError, match="between 0 and 1"):
+        versions.promote("v2", slot, canary_fraction=fraction)
+
+
+def test_rollback_from_every_state(versions):
+    slot = versions.seed(model("v1"))
+    with pytest.raises(VersionError, match="nothing to roll back to"):
+        versions.rollback(slot)
+    versions.register(model("v2"))
+    versions.register(model("v3"))
+    slot = versions.promote("v2", slot)
+    slot = versions.promote("v3", slot, canary_fraction=0.1)
+    slot = versions.rollback(slot, "canary worse")  # a half-finished canary: dropped, the active one stays
+    assert (slot.active, slot.canary) == ("v2", None) and versions.get("v3").state == "rejected"
+    assert versions.get("v3").notes == "canary worse"
+    slot = versions.rollback(slot)  # the active one gives way to the one it replaced
+    assert slot.active == "v1" and states(versions) == {"v1": "active", "v2": "retired", "v3": "rejected"}
+
+
+def test_a_store_from_before_versions_upgrades_and_its_records_stay_readable(tmp_path):
+    """A 0002 store holding a record in the old token format: opening it migrates to 0003 in place; the record
+    reads back, marked as having no token ids, and its tokens parse."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(text(
+            "INSERT INTO shadow_records (request_id, created_at, kind, student_model, teacher_model, route, "
+            "route_reason, prompt, student_answer, student_tokens) VALUES ('old-1', '2026-11-01 10:00:00', 'shadow', "
+            "'s', 't', 'student', 'policy:student_only', '[]', 'hi', "
+            "'[{\"token\": \"hi\", \"logprob\": -0.1, \"top\": [[\"hi\", -0.1], [\"ho\", -2.5]]}]')"))
+    engine.dispose()
+    store = ShadowStore(url)
+    try:
+        (record,) = list(store.iter_records())
+        assert record.request_id == "old-1" and record.token_ids is False and record.teacher_version is None
+        (token,) = tokens_from_json(record.student_tokens)
+        assert token.token == "hi" and token.token_id is None and [top.token for top in token.top_logprobs] == \
+            ["hi", "ho"]
+        assert StudentVersions(store).slot().revision == 0
+    finally:
+        store.close()
