@@ -117,3 +117,20 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
             time.sleep(0.05)
     yield RedisServer(url=f"redis://127.0.0.1:{port}/0", process=process)
     stop(process)
+
+
+@pytest.fixture(scope="session")
+def demo_adapter(demo_dirs, tmp_path_factory) -> Path:
+    """A LoRA adapter over the demo student whose answers differ from the student's (random, not zero, updates)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("adapter") / "student-lora"
+    model = AutoModelForCausalLM.from_pretrained(demo_dirs[0], dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)  # random A and B: the adapter changes the answers
+    get_peft_model(model, config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(demo_dirs[0]).save_pretrained(out)
+    return out

@@ -131,7 +131,10 @@ class StudentVersions:
             self.register(replace(version, state="active"))
         except VersionExists:
             pass
-        return self._swap(slot, {version.name: "active"}, active=version.name, canary=None, fraction=0.0)
+        try:
+            return self._swap(slot, {version.name: "active"}, active=version.name, canary=None, fraction=0.0)
+        except SlotChanged:  # another process seeded it at the same moment
+            return self.slot()
 
     def promote(self, name: str, seen: Slot, canary_fraction: float | None = None) -> Slot:
         """`name` becomes the active version, or, with a fraction, the canary beside the active one."""

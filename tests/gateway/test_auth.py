@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.auth import load_credentials, new_key
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, ShadowSettings, StudentsSettings
 from tests.conftest import ThreadedServer, gateway_settings
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
@@ -36,9 +36,12 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def guarded(demo_dirs, engine_server, keys):
+def guarded(demo_dirs, engine_server, keys, tmp_path_factory):
     made, auth = keys
-    with ThreadedServer(create_app(gateway_settings(demo_dirs, engine_server, auth=auth))) as server:
+    store = tmp_path_factory.mktemp("store") / "store.sqlite3"
+    settings = gateway_settings(demo_dirs, engine_server, auth=auth, students=StudentsSettings(enabled=True),
+                                shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{store}"))
+    with ThreadedServer(create_app(settings)) as server:
         yield server, made
 
 
@@ -78,6 +81,19 @@ def test_admin_endpoints_need_the_admin_credential(guarded):
     assert status.status_code == 200
     assert {key["name"] for key in status.json()["keys"]} == {"plain", "ops", "filed"}
     assert digest(made["plain"]) not in status.text
+
+
+def test_student_versions_need_the_admin_credential(guarded, demo_dirs):
+    """A chat key, even one with every permission, never reaches the student admin API."""
+    server, made = guarded
+    register = {"name": "v2", "model_dir": str(demo_dirs[1])}
+    assert call(server, "/admin/v1/students").status_code == 401
+    assert call(server, "/admin/v1/students", "kdg-wrong").status_code == 401
+    for key in ("plain", "ops", "metrics"):
+        assert call(server, "/admin/v1/students", made[key]).status_code == 403
+        assert call(server, "/admin/v1/students", made[key], "POST", json=register).status_code == 403
+        assert call(server, "/admin/v1/students/rollback", made[key], "POST").status_code == 403
+    assert call(server, "/admin/v1/students", made["admin"]).json()["slot"]["active"] == "initial"
 
 
 def test_metrics_need_their_token_or_the_admin_credential(guarded):

@@ -121,3 +121,30 @@ def test_dead_workers_live_gauges_are_forgotten(tmp_path):
     reap_dead_workers(tmp_path)
     assert scrape_registry(tmp_path).get_sample_value("g") is None
     assert not list(tmp_path.glob(f"gauge_livesum_{pid}.db"))
+
+
+@pytest.mark.slow
+def test_a_promotion_reaches_every_worker_within_two_seconds(tmp_path, student_server, engine_server):
+    """The store's slot is the one truth: the worker that takes the admin call switches at once, the other at its
+    next poll (`students.poll_interval_s`, 1 s). `kdgate_student_slot_revision` is the lowest revision any live
+    worker serves, so it reads 2 only once both have switched."""
+    process, url, _, log = start_workers(tmp_path, student_server, engine_server)
+    try:
+        registered = httpx.post(f"{url}/admin/v1/students", timeout=30, json={
+            "name": "v2", "base_url": engine_server.base_url, "served_model": engine_server.model})
+        assert registered.status_code == 201, registered.text
+        assert httpx.post(f"{url}/admin/v1/students/v2/promote", timeout=60).status_code == 200
+        promoted = time.monotonic()
+        while total(scrape(url), "kdgate_student_slot_revision") != 2:
+            assert time.monotonic() - promoted < 2.0, "a worker still serves the old slot after 2 s"
+            time.sleep(0.05)
+        versions = set()
+        for _ in range(12):  # new connections: both workers
+            with httpx.Client(timeout=30) as client:
+                reply = client.post(f"{url}/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": TICKET}], "max_tokens": 4})
+            versions.add(reply.headers["x-kdgate-student-version"])
+        assert versions == {"v2"}
+    finally:
+        stop(process)
+        log.close()

@@ -66,17 +66,9 @@ def answers(server) -> dict[str, str]:
     return {prompt: text for prompt, (text, _) in zip(PROMPTS, pairs, strict=True)}
 
 
-def test_promote_and_roll_back_under_load_fail_nothing_and_mix_nothing(versioned, demo_dirs):
-    """The teacher's weights registered as student version `v2` (same tokenizer, different answers): every answer
-    during the switches is exactly one version's greedy answer, the one its header names."""
-    server = versioned
-    expected = {"initial": answers(server)}
-    assert admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])}).status_code == 201
-    assert admin(server, "POST", "/v2/promote").status_code == 200
-    expected["v2"] = answers(server)
-    assert admin(server, "POST", "/rollback").status_code == 200
-    assert expected["v2"] != expected["initial"]
-
+def switch_under_load(server, switches: list) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Three clients streaming without pause while each switch runs in turn, 1.5 s apart: every (prompt, answer,
+    version) they got, and every failure."""
     seen, failures, stop = [], [], threading.Event()
 
     def load(offset: int) -> None:
@@ -94,14 +86,29 @@ def test_promote_and_roll_back_under_load_fail_nothing_and_mix_nothing(versioned
         thread.start()
     try:
         time.sleep(1.0)
-        assert admin(server, "POST", "/v2/promote").json()["active"] == "v2"
-        time.sleep(1.5)
-        assert admin(server, "POST", "/rollback").json()["active"] == "initial"
-        time.sleep(1.0)
+        for switch in switches:
+            switch()
+            time.sleep(1.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
+    return seen, failures
+
+
+def test_promote_and_roll_back_under_load_fail_nothing_and_mix_nothing(versioned, demo_dirs):
+    """The teacher's weights registered as student version `v2` (same tokenizer, different answers): every answer
+    during the switches is exactly one version's greedy answer, the one its header names."""
+    server = versioned
+    expected = {"initial": answers(server)}
+    assert admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])}).status_code == 201
+    assert admin(server, "POST", "/v2/promote").status_code == 200
+    expected["v2"] = answers(server)
+    assert admin(server, "POST", "/rollback").status_code == 200
+    assert expected["v2"] != expected["initial"]
+
+    seen, failures = switch_under_load(server, [lambda: admin(server, "POST", "/v2/promote").json()["active"],
+                                                lambda: admin(server, "POST", "/rollback").json()["active"]])
     assert failures == []
     assert {version for _, _, version in seen} == {"initial", "v2"}
     mixed = [(prompt, text, version) for prompt, text, version in seen if expected[version][prompt] != text]
