@@ -15,7 +15,15 @@ def banner(settings: GatewaySettings) -> list[str]:
             f"student: {describe_backend(settings.student)}; teacher: {describe_backend(settings.teacher)}{workers})",
             "routing: " + describe_routing(settings.routing, settings.teacher is not None),
             "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None),
+            "students: " + describe_students(settings),
             "auth: " + describe_auth(settings)]
+
+
+def describe_students(settings: GatewaySettings) -> str:
+    if not settings.students.enabled or not settings.shadow.store_url:
+        return "the configured student only (student versions need `students.enabled` and `shadow.store_url`)"
+    return ("the store's active version (the configured one on a new store); `kdgate student list|register|promote|"
+            "rollback` through /admin/v1/students; docs/student-versions.md")
 
 
 def describe_backend(backend: BackendSettings | None) -> str:
@@ -78,7 +86,8 @@ def describe_auth(settings: GatewaySettings) -> str:
         if settings.auth.mode == "none":
             return (f"OPEN: no API keys, anyone who reaches {where} can call both models (auth.mode: none). "
                     "Keys: `kdgate auth new-key`")
-        return f"open on the loopback address {where} (no API keys configured; add some with `kdgate auth new-key`)"
+        return (f"open on the loopback address {where}, the admin API included (no API keys configured; add some "
+                "with `kdgate auth new-key`)")
     keys = sum(1 for _, principal in credentials.keys if principal.name not in ("admin", "metrics"))
     admin = "an admin credential" if settings.auth.admin_sha256 else "no admin credential (/admin refused)"
     metrics = "a /metrics token" if settings.auth.metrics_sha256 else "/metrics for the admin credential only"

@@ -16,6 +16,7 @@ first chunk, not silently in a report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from runtime.sse import drain
 
 ROUTE_HEADER = "x-kdgate-route"
 REASON_HEADER = "x-kdgate-route-reason"
+VERSION_HEADER = "x-kdgate-student-version"
 
 
 class CompletionChunkChoice(BaseModel):
@@ -61,6 +63,9 @@ class RequestRecord:
     error: str | None = None
     route: str | None = None
     reason: str | None = None
+    student_version: str | None = None  # the gateway's x-kdgate-student-version
+    prompt: int | None = None  # which of the run's prompts it sent
+    answer_sha: str | None = None  # sha256 of the streamed text (12 hex): greedy answers compare across versions
     warmup: bool = False
 
     @property
@@ -99,6 +104,7 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
     last = started
     chunks = content_chunks = 0
     done = False
+    answer = hashlib.sha256()
     try:
         async with aconnect_sse(client, "POST", url, json=body, headers=headers, extensions={"trace": trace},
                                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))) as source:
@@ -108,6 +114,7 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
             response = source.response
             record.status = response.status_code
             record.route, record.reason = response.headers.get(ROUTE_HEADER), response.headers.get(REASON_HEADER)
+            record.student_version = response.headers.get(VERSION_HEADER)
             if response.status_code >= 400:
                 record.error = f"HTTP {response.status_code}: {_error_text(await response.aread())}"
                 return record
@@ -117,6 +124,7 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
                 if event.data.strip() == "[DONE]":
                     done = True
                     record.e2e = now - started
+                    record.answer_sha = answer.hexdigest()[:12]
                     await drain(events)  # keep the connection for the next request, as SDK clients do
                     break
                 try:
@@ -134,7 +142,9 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
                 route = getattr(chunk, "kdgate", None)
                 if route is not None:  # the gateway's final word on the route (a mid-stream handoff)
                     record.route, record.reason = route.route, route.reason
-                if any(_content(choice, chat) for choice in chunk.choices):
+                texts = [text for choice in chunk.choices if (text := _content(choice, chat))]
+                if texts:
+                    answer.update("".join(texts).encode())
                     content_chunks += 1
                     if record.ttft is None:
                         record.ttft = now - started
@@ -160,8 +170,8 @@ async def measure(client: httpx.AsyncClient, url: str, body: dict, headers: dict
     return record
 
 
-def _content(choice, chat: bool) -> bool:
-    return bool(choice.delta.content) if chat else bool(choice.text)
+def _content(choice, chat: bool) -> str:
+    return (choice.delta.content if chat else choice.text) or ""
 
 
 def _error_text(raw: bytes) -> str:

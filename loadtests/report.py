@@ -46,6 +46,15 @@ def print_summary(summary: dict, title: str, console: Console | None = None) -> 
         console.print(f"goodput {summary['goodput']:.2f} req/s ({summary['slo_attainment']:.1%} met the SLO)")
     if summary["peak_concurrency"]:
         console.print(f"peak concurrency {summary['peak_concurrency']}")
+    versions = summary.get("student_versions")
+    if versions:
+        served = ", ".join(f"{name} {count}" for name, count in versions["requests"].items())
+        several = versions["pairs_with_several_answers"]
+        console.print(f"student versions: {served}; {versions['prompt_version_pairs']} (prompt, version) pairs, "
+                      + ("each always got one answer" if not several else
+                         f"[red]{several} got several answers (mixed streams, or sampling)[/red]")
+                      + f"; {versions['prompts_served_by_several_versions']} prompts served by several versions, "
+                      f"{versions['of_which_answered_differently']} of them answered differently")
     for reason, failure in summary["failures"].items():
         console.print(f"[red]{failure['count']} failed: {reason}[/red] — e.g. {failure['samples'][0]}")
     server = summary.get("server_ttft")

@@ -106,7 +106,7 @@ async def run(target: Target, prompts: list[Prompt], shape: Shape, bounds: Bound
               client: httpx.AsyncClient | None = None) -> RunResult:
     rng = random.Random(seed)  # arrivals
     chat = target.url.endswith("/chat/completions")
-    bodies = [body(prompt, target.request, chat) for prompt in prompts]
+    bodies = list(enumerate(body(prompt, target.request, chat) for prompt in prompts))
     random.Random(seed + 1).shuffle(bodies)  # request i sends bodies[i % len]: the same prompts in every arm
     total = (bounds.requests + bounds.warmup) if bounds.requests is not None else None
     state = _State(bounds, total)
@@ -118,8 +118,8 @@ async def run(target: Target, prompts: list[Prompt], shape: Shape, bounds: Bound
         state.in_flight += 1
         state.peak = max(state.peak, state.in_flight)
         try:
-            await measure(client, target.url, bodies[record.index % len(bodies)], target.headers, record, origin,
-                          bounds.timeout)
+            record.prompt, sent = bodies[record.index % len(bodies)]
+            await measure(client, target.url, sent, target.headers, record, origin, bounds.timeout)
         except asyncio.CancelledError:
             record.error = "cancelled: still running when the run's time was up"
             raise

@@ -59,7 +59,30 @@ def summarize(records: list[RequestRecord], elapsed: float, slo: Slo = Slo(), pe
     summary["routes"] = {route: _group(group, elapsed, slo) for route, group in sorted(by_route.items())}
     total = len(measured)
     summary["route_mix"] = {route: len(group) / total for route, group in sorted(by_route.items())} if total else {}
+    versions = student_versions(measured)
+    if versions is not None:
+        summary["student_versions"] = versions
     return summary
+
+
+def student_versions(records: list[RequestRecord]) -> dict | None:
+    """Requests per student version, and whether each (prompt, version) always got one answer: at temperature 0
+    a version answers a prompt one way, so a second answer means a stream mixed two versions (or sampling)."""
+    served = [r for r in records if r.ok and r.student_version is not None]
+    if not served:
+        return None
+    answers: dict[tuple[int | None, str], set[str]] = defaultdict(set)
+    for record in served:
+        answers[(record.prompt, record.student_version)].add(record.answer_sha)
+    by_prompt: dict[int | None, list[frozenset[str]]] = defaultdict(list)
+    for (prompt, _), hashes in answers.items():
+        by_prompt[prompt].append(frozenset(hashes))
+    several = [hashes for hashes in by_prompt.values() if len(hashes) > 1]
+    return {"requests": dict(sorted(Counter(r.student_version for r in served).items())),
+            "prompt_version_pairs": len(answers),
+            "pairs_with_several_answers": sum(len(hashes) > 1 for hashes in answers.values()),
+            "prompts_served_by_several_versions": len(several),
+            "of_which_answered_differently": sum(len(set(hashes)) > 1 for hashes in several)}
 
 
 def _group(records: list[RequestRecord], elapsed: float, slo: Slo) -> dict:

@@ -61,6 +61,7 @@ def test_an_easy_ticket_is_served_by_the_student(default_gateway):
     reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-kdgate-route"] == "student"
+    assert reply.headers["x-kdgate-student-version"] == "initial"  # the store's first version, as the README shows
     answer = reply.json()["choices"][0]["message"]["content"]
     assert answer == held_out_ticket(body["messages"][0]["content"]).answer_json()
 
@@ -97,9 +98,17 @@ def test_an_idle_connection_outlives_a_clients_own_keep_alive(default_gateway):
     url, _ = default_gateway
     port = int(url.rsplit(":", 1)[1])
     request = b"GET /healthz HTTP/1.1\r\nHost: kdgate\r\n\r\n"
+    def response(connection) -> bytes:  # headers and body may come in separate reads: read the whole answer
+        received = b""
+        while not received.endswith(b'{"status":"ok"}'):
+            chunk = connection.recv(4096)
+            assert chunk, f"the gateway closed the connection after {received!r}"
+            received += chunk
+        return received
+
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(request)
-        assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        assert response(connection).startswith(b"HTTP/1.1 200")
         time.sleep(6.5)  # past httpx's 5 s keep-alive expiry, and uvicorn's old default
         connection.sendall(request)
-        assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        assert response(connection).startswith(b"HTTP/1.1 200")

@@ -183,3 +183,19 @@ def test_sweep_goes_from_synchronous_to_throughput(mixed_gateway, tmp_path):
     assert len(rows) == 4 and all(float(row["offered_rate"]) > 0 for row in rows[2:])
     assert float(rows[1]["request_throughput"]) > float(rows[0]["request_throughput"])
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_student_versions_are_counted_and_a_prompt_answered_two_ways_is_flagged():
+    """At temperature 0 a version answers a prompt one way: a second answer is a mixed stream (or sampling)."""
+    from loadtests.client import RequestRecord
+    from loadtests.stats import student_versions
+
+    def served(index, prompt, version, answer):
+        return RequestRecord(index, 0.0, student_version=version, prompt=prompt, answer_sha=answer)
+
+    clean = [served(0, 0, "v1", "a"), served(1, 0, "v2", "b"), served(2, 0, "v1", "a"), served(3, 1, "v2", "c")]
+    assert student_versions(clean) == {"requests": {"v1": 2, "v2": 2}, "prompt_version_pairs": 3,
+                                       "pairs_with_several_answers": 0, "prompts_served_by_several_versions": 1,
+                                       "of_which_answered_differently": 1}
+    assert student_versions(clean + [served(4, 0, "v1", "b")])["pairs_with_several_answers"] == 1
+    assert student_versions([RequestRecord(0, 0.0)]) is None  # a server that names no version
