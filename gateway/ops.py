@@ -54,7 +54,7 @@ async def list_models(request: Request) -> ModelList:
     lengths = [backend.info.max_model_len for backend in chat.backends.values() if backend.info.max_model_len]
     longest = min(lengths) if lengths else None
     adapters = [ModelCard(id=name, root=name, parent=chat.served_model, max_model_len=longest)
-                for name in getattr(chat.router, "adapters", {})]
+                for name in chat.model_names()[1:]]
     return ModelList(data=[ModelCard(id=chat.served_model, root=chat.served_model, max_model_len=longest),
                            *adapters])
 

@@ -124,12 +124,27 @@ class ChatServing:
             return dict(self.router.backends)
         return {**self.router.backends, "student": self.students.slot.active.backend}
 
+    def model_names(self) -> list[str]:
+        """What `model` may name: the served model, each serving student version pinned (`<model>@<version>`, as
+        vLLM names a LoRA adapter), and on an engine server its runtime-loaded adapters."""
+        names = [self.served_model, *getattr(self.router, "adapters", {})]
+        if self.students is not None:
+            names += [f"{self.served_model}@{student.version}" for student in self.students.slot.serving()]
+        return names
+
+    def _lease(self, model: str | None) -> Lease | None:
+        """The request's student version: the one its `model` pins, else the slot's choice (active or canary)."""
+        if self.students is None:
+            return None
+        pinned = model.removeprefix(f"{self.served_model}@") if model and "@" in model else None
+        return self.students.slot.acquire(pinned)
+
     # ------------------------------------------------------------------------------------------------ entry points
 
     async def complete(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                        ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
         generation, route_request = self._prepare(request)
-        lease = self.students.acquire() if self.students is not None else None
+        lease = self._lease(request.model)
         outcome = _LeaseOutcome(lease, forced)
         try:
             return await self._complete(request, generation, route_request, forced, started, outcome)
@@ -195,7 +210,7 @@ class ChatServing:
     async def stream(self, request: protocol.ChatCompletionRequest, forced: str | None, started: float
                      ) -> PreparedStream:
         generation, route_request = self._prepare(request)
-        lease = self.students.acquire() if self.students is not None else None
+        lease = self._lease(request.model)
         outcome = _LeaseOutcome(lease, forced)
         try:
             return await self._stream(request, generation, route_request, forced, started, outcome)
@@ -244,8 +259,7 @@ class ChatServing:
     # ------------------------------------------------------------------------------------------------ preparation
 
     def _prepare(self, request: protocol.ChatCompletionRequest) -> tuple[GenerationRequest, RouteRequest]:
-        if request.model is not None and request.model != self.served_model and \
-                request.model not in getattr(self.router, "adapters", {}):
+        if request.model is not None and request.model not in self.model_names():
             raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
                                 f"`{self.served_model}` (see GET /v1/models)")
         if request.model_extra:

@@ -69,9 +69,15 @@ class StudentSlot:
         self.canary_fraction = 0.0
         self._rng = random.Random(seed)
 
-    def acquire(self) -> Lease:
-        """The student for one request: the canary for `canary_fraction` of requests, else the active one."""
-        canary = self.canary is not None and self._rng.random() < self.canary_fraction
+    def acquire(self, version: str | None = None) -> Lease:
+        """The student for one request: `version` when the client pinned a serving one, else the canary for
+        `canary_fraction` of requests and the active one for the rest."""
+        if version is not None and self.canary is not None and version == self.canary.version:
+            canary = True
+        elif version is not None and version == self.active.version:
+            canary = False
+        else:
+            canary = self.canary is not None and self._rng.random() < self.canary_fraction
         student = self.canary if canary else self.active
         student.leases += 1
         return Lease(student, canary)

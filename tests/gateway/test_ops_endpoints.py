@@ -20,7 +20,7 @@ def test_readyz_reports_each_backend(gateway):
 
 def test_models_lists_the_served_model(gateway):
     body = httpx.get(f"{gateway.url}/v1/models").json()
-    assert body["object"] == "list" and [card["id"] for card in body["data"]] == ["kdgate-demo"]
+    assert body["object"] == "list" and [card["id"] for card in body["data"]] == ["kdgate-demo", "kdgate-demo@initial"]
 
 
 def test_metrics_parse_and_count_requests_by_route(gateway):

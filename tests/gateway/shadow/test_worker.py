@@ -16,7 +16,7 @@ from sqlalchemy import text
 from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
 from router.policy_file import Calibration, PolicyFile, save_policy
 from router.scorers import SignalScorer
-from tests.conftest import ThreadedServer, gateway_settings, start_engine_server, stop
+from tests.conftest import ThreadedServer, free_port, gateway_settings, start_engine_server, stop
 
 TICKET = ("Hi, my SmartHub Pro from order 48213 will not turn on. Mail me at maria@example.com. "
           "We are an Enterprise customer. Thanks, Maria")
@@ -197,3 +197,22 @@ def test_a_store_that_comes_back_is_opened(demo_dirs, engine_server, tmp_path, m
         assert ask(server)
         record = wait_for(lambda: next(iter(shadow.store.iter_records()), None))
     assert record.kind == "shadow"
+
+
+def test_a_student_failure_the_teacher_covered_is_recorded_as_an_escalation(demo_dirs, engine_server, tmp_path):
+    """`student_error` is one of the route reasons the store keeps (one enum, router.reasons): the teacher's answer
+    to a request the student failed is a hard example too."""
+    from gateway.app import create_app
+    from gateway.settings import BackendSettings
+
+    student = BackendSettings(kind="http", base_url=f"http://127.0.0.1:{free_port()}/v1", model="gone")
+    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path, sample_rate=0.0)
+                                ).model_copy(update={"student": student})
+    with ThreadedServer(create_app(settings)) as server:
+        reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                           json={"messages": [{"role": "user", "content": TICKET}], "max_tokens": 16})
+        assert reply.headers["x-kdgate-route-reason"] == "student_error"
+        record = wait_for(lambda: next(iter(server.app.state.chat.shadow.store.iter_records(kind="escalation")),
+                                       None))
+    assert record.route_reason == "student_error" and record.student_answer == ""
+    assert record.teacher_answer == reply.json()["choices"][0]["message"]["content"]

@@ -196,3 +196,20 @@ def test_a_canary_serves_its_share_and_a_failing_one_is_rolled_back_by_itself(de
     assert slot["canary"] is None and slot["active"] == "initial"
     assert versions["broken"]["state"] == "rejected" and "automatic" in versions["broken"]["notes"]
     assert 'kdgate_student_rollbacks_total{how="automatic"} 1.0' in metrics
+
+
+def test_models_lists_the_serving_versions_and_a_client_may_pin_one(versioned, demo_dirs):
+    """As vLLM lists an adapter under its base model: `kdgate-demo@<version>` for the active version and the canary,
+    and a request naming one is served by it (a canary can be tried on purpose)."""
+    server = versioned
+    admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])})
+    admin(server, "POST", "/v2/promote", {"canary_fraction": 0.01})
+    cards = {card["id"]: card for card in httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]}
+    assert set(cards) == {"kdgate-demo", "kdgate-demo@initial", "kdgate-demo@v2"}
+    assert cards["kdgate-demo@v2"]["parent"] == "kdgate-demo"
+    body = {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4}
+    for _ in range(5):
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=body | {"model": "kdgate-demo@v2"}, timeout=60)
+        assert reply.headers["x-kdgate-student-version"] == "v2" and reply.json()["model"] == "kdgate-demo@v2"
+    retired = httpx.post(f"{server.url}/v1/chat/completions", json=body | {"model": "kdgate-demo@v9"}, timeout=60)
+    assert retired.status_code == 404
