@@ -15,10 +15,7 @@ or no keys on a loopback address) every caller is the anonymous principal with e
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +27,12 @@ from gateway.asgi import send_error
 from gateway.logs import escape
 from gateway.metrics import GatewayMetrics
 from gateway.settings import AuthSettings, GatewaySettings, KeySettings
+from runtime.credentials import bearer, identify
 from runtime.errors import GatewayError, PermissionDenied, Unauthenticated
 
 OPEN_PATHS = frozenset({"/healthz", "/health", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})
 ALL_PERMISSIONS = frozenset({"force_route", "prompt_logprobs"})
-KEY_PREFIX = "kdg-"
 access_log = logging.getLogger("gateway.access")  # one line per API call: method, path, status, time, key, route
 
 
@@ -65,14 +62,7 @@ class Credentials:
 
     def identify(self, token: str | None) -> Principal | None:
         """The principal whose digest matches, compared against every digest; None when none does."""
-        if token is None:
-            return None
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        found = None
-        for known, principal in self.keys:
-            if hmac.compare_digest(digest, known) and found is None:
-                found = principal
-        return found
+        return identify(token, self.keys)
 
 
 def load_credentials(settings: GatewaySettings) -> Credentials:
@@ -110,10 +100,6 @@ def _keys_from_file(path: Path | None) -> list[KeySettings]:
         raise ValueError(f"`auth.keys_file` {path}: {problems}") from None
 
 
-def new_key() -> tuple[str, str]:
-    """A fresh random key and its SHA-256 hex digest (what the configuration stores)."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, hashlib.sha256(key.encode()).hexdigest()
 
 
 class AuthMiddleware:
@@ -128,7 +114,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        principal = self.credentials.identify(_bearer(scope)) if self.credentials.required else ANONYMOUS
+        principal = self.credentials.identify(bearer(scope["headers"])) if self.credentials.required else ANONYMOUS
         refusal = self._refusal(path, principal)
         scope.setdefault("state", {})["principal"] = principal
         if refusal is not None:
@@ -166,11 +152,3 @@ class AuthMiddleware:
         if not allowed:
             return PermissionDenied(f"the key `{principal.name}` may not call {escape(path)}")
         return None
-
-
-def _bearer(scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None

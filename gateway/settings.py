@@ -8,7 +8,6 @@ With nothing set, the gateway serves the embedded demo: local student and teache
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -18,22 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
-from runtime.settings import BackendSettings, HttpClientSettings
+from runtime.settings import BackendSettings, HttpClientSettings, is_loopback
 
 DEMO_BACKENDS = {
     "student": {"kind": "local", "model_dir": DEMO_STUDENT_DIR, "model": "demo-student"},
     "teacher": {"kind": "local", "model_dir": DEMO_TEACHER_DIR, "model": "demo-teacher"},
 }
 OTHER_VARIABLES = {"KDGATE_CONFIG", "KDGATE_LOADTEST_API_KEY", "KDGATE_ADMIN_KEY", "KDGATE_GATEWAY_URL"}  # read by kdgate, but not gateway settings
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: only the machine's own counts
-        return False
 
 
 class OnlineRecalibrationSettings(BaseModel):
@@ -370,7 +360,8 @@ def refuse_unknown_environment(cls: type[BaseSettings]) -> None:
     prefix = cls.model_config["env_prefix"]
     known = {f"{prefix}{name}".upper() for name in cls.model_fields}
     for variable in sorted(os.environ):
-        if not variable.upper().startswith(prefix) or variable.upper() in OTHER_VARIABLES:
+        if not variable.upper().startswith(prefix) or variable.upper() in OTHER_VARIABLES or \
+                variable.upper().startswith("KDGATE_TRAINER_"):  # the trainer service's own settings
             continue
         if variable.upper().split("__")[0] not in known:
             close = difflib.get_close_matches(variable.upper().split("__")[0], known, n=1)

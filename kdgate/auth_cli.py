@@ -23,8 +23,8 @@ def new_key_command(
     import yaml
     from pydantic import ValidationError
 
-    from gateway.auth import new_key
     from gateway.settings import KeySettings
+    from runtime.credentials import new_key
 
     key, digest = new_key()
     try:

@@ -15,6 +15,7 @@ from kdgate.auth_cli import app as auth_app
 from kdgate.config_cli import app as config_app
 from kdgate.routing.cli import app as router_app
 from kdgate.student_cli import app as student_app
+from kdgate.trainer_cli import app as trainer_app
 from loadtests.cli import app as loadtest_app
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ app.add_typer(loadtest_app, name="loadtest")
 app.add_typer(config_app, name="config")
 app.add_typer(auth_app, name="auth")
 app.add_typer(student_app, name="student")
+app.add_typer(trainer_app, name="trainer")
 
 
 def _every_command() -> str:

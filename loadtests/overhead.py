@@ -131,7 +131,7 @@ def kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: 
 
 def keyed() -> tuple[str, dict]:
     """A key and the settings that require it, with request and token limits far above any load here."""
-    from gateway.auth import new_key
+    from runtime.credentials import new_key
 
     key, digest = new_key()
     return key, {"auth": {"keys": [{"name": "bench", "sha256": digest}]},

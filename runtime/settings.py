@@ -6,6 +6,7 @@ The gateway's settings nest these (`student`, `teacher`, `http`); the trainer bu
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -95,3 +96,12 @@ class HttpClientSettings(BaseModel):
     max_connections: int = Field(default=512, ge=1, description="per gateway process, across backends")
     max_keepalive_connections: int = Field(default=128, ge=0, description="idle connections kept open; 0 reconnects "
                                            "every request (adds a TCP handshake to TTFT)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only the machine's own counts
+        return False

@@ -49,6 +49,21 @@ def build(
     typer.echo(f"wrote {', '.join(map(str, written))} in {report['build_seconds'] / 60:.1f} min")
 
 
+@app.command()
+def golden(
+    out: Path = typer.Option(ARTIFACTS_DIR / "golden.jsonl", dir_okay=False, help="where the golden set goes"),
+    examples: int = typer.Option(400, min=1, help="held-out tickets in it"),
+) -> None:
+    """Write the demo's golden set: frozen held-out tickets with their ground truth and slice, the trainer's gate.
+
+    Example:  kdgate demo golden --out distill/demo/artifacts/golden.jsonl
+    """
+    from distill.demo.golden import write_golden
+
+    path = write_golden(out, examples)
+    typer.echo(f"wrote {examples} golden tickets to {path}")
+
+
 @app.command("eval")
 def evaluate(
     model: list[Path] = typer.Option([DEMO_TEACHER_DIR, DEMO_STUDENT_DIR], exists=True, file_okay=False,

@@ -110,3 +110,32 @@ class StudentSlotRow(Base):
     canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     revision: Mapped[int] = mapped_column(Integer, default=0)
     changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+JOB_STATES = ("queued", "running", "succeeded", "rejected", "skipped", "failed", "cancelled")
+JOB_TRIGGERS = ("alert", "manual", "schedule", "teacher")
+
+
+class TrainJobRow(Base):
+    """One re-distillation job (distill.service): why it started, where it is, what it measured, how it ended."""
+
+    __tablename__ = "train_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))
+    trigger_key: Mapped[str | None] = mapped_column(String(512), unique=True)  # dedupes a retried alert
+    options: Mapped[dict] = mapped_column(JSON)
+    step: Mapped[str | None] = mapped_column(String(16))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    figures: Mapped[dict | None] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
+    candidate: Mapped[str | None] = mapped_column(String(64))  # the student version it trained
+    runner_ref: Mapped[str | None] = mapped_column(String(256))  # a pid, or a TrainJob's name
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_train_jobs_state", "state"),)

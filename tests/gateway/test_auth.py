@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.auth import load_credentials, new_key
+from gateway.auth import load_credentials
 from gateway.settings import GatewaySettings, ShadowSettings, StudentsSettings
+from runtime.credentials import new_key
 from tests.conftest import ThreadedServer, gateway_settings
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"

@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.auth import Principal, new_key
+from gateway.auth import Principal
 from gateway.limits import WINDOW_S, Admission, MemoryWindows, estimate, seconds_until_under
 from gateway.metrics import GatewayMetrics
 from gateway.settings import LimitsSettings
+from runtime.credentials import new_key
 from runtime.errors import Overloaded, RateLimited
 from tests.conftest import ROOT, ThreadedServer, free_port, gateway_settings, stop, wait_until_up
 
