@@ -83,6 +83,9 @@ class Job:
     def run(self) -> tuple[str, str | None, dict]:
         self.step("gather", 0.0)
         slot = self.versions.slot()
+        if slot.active is None:
+            raise JobEnded("skipped", "no active student version in the store, so no usable records: has a "
+                                      "gateway served from this store (`store_url`)?")
         active = self.versions.get(slot.active)
         records = gather(self.store, active.changed_at, self.settings.dataset.max_records)
         teacher_version = next((record.teacher_version for record in reversed(records) if record.teacher_version),

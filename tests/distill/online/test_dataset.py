@@ -1,0 +1,75 @@
+"""Records into training examples: on-policy from the active version's shadowed answers, off-policy from the
+teacher's answers, a held-out slice of the newest records, the mix, duplicates, old teachers, records without ids."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+from transformers import AutoTokenizer
+
+from distill.data.cache import Manifest, read_answers
+from distill.demo import task
+from distill.online.dataset import build, mix, off_policy, on_policy, write_cache
+from tests.distill.online.records import make_records
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_dirs):
+    return AutoTokenizer.from_pretrained(demo_dirs[0])
+
+
+@pytest.fixture(scope="module")
+def records(tokenizer):
+    return make_records(tokenizer, task.take("train", 40, seed=5))
+
+
+def test_on_policy_pairs_the_students_tokens_with_the_teachers_scores(records):
+    example = on_policy(records[0], "initial")
+    scores = records[0].teacher_scores
+    assert example.policy == "on" and example.token_ids.tolist() == [token["id"] for token in scores]
+    assert example.topk_ids[:, 0].tolist() == [token["top"][0][2] for token in scores]
+    assert on_policy(records[0], "v2") is None  # another version's answer is not this student's policy
+    assert on_policy(replace(records[0], kind="escalation"), "initial") is None
+
+
+def test_off_policy_is_the_teachers_answer_with_its_end_token(records):
+    example = off_policy(records[0])
+    assert example.policy == "off" and len(example.token_ids) == len(records[0].teacher_tokens)
+    assert example.text == records[0].teacher_answer
+
+
+def test_the_newest_records_are_held_out_and_the_rest_mixed(records):
+    shuffled = random.Random(0).sample(records, len(records))
+    dataset = build(shuffled, "initial", on_policy_share=0.5, holdout_share=0.25, teacher_version=None)
+    newest = sorted(records, key=lambda record: record.created_at)[-10:]
+    assert [example.record_id for example in dataset.heldout] == [record.request_id for record in newest]
+    assert not {example.record_id for example in dataset.train} & {r.request_id for r in newest}
+    assert dataset.figures["train_on_policy"] == dataset.figures["train"] - dataset.figures["train_on_policy"] == 30
+
+
+@pytest.mark.parametrize(("share", "on"), [(0.0, 0), (1.0, 30), (0.75, 30)])
+def test_the_mix_follows_its_share_with_every_one_of_the_scarcer_kind(records, share, on):
+    dataset = build(records, "initial", on_policy_share=share, holdout_share=0.25, teacher_version=None)
+    assert dataset.figures["train_on_policy"] == on
+    if 0 < share < 1:
+        assert dataset.figures["train"] == 40  # 30 on-policy are 75 %: 10 off-policy beside them
+
+
+def test_duplicates_old_teachers_and_records_without_ids_are_left_out(records):
+    twice = [replace(record, request_id=record.request_id + "-again") for record in records[:5]]
+    stale = [replace(record, request_id=record.request_id + "-old", teacher_version="t1") for record in records[:5]]
+    textual = [replace(record, request_id=record.request_id + "-text", token_ids=False) for record in records[:5]]
+    dataset = build(records + twice + stale + textual, "initial", 0.0, 0.25, teacher_version="t2")
+    assert dataset.figures["old_teacher"] == 5 and dataset.figures["without_ids"] == 5
+    assert len({example.key() for example in dataset.train}) == len(dataset.train)
+    assert len(mix([], [off_policy(records[0])] * 3, 0.0, random.Random(0))) == 1
+
+
+def test_the_cache_is_one_the_recipe_reads(records, tokenizer, demo_dirs, tmp_path):
+    dataset = build(records, "initial", 0.5, 0.25, None)
+    manifest = write_cache(tmp_path / "cache", dataset.train, "demo-teacher", demo_dirs[0], "test")
+    assert Manifest.load(tmp_path / "cache").tokenizer_hash == manifest.tokenizer_hash
+    read = list(read_answers(tmp_path / "cache", manifest.top_k))
+    assert len(read) == len(dataset.train) and read[0].token_ids.tolist() == dataset.train[0].token_ids.tolist()

@@ -1,0 +1,203 @@
+"""The trainer service as Alertmanager and ops meet it: the v4 webhook (selector, resolved alerts, retries, bad
+bodies, tokens), the jobs API, and the runner with real job processes (skipped, cancelled, timed out, killed, and
+a trainer killed mid-job then restarted)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from distill.demo import task
+from distill.online.app import create_trainer_app
+from distill.online.settings import load_trainer_settings
+from runtime.credentials import new_key
+from runtime.store.records import ShadowStore
+from runtime.store.train_jobs import TrainJobs
+from runtime.store.versions import StudentVersion, StudentVersions
+from tests.conftest import ROOT, ThreadedServer, free_port, stop, wait_until_up
+from tests.distill.online.records import make_records
+
+ALERTS_KEY, ADMIN_KEY = new_key()[0], new_key()[0]
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def webhook(status: str = "firing", labels: dict | None = None, starts: str = "2026-12-04T10:00:00Z",
+            fingerprint: str = "f1") -> dict:
+    labels = {"alertname": "KdgateStudentDivergenceHigh", "action": "redistill"} | (labels or {})
+    return {"version": "4", "groupKey": "{}:{alertname=\"KdgateStudentDivergenceHigh\"}", "truncatedAlerts": 0,
+            "status": status, "receiver": "kdgate-trainer", "groupLabels": {}, "commonLabels": labels,
+            "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+            "alerts": [{"status": status, "labels": labels, "annotations": {"summary": "drift"}, "startsAt": starts,
+                        "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus/graph",
+                        "fingerprint": fingerprint}]}
+
+
+def trainer_config(tmp_path, **extra) -> tuple:
+    config = {"store_url": f"sqlite:///{tmp_path / 'store.sqlite3'}", "work_dir": str(tmp_path / "work"),
+              "poll_interval_s": 0.2, "auth": {"alerts_sha256": digest(ALERTS_KEY), "admin_sha256": digest(ADMIN_KEY)},
+              "gateway": {"url": f"http://127.0.0.1:{free_port()}"}, "dataset": {"min_records": 10},
+              "golden": {"examples": 20}, "train": {"threads": 1}} | extra
+    path = tmp_path / "trainer.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_trainer_settings(path), path
+
+
+def call(server, method: str, path: str, key: str | None = ADMIN_KEY, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(method, f"{server.url}{path}", headers=headers, timeout=30, **kwargs)
+
+
+def wait_job(server, job_id: int, states: tuple[str, ...], timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = call(server, "GET", f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def seed_records(settings, demo_dirs, count: int = 60) -> None:
+    """An active student in the store and `count` records after it became active."""
+    store = ShadowStore(settings.store_url)
+    try:
+        StudentVersions(store).seed(StudentVersion(name="initial", kind="model", model_dir=str(demo_dirs[0])))
+        tokenizer = AutoTokenizer.from_pretrained(demo_dirs[0])
+        for record in make_records(tokenizer, task.take("train", count, seed=3),
+                                   start=datetime.now(UTC) + timedelta(seconds=1)):
+            store.write(record)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    settings, path = trainer_config(tmp_path)
+    with ThreadedServer(create_trainer_app(settings, path)) as server:
+        yield server
+
+
+def test_a_firing_alert_queues_one_job_and_a_retry_finds_it(trainer):
+    first = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook())
+    assert first.status_code == 200 and len(first.json()["queued"]) == 1
+    job_id = first.json()["queued"][0]
+    retried = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook())
+    assert retried.json() == {"queued": [], "already": [job_id], "ignored": 0}
+    job = call(trainer, "GET", f"/v1/jobs/{job_id}").json()
+    assert job["trigger"] == "alert" and job["options"]["alert"]["name"] == "KdgateStudentDivergenceHigh"
+    ended = wait_job(trainer, job_id, ("skipped",))  # an empty store: nothing to learn from
+    assert "usable records" in ended["reason"]
+    again = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook())  # the same firing, after its job
+    assert again.json()["already"] == [job_id]
+
+
+def test_resolved_and_unselected_alerts_are_acknowledged_and_ignored(trainer):
+    resolved = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(status="resolved"))
+    other = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels={"action": "page"}))
+    assert resolved.json() == other.json() == {"queued": [], "already": [], "ignored": 1}
+    assert call(trainer, "GET", "/v1/jobs").json()["jobs"] == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"version": "3"}, "version"), (webhook() | {"alerts": [{"status": "firing"}]}, "alerts.0.labels"),
+    (webhook() | {"status": "pending"}, "status"), ([], None)])
+def test_a_malformed_body_is_400_naming_the_field_and_queues_nothing(trainer, body, field):
+    refused = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == field
+    assert call(trainer, "GET", "/v1/jobs").json()["jobs"] == []
+
+
+def test_tokens(trainer):
+    assert call(trainer, "POST", "/v1/alerts", None, json=webhook()).status_code == 401
+    assert call(trainer, "POST", "/v1/alerts", "kdg-wrong", json=webhook()).status_code == 401
+    assert call(trainer, "GET", "/v1/jobs", ALERTS_KEY).status_code == 403  # Alertmanager's token only delivers
+    assert call(trainer, "GET", "/metrics", None).status_code == 401
+    assert call(trainer, "GET", "/healthz", None).status_code == 200
+    assert call(trainer, "GET", "/v1/jobs/99").status_code == 404
+
+
+def test_a_running_job_is_cancelled_and_its_process_stopped(tmp_path, demo_dirs):
+    settings, path = trainer_config(tmp_path, train={"threads": 1, "overrides": ["steps=100000"]})
+    seed_records(settings, demo_dirs)
+    with ThreadedServer(create_trainer_app(settings, path)) as server:
+        job_id = call(server, "POST", "/v1/jobs", json={"reason": "test"}).json()["id"]
+        running = wait_job(server, job_id, ("running",))
+        while call(server, "GET", f"/v1/jobs/{job_id}").json()["step"] != "train":
+            time.sleep(0.2)
+        pid = int(running["runner_ref"].removeprefix("pid:"))
+        cancelled = call(server, "POST", f"/v1/jobs/{job_id}/cancel").json()
+        ended = wait_job(server, job_id, ("cancelled",), timeout=30)
+        metrics = call(server, "GET", "/metrics").text
+    assert cancelled["id"] == job_id and ended["reason"] == "cancelled by request"
+    assert not os.path.exists(f"/proc/{pid}") or b"run-job" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    assert 'kdgate_trainer_jobs{state="cancelled"} 1.0' in metrics
+    assert call_ended_twice(tmp_path, job_id)
+
+
+def call_ended_twice(tmp_path, job_id: int) -> bool:
+    """An ended job cannot be cancelled again (409)."""
+    settings, path = trainer_config(tmp_path)
+    with ThreadedServer(create_trainer_app(settings, path)) as server:
+        return call(server, "POST", f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_a_job_past_its_time_is_stopped_and_a_killed_one_is_failed(tmp_path, demo_dirs):
+    settings, path = trainer_config(tmp_path, job_timeout_s=6.0,
+                                    train={"threads": 1, "overrides": ["steps=100000"]})
+    seed_records(settings, demo_dirs)
+    with ThreadedServer(create_trainer_app(settings, path)) as server:
+        slow = call(server, "POST", "/v1/jobs").json()["id"]
+        assert wait_job(server, slow, ("failed",), timeout=60)["reason"] == "timed out after 6 s"
+        killed = call(server, "POST", "/v1/jobs").json()["id"]
+        pid = int(wait_job(server, killed, ("running",))["runner_ref"].removeprefix("pid:"))
+        os.kill(pid, signal.SIGKILL)
+        ended = wait_job(server, killed, ("failed",), timeout=30)
+    assert ended["reason"] == "the job process exited with code -9 before ending the job"
+
+
+@pytest.mark.slow
+def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_dirs):
+    settings, path = trainer_config(tmp_path, train={"threads": 1, "overrides": ["steps=100000"]})
+    seed_records(settings, demo_dirs)
+    port = free_port()
+    command = [sys.executable, "-m", "kdgate.cli", "trainer", "serve", "--port", str(port), "--config", str(path)]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        wait_until_up(f"{url}/healthz", service)
+        job_id = httpx.post(f"{url}/v1/jobs", headers=headers, timeout=30).json()["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["step"] != "train":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        orphan = int(httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["runner_ref"][4:])
+        service.send_signal(signal.SIGKILL)
+        service.wait()
+        assert os.path.exists(f"/proc/{orphan}")  # its own session: it outlived the trainer
+        service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        wait_until_up(f"{url}/healthz", service)
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+    finally:
+        stop(service)
+    assert (job["state"], job["reason"]) == ("failed", "trainer restarted")
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z"
+    store = ShadowStore(settings.store_url)
+    assert TrainJobs(store).counts()["running"] == 0
+    store.close()
