@@ -213,6 +213,7 @@ def _cell(text: str) -> str:
 def page() -> str:
     """The whole of docs/configuration.md."""
     from distill.config import TrainConfig
+    from distill.online.settings import TrainerSettings
     from gateway.settings import GatewaySettings
 
     gateway_prefix = GatewaySettings.model_config["env_prefix"]
@@ -235,7 +236,14 @@ def page() -> str:
         "student); naming `kind: http` or another `model_dir` replaces it.",
         "",
         render(gateway_prefix, GatewaySettings),
-        "## The trainer: `kdgate distill train`",
+        "## The trainer service: `kdgate trainer serve`",
+        "",
+        "Declared in `distill/online/settings.py`. From the environment (`KDGATE_TRAINER_` and the key, nested keys",
+        "joined by `__`), the YAML file (`kdgate trainer serve --config FILE`), then the default below; unknown keys",
+        "are refused. The job processes it starts read the same file and environment.",
+        "",
+        render(TrainerSettings.model_config["env_prefix"], TrainerSettings),
+        "## The recipe: `kdgate distill train`",
         "",
         "Declared in `distill/config.py`. A YAML file (`--config FILE`, the committed ones are in `distill/configs/`)",
         "and `key=value` overrides after the command (`steps=400 loss.alpha=0.7`); unknown keys are refused, and the",

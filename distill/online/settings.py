@@ -89,8 +89,8 @@ class KubernetesSettings(_Strict):
     runtime_ref: str = Field(default="torch-distributed", description="the Kubeflow Trainer runtime "
                              "(ClusterTrainingRuntime) the TrainJob uses")
     image: str = Field(default="ghcr.io/kdgate/trainer:latest", description="the trainer image (the same entrypoint)")
-    num_nodes: int = Field(default=1, ge=1)
-    num_proc_per_node: int = Field(default=1, ge=1, description="processes per node (GPUs)")
+    num_nodes: int = Field(default=1, ge=1, description="nodes the TrainJob spans (torchrun across them)")
+    num_proc_per_node: int = Field(default=1, ge=1, description="processes per node (one per GPU)")
     resources_per_node: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu": "1"},
                                                description="limits per node, e.g. {\"nvidia.com/gpu\": \"8\"}")
     config_map: str = Field(default="kdgate-trainer", description="the ConfigMap holding this service's YAML")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from distill.config import TrainConfig
+from distill.online.settings import TrainerSettings
 from gateway.settings import GatewaySettings
 from kdgate.config_docs import REGENERATE, missing_descriptions, page, sections
 from tests.conftest import ROOT
@@ -20,7 +21,8 @@ def test_the_committed_page_matches_the_settings_classes():
     assert PAGE.read_text() == page(), f"docs/configuration.md is out of date; regenerate it with `{REGENERATE}`"
 
 
-@pytest.mark.parametrize("model", [GatewaySettings, TrainConfig], ids=["gateway", "trainer"])
+@pytest.mark.parametrize("model", [GatewaySettings, TrainConfig, TrainerSettings],
+                         ids=["gateway", "recipe", "trainer service"])
 def test_every_setting_has_a_description(model):
     assert missing_descriptions(model) == []
 

@@ -1,0 +1,19 @@
+"""The committed golden set is what `kdgate demo golden` writes: the trainer's gate judges every candidate on the
+same frozen tickets, by slice."""
+
+from __future__ import annotations
+
+import json
+
+from distill.demo.golden import GOLDEN_SIZE, golden_lines
+from distill.online.evaluate import read_golden
+from runtime.demo import ARTIFACTS_DIR
+
+
+def test_the_committed_golden_set_is_the_generated_one():
+    committed = (ARTIFACTS_DIR / "golden.jsonl").read_text().splitlines()
+    assert committed == golden_lines()
+    examples = read_golden(ARTIFACTS_DIR / "golden.jsonl")
+    assert len(examples) == GOLDEN_SIZE and {example.slice for example in examples} == {
+        "one_order", "two_orders", "two_orders_renamed"}
+    assert json.loads(examples[0].reference).keys() == {"queue", "priority", "reply"}
