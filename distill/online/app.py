@@ -61,7 +61,12 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
         if left:
             log.warning("jobs %s were left running by a trainer that stopped: %s", left,
                         "queued again" if settings.requeue_on_restart else "failed (`trainer restarted`)")
-        runner = LocalRunner(settings, jobs, config_file)
+        if settings.runner == "kubernetes":
+            from distill.online.kubernetes import KubernetesRunner
+
+            runner = KubernetesRunner(settings, jobs)
+        else:
+            runner = LocalRunner(settings, jobs, config_file)
         scheduler = Scheduler(settings, store, jobs)
         app.state.jobs, app.state.runner = jobs, runner
         app.state.registry.register(StoreCollector(store, jobs))
