@@ -68,7 +68,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None,
                             deadlines={role: config.first_token_timeout_s for role, config in configs.items()},
                             caps={role: config.max_in_flight for role, config in configs.items()},
-                            breakers=breakers)
+                            breakers=breakers,
+                            teacher_target=handoff.target_teacher_fraction if handoff.enabled else None)
             students.on_switch.append(router.share.restart)
             if shadow is not None:
                 shadow.on_divergence = students.record_divergence

@@ -50,10 +50,13 @@ class GatewayMetrics:
                                     "tokens (higher: surer)", buckets=CONFIDENCE_BUCKETS, registry=r)
         self.threshold = Gauge("kdgate_routing_threshold", "Current confidence threshold; below it escalates",
                                multiprocess_mode="livemostrecent", registry=r)
-        self.teacher_fraction = Gauge("kdgate_teacher_fraction", "Share of the last 500 routed requests (not "
-                                      "forced) served by the teacher", multiprocess_mode="livemostrecent", registry=r)
+        self.teacher_fraction = Gauge("kdgate_teacher_fraction", "Share of the last 500 answered requests (not "
+                                      "forced) the teacher served or finished (a handoff counts)",
+                                      multiprocess_mode="livemostrecent", registry=r)
         self.teacher_fraction_target = Gauge("kdgate_teacher_fraction_target", "The teacher share the threshold "
-                                             "was calibrated to", multiprocess_mode="livemax", registry=r)
+                                             "was calibrated to (or handoff's measured share, "
+                                             "routing.handoff.target_teacher_fraction)", multiprocess_mode="livemax",
+                                             registry=r)
         self.hold_back = Histogram("kdgate_hold_back_seconds", "Time spent holding the student's first tokens "
                                    "back before the confidence decision", buckets=LATENCY_BUCKETS, registry=r)
         self.discarded_tokens = Counter("kdgate_escalated_student_tokens", "Student tokens generated, then "

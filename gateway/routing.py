@@ -54,6 +54,9 @@ class SingleBackend:
         self.adapters: dict[str, Backend] = {}  # lora_name -> its backend (gateway.engine_lora)
         self._decision = RouteDecision(backend.info.name, backend.info.name)  # type: ignore[arg-type]
 
+    def served(self, decision: RouteDecision) -> None:
+        """Nothing to count: one backend serves everything."""
+
     async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
         backend = self.adapters.get(request.model) or next(iter(self.backends.values()))
         return Routed(self._decision, backend, backend.generate(generation))
@@ -62,7 +65,8 @@ class SingleBackend:
 class Router:
     def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
                  handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None,
-                 caps: dict[str, int | None] | None = None, breakers: dict[str, CircuitBreaker] | None = None):
+                 caps: dict[str, int | None] | None = None, breakers: dict[str, CircuitBreaker] | None = None,
+                 teacher_target: float | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
@@ -78,8 +82,12 @@ class Router:
         self.breakers = breakers or {}
         self.share = TeacherShare()  # shared by every bound copy: one realised-fraction gauge per process
         target = getattr(policy, "target_teacher_fraction", None)
+        target = target if target is not None else teacher_target  # a calibrated policy's own, else handoff's
         if metrics is not None and target is not None:
             metrics.teacher_fraction_target.set(target)
+
+    def served(self, decision: RouteDecision) -> None:
+        _served(self, decision)
 
     def bound(self, student: Backend, policy: RoutingPolicy, breaker: CircuitBreaker | None = None) -> Router:
         """This router for one request served by `student` under the policy calibrated for it and its own circuit
@@ -174,8 +182,6 @@ class Router:
         return Routed(decision, self.backends["teacher"], teacher_events, discarded=tuple(logprobs))
 
     def _count(self, decision: RouteDecision, held_for: float | None = None) -> None:
-        if decision.reason != Reason.FORCED:
-            self.share.add(decision.route == "teacher")
         metrics = self.metrics
         if metrics is None:
             return
@@ -187,7 +193,6 @@ class Router:
         threshold = getattr(self.policy, "threshold", None)
         if threshold is not None:
             metrics.threshold.set(threshold)
-        metrics.teacher_fraction.set(self.share.value())
 
 
 class TeacherShare:
@@ -210,6 +215,16 @@ class TeacherShare:
         """A new student: its share is its own."""
         self.recent.clear()
         self.teacher = 0
+
+
+def _served(router, decision: RouteDecision) -> None:
+    """Count one answered request in the teacher-share window by the route that finished it (a handoff counts as
+    the teacher's: it needed the teacher); forced requests are not routing's doing and do not count."""
+    if decision.reason == Reason.FORCED:
+        return
+    router.share.add(decision.route == "teacher")
+    if router.metrics is not None:
+        router.metrics.teacher_fraction.set(router.share.value())
 
 
 def with_logprobs(generation: GenerationRequest, top_logprobs: int) -> GenerationRequest:

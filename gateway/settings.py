@@ -58,6 +58,11 @@ class HandoffSettings(BaseModel):
                             "token that is not certain. 0.9 measured best on the demo task (99.7 % exact match "
                             "for 10.7 % of the teacher's tokens); tune it for your models with the handoff table "
                             "of `kdgate router eval`")
+    target_teacher_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="the share of requests handoff sends to the teacher on healthy "
+        "traffic, as measured for this student; exported as kdgate_teacher_fraction_target, so that the teacher "
+        "share rising well above it (new traffic the student is unsure of) fires the drift alert "
+        "KdgateTeacherShareHigh. null: no target, no such alert")
 
 
 class RoutingSettings(BaseModel):

@@ -13,6 +13,7 @@ from distill.demo.cli import app as demo_app
 from gateway.shadow.cli import app as shadow_app
 from kdgate.auth_cli import app as auth_app
 from kdgate.config_cli import app as config_app
+from kdgate.drift.cli import drift as drift_command
 from kdgate.routing.cli import app as router_app
 from kdgate.student_cli import app as student_app
 from kdgate.trainer_cli import app as trainer_app
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="kdgate: serve a distilled student and its teacher behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+demo_app.command("drift")(drift_command)  # the loop needs the gateway and the trainer: it lives above both
 app.add_typer(demo_app, name="demo")
 app.add_typer(router_app, name="router")
 app.add_typer(shadow_app, name="shadow")

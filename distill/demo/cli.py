@@ -52,7 +52,8 @@ def build(
 @app.command()
 def golden(
     out: Path = typer.Option(ARTIFACTS_DIR / "golden.jsonl", dir_okay=False, help="where the golden set goes"),
-    examples: int = typer.Option(400, min=1, help="held-out tickets in it"),
+    examples: int = typer.Option(400, min=1, help="held-out tickets of the usual stream in it (and 100 about the "
+                                 "drift scenario's launched products)"),
 ) -> None:
     """Write the demo's golden set: frozen held-out tickets with their ground truth and slice, the trainer's gate.
 
@@ -61,7 +62,30 @@ def golden(
     from distill.demo.golden import write_golden
 
     path = write_golden(out, examples)
-    typer.echo(f"wrote {examples} golden tickets to {path}")
+    typer.echo(f"wrote {examples} + 100 launched-product golden tickets to {path}")
+
+
+@app.command("prelaunch-prompts")
+def prelaunch_prompts(
+    out: Path = typer.Option(Path("runs/prelaunch-prompts.jsonl"), dir_okay=False, help="JSONL for `distill "
+                             "generate --prompts`"),
+    count: int = typer.Option(12000, min=1, help="training tickets that mention no launched product"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write the drift scenario's pre-launch training prompts: no ticket mentions a launched product.
+
+    Example:  kdgate demo prelaunch-prompts --count 12000 --out runs/prelaunch-prompts.jsonl
+    """
+    import json
+
+    from distill.demo import drift
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tickets = drift.take(drift.prelaunch("train", seed), count)
+    out.write_text("".join(json.dumps({"id": f"pre-{index}", "messages": ticket.messages(),
+                                       "reference": ticket.answer_json()}) + "\n"
+                           for index, ticket in enumerate(tickets)))
+    typer.echo(f"wrote {count} pre-launch prompts (none about {', '.join(drift.LAUNCHED)}) to {out}")
 
 
 @app.command("eval")

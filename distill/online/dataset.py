@@ -3,12 +3,15 @@
 - **on-policy**: a shadowed answer of the *active* student version, its own tokens (ids) with the teacher's top-k
   at each of them (the teacher scored the student's answer, teacher-forced): the GKD signal, where the student
   goes when it is left to itself;
-- **off-policy**: the teacher's own answer with its top-k (escalations and shadowed requests both carry it).
+- **off-policy**: the teacher's own answer with its top-k (escalations and shadowed requests both carry it);
+- **replay** (optional): answers from the student's original distillation cache, so that learning the new traffic
+  does not cost what it knew (a student fine-tuned on a few hundred live records alone forgets: measured in
+  docs/redistillation.md).
 
 Only records with token ids are used (the ids must be the ones the models saw; no re-tokenizing), only records
 scored by the current teacher version when the records name one, scrubbed prompts only (records keep no other).
 The newest `holdout_share` of the records (by time) are kept out of training; the rest are mixed to
-`on_policy_share`, duplicates dropped.
+`on_policy_share` by repeating the scarcer kind, duplicates dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.cache import CachedAnswer, Manifest, write_shard
+from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
 from runtime.store.records import ShadowRecord, ShadowStore
 from runtime.tokenizer_hash import tokenizer_hash
 
@@ -32,7 +35,7 @@ SHARD_ROWS = 1000
 class Example:
     record_id: str
     created_at: datetime
-    policy: str  # "on" | "off"
+    policy: str  # "on" | "off" | "replay" (from the original distillation cache)
     messages: list[dict]
     token_ids: np.ndarray  # (T,)
     topk_ids: np.ndarray  # (T, k), -1 where fewer alternatives
@@ -58,7 +61,8 @@ def gather(store: ShadowStore, since: datetime | None, max_records: int) -> list
 
 
 def build(records: list[ShadowRecord], active_version: str, on_policy_share: float, holdout_share: float,
-          teacher_version: str | None, seed: int = 0) -> Dataset:
+          teacher_version: str | None, seed: int = 0, replay_cache: Path | None = None,
+          replay_share: float = 0.0) -> Dataset:
     usable = [record for record in records if record.token_ids and record.teacher_tokens
               and (teacher_version is None or record.teacher_version in (None, teacher_version))]
     usable.sort(key=lambda record: record.created_at)
@@ -66,13 +70,15 @@ def build(records: list[ShadowRecord], active_version: str, on_policy_share: flo
     training, heldout_records = usable[:cut], usable[cut:]
     on = [example for record in training if (example := on_policy(record, active_version)) is not None]
     off = [example for record in training if (example := off_policy(record)) is not None]
-    train = mix(on, off, on_policy_share, random.Random(seed))
+    fresh = mix(on, off, on_policy_share, random.Random(seed))
+    train = with_replay(fresh, replay_cache, replay_share, random.Random(seed + 1))
     heldout = [example for record in heldout_records if (example := off_policy(record)) is not None]
     figures = {"records": len(records), "usable": len(usable), "without_ids": sum(not r.token_ids for r in records),
                "old_teacher": sum(teacher_version is not None and r.teacher_version not in (None, teacher_version)
                                   for r in records),
                "on_policy_available": len(on), "off_policy_available": len(off), "train": len(train),
-               "train_on_policy": sum(example.policy == "on" for example in train), "heldout": len(heldout),
+               "train_on_policy": sum(example.policy == "on" for example in train),
+               "train_replay": sum(example.policy == "replay" for example in train), "heldout": len(heldout),
                "kinds": {kind: sum(r.kind == kind for r in usable) for kind in ("shadow", "escalation")}}
     return Dataset(train, heldout, heldout_records, figures)
 
@@ -103,17 +109,46 @@ def off_policy(record: ShadowRecord) -> Example | None:
 
 
 def mix(on: list[Example], off: list[Example], on_share: float, rng: random.Random) -> list[Example]:
-    """As many examples as the share allows with every one of the scarcer kind, duplicates dropped."""
+    """Every example of both kinds (duplicates dropped), the scarcer kind repeated until the on-policy share is
+    `on_share`: nothing learnt from live traffic is thrown away to meet a ratio. 0 or 1: one kind only."""
     on, off = _unique(on), _unique(off)
-    if on_share >= 1.0 or not off:
-        chosen = on if on_share > 0 else []
-    elif on_share <= 0.0 or not on:
-        chosen = off
+    if on_share <= 0.0 or not on:
+        chosen = list(off) if on_share < 1.0 else []
+    elif on_share >= 1.0 or not off:
+        chosen = list(on)
+    elif len(on) / (len(on) + len(off)) < on_share:  # too few on-policy: repeat them
+        chosen = list(off) + _repeat(on, round(len(off) * on_share / (1 - on_share)), rng)
     else:
-        total = min(len(on) / on_share, len(off) / (1 - on_share))
-        chosen = rng.sample(on, round(total * on_share)) + rng.sample(off, round(total * (1 - on_share)))
+        chosen = list(on) + _repeat(off, round(len(on) * (1 - on_share) / on_share), rng)
     rng.shuffle(chosen)
     return chosen
+
+
+def _repeat(examples: list[Example], count: int, rng: random.Random) -> list[Example]:
+    """`count` examples: each one ⌊count/n⌋ times, the remainder drawn without replacement."""
+    whole, rest = divmod(count, len(examples))
+    return examples * whole + rng.sample(examples, rest)
+
+
+def replay(cache: Path, count: int, rng: random.Random, exclude: set | None = None) -> list[Example]:
+    """Up to `count` examples from the student's original distillation cache (`kdgate distill generate`): mixed
+    in so that what the student already knew is rehearsed while it learns the new traffic."""
+    manifest = Manifest.load(cache)
+    pool = [Example(f"replay-{answer.prompt_id}-{answer.sample}", datetime.min, "replay", answer.messages,
+                    answer.token_ids, answer.topk_ids, answer.topk_logprobs.astype(np.float32), answer.text)
+            for answer in read_answers(cache, manifest.top_k)]
+    pool = [example for example in pool if exclude is None or example.key() not in exclude]
+    return rng.sample(pool, min(count, len(pool)))
+
+
+def with_replay(train: list[Example], cache: Path | None, share: float, rng: random.Random) -> list[Example]:
+    """The training examples plus replayed ones making up `share` of the whole."""
+    if cache is None or share <= 0 or not train:
+        return train
+    wanted = round(len(train) * share / (1 - share))
+    mixed = train + replay(cache, wanted, rng, {example.key() for example in train})
+    rng.shuffle(mixed)
+    return mixed
 
 
 def write_cache(folder: Path, examples: list[Example], teacher: str, tokenizer_dir: Path, source: str) -> Manifest:

@@ -60,10 +60,11 @@ def golden_figures(model, tokenizer, golden: list[GoldenExample], batch_size: in
     for answer, example in zip(answers, golden, strict=True):
         by_slice[example.slice].append(answer == example.reference)
     calibration = teacher_forced(model, None, tokenizer, conversations, [example.reference for example in golden])
-    return {"exact_match": float(np.mean([answer == example.reference
-                                          for answer, example in zip(answers, golden, strict=True)])),
-            "by_slice": {name: float(np.mean(hits)) for name, hits in sorted(by_slice.items())},
-            "slice_sizes": {name: len(hits) for name, hits in sorted(by_slice.items())},
+    hits = [answer == example.reference for answer, example in zip(answers, golden, strict=True)]
+    return {"exact_match": float(np.mean(hits)),
+            "by_slice": {name: float(np.mean(slice_hits)) for name, slice_hits in sorted(by_slice.items())},
+            "slice_sizes": {name: len(slice_hits) for name, slice_hits in sorted(by_slice.items())},
+            "hits": [int(hit) for hit in hits], "slices": [example.slice for example in golden],
             "valid": float(np.mean([_valid(answer) for answer in answers])), "ece": calibration["ece"]}
 
 

@@ -7,13 +7,14 @@ task accuracy by slice, schema validity, calibration, and the distillation targe
 |---|---|
 | held-out KL to the teacher | falls by at least `min_kl_drop` of the active student's |
 | held-out token agreement with the teacher | falls by at most `agreement_tolerance` |
-| golden-set exact match, every slice | falls by at most `golden_tolerance` on each |
+| golden-set exact match, every slice | falls by at most `golden_tolerance` on each, or by more but not significantly: a paired (McNemar) exact test on the tickets the two answer differently, one-sided at `significance` |
 | golden-set valid answers | fall by at most `valid_tolerance` |
 | golden-set calibration (ECE) | rises by at most `ece_tolerance` |
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from distill.online.settings import GateSettings
@@ -45,7 +46,12 @@ def judge(active: dict, candidate: dict, settings: GateSettings) -> dict:
     for name, value in a["by_slice"].items():
         floor = value - settings.golden_tolerance
         got = c["by_slice"].get(name, 0.0)
-        checks.append(Check(f"golden_{name}", value, got, got >= floor - 1e-12, f"≥ {floor:.4f}"))
+        worse, better = discordant(a, c, name)
+        p = regression_p(worse, better)
+        passed = got >= floor - 1e-12 or p >= settings.significance
+        checks.append(Check(f"golden_{name}", value, got, passed,
+                            f"≥ {floor:.4f}, or a drop with p ≥ {settings.significance:g} ({worse} tickets lost, "
+                            f"{better} gained: p = {p:.3f})"))
     floor = a["valid"] - settings.valid_tolerance
     checks.append(Check("golden_valid", a["valid"], c["valid"], c["valid"] >= floor - 1e-12, f"≥ {floor:.4f}"))
     ceiling = a["ece"] + settings.ece_tolerance
@@ -53,3 +59,19 @@ def judge(active: dict, candidate: dict, settings: GateSettings) -> dict:
     failed = [check.name for check in checks if not check.passed]
     return {"decision": "rejected" if failed else "admitted", "failed": failed,
             "checks": [asdict(check) for check in checks]}
+
+
+def discordant(active: dict, candidate: dict, name: str) -> tuple[int, int]:
+    """On one slice's tickets: how many the active student got right and the candidate wrong, and the reverse."""
+    pairs = [(a, c) for a, c, slice_name in zip(active["hits"], candidate["hits"], active["slices"], strict=True)
+             if slice_name == name]
+    return sum(a and not c for a, c in pairs), sum(c and not a for a, c in pairs)
+
+
+def regression_p(worse: int, better: int) -> float:
+    """One-sided exact McNemar: the chance of losing at least `worse` of the `worse + better` tickets the two
+    models answer differently, were neither better (a fair coin per ticket)."""
+    total = worse + better
+    if total == 0:
+        return 1.0
+    return sum(math.comb(total, k) for k in range(worse, total + 1)) / 2 ** total

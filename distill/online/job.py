@@ -15,6 +15,7 @@ nothing reaches the gateway before the promote step and the promotion itself is 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from runtime.store.train_jobs import TrainJob, TrainJobs
 from runtime.store.versions import StudentVersion, StudentVersions
 
 log = logging.getLogger(__name__)
+GATHER_POLL_S = 5.0
 
 
 class JobEnded(Exception):
@@ -87,13 +89,21 @@ class Job:
             raise JobEnded("skipped", "no active student version in the store, so no usable records: has a "
                                       "gateway served from this store (`store_url`)?")
         active = self.versions.get(slot.active)
-        records = gather(self.store, active.changed_at, self.settings.dataset.max_records)
-        teacher_version = next((record.teacher_version for record in reversed(records) if record.teacher_version),
-                               None)
         options = self.job.options.get("dataset") or {}
         dataset_settings = self.settings.dataset.model_copy(update=options)
+        deadline = time.monotonic() + dataset_settings.gather_wait_s
+        while True:
+            records = gather(self.store, active.changed_at, dataset_settings.max_records)
+            usable = sum(record.token_ids and bool(record.teacher_tokens) for record in records)
+            if usable >= dataset_settings.min_records or time.monotonic() >= deadline:
+                break
+            print(f"gather: {usable} of {dataset_settings.min_records} records; waiting", flush=True)
+            time.sleep(GATHER_POLL_S)
+        teacher_version = next((record.teacher_version for record in reversed(records) if record.teacher_version),
+                               None)
         dataset = build(records, active.name, dataset_settings.on_policy_share, dataset_settings.holdout_share,
-                        teacher_version)
+                        teacher_version, replay_cache=dataset_settings.replay_cache,
+                        replay_share=dataset_settings.replay_share)
         self.figures["dataset"] = dataset.figures | {"since": active.changed_at.isoformat() if active.changed_at
                                                      else None, "active": active.name,
                                                      "teacher_version": teacher_version}

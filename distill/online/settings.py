@@ -46,14 +46,21 @@ class GatewayLink(_Strict):
 
 class DatasetSettings(_Strict):
     min_records: int = Field(default=50, ge=1, description="fewer usable records since the active version was "
-                             "promoted: the job is `skipped`, with the count")
+                             "promoted: the job waits (`gather_wait_s`), then is `skipped`, with the count")
+    gather_wait_s: float = Field(default=0.0, ge=0, description="how long a job waits for `min_records` (an alert "
+                                 "fires as soon as drift shows; the records to learn from keep coming). 0: no wait")
     on_policy_share: float = Field(default=0.5, ge=0, le=1, description="share of on-policy examples (the "
                                    "student's own answers with the teacher's top-k at each of its tokens) among the "
-                                   "training examples; the rest are off-policy (the teacher's own answers). 0: "
-                                   "off-policy only; 1: on-policy only")
+                                   "training examples, the scarcer kind repeated to reach it; the rest are "
+                                   "off-policy (the teacher's own answers). 0: off-policy only; 1: on-policy only")
     holdout_share: float = Field(default=0.2, gt=0, lt=1, description="the newest records kept out of training to "
                                  "judge the candidate (time-ordered, never shuffled in)")
     max_records: int = Field(default=20_000, ge=1, description="most recent records read")
+    replay_cache: Path | None = Field(default=None, description="the active student's original distillation "
+                                      "cache (`kdgate distill generate`): some of its answers are rehearsed beside "
+                                      "the live records. null: live records only")
+    replay_share: float = Field(default=0.5, ge=0, lt=1, description="share of the training examples drawn from "
+                                "`replay_cache`; 0: none")
 
 
 class TrainSettings(_Strict):
@@ -77,7 +84,11 @@ class GateSettings(_Strict):
     agreement_tolerance: float = Field(default=0.0, ge=0, le=1, description="held-out token agreement with the "
                                        "teacher may fall by at most this much")
     golden_tolerance: float = Field(default=0.01, ge=0, le=1, description="golden-set exact match may fall by at "
-                                    "most this much on every slice")
+                                    "most this much on every slice (or by more, when a paired test does not find "
+                                    "the drop significant)")
+    significance: float = Field(default=0.05, gt=0, lt=1, description="a slice's drop beyond `golden_tolerance` "
+                                "rejects the candidate when the one-sided exact McNemar test on the tickets the two "
+                                "models answer differently gives p below this; larger: stricter")
     valid_tolerance: float = Field(default=0.0, ge=0, le=1, description="the share of valid answers (JSON for the "
                                    "demo) may fall by at most this much")
     ece_tolerance: float = Field(default=0.02, ge=0, le=1, description="calibration error (ECE on the golden "

@@ -420,6 +420,7 @@ class ChatServing:
     # ------------------------------------------------------------------------------------------------ metrics
 
     def _count_success(self, decision: RouteDecision, finish: Finish, started: float, stream: bool) -> None:
+        self.router.served(decision)
         route = decision.route
         self.metrics.requests.labels(route, "ok", str(stream).lower()).inc()
         self.metrics.e2e.labels(route).observe(time.monotonic() - started)

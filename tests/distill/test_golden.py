@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from distill.demo.golden import GOLDEN_SIZE, golden_lines
+from distill.demo.golden import GOLDEN_SIZE, LAUNCHED_SIZE, golden_lines
 from distill.online.evaluate import read_golden
 from runtime.demo import ARTIFACTS_DIR
 
@@ -14,6 +14,6 @@ def test_the_committed_golden_set_is_the_generated_one():
     committed = (ARTIFACTS_DIR / "golden.jsonl").read_text().splitlines()
     assert committed == golden_lines()
     examples = read_golden(ARTIFACTS_DIR / "golden.jsonl")
-    assert len(examples) == GOLDEN_SIZE and {example.slice for example in examples} == {
-        "one_order", "two_orders", "two_orders_renamed"}
+    assert len(examples) == GOLDEN_SIZE + LAUNCHED_SIZE and {example.slice for example in examples} == {
+        "one_order", "two_orders", "two_orders_renamed", "launched"}
     assert json.loads(examples[0].reference).keys() == {"queue", "priority", "reply"}

@@ -49,12 +49,20 @@ def test_the_newest_records_are_held_out_and_the_rest_mixed(records):
     assert dataset.figures["train_on_policy"] == dataset.figures["train"] - dataset.figures["train_on_policy"] == 30
 
 
-@pytest.mark.parametrize(("share", "on"), [(0.0, 0), (1.0, 30), (0.75, 30)])
-def test_the_mix_follows_its_share_with_every_one_of_the_scarcer_kind(records, share, on):
+@pytest.mark.parametrize(("share", "on", "total"), [(0.0, 0, 30), (1.0, 30, 30), (0.75, 90, 120), (0.2, 30, 150)])
+def test_the_mix_reaches_its_share_by_repeating_the_scarcer_kind(records, share, on, total):
+    """30 on-policy and 30 off-policy examples: nothing is dropped; 75 % on-policy repeats each on-policy example
+    three times beside the 30 off-policy ones, 20 % repeats the off-policy ones four times."""
     dataset = build(records, "initial", on_policy_share=share, holdout_share=0.25, teacher_version=None)
-    assert dataset.figures["train_on_policy"] == on
-    if 0 < share < 1:
-        assert dataset.figures["train"] == 40  # 30 on-policy are 75 %: 10 off-policy beside them
+    assert (dataset.figures["train_on_policy"], dataset.figures["train"]) == (on, total)
+
+
+def test_replay_adds_the_original_distillation_data_at_its_share(records, demo_dirs, tmp_path):
+    original = build(records, "initial", 0.0, 0.25, None)
+    write_cache(tmp_path / "original", original.train, "demo-teacher", demo_dirs[0], "test")
+    fresh = build(records[:20], "initial", 0.0, 0.25, None, replay_cache=tmp_path / "original", replay_share=0.5)
+    assert fresh.figures["train_replay"] == fresh.figures["train"] - fresh.figures["train_replay"]
+    assert {example.policy for example in fresh.train} == {"off", "replay"}
 
 
 def test_duplicates_old_teachers_and_records_without_ids_are_left_out(records):

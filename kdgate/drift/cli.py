@@ -1,0 +1,38 @@
+"""The `kdgate demo drift` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def drift(
+    out: Path = typer.Option(Path("runs/drift"), file_okay=False, help="logs, the store, drift.json and drift.png"),
+    rate: float = typer.Option(2.0, min=0.1, help="client requests per second"),
+    usual_s: float = typer.Option(90.0, min=0.0, help="seconds of usual traffic before the launch"),
+    launch_share: float = typer.Option(0.5, min=0.0, max=1.0, help="share of launched-product tickets after it"),
+    after_s: float = typer.Option(150.0, min=0.0, help="seconds of traffic after the promotion"),
+    max_wait_s: float = typer.Option(900.0, min=1.0, help="longest wait from the launch to a promotion"),
+    train_steps: int = typer.Option(600, min=1, help="the re-distillation job's training steps"),
+) -> None:
+    """Close the re-distillation loop on a drift: launch, alert, job, gate, promotion, with no call by hand.
+
+    Products launch; the drift alert fires; the trainer re-distils from the records; the gate admits; the
+    gateway promotes. Prints a before/after table and draws the timeline. Needs Debian's prometheus and
+    prometheus-alertmanager.
+
+    Example:  kdgate demo drift --out runs/drift
+    """
+    from kdgate.drift.run import PRELAUNCH_STUDENT, DriftSettings, run
+    from kdgate.drift.stack import MissingTool
+
+    if not (PRELAUNCH_STUDENT / "config.json").is_file():
+        typer.echo(f"kdgate: the pre-launch student is missing at {PRELAUNCH_STUDENT}", err=True)
+        raise typer.Exit(2)
+    try:
+        run(DriftSettings(out=out, rate=rate, usual_s=usual_s, launch_share=launch_share, after_s=after_s,
+                          max_wait_s=max_wait_s, train_steps=train_steps), say=typer.echo)
+    except MissingTool as error:
+        typer.echo(f"kdgate: {error}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,181 @@
+"""`kdgate demo drift`: the re-distillation loop closed on a shift the teacher handles and the student does not.
+
+    usual traffic ──launch──▶ launched products too ──▶ drift alert (Prometheus) ──▶ Alertmanager webhook ──▶ job
+      ──▶ gate ──▶ promotion (the gateway's student slot) ──▶ divergence falls          (no call made by hand)
+
+The gateway serves the pre-launch student (distilled without the launched products) beside the teacher; the
+traffic is the usual stream, then, from the launch, half launched-product tickets. The report compares the
+pre-launch student, the re-distilled one and the teacher offline, and the run's own figures with the targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kdgate.drift.report import live, offline, targets
+from kdgate.drift.stack import start_stack
+from kdgate.drift.traffic import Traffic
+from kdgate.drift.watch import plot, rows, sample
+from runtime.demo import ARTIFACTS_DIR, DEMO_TEACHER_DIR
+
+PRELAUNCH_STUDENT = ARTIFACTS_DIR / "student-prelaunch"
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    out: Path = Path("runs/drift")
+    rate: float = 2.0  # client requests per second, all along
+    usual_s: float = 90.0  # usual traffic before the launch
+    launch_share: float = 0.5  # share of launched-product tickets after the launch
+    after_s: float = 150.0  # traffic after the promotion, to see divergence fall
+    max_wait_s: float = 900.0  # from the launch to a promotion, at most
+    window: str = "2m"  # the rules' 15m windows, compressed
+    hold: str = "20s"  # the rules' `for:`, compressed
+    sample_rate: float = 0.5  # shadow share of student-served answers
+    teacher_target: float = 0.36  # the pre-launch student's handoff share, usual tickets (benchmarks/teacher_share.py)
+    train_steps: int = 600
+    replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
+    every_s: float = 5.0  # timeline sampling
+
+
+def run(settings: DriftSettings, say=print) -> dict:
+    out = settings.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    replay = replay_cache(out, settings.replay_prompts, say)
+    trainer = {"train": {"threads": 1, "overrides": [f"steps={settings.train_steps}"]},
+               "dataset": {"min_records": 400, "gather_wait_s": 300, "replay_cache": str(replay)}}
+    say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} ...")
+    stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
+                        settings.teacher_target, trainer)
+    try:
+        return asyncio.run(_scenario(settings, stack, say))
+    finally:
+        stack.stop()
+
+
+def replay_cache(out: Path, prompts: int, say) -> Path:
+    """A sample of the pre-launch student's own distillation data (teacher answers to pre-launch tickets): what the
+    trainer rehearses so that learning the launch does not cost what the student knew (kept between runs)."""
+    cache = out / "replay-cache"
+    if (cache / "manifest.json").is_file():
+        return cache
+    kdgate = [sys.executable, "-m", "kdgate.cli"]
+    say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (about a minute) ...")
+    subprocess.run(kdgate + ["demo", "prelaunch-prompts", "--count", str(prompts), "--out",
+                             str(out / "replay-prompts.jsonl")], check=True, capture_output=True)
+    subprocess.run(kdgate + ["distill", "generate", "--prompts", str(out / "replay-prompts.jsonl"), "--top-k", "20",
+                             "--out", str(cache)], check=True, capture_output=True)
+    return cache
+
+
+async def _scenario(settings: DriftSettings, stack, say) -> dict:
+    traffic = Traffic(stack.urls["gateway"], settings.rate)
+    started_wall = time.time()
+    stop = asyncio.Event()
+    load = asyncio.create_task(traffic.run(stop))
+    samples, marks = [], {}
+    phase = "usual"
+
+    async def look() -> None:
+        while True:
+            now = time.monotonic() - traffic.started
+            samples.append(await asyncio.to_thread(sample, stack.urls, stack.admin_key, now, phase))
+            await asyncio.sleep(settings.every_s)
+
+    watcher = asyncio.create_task(look())
+    say(f"usual traffic at {settings.rate:g} req/s for {settings.usual_s:g} s")
+    await asyncio.sleep(settings.usual_s)
+    launch_at = time.monotonic() - traffic.started
+    marks["launch"] = launch_at
+    traffic.launched_share, phase = settings.launch_share, "launched"
+    say(f"launch: {settings.launch_share:.0%} of tickets are about the launched products from now on")
+    promoted_at = None
+    deadline = time.monotonic() + settings.max_wait_s
+    seen_alert = seen_job = False
+    while time.monotonic() < deadline:
+        await asyncio.sleep(settings.every_s)
+        last = samples[-1] if samples else None
+        if last is None:
+            continue
+        if last.alert == "firing" and not seen_alert:
+            seen_alert, marks["alert firing"] = True, last.t
+            say(f"{last.t:.0f} s: drift alert firing (shadow KL {last.shadow_kl}, teacher share {last.teacher_share})")
+        if last.job and not seen_job:
+            seen_job, marks["job"] = True, last.t
+            say(f"{last.t:.0f} s: re-distillation job {last.job}")
+        if last.active and last.active != "initial":
+            promoted_at = last.t
+            marks["promoted"] = promoted_at
+            say(f"{promoted_at:.0f} s: promoted {last.active}; {settings.after_s:g} s more traffic")
+            break
+        if last.job and any(state in last.job for state in (" rejected", " failed", " skipped")):
+            say(f"{last.t:.0f} s: the job ended without a promotion ({last.job}); see `kdgate trainer jobs`")
+            break
+    phase = "after"
+    if promoted_at is not None:
+        await asyncio.sleep(settings.after_s)
+    end = time.monotonic() - traffic.started
+    stop.set()
+    await load
+    watcher.cancel()
+    return await asyncio.to_thread(_report, settings, stack, traffic, samples, marks, launch_at, promoted_at, end,
+                                   started_wall, say)
+
+
+def _report(settings: DriftSettings, stack, traffic: Traffic, samples, marks, launch_at, promoted_at, end,
+            started_wall, say) -> dict:
+    import httpx
+
+    out = settings.out
+    jobs = httpx.get(f"{stack.urls['trainer']}/v1/jobs?limit=5", timeout=10,
+                     headers={"Authorization": f"Bearer {stack.admin_key}"}).json()["jobs"]
+    promoted = next((job for job in jobs if job["state"] == "succeeded"), None)
+    models = {"teacher": DEMO_TEACHER_DIR, "pre-launch student": PRELAUNCH_STUDENT}
+    if promoted is not None:
+        models["re-distilled student"] = Path(stack.folder) / "trainer" / f"job-{promoted['id']}" / "out" / "model"
+    say("evaluating the models offline on held-out tickets ...")
+    golden_path = ARTIFACTS_DIR / "golden.jsonl"
+    measured = offline(models, golden_path)
+    ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
+    checks = targets(measured, ran, "pre-launch student", "re-distilled student") if promoted else []
+    plot(samples, marks, out / "drift.png")
+    report = {"settings": {key: str(value) for key, value in asdict(settings).items()}, "marks": marks,
+              "offline": measured, "live": ran, "targets": checks, "jobs": jobs, "timeline": rows(samples)}
+    (out / "drift.json").write_text(json.dumps(report, indent=1, default=str))
+    _print(measured, ran, checks, marks, say)
+    say(f"timeline: {out / 'drift.png'}; everything: {out / 'drift.json'}")
+    return report
+
+
+def _print(measured: dict, ran: dict, checks: list, marks: dict, say) -> None:
+    say("")
+    say("| model | launched-product tickets (exact match) | golden set | golden: launched slice |")
+    say("|---|---|---|---|")
+    for name, figures in measured.items():
+        golden = figures["golden"]
+        say(f"| {name} | {figures['launched']:.1%} | {golden['exact_match']:.1%} | "
+            f"{golden['by_slice'].get('launched', float('nan')):.1%} |")
+    say("")
+    say("| live, from the run | before the promotion | after |")
+    say("|---|---|---|")
+    kl = ("—" if ran["kl_launched_before"] is None else f"{ran['kl_launched_before']:.3f}",
+          "—" if ran["kl_launched_after"] is None else f"{ran['kl_launched_after']:.3f}")
+    say(f"| shadow KL, launched tickets (nats/token) | {kl[0]} | {kl[1]} |")
+    shares = [ran[key] for key in ("teacher_share_target", "teacher_share_drifted", "teacher_share_after")]
+    say(f"| teacher share (usual traffic before the launch: {_pct(shares[0])}) | {_pct(shares[1])} | "
+        f"{_pct(shares[2])} |")
+    say(f"| failed client requests | {ran['failed']} of {ran['requests']} | |")
+    say("")
+    say("marks (s): " + ", ".join(f"{name} {at:.0f}" for name, at in marks.items()))
+    for target, value, met in checks:
+        say(f"{'met ' if met else 'MISSED'} {target}: {value}")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"

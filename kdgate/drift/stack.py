@@ -1,0 +1,143 @@
+"""The real parts of the drift scenario, started as processes on loopback: the gateway (`kdgate serve`), Debian's
+Prometheus with the project's rules and Alertmanager with the project's receiver, and the trainer service.
+
+Only time is compressed: the rules' windows and `for:` durations become seconds-to-minutes (`compress_rules`), and
+Alertmanager groups and repeats within seconds. Everything else (rule expressions, labels, the webhook route, the
+bearer token) is the project's deployment configuration as committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gateway.threaded import free_port, wait_until_up
+from runtime.credentials import new_key
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "kdgate.yml"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+class MissingTool(RuntimeError):
+    pass
+
+
+def tool(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise MissingTool(f"{names[0]} is not installed; on Debian: apt-get install "
+                      f"{'prometheus' if names[0] == 'prometheus' else 'prometheus-alertmanager'}")
+
+
+def compress_rules(text: str, window: str, hold: str) -> str:
+    """The project's rules with their 15m/5m windows and `for:` durations shortened (expressions unchanged)."""
+    text = re.sub(r"\[(15m|5m|10m)\]", f"[{window}]", text)
+    text = re.sub(r"for: \d+m", f"for: {hold}", text)
+    return re.sub(r"interval: \d+s", "interval: 2s", text)
+
+
+@dataclass
+class Stack:
+    folder: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    alerts_key: str = ""
+    admin_key: str = ""
+
+    def start(self, name: str, command: list[str], ready: str, env: dict | None = None, timeout: float = 180.0
+              ) -> str:
+        log = (self.folder / f"{name}.log").open("w")
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+        process = subprocess.Popen(command, cwd=self.folder, env=clean | {"PYTHONUNBUFFERED": "1"} | (env or {}),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        wait_until_up(ready, process, timeout=timeout)
+        return ready
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float, teacher_target: float,
+                trainer_overrides: dict) -> Stack:
+    """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts)."""
+    folder = folder.resolve()  # the processes run inside it
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = Stack(folder)
+    try:
+        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _start_all(stack: Stack, folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
+               teacher_target: float, trainer_overrides: dict) -> None:
+    store = f"sqlite:///{folder / 'store.sqlite3'}"
+    kdgate = [sys.executable, "-m", "kdgate.cli"]
+    gateway_port, trainer_port, alert_port, prom_port = (free_port() for _ in range(4))
+    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": 1},
+               "teacher": {"threads": 1},
+               "routing": {"handoff": {"enabled": True, "target_teacher_fraction": teacher_target}},
+               "shadow": {"sample_rate": sample_rate, "store_url": store, "concurrency": 2},
+               "students": {"poll_interval_s": 1.0}, "log_level": "warning"}
+    (folder / "gateway.yaml").write_text(yaml.safe_dump(gateway))
+    stack.urls["gateway"] = f"http://127.0.0.1:{gateway_port}"
+    stack.start("gateway", kdgate + ["serve", "--port", str(gateway_port), "--config", str(folder / "gateway.yaml")],
+                f"{stack.urls['gateway']}/readyz")
+
+    stack.alerts_key, alerts_digest = new_key()
+    stack.admin_key, admin_digest = new_key()
+    trainer = {"store_url": store, "work_dir": str(folder / "trainer"), "poll_interval_s": 1.0,
+               "auth": {"alerts_sha256": alerts_digest, "admin_sha256": admin_digest},
+               "gateway": {"url": stack.urls["gateway"]}} | trainer_overrides
+    (folder / "trainer.yaml").write_text(yaml.safe_dump(trainer))
+    stack.urls["trainer"] = f"http://127.0.0.1:{trainer_port}"
+    stack.start("trainer", kdgate + ["trainer", "serve", "--port", str(trainer_port), "--config",
+                                     str(folder / "trainer.yaml")], f"{stack.urls['trainer']}/healthz")
+
+    token = folder / "trainer-token"
+    token.write_text(stack.alerts_key)
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    config["route"] |= {"group_wait": "1s", "group_interval": "5s", "repeat_interval": "1m"}
+    (hook,) = next(receiver for receiver in config["receivers"] if receiver["name"] == "kdgate-trainer")[
+        "webhook_configs"]
+    hook["url"] = f"{stack.urls['trainer']}/v1/alerts"
+    hook["http_config"]["authorization"]["credentials_file"] = str(token)
+    (folder / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    stack.urls["alertmanager"] = f"http://127.0.0.1:{alert_port}"
+    stack.start("alertmanager", [tool("prometheus-alertmanager", "alertmanager"),
+                                 f"--config.file={folder / 'alertmanager.yml'}",
+                                 f"--storage.path={folder / 'alertmanager-data'}",
+                                 f"--web.listen-address=127.0.0.1:{alert_port}", "--cluster.listen-address="],
+                f"{stack.urls['alertmanager']}/-/ready")
+
+    (folder / "rules.yml").write_text(compress_rules(RULES.read_text(), window, hold))
+    prometheus = {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+                  "rule_files": [str(folder / "rules.yml")],
+                  "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alert_port}"]}]}]},
+                  "scrape_configs": [{"job_name": "kdgate-gateway",
+                                      "static_configs": [{"targets": [f"127.0.0.1:{gateway_port}"]}]}]}
+    (folder / "prometheus.yml").write_text(json.dumps(prometheus))
+    stack.urls["prometheus"] = f"http://127.0.0.1:{prom_port}"
+    stack.start("prometheus", [tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={folder / 'prometheus-data'}",
+                               f"--web.listen-address=127.0.0.1:{prom_port}"], f"{stack.urls['prometheus']}/-/ready")
