@@ -130,6 +130,7 @@ def test_config_show_prints_what_serve_would_use():
     done = gateway_command("config", "show", KDGATE_ROUTING__HANDOFF__MIN_PROB="0.8")
     assert done.returncode == 0, done.stderr
     shown = yaml.safe_load(done.stdout)
-    assert shown["routing"]["handoff"] == {"enabled": True, "min_prob": 0.8}
+    assert shown["routing"]["handoff"]["enabled"] is True
+    assert shown["routing"]["handoff"]["min_prob"] == 0.8
     vllm = yaml.safe_load(gateway_command("config", "show", "--config", "deploy/kdgate-vllm.yaml").stdout)
     assert vllm["student"]["kind"] == "http"
