@@ -44,7 +44,10 @@ def read_golden(path: Path, limit: int | None = None) -> list[GoldenExample]:
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise ValueError(f"{path}:{number}: not a golden example ({error!r}); each line is "
                                  "{\"messages\": [...], \"reference\": \"...\", \"slice\": \"...\"}") from None
-    return examples[:limit] if limit else examples
+    if limit and limit < len(examples):  # an even sample across the file, so every slice keeps its share
+        step = len(examples) / limit
+        return [examples[int(index * step)] for index in range(limit)]
+    return examples
 
 
 def figures(model_dir: Path, golden: list[GoldenExample], heldout: list[Example], batch_size: int = 64) -> dict:

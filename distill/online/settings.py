@@ -75,7 +75,8 @@ class TrainSettings(_Strict):
 class GoldenSettings(_Strict):
     path: Path = Field(default=ARTIFACTS_DIR / "golden.jsonl", description="the fixed golden set: JSONL of "
                        "{messages, reference, slice}; every candidate is evaluated on it, slice by slice")
-    examples: int | None = Field(default=None, ge=1, description="use only the first N (quicker, noisier)")
+    examples: int | None = Field(default=None, ge=1, description="use N spread evenly over the file, every slice "
+                                   "keeping its share (quicker, noisier)")
 
 
 class GateSettings(_Strict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,10 @@ class DriftSettings:
     train_steps: int = 600
     replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
     every_s: float = 5.0  # timeline sampling
+    min_records: int = 400  # the job's `dataset.min_records`
+    gather_wait_s: float = 300.0  # how long the job waits for them
+    golden_examples: int | None = None  # the gate's golden set, first N (None: all 500)
+    offline: bool = True  # evaluate the models offline for the report (a few minutes)
 
 
 def run(settings: DriftSettings, say=print) -> dict:
@@ -49,14 +54,22 @@ def run(settings: DriftSettings, say=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     replay = replay_cache(out, settings.replay_prompts, say)
     trainer = {"train": {"threads": 1, "overrides": [f"steps={settings.train_steps}"]},
-               "dataset": {"min_records": 400, "gather_wait_s": 300, "replay_cache": str(replay)}}
+               "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
+                           "replay_cache": str(replay)},
+               "golden": {"examples": settings.golden_examples}}
     say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} ...")
     stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
                         settings.teacher_target, trainer)
+    previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
     try:
         return asyncio.run(_scenario(settings, stack, say))
     finally:
         stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def replay_cache(out: Path, prompts: int, say) -> Path:
@@ -139,11 +152,12 @@ def _report(settings: DriftSettings, stack, traffic: Traffic, samples, marks, la
     models = {"teacher": DEMO_TEACHER_DIR, "pre-launch student": PRELAUNCH_STUDENT}
     if promoted is not None:
         models["re-distilled student"] = Path(stack.folder) / "trainer" / f"job-{promoted['id']}" / "out" / "model"
-    say("evaluating the models offline on held-out tickets ...")
-    golden_path = ARTIFACTS_DIR / "golden.jsonl"
-    measured = offline(models, golden_path)
+    measured = {}
+    if settings.offline:
+        say("evaluating the models offline on held-out tickets ...")
+        measured = offline(models, ARTIFACTS_DIR / "golden.jsonl")
     ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
-    checks = targets(measured, ran, "pre-launch student", "re-distilled student") if promoted else []
+    checks = targets(measured, ran, "pre-launch student", "re-distilled student") if promoted and measured else []
     plot(samples, marks, out / "drift.png")
     report = {"settings": {key: str(value) for key, value in asdict(settings).items()}, "marks": marks,
               "offline": measured, "live": ran, "targets": checks, "jobs": jobs, "timeline": rows(samples)}

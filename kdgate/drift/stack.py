@@ -75,11 +75,25 @@ class Stack:
                 process.kill()
 
 
+MARKER = ".kdgate-drift-stack"
+
+
+def fresh_folder(folder: Path) -> Path:
+    """An empty folder for one run: a previous run's store (its jobs, versions, records) and Prometheus data would
+    otherwise leak into this one. Only a folder this code made (it holds MARKER) is ever emptied."""
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / MARKER).is_file():
+            raise SystemExit(f"{folder} is not empty and was not made by `kdgate demo drift`; give another --out")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).touch()
+    return folder
+
+
 def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float, teacher_target: float,
                 trainer_overrides: dict) -> Stack:
     """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts)."""
-    folder = folder.resolve()  # the processes run inside it
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = fresh_folder(folder.resolve())  # the processes run inside it
     stack = Stack(folder)
     try:
         _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides)
