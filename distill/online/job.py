@@ -5,6 +5,7 @@
     train     the recipe from the active student's weights (LoRA by default), in this process
     evaluate  the active student and the candidate on the held-out slice and the golden set
     gate      admitted or rejected, every figure recorded (`distill.online.gate`)
+    recalibrate  a confidence policy's threshold refitted to the candidate on the held-out records
     promote   through the gateway's admin API, as a canary first when configured
 
 `kdgate trainer run-job <id>` runs it: as a subprocess of the service (the local runner) or as the container of a
@@ -133,8 +134,16 @@ class Job:
             return "rejected", f"the gate failed: {', '.join(gate['failed'])}", self.figures
         if not self.job.options.get("promote", True):
             return "succeeded", "admitted; not promoted (promote: false)", self.figures
+        policy_file = None
+        if active.policy_file:  # a confidence policy: its threshold was fitted to the active student
+            self.step("recalibrate", 0.93)
+            from distill.online.recalibrate import recalibrate
+
+            self.figures["recalibrate"] = recalibrate(candidate_dir, Path(active.policy_file), dataset.heldout,
+                                                      self.folder / "router-policy.json")
+            policy_file = self.figures["recalibrate"]["policy_file"]
         self.step("promote", 0.95)
-        self.figures["promote"] = self._promote(candidate_dir, admitted_with)
+        self.figures["promote"] = self._promote(candidate_dir, admitted_with, policy_file)
         return "succeeded", None, self.figures
 
     def _weights(self, active: StudentVersion) -> Path:
@@ -167,11 +176,13 @@ class Job:
                                  "log": history.read_text()[-2000:] if history.is_file() else None}
         return model_dir
 
-    def _promote(self, candidate_dir: Path, admitted_with: dict) -> dict:
+    def _promote(self, candidate_dir: Path, admitted_with: dict, policy_file: str | None) -> dict:
         gateway = Gateway(self.settings.gateway)
         canary = self.job.options.get("canary_fraction") or self.settings.canary_fraction
         source = ({"adapter_path": str((candidate_dir / "adapter").resolve())}
                   if self.settings.train.register_as == "adapter" else {"model_dir": str(candidate_dir.resolve())})
+        if policy_file:
+            source["policy_file"] = str(Path(policy_file).resolve())
         gateway.register(source | {"name": self.name, "figures": admitted_with,
                                    "notes": f"re-distilled by job {self.job.id} ({self.job.trigger})"})
         status = gateway.promote(self.name, canary)

@@ -1,0 +1,61 @@
+"""The routing threshold refitted for a candidate: its signals are the ones the serving engine reports, and the
+refitted threshold sends the target share of the held-out prompts to the teacher."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import numpy as np
+import pytest
+
+from distill.demo import drift
+from distill.evaluate import load
+from distill.online.dataset import Example
+from distill.online.recalibrate import answer_windows, recalibrate
+from router.policy_file import load_policy
+from router.signals import aggregate, signals_from_rows
+from runtime.demo import ARTIFACTS_DIR, DEMO_TEACHER_DIR
+
+POLICY = ARTIFACTS_DIR / "router-policy.json"  # fitted to the demo student, not the pre-launch one
+PRELAUNCH = ARTIFACTS_DIR / "student-prelaunch"
+
+
+def conversations(count: int, seed: int = 3) -> list[list[dict]]:
+    usual = drift.take(drift.prelaunch("val", seed), count // 2)
+    launched = drift.take(drift.launched("val", seed), count - count // 2)
+    return [ticket.messages() for ticket in [*usual, *launched]]
+
+
+def test_the_windows_are_the_ones_the_engine_serves(engine_server):
+    """The teacher's local model here and the teacher behind `kdgate engine`: the same greedy tokens, the same
+    top-5 logprobs, so the same window signals (to float tolerance)."""
+    prompts = conversations(6)
+    model, tokenizer = load(DEMO_TEACHER_DIR)
+    local = answer_windows(model, tokenizer, prompts, top_logprobs=5, prefix_tokens=8, max_new_tokens=96)
+    for messages, window in zip(prompts, local, strict=True):
+        reply = httpx.post(f"{engine_server.base_url}/chat/completions", timeout=60, json={
+            "model": engine_server.model, "messages": messages, "temperature": 0, "max_tokens": 96,
+            "logprobs": True, "top_logprobs": 5}).json()
+        tokens = reply["choices"][0]["logprobs"]["content"][:8]
+        served = aggregate(signals_from_rows([[top["logprob"] for top in token["top_logprobs"]] for token in tokens],
+                                             [token["logprob"] for token in tokens]))
+        assert window.tokens == served.tokens
+        assert window.mean_logprob == pytest.approx(served.mean_logprob, abs=1e-3)
+        assert window.mean_margin == pytest.approx(served.mean_margin, abs=1e-2)
+
+
+def test_the_refitted_threshold_meets_the_target_on_the_held_out_prompts(tmp_path):
+    heldout = [Example(f"r{index}", datetime.now(UTC), "off", messages, np.zeros(1, np.int32),
+                       np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32), "")
+               for index, messages in enumerate(conversations(40))]
+    figures = recalibrate(PRELAUNCH, POLICY, heldout, tmp_path / "policy.json")
+
+    refitted, original = load_policy(tmp_path / "policy.json"), load_policy(POLICY)
+    target = original.calibration.target_teacher_fraction
+    assert refitted.scorer == original.scorer and refitted.prefix_tokens == original.prefix_tokens
+    assert refitted.threshold == figures["threshold"] and figures["threshold_before"] == original.threshold
+    assert abs(figures["realised_teacher_fraction"] - target) <= 1 / figures["examples"]
+    assert refitted.calibration.examples == figures["examples"] >= 38
+    # half of these prompts are launched products the pre-launch student never saw: the old threshold sends more
+    assert figures["teacher_fraction_with_old_threshold"] > target + 0.1
