@@ -197,6 +197,12 @@ class CanarySettings(BaseModel):
     max_teacher_share_increase: float = Field(default=0.10, ge=0, le=1, description="the share of the canary's "
                                               "requests escalated to the teacher may exceed the active version's "
                                               "by this much; more: rolled back")
+    max_ttft_p99_ratio: float | None = Field(default=2.0, ge=1, description="the canary's p99 time to first token "
+                                             "may be this multiple of the active version's (plus `ttft_slack_s`), "
+                                             "both over at least `min_requests` answers; more: rolled back. null: "
+                                             "not judged on latency")
+    ttft_slack_s: float = Field(default=0.05, ge=0, description="absolute slack on the p99 TTFT comparison, so that "
+                                "a few milliseconds on a fast student do not roll a canary back")
     max_kl_increase: float | None = Field(default=None, ge=0, description="shadow KL (nats/token) the canary may "
                                           "add over the active version (needs shadowed answers of both); null: "
                                           "not judged on divergence")

@@ -145,8 +145,7 @@ class StudentManager:
         figures.errors += not ok
         figures.escalated += escalated
         if ttft is not None:
-            figures.ttft_sum += ttft
-            figures.ttft_count += 1
+            figures.add_ttft(ttft)
         self.metrics.count_student_request(lease.version, ok, escalated, ttft)
 
     def record_divergence(self, version: str | None, kl: float) -> None:
