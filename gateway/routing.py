@@ -89,14 +89,18 @@ class Router:
     def served(self, decision: RouteDecision) -> None:
         _served(self, decision)
 
-    def bound(self, student: Backend, policy: RoutingPolicy, breaker: CircuitBreaker | None = None) -> Router:
-        """This router for one request served by `student` under the policy calibrated for it and its own circuit
-        breaker (a student version brings both); the rest (teacher, deadlines, slots, metrics) is shared."""
+    def bound(self, student: Backend, policy: RoutingPolicy, breaker: CircuitBreaker | None = None,
+              handoff_min_prob: float | None = None) -> Router:
+        """This router for one request served by `student` under the policy calibrated for it, its own circuit
+        breaker and, when handoff is on, its own handoff floor (a student version brings them); the rest (teacher,
+        deadlines, slots, metrics) is shared."""
         routed = copy.copy(self)
         routed.backends = {**self.backends, "student": student}
         routed.policy = policy
         if breaker is not None:
             routed.breakers = {**self.breakers, "student": breaker}
+        if self.handoff is not None and handoff_min_prob is not None:
+            routed.handoff = HandoffRule(handoff_min_prob)
         return routed
 
     def decide(self, request: RouteRequest, forced_route: str | None) -> RouteDecision | None:

@@ -5,7 +5,8 @@
     train     the recipe from the active student's weights (LoRA by default), in this process
     evaluate  the active student and the candidate on the held-out slice and the golden set
     gate      admitted or rejected, every figure recorded (`distill.online.gate`)
-    recalibrate  a confidence policy's threshold refitted to the candidate on the held-out records
+    recalibrate  the routing thresholds refitted to the candidate on the held-out records (a confidence
+              policy's; with a teacher-share target, the handoff floor)
     promote   through the gateway's admin API, as a canary first when configured
 
 `kdgate trainer run-job <id>` runs it: as a subprocess of the service (the local runner) or as the container of a
@@ -134,16 +135,9 @@ class Job:
             return "rejected", f"the gate failed: {', '.join(gate['failed'])}", self.figures
         if not self.job.options.get("promote", True):
             return "succeeded", "admitted; not promoted (promote: false)", self.figures
-        policy_file = None
-        if active.policy_file:  # a confidence policy: its threshold was fitted to the active student
-            self.step("recalibrate", 0.93)
-            from distill.online.recalibrate import recalibrate
-
-            self.figures["recalibrate"] = recalibrate(candidate_dir, Path(active.policy_file), dataset.heldout,
-                                                      self.folder / "router-policy.json")
-            policy_file = self.figures["recalibrate"]["policy_file"]
+        routing = self._recalibrate(active, candidate_dir, dataset.heldout)
         self.step("promote", 0.95)
-        self.figures["promote"] = self._promote(candidate_dir, admitted_with, policy_file)
+        self.figures["promote"] = self._promote(candidate_dir, admitted_with, routing)
         return "succeeded", None, self.figures
 
     def _weights(self, active: StudentVersion) -> Path:
@@ -176,14 +170,30 @@ class Job:
                                  "log": history.read_text()[-2000:] if history.is_file() else None}
         return model_dir
 
-    def _promote(self, candidate_dir: Path, admitted_with: dict, policy_file: str | None) -> dict:
+    def _recalibrate(self, active: StudentVersion, candidate_dir: Path, heldout: list) -> dict:
+        """The candidate's own routing thresholds, refitted on the held-out records: a confidence policy's (its
+        threshold was fitted to the active student) and, with a target, the handoff floor."""
+        from distill.online.recalibrate import recalibrate, recalibrate_handoff
+
+        routing: dict = {}
+        if active.policy_file or self.settings.handoff_target_teacher_fraction is not None:
+            self.step("recalibrate", 0.93)
+        if active.policy_file:
+            refit = recalibrate(candidate_dir, Path(active.policy_file), heldout, self.folder / "router-policy.json")
+            self.figures["recalibrate"] = refit
+            routing["policy_file"] = str(Path(refit["policy_file"]).resolve())
+        if self.settings.handoff_target_teacher_fraction is not None:
+            refit = recalibrate_handoff(candidate_dir, heldout, self.settings.handoff_target_teacher_fraction)
+            self.figures["recalibrate_handoff"] = refit
+            routing["handoff_min_prob"] = refit["min_prob"]
+        return routing
+
+    def _promote(self, candidate_dir: Path, admitted_with: dict, routing: dict) -> dict:
         gateway = Gateway(self.settings.gateway)
         canary = self.job.options.get("canary_fraction") or self.settings.canary_fraction
         source = ({"adapter_path": str((candidate_dir / "adapter").resolve())}
                   if self.settings.train.register_as == "adapter" else {"model_dir": str(candidate_dir.resolve())})
-        if policy_file:
-            source["policy_file"] = str(Path(policy_file).resolve())
-        gateway.register(source | {"name": self.name, "figures": admitted_with,
+        gateway.register(source | routing | {"name": self.name, "figures": admitted_with,
                                    "notes": f"re-distilled by job {self.job.id} ({self.job.trigger})"})
         status = gateway.promote(self.name, canary)
         return {"version": self.name, "canary_fraction": canary, "slot": status}

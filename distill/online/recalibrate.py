@@ -82,3 +82,19 @@ def _answer_length(tokens: list[int], eos: int | None, pad: int | None) -> int:
         if token in (eos, pad):
             return index
     return len(tokens)
+
+
+def recalibrate_handoff(model_dir: Path, heldout: list[Example], target: float, max_new_tokens: int = 96) -> dict:
+    """The handoff floor at which `target` of the held-out requests hand off: an answer hands off at its first
+    token less likely than the floor, so at the floor above its least likely token; the floor is the quantile of
+    those minima (`calibrate_threshold` on them)."""
+    from distill.evaluate import load
+
+    if not heldout:
+        raise ValueError("no held-out records to refit the handoff floor on")
+    model, tokenizer = load(model_dir)
+    windows = answer_windows(model, tokenizer, [example.messages for example in heldout], 1, None, max_new_tokens)
+    minima = np.asarray([window.min_prob for window in windows if window.tokens], dtype=np.float64)
+    floor = float(np.clip(calibrate_threshold(minima, target), 1e-6, 1 - 1e-6))  # ±inf at the extremes
+    return {"min_prob": floor, "target_teacher_fraction": target,
+            "realised_teacher_fraction": teacher_fraction(minima, floor), "examples": int(minima.size)}

@@ -136,6 +136,12 @@ class TrainerSettings(BaseSettings):
     canary_fraction: float | None = Field(default=None, gt=0, lt=1, description="promote an admitted student as "
                                           "a canary first (the gateway judges and completes or rolls it back); "
                                           "null: promote at once")
+    handoff_target_teacher_fraction: float | None = Field(default=None, gt=0, lt=1, description="with mid-stream "
+                                                          "handoff: refit each admitted student's handoff floor "
+                                                          "(`handoff_min_prob`) so that this share of the held-out "
+                                                          "requests hands off (set it to the gateway's "
+                                                          "`routing.handoff.target_teacher_fraction`); null: the new "
+                                                          "student keeps the gateway's `min_prob`")
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     golden: GoldenSettings = Field(default_factory=GoldenSettings)

@@ -70,7 +70,8 @@ class _LeaseOutcome:
     def router(self, router: Router | SingleBackend) -> Router | SingleBackend:
         if self.lease is None:
             return router
-        return router.bound(self.lease.student.backend, self.lease.student.policy, self.lease.student.breaker)
+        student = self.lease.student
+        return router.bound(student.backend, student.policy, student.breaker, student.handoff_min_prob)
 
     def student_model(self, serving: ChatServing) -> str:
         if self.lease is not None:

@@ -62,7 +62,8 @@ class StudentLoader:
         resilience = self.settings.resilience
         breaker = CircuitBreaker("student", self.metrics, resilience.breaker_failures,
                                  resilience.breaker_open_s) if self.metrics is not None else None
-        return ServedStudent(version.name, backend, self.policy(version), breaker)
+        return ServedStudent(version.name, backend, self.policy(version), breaker,
+                             handoff_min_prob=version.handoff_min_prob)
 
     def policy(self, version: StudentVersion) -> RoutingPolicy:
         """The version's own calibrated policy when it has one, else the configured policy, built afresh (so an

@@ -30,6 +30,9 @@ class Registration(BaseModel):
     served_model: str | None = Field(default=None, description="with `base_url`: the model id it serves")
     policy_file: str | None = Field(default=None, description="the routing policy calibrated for this student "
                                     "(`kdgate router calibrate`)")
+    handoff_min_prob: float | None = Field(default=None, gt=0, lt=1, description="the mid-stream handoff floor "
+                                           "fitted to this student (the trainer refits it to the teacher-share "
+                                           "target); null: the gateway's `routing.handoff.min_prob`")
     figures: dict | None = Field(default=None, description="what it was admitted with (the trainer's gate)")
     notes: str | None = Field(default=None, max_length=2000)
 
@@ -82,7 +85,8 @@ def check_registration(registration: Registration, manager: StudentManager) -> S
     return StudentVersion(name=registration.name, kind=kind, model_dir=registration.model_dir,
                           adapter_path=registration.adapter_path, base_url=registration.base_url,
                           served_model=registration.served_model, tokenizer_hash=digest,
-                          policy_file=registration.policy_file, figures=registration.figures, notes=registration.notes)
+                          policy_file=registration.policy_file, handoff_min_prob=registration.handoff_min_prob,
+                          figures=registration.figures, notes=registration.notes)
 
 
 def _check_tokenizer(digest: str, manager: StudentManager) -> None:

@@ -28,6 +28,7 @@ class ServedStudent:
     backend: Backend
     policy: RoutingPolicy
     breaker: CircuitBreaker | None = None  # its own: a failing canary does not open the active version's circuit
+    handoff_min_prob: float | None = None  # its own handoff floor (refitted by the trainer); None: the gateway's
     leases: int = 0
     retired: bool = False
     closed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -56,7 +56,8 @@ def run(settings: DriftSettings, say=print) -> dict:
     trainer = {"train": {"threads": 1, "overrides": [f"steps={settings.train_steps}"]},
                "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
                            "replay_cache": str(replay)},
-               "golden": {"examples": settings.golden_examples}}
+               "golden": {"examples": settings.golden_examples},
+               "handoff_target_teacher_fraction": settings.teacher_target}
     say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} ...")
     stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
                         settings.teacher_target, trainer)

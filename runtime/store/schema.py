@@ -93,6 +93,7 @@ class StudentVersionRow(Base):
     served_model: Mapped[str | None] = mapped_column(String(256))
     tokenizer_hash: Mapped[str | None] = mapped_column(String(64))
     policy_file: Mapped[str | None] = mapped_column(String(1024))
+    handoff_min_prob: Mapped[float | None] = mapped_column(Float)
     figures: Mapped[dict | None] = mapped_column(JSON)
     notes: Mapped[str | None] = mapped_column(Text)
     previous: Mapped[str | None] = mapped_column(String(64))  # the active version this one replaced

@@ -52,6 +52,7 @@ class StudentVersion:
     served_model: str | None = None
     tokenizer_hash: str | None = None
     policy_file: str | None = None
+    handoff_min_prob: float | None = None  # its own handoff floor; None: the gateway's routing.handoff.min_prob
     figures: dict | None = None
     notes: str | None = None
     state: str = "candidate"

@@ -59,3 +59,15 @@ def test_the_refitted_threshold_meets_the_target_on_the_held_out_prompts(tmp_pat
     assert refitted.calibration.examples == figures["examples"] >= 38
     # half of these prompts are launched products the pre-launch student never saw: the old threshold sends more
     assert figures["teacher_fraction_with_old_threshold"] > target + 0.1
+
+
+def test_the_refitted_handoff_floor_meets_the_target_on_the_held_out_prompts():
+    from distill.online.recalibrate import recalibrate_handoff
+
+    heldout = [Example(f"r{index}", datetime.now(UTC), "off", messages, np.zeros(1, np.int32),
+                       np.zeros((1, 1), np.int32), np.zeros((1, 1), np.float32), "")
+               for index, messages in enumerate(conversations(40, seed=5))]
+    for target in (0.2, 0.5):
+        figures = recalibrate_handoff(PRELAUNCH, heldout, target)
+        assert 0 < figures["min_prob"] < 1 and figures["examples"] >= 38
+        assert abs(figures["realised_teacher_fraction"] - target) <= 1 / figures["examples"]
