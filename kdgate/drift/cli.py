@@ -14,7 +14,7 @@ def drift(
     launch_share: float = typer.Option(0.5, min=0.0, max=1.0, help="share of launched-product tickets after it"),
     after_s: float = typer.Option(150.0, min=0.0, help="seconds of traffic after the promotion"),
     max_wait_s: float = typer.Option(900.0, min=1.0, help="longest wait from the launch to a promotion"),
-    train_steps: int = typer.Option(600, min=1, help="the re-distillation job's training steps"),
+    train_steps: int = typer.Option(800, min=1, help="the re-distillation job's training steps"),
 ) -> None:
     """Close the re-distillation loop on a drift: launch, alert, job, gate, promotion, with no call by hand.
 

@@ -40,10 +40,10 @@ class DriftSettings:
     hold: str = "20s"  # the rules' `for:`, compressed
     sample_rate: float = 0.5  # shadow share of student-served answers
     teacher_target: float = 0.36  # the pre-launch student's handoff share, usual tickets (benchmarks/teacher_share.py)
-    train_steps: int = 600
+    train_steps: int = 800
     replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
     every_s: float = 5.0  # timeline sampling
-    min_records: int = 400  # the job's `dataset.min_records`
+    min_records: int = 450  # the job's `dataset.min_records`
     gather_wait_s: float = 300.0  # how long the job waits for them
     golden_examples: int | None = None  # the gate's golden set, first N (None: all 500)
     offline: bool = True  # evaluate the models offline for the report (a few minutes)

@@ -1,0 +1,46 @@
+"""The re-distillation loop with the real parts: Debian's Prometheus with the project's rules (windows and `for:`
+shortened, nothing else), Debian's Alertmanager with deploy/alertmanager/alertmanager.yml routing
+`action="redistill"` to the trainer's webhook with a bearer token, the trainer service and the gateway, from
+shifted traffic to a promoted student — with no call made by hand. A shorter `kdgate demo drift`: fewer records
+and training steps, a smaller golden set, no offline report."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kdgate.drift.run import DriftSettings, run
+from runtime.store.records import ShadowStore
+from runtime.store.versions import StudentVersions
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: apt-get install prometheus"),
+    pytest.mark.skipif(shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None,
+                       reason="alertmanager missing: apt-get install prometheus-alertmanager"),
+]
+
+
+def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_path):
+    settings = DriftSettings(out=tmp_path, rate=2.0, usual_s=30.0, launch_share=0.8, after_s=0.0, max_wait_s=480.0,
+                             train_steps=200, replay_prompts=300, min_records=150, gather_wait_s=180.0,
+                             golden_examples=100, offline=False)
+    report = run(settings, say=print)
+
+    assert "alert firing" in report["marks"] and "promoted" in report["marks"], report["marks"]
+    (job,) = [job for job in report["jobs"] if job["trigger"] == "alert"]
+    assert job["state"] == "succeeded", (job["state"], job["reason"])
+    assert job["options"]["alert"]["labels"]["action"] == "redistill"
+    gate = job["figures"]["gate"]
+    assert gate["decision"] == "admitted" and not gate["failed"], gate
+    assert report["live"]["failed"] == 0, report["live"]["failures"]
+
+    store = ShadowStore(f"sqlite:///{tmp_path / 'stack' / 'store.sqlite3'}")
+    try:
+        versions = StudentVersions(store)
+        active = versions.get(versions.slot().active)
+        assert active.name == job["figures"]["promote"]["version"] != "initial"
+        assert active.figures["gate"]["decision"] == "admitted"
+    finally:
+        store.close()
