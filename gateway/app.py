@@ -25,6 +25,7 @@ from gateway.banner import banner
 from gateway.breaker import CircuitBreaker, HealthChecker
 from gateway.chat import routes as chat_routes
 from gateway.chat.serving import ChatServing, ServingLimits
+from gateway.cost import CostMeter
 from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
@@ -71,11 +72,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                             breakers=breakers,
                             teacher_target=handoff.target_teacher_fraction if handoff.enabled else None)
             students.on_switch.append(router.share.restart)
+            cost = CostMeter.of(configs, metrics)
             if shadow is not None:
                 shadow.on_divergence = students.record_divergence
+                shadow.cost = cost
             health = HealthChecker(backends, breakers, metrics, resilience.health_interval_s or 0)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
-                                         metrics=metrics, announce_route=True, shadow=shadow, students=students)
+                                         metrics=metrics, announce_route=True, shadow=shadow, students=students,
+                                         cost=cost)
             app.state.students = students
             _collect_engine_metrics(app, backends)
             if resilience.health_interval_s:

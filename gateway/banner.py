@@ -15,6 +15,7 @@ def banner(settings: GatewaySettings) -> list[str]:
             f"student: {describe_backend(settings.student)}; teacher: {describe_backend(settings.teacher)}{workers})",
             "routing: " + describe_routing(settings.routing, settings.teacher is not None),
             "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None),
+            "cost: " + describe_cost(settings),
             "students: " + describe_students(settings),
             "auth: " + describe_auth(settings)]
 
@@ -75,6 +76,17 @@ def describe_shadow(shadow: ShadowSettings, has_teacher: bool) -> str:
     store = shadow.store_url or "no store (metrics only)"
     return (f"the teacher scores {shadow.sample_rate:.0%} of student answers{escalations} off the request path "
             f"→ {store} (shadow.sample_rate, shadow.store_url)")
+
+
+def describe_cost(settings: GatewaySettings) -> str:
+    """Each backend's prices per million tokens, or how to set them."""
+    priced = {role: config.cost for role, config in settings.backends().items() if config.cost is not None}
+    if not priced:
+        return "not priced, no cost metrics (student.cost and teacher.cost; docs/shadow-and-monitoring.md)"
+    prices = "; ".join(f"{role} ${prompt:.4g} / ${completion:.4g}" for role, (prompt, completion)
+                       in ((role, cost.per_million()) for role, cost in priced.items()))
+    return (f"{prices} per million prompt / completion tokens → kdgate_cost_dollars_total, "
+            "kdgate_cost_all_teacher_dollars_total")
 
 
 def describe_auth(settings: GatewaySettings) -> str:

@@ -39,6 +39,13 @@ class GatewayMetrics:
                                      ["route"], registry=r)
         self.completion_tokens = Counter("kdgate_completion_tokens", "Completion tokens, as counted by the backend",
                                          ["route"], registry=r)
+        # cost (gateway.cost): series only when every backend is priced (`student.cost`, `teacher.cost`)
+        self.cost = Counter("kdgate_cost_dollars", "Dollars of backend work, from the tokens each backend read and "
+                            "wrote, by the route that finished the answer (student, teacher; shadow: the shadow "
+                            "worker's teacher calls) and the backend that did it", ["route", "backend"], registry=r)
+        self.cost_all_teacher = Counter("kdgate_cost_all_teacher_dollars", "What the same answers would have cost on "
+                                        "the teacher alone (their prompt and completion tokens at the teacher's "
+                                        "prices), by the route that served them", ["route"], registry=r)
         self.in_flight = Gauge("kdgate_requests_in_flight", "Requests being served now", ["route"],
                                multiprocess_mode="livesum", registry=r)
         self.errors = Counter("kdgate_errors", "Failed requests by backend and error class",

@@ -326,6 +326,17 @@ class GatewaySettings(BaseSettings):
                              "`auth.keys_file`), or set `auth.mode: none` to run it open on purpose")
         return self
 
+    @model_validator(mode="after")
+    def check_cost_on_every_backend(self) -> GatewaySettings:
+        """Cost is exported only for a gateway whose every backend is priced: one priced side alone would show the
+        other's work as free."""
+        priced = {role: config.cost is not None for role, config in self.backends().items()}
+        if any(priced.values()) and not all(priced.values()):
+            given, missing = (sorted(role for role, on in priced.items() if on == state) for state in (True, False))
+            raise ValueError(f"`{given[0]}.cost` is set but `{missing[0]}.cost` is not: the {missing[0]}'s work "
+                             f"would count as free in kdgate_cost_dollars_total; price both backends or neither")
+        return self
+
     def backends(self) -> dict[str, BackendSettings]:
         """The configured backends by role: `student`, and `teacher` unless it is null."""
         return {role: config for role, config in (("student", self.student), ("teacher", self.teacher))

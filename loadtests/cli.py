@@ -18,7 +18,7 @@ _ENDPOINTS = ("chat", "completions")
 
 
 def _plan(url, endpoint, model, header, api_key, prompts, prompt_count, input_words, max_tokens, temperature,
-          logprobs, ignore_eos, requests, duration, warmup, grace, timeout, slo, seed, scrape_metrics):
+          logprobs, ignore_eos, requests, duration, warmup, grace, timeout, slo, seed, scrape_metrics, cost_settle):
     from loadtests import workload
     from loadtests.execute import Plan, discover_model, normalise_base_url
     from loadtests.gate import parse_slo
@@ -56,7 +56,8 @@ def _plan(url, endpoint, model, header, api_key, prompts, prompt_count, input_wo
     request = workload.BodySettings(model=model, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs,
                                     ignore_eos=ignore_eos, seed=seed)
     bounds = Bounds(requests=requests, duration=duration, warmup=warmup, grace=grace, timeout=timeout)
-    return Plan(base_url, endpoint, headers, request, chosen, bounds, parse_slo(slo), seed, scrape_metrics)
+    return Plan(base_url, endpoint, headers, request, chosen, bounds, parse_slo(slo), seed, scrape_metrics,
+                cost_settle)
 
 
 def _common(function):
@@ -84,8 +85,12 @@ def _common(function):
         ("timeout", float, typer.Option(60.0, min=0.001, help="per-request timeout, seconds")),
         ("slo", str | None, typer.Option(None, help="goodput SLO, e.g. ttft=200ms,tpot=50ms")),
         ("seed", int, typer.Option(0)),
-        ("scrape_metrics", bool, typer.Option(True, help="read the server's TTFT histogram from /metrics "
+        ("scrape_metrics", bool, typer.Option(True, help="read the server's TTFT histogram and, from a gateway "
+                                                         "with priced backends, its cost counters from /metrics "
                                                          "before and after")),
+        ("cost_settle", float, typer.Option(30.0, min=0.0, help="at most this many seconds after a run, wait for "
+                                            "the gateway's cost counters to stop moving for 3 s (its shadow work "
+                                            "finishing) before reading them")),
     ]
     signature = inspect.signature(function)
     parameters = list(signature.parameters.values()) + [

@@ -30,6 +30,7 @@ class Plan:
     slo: Slo = Slo()
     seed: int = 0
     scrape_metrics: bool = True
+    cost_settle: float = 30.0  # at most this long after a run, wait for the gateway's cost counters to settle
 
     @property
     def url(self) -> str:
@@ -61,11 +62,15 @@ def discover_model(base_url: str, headers: dict[str, str]) -> str | None:
 def execute(plan: Plan, shape: Shape, label: str, out: Path | None) -> dict:
     """Run one shape; returns the report (config, summary, records) and writes it under `out`."""
     before = scrape.histogram(plan.metrics_url) if plan.scrape_metrics else None
+    cost_before = scrape.cost(plan.metrics_url) if plan.scrape_metrics else None
     result: RunResult = asyncio.run(run(Target(plan.url, plan.headers, plan.request), plan.prompts, shape,
                                         plan.bounds, seed=plan.seed))
     summary = summarize(result.records, result.elapsed, plan.slo, result.peak_concurrency)
     if plan.scrape_metrics:
         summary["server_ttft"] = scrape.delta(before, scrape.histogram(plan.metrics_url))
+        cost = scrape.cost_delta(cost_before, scrape.settled_cost(plan.metrics_url, plan.cost_settle))
+        if cost is not None:  # a gateway with priced backends
+            summary["server_cost"] = cost
     built = {"label": label, "url": plan.url, "model": plan.request.model, "shape": asdict(shape),
              "shape_label": shape.label, "bounds": asdict(plan.bounds), "request": asdict(plan.request),
              "slo": asdict(plan.slo), "seed": plan.seed, "started": result.started, "elapsed": result.elapsed,

@@ -12,7 +12,8 @@ from rich.table import Table
 
 CSV_FIELDS = ("label", "shape", "requests", "failed", "error_rate", "request_throughput", "output_token_throughput",
               "goodput", "peak_concurrency", "ttft_median", "ttft_p90", "ttft_p99", "ttfc_median", "tpot_median",
-              "itl_median", "itl_p99", "e2e_median", "e2e_p99", "queue_time_median", "offered_rate")
+              "itl_median", "itl_p99", "e2e_median", "e2e_p99", "queue_time_median", "offered_rate", "cost_per_1k",
+              "all_teacher_cost_per_1k")
 
 
 def ms(value: float | None) -> str:
@@ -61,6 +62,18 @@ def print_summary(summary: dict, title: str, console: Console | None = None) -> 
     if server:
         console.print(f"server-side TTFT (/metrics histogram delta, {server['count']} requests): "
                       f"p50 ≈ {ms(server['p50'])} ms, p99 ≈ {ms(server['p99'])} ms (bucket-interpolated)")
+    cost = summary.get("server_cost")
+    if cost:
+        console.print(cost_line(cost))
+
+
+def cost_line(cost: dict) -> str:
+    """The gateway's cost per 1,000 answered requests, by route, against the all-teacher figure."""
+    parts = ", ".join(f"{route} ${value:.4f}" for route, value in cost["by_route_per_1k"].items())
+    saving = f": {cost['saving']:.0%} less" if cost["saving"] is not None else ""
+    return (f"cost per 1,000 requests (the gateway's kdgate_cost_dollars_total over its {cost['answered']} answered "
+            f"requests): ${cost['per_1k']:.4f} ({parts}) against ${cost['all_teacher_per_1k']:.4f} all-teacher"
+            f"{saving}")
 
 
 def csv_row(summary: dict, label: str, shape: str, offered_rate: float | None) -> dict:
@@ -74,7 +87,9 @@ def csv_row(summary: dict, label: str, shape: str, offered_rate: float | None) -
             "ttft_p90": stat("ttft", "p90"), "ttft_p99": stat("ttft", "p99"), "ttfc_median": stat("ttfc", "median"),
             "tpot_median": stat("tpot", "median"), "itl_median": stat("itl", "median"), "itl_p99": stat("itl", "p99"),
             "e2e_median": stat("e2e", "median"), "e2e_p99": stat("e2e", "p99"),
-            "queue_time_median": stat("queue_time", "median"), "offered_rate": offered_rate}
+            "queue_time_median": stat("queue_time", "median"), "offered_rate": offered_rate,
+            "cost_per_1k": (summary.get("server_cost") or {}).get("per_1k"),
+            "all_teacher_cost_per_1k": (summary.get("server_cost") or {}).get("all_teacher_per_1k")}
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:

@@ -15,6 +15,63 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "placeholder", "xxx", "your-api-key"}
 
 
+class CostSettings(BaseModel):
+    """What this backend's work costs, for the gateway's `kdgate_cost_dollars_total`: either a price per million
+    tokens, or the price of its GPU time with the throughput that time buys (turned into a price per token). A
+    request is charged for the tokens this backend read and wrote for it, so the figure is what the request costs at
+    the utilisation the prices or throughputs were measured at; idle capacity is not charged to anyone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_per_million: float | None = Field(
+        default=None, ge=0, description="dollars per million prompt tokens the backend reads (for the teacher after "
+        "a handoff, the prompt plus the student's text sent so far). Set with `completion_per_million`; 0: prompts "
+        "are free")
+    completion_per_million: float | None = Field(
+        default=None, ge=0, description="dollars per million tokens the backend generates (those it generated and "
+        "the client never saw, as an escalated student's held-back tokens, included)")
+    gpu_hour: float | None = Field(
+        default=None, gt=0, description="the cost-of-time form instead: dollars per GPU-hour, with `gpus` and "
+        "`completion_tokens_per_s`. A completion token then costs gpu_hour × gpus / 3600 / "
+        "completion_tokens_per_s")
+    gpus: int = Field(default=1, ge=1, le=4096, description="GPU form: GPUs per replica (its tensor-parallel size)")
+    completion_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="GPU form: completion tokens one replica generates per second at the load "
+        "you run it at (e.g. `vllm bench serve`'s output token throughput on your traffic); a lower figure (an "
+        "emptier replica) makes each token dearer")
+    prompt_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="GPU form: prompt tokens one replica reads per second, when prompts are to "
+        "be charged on their own (then `completion_tokens_per_s` is decode throughput alone). null: prompts are not "
+        "charged separately; their prefill time is inside the completion throughput measured on your traffic")
+
+    @model_validator(mode="after")
+    def check_one_form(self) -> CostSettings:
+        per_token = self.prompt_per_million is not None or self.completion_per_million is not None
+        per_time = self.gpu_hour is not None or self.completion_tokens_per_s is not None or \
+            self.prompt_tokens_per_s is not None or "gpus" in self.model_fields_set
+        if per_token and per_time:
+            raise ValueError("`cost` mixes a price per million tokens with a GPU-hour price; give one form: "
+                             "`prompt_per_million` and `completion_per_million`, or `gpu_hour`, `gpus` and "
+                             "`completion_tokens_per_s`")
+        if per_token and (self.prompt_per_million is None or self.completion_per_million is None):
+            raise ValueError("`cost` needs both `prompt_per_million` and `completion_per_million` (0 is allowed)")
+        if per_time and (self.gpu_hour is None or self.completion_tokens_per_s is None):
+            raise ValueError("`cost` in GPU time needs `gpu_hour` and `completion_tokens_per_s` (and `gpus` "
+                             "when a replica has more than one)")
+        if not per_token and not per_time:
+            raise ValueError("`cost` is empty; set `prompt_per_million` and `completion_per_million`, or "
+                             "`gpu_hour` and `completion_tokens_per_s`, or remove it")
+        return self
+
+    def per_million(self) -> tuple[float, float]:
+        """(prompt, completion) dollars per million tokens, whichever form was given."""
+        if self.gpu_hour is None:
+            return self.prompt_per_million, self.completion_per_million
+        dollars_per_second = self.gpu_hour * self.gpus / 3600
+        prompt = dollars_per_second / self.prompt_tokens_per_s * 1e6 if self.prompt_tokens_per_s else 0.0
+        return prompt, dollars_per_second / self.completion_tokens_per_s * 1e6
+
+
 class BackendSettings(BaseModel):
     """One backend. `local`: an in-process engine on `model_dir`. `http`: an OpenAI-compatible server (vLLM)."""
 
@@ -45,6 +102,9 @@ class BackendSettings(BaseModel):
                                     "ending in /v1), when it is a load-balanced Service: a student version's LoRA "
                                     "adapter is loaded on each one before the switch (each vLLM keeps its own). "
                                     "Empty: `base_url` is the one server")
+    cost: CostSettings | None = Field(default=None, description="Unset: this backend is not priced, and the "
+                                      "gateway exports cost only when every backend it has is priced "
+                                      "(docs/shadow-and-monitoring.md).")
 
     @field_validator("model_dir")
     @classmethod

@@ -22,7 +22,8 @@ def quantiles(metric: str, qs=(0.5, 0.9, 0.99)) -> list[tuple[str, str]]:
             for q in qs]
 
 
-# (title, unit, [(expr, legend)], kind) in reading order: latency, traffic and routing, divergence, shadow, vLLM
+# (title, unit, [(expr, legend)], kind) in reading order: latency, traffic, routing and cost, divergence, shadow,
+# vLLM
 PANELS = [
     ("TTFT by route", "s", quantiles("kdgate_time_to_first_token_seconds"), "timeseries"),
     ("End-to-end latency by route", "s", quantiles("kdgate_e2e_request_latency_seconds", (0.5, 0.99)), "timeseries"),
@@ -36,6 +37,11 @@ PANELS = [
     ("Teacher fraction vs target", "percentunit",
      [("kdgate_teacher_fraction", "realised {{instance}}"), ("kdgate_teacher_fraction_target", "target")],
      "timeseries"),
+    ("Cost per 1,000 requests: actual vs all-teacher", "currencyUSD",
+     [("kdgate:cost_per_1k_requests_dollars:rate15m", "actual"),
+      ("kdgate:cost_all_teacher_per_1k_requests_dollars:rate15m", "all-teacher"),
+      ("1000 * sum by (route) (rate(kdgate_cost_dollars_total[15m])) / on() group_left "
+       "sum(rate(kdgate_requests_total{outcome=\"ok\"}[15m]))", "actual, {{route}} part")], "timeseries"),
     ("Confidence of held-back student tokens", "short",
      [("sum by (le) (increase(kdgate_confidence_score_bucket[$__rate_interval]))", "{{le}}")], "heatmap"),
     ("Routing threshold", "short", [("kdgate_routing_threshold", "threshold {{instance}}")], "timeseries"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gateway.chat import protocol
 from gateway.chat.frames import ChunkFrames
+from gateway.cost import Bill, CostMeter
 from gateway.fallback import RouteChange
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Router, SingleBackend
@@ -109,7 +110,7 @@ class PreparedStream:
 class ChatServing:
     def __init__(self, *, served_model: str, router: Router | SingleBackend, limits: ServingLimits,
                  metrics: GatewayMetrics, announce_route: bool, shadow: ShadowWorker | None = None,
-                 students: StudentManager | None = None):
+                 students: StudentManager | None = None, cost: CostMeter | None = None):
         self.served_model = served_model
         self.router = router
         self.shadow = shadow
@@ -117,6 +118,7 @@ class ChatServing:
         self.limits = limits
         self.metrics = metrics
         self.announce_route = announce_route  # the gateway says which backend served; an engine server does not
+        self.cost = cost  # None: no backend prices, no cost series
 
     @property
     def backends(self) -> dict[str, Backend]:
@@ -159,6 +161,7 @@ class ChatServing:
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=False)
         outcome.decision = decision
+        bill = Bill(discarded=len(discarded))
         text, logprobs, finish = [], [], None
         started_on = decision.route
         self.metrics.in_flight.labels(started_on).inc()
@@ -172,7 +175,7 @@ class ChatServing:
                     text.append(event.text)
                     logprobs.extend(event.logprobs)
                 elif isinstance(event, RouteChange):
-                    decision, backend = self._hand_off(event)
+                    decision, backend = self._hand_off(event, bill)
                     outcome.decision = decision
                 else:
                     finish = event
@@ -188,7 +191,7 @@ class ChatServing:
         if finish is None:
             raise UpstreamProtocolError(f"backend `{backend.info.name}` ended without finishing",
                                         backend=backend.info.name)
-        self._count_success(decision, finish, started, stream=False)
+        self._count_success(decision, finish, started, bill, stream=False)
         outcome.ok = True
         response = protocol.ChatCompletionResponse(
             id=f"chatcmpl-{generation.request_id}",
@@ -226,11 +229,12 @@ class ChatServing:
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=True)
         outcome.decision = decision
+        bill = Bill(discarded=len(discarded))
         try:
             first = await anext(events)
             while isinstance(first, RouteChange):  # a fallback before any content: the headers name who serves
                 capture.observe(first)
-                decision, backend = self._hand_off(first)
+                decision, backend = self._hand_off(first, bill)
                 outcome.decision = decision
                 first = await anext(events)
         except StopAsyncIteration:
@@ -243,7 +247,7 @@ class ChatServing:
         stream_outcome = StreamOutcome()
         frames = self._frames(request, generation, decision, backend, first, events, started,
                               _ShadowHandOver(capture, discarded, outcome.student_model(self), outcome.version),
-                              stream_outcome, outcome)
+                              stream_outcome, outcome, bill)
         return PreparedStream(decision=decision, frames=frames, outcome=stream_outcome,
                               student_version=outcome.version)
 
@@ -311,18 +315,19 @@ class ChatServing:
 
     async def _frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                       decision: RouteDecision, backend: Backend, first, events, started: float,
-                      shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome) -> AsyncIterator[str]:
+                      shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome, bill: Bill
+                      ) -> AsyncIterator[str]:
         """SSE frames: role chunk, content chunks, finish chunk, optional usage chunk, then `[DONE]`."""
         try:
             async for frame in self._stream_frames(request, generation, decision, backend, first, events, started,
-                                                   shadow, outcome, lease):
+                                                   shadow, outcome, lease, bill):
                 yield frame
         finally:
             lease.close(self.students)
 
     async def _stream_frames(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                              decision: RouteDecision, backend: Backend, first, events, started: float,
-                             shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome
+                             shadow: _ShadowHandOver, outcome: StreamOutcome, lease: _LeaseOutcome, bill: Bill
                              ) -> AsyncIterator[str]:
         route = decision.route
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
@@ -358,13 +363,13 @@ class ChatServing:
                             delta=protocol.DeltaMessage(content=event.text),
                             logprobs=self._wire_logprobs(event.logprobs, request))])
                 elif isinstance(event, RouteChange):
-                    decision, backend = self._hand_off(event)
+                    decision, backend = self._hand_off(event, bill)
                     lease.decision = decision
                     route_info = self._route_info(decision, backend, shadow.student_version)
                 elif isinstance(event, Finish):
                     finished = completed = lease.ok = True
                     outcome.finish = event
-                    self._count_success(decision, event, started, stream=True)
+                    self._count_success(decision, event, started, bill, stream=True)
                     yield frame([protocol.ChatCompletionChunkChoice(
                         delta=protocol.DeltaMessage(), finish_reason=event.finish_reason,
                         stop_reason=event.stop_reason)], kdgate=route_info)
@@ -392,8 +397,9 @@ class ChatServing:
             shadow.capture.finish(generation, decision, shadow.discarded, shadow.student_model,
                                   shadow.student_version)
 
-    def _hand_off(self, change: RouteChange) -> tuple[RouteDecision, Backend]:
+    def _hand_off(self, change: RouteChange, bill: Bill) -> tuple[RouteDecision, Backend]:
         """Another backend takes over the answer: a handoff, or a fallback from one that failed."""
+        bill.observe(change)
         reason = change.decision.reason
         if reason == Reason.HANDOFF:
             self.metrics.handoffs.inc()
@@ -420,13 +426,16 @@ class ChatServing:
 
     # ------------------------------------------------------------------------------------------------ metrics
 
-    def _count_success(self, decision: RouteDecision, finish: Finish, started: float, stream: bool) -> None:
+    def _count_success(self, decision: RouteDecision, finish: Finish, started: float, bill: Bill, stream: bool
+                       ) -> None:
         self.router.served(decision)
         route = decision.route
         self.metrics.requests.labels(route, "ok", str(stream).lower()).inc()
         self.metrics.e2e.labels(route).observe(time.monotonic() - started)
         self.metrics.prompt_tokens.labels(route).inc(finish.prompt_tokens)
         self.metrics.completion_tokens.labels(route).inc(finish.completion_tokens)
+        if self.cost is not None:
+            self.cost.charge(bill, route, finish)
 
     def _count_failure(self, route: str, error: GatewayError, stream: bool) -> None:
         self.metrics.requests.labels(route, "error", str(stream).lower()).inc()

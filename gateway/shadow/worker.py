@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.cost import CostMeter
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
@@ -79,6 +80,7 @@ class ShadowWorker:
         self._wake = asyncio.Event()
         self._busy = 0  # jobs being processed now
         self.on_divergence: Callable[[str | None, float], None] | None = None  # (student version, mean KL)
+        self.cost: CostMeter | None = None  # the teacher calls' dollars, when the backends are priced
 
     # ------------------------------------------------------------------------------------------------ request side
 
@@ -281,7 +283,10 @@ class ShadowWorker:
         teacher_text, teacher_tokens = await self._teacher_answer(job, messages)
         scored, figures = None, None
         if job.kind == "shadow" and job.student_answer:
-            scored = (await self.teacher.score(messages, job.student_answer, k)).tokens
+            scoring = await self.teacher.score(messages, job.student_answer, k)
+            scored = scoring.tokens
+            if self.cost is not None:  # one prefill over the prompt and the answer, one token generated
+                self.cost.charge_shadow(scoring.prompt_tokens + len(scored), 1)
             figures = divergence(job.student_tokens, scored, job.student_answer, teacher_text)
             self._observe(figures)
             if self.on_divergence is not None and figures.aligned:
@@ -306,6 +311,8 @@ class ShadowWorker:
         request = GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
             max_tokens=job.max_tokens, temperature=0.0, top_logprobs=self.config.top_logprobs), token_ids=True)
         answer = await collect(self.teacher.generate(request))
+        if self.cost is not None and answer.finish is not None:
+            self.cost.charge_shadow(answer.finish.prompt_tokens, answer.finish.completion_tokens)
         return answer.text, answer.logprobs
 
     def _observe(self, figures: Divergence) -> None:

@@ -8,6 +8,7 @@ import re
 import runpy
 
 import httpx
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,3 +52,50 @@ def test_every_panel_queries_a_metric_that_exists(gateway):
             for name in names:
                 known = name in recorded or family(name) in exported or family(name) in VLLM_METRICS
                 assert known, f"{panel['title']}: `{name}` is exported by neither the gateway, its rules nor vLLM"
+
+
+def test_the_cost_panel_shows_actual_against_all_teacher_per_1000_requests(tmp_path):
+    """The panel's queries, run by promtool over two replicas' counters, give the dollars per 1,000 answered
+    requests: spent (split by route) and all-teacher."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool missing: apt-get install prometheus")
+    dashboard = json.loads((GRAFANA / "kdgate.json").read_text())
+    panel = next(panel for panel in dashboard["panels"] if panel["title"].startswith("Cost per 1,000 requests"))
+    assert panel["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
+    legends = {target["legendFormat"]: target["expr"] for target in panel["targets"]}
+    assert set(legends) == {"actual", "all-teacher", "actual, {{route}} part"}
+    series = [  # per minute: 1,000 answered requests, $0.125 spent, $0.5 had the teacher answered them all
+        ('kdgate_requests_total{instance="a", route="student", outcome="ok"}', 400),
+        ('kdgate_requests_total{instance="a", route="teacher", outcome="ok"}', 100),
+        ('kdgate_requests_total{instance="a", route="student", outcome="error"}', 8),
+        ('kdgate_requests_total{instance="b", route="student", outcome="ok"}', 500),
+        ('kdgate_cost_dollars_total{instance="a", route="student", backend="student"}', 0.015625),
+        ('kdgate_cost_dollars_total{instance="a", route="teacher", backend="student"}', 0.0078125),
+        ('kdgate_cost_dollars_total{instance="a", route="teacher", backend="teacher"}', 0.0625),
+        ('kdgate_cost_dollars_total{instance="a", route="shadow", backend="teacher"}', 0.0078125),
+        ('kdgate_cost_dollars_total{instance="b", route="student", backend="student"}', 0.03125),
+        ('kdgate_cost_all_teacher_dollars_total{instance="a", route="student"}', 0.1875),
+        ('kdgate_cost_all_teacher_dollars_total{instance="a", route="teacher"}', 0.0625),
+        ('kdgate_cost_all_teacher_dollars_total{instance="b", route="student"}', 0.25),
+    ]
+    expected = {
+        "actual": [{"labels": legends["actual"], "value": 0.125}],
+        "all-teacher": [{"labels": legends["all-teacher"], "value": 0.5}],
+        "actual, {{route}} part": [{"labels": f'{{route="{route}"}}', "value": value} for route, value in
+                                   (("shadow", 0.0078125), ("student", 0.046875), ("teacher", 0.0703125))],
+    }
+    test = {"rule_files": [str(ROOT / "deploy" / "prometheus" / "rules" / "kdgate.yml")],
+            "evaluation_interval": "30s",
+            "tests": [{"interval": "1m",
+                       "input_series": [{"series": name, "values": f"0+{step}x30"} for name, step in series],
+                       "promql_expr_test": [{"expr": expr, "eval_time": "20m", "exp_samples": expected[legend]}
+                                            for legend, expr in legends.items()]}]}
+    path = tmp_path / "cost_panel_test.yml"
+    path.write_text(yaml.safe_dump(test))
+    done = subprocess.run([promtool, "test", "rules", str(path)], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -106,3 +106,16 @@ def test_a_local_model_dir_must_be_a_model_folder(tmp_path):
         GatewaySettings(student={"model_dir": tmp_path})
     with pytest.raises(ValidationError, match="not a directory"):
         GatewaySettings(student={"model_dir": tmp_path / "missing"})
+
+
+def test_cost_is_set_on_every_backend_or_on_none(monkeypatch):
+    priced = {"prompt_per_million": 0.1, "completion_per_million": 0.4}
+    with pytest.raises(ValidationError, match="`student.cost` is set but `teacher.cost` is not"):
+        GatewaySettings(student={"cost": priced})
+    monkeypatch.setenv("KDGATE_TEACHER__COST__GPU_HOUR", "2.5")
+    monkeypatch.setenv("KDGATE_TEACHER__COST__GPUS", "8")
+    monkeypatch.setenv("KDGATE_TEACHER__COST__COMPLETION_TOKENS_PER_S", "2000")
+    settings = GatewaySettings(student={"cost": priced})
+    assert settings.teacher.model_dir.name == "teacher"  # a partial backend keeps the demo model
+    assert settings.teacher.cost.per_million() == pytest.approx((0.0, 2.5 * 8 / 3600 / 2000 * 1e6))
+    assert GatewaySettings(teacher=None, student={"cost": priced}).student.cost is not None  # the only backend

@@ -33,6 +33,23 @@ def mixed_gateway(demo_dirs, engine_server):
 
 
 @pytest.fixture(scope="module")
+def priced_gateway(demo_dirs, engine_server):
+    """The mixed gateway with priced backends: student $1 / $3, teacher $10 / $40 per million prompt / completion
+    tokens."""
+    from gateway.app import create_app
+    from runtime.settings import CostSettings
+
+    routing = RoutingSettings(policy="random", teacher_fraction=0.5, seed=3)
+    settings = gateway_settings(demo_dirs, engine_server, routing=routing)
+    prices = {"student": CostSettings(prompt_per_million=1, completion_per_million=3),
+              "teacher": CostSettings(prompt_per_million=10, completion_per_million=40)}
+    settings = settings.model_copy(update={role: getattr(settings, role).model_copy(update={"cost": cost})
+                                           for role, cost in prices.items()})
+    with ThreadedServer(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def faulty():
     with ThreadedServer(Faulty()) as server:
         yield server
@@ -56,6 +73,41 @@ def test_per_route_report_through_the_gateway(mixed_gateway, tmp_path):
     assert summary["server_ttft"]["count"] >= 16  # the gateway's own histogram, read from /metrics
     assert (out / "concurrency-2-ttft-cdf.png").stat().st_size > 5_000
     assert "student" in result.output and "teacher" in result.output
+
+
+def test_cost_per_1000_requests_is_the_gateways_own_count(priced_gateway, tmp_path):
+    """The report's cost figures are the gateway's counters over its answered requests; here they must equal the
+    usage the client was sent at each route's prices (no shadow work, no handoff)."""
+    import csv
+
+    result = runner.invoke(app, ["loadtest", "run", "--url", priced_gateway.url, "--concurrency", "2",
+                                 "--requests", "10", "--warmup", "2", "--max-tokens", "32", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "concurrency-2.json").read_text())
+    records = report["records"]  # warm-up ones too: the gateway counted them
+    prices = {"student": (1e-6, 3e-6), "teacher": (10e-6, 40e-6)}
+
+    def per_1k(route_of) -> float:
+        return 1000 * sum(record["input_tokens"] * prices[route_of(record)][0] + record["output_tokens"] *
+                          prices[route_of(record)][1] for record in records) / len(records)
+
+    cost = report["summary"]["server_cost"]
+    assert {record["route"] for record in records} == {"student", "teacher"} and cost["answered"] == 12
+    assert cost["per_1k"] == pytest.approx(per_1k(lambda record: record["route"]))
+    assert cost["all_teacher_per_1k"] == pytest.approx(per_1k(lambda record: "teacher"))
+    assert sum(cost["by_route_per_1k"].values()) == pytest.approx(cost["per_1k"])
+    assert 0 < cost["saving"] < 1
+    assert "cost per 1,000 requests" in result.output and "all-teacher" in result.output
+    row = next(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert float(row["cost_per_1k"]) == pytest.approx(cost["per_1k"])
+
+
+def test_an_unpriced_server_reports_no_cost(mixed_gateway, tmp_path):
+    result = runner.invoke(app, ["loadtest", "run", "--url", mixed_gateway.url, "--concurrency", "1",
+                                 "--requests", "2", "--max-tokens", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "server_cost" not in json.loads((tmp_path / "concurrency-1.json").read_text())["summary"]
+    assert "cost per 1,000" not in result.output
 
 
 def test_records_recompute_the_summary_and_forced_routes_show(mixed_gateway):
