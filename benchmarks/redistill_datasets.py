@@ -1,5 +1,6 @@
 """Which live records to re-distil from: on-policy only, off-policy only, or the mix — the same records, the same
-recipe and steps, the same replay of the original data, the same held-out slice and golden set.
+recipe and steps, the same replay of the original data, the same held-out slice and golden set; and the mix
+trained as a LoRA adapter (what a vLLM student's runtime LoRA would load) against the full fine-tune.
 
 Reads the store of a `kdgate demo drift` run (the records the pre-launch student's traffic left) and trains one
 candidate per choice from the pre-launch student:
@@ -22,7 +23,8 @@ from kdgate.drift.report import offline
 from kdgate.drift.run import PRELAUNCH_STUDENT
 from runtime.store.records import ShadowStore
 
-CHOICES = {"on-policy only": 1.0, "off-policy only": 0.0, "the mix (default)": None}
+CHOICES = {"on-policy only": (1.0, []), "off-policy only": (0.0, []), "the mix (default)": (None, []),
+           "the mix, LoRA r=64": (None, ["lora.enabled=true", "lora.r=64", "lora.alpha=128"])}
 
 
 def records_of(run: Path, version: str) -> list:
@@ -34,7 +36,8 @@ def records_of(run: Path, version: str) -> list:
         store.close()
 
 
-def train(records: list, on_share: float, folder: Path, steps: int, replay: Path | None, threads: int):
+def train(records: list, on_share: float, folder: Path, steps: int, replay: Path | None, threads: int,
+          extra: list[str]):
     from distill.recipe import run
 
     settings = TrainerSettings().dataset
@@ -43,7 +46,7 @@ def train(records: list, on_share: float, folder: Path, steps: int, replay: Path
     write_cache(folder / "train", dataset.train, "demo-teacher", PRELAUNCH_STUDENT, "drift run records")
     config = load_config(TrainerSettings().train.config, [f"student.init={PRELAUNCH_STUDENT}",
                                                           f"cache={folder / 'train'}", f"out={folder / 'out'}",
-                                                          f"steps={steps}", f"threads={threads}"])
+                                                          f"steps={steps}", f"threads={threads}", *extra])
     return run(config), dataset
 
 
@@ -60,9 +63,10 @@ def main() -> None:
     from distill.evaluate import load
 
     rows, models = {}, {"pre-launch student": PRELAUNCH_STUDENT}
-    for name, share in CHOICES.items():
+    for number, (name, (share, extra)) in enumerate(CHOICES.items()):
         on_share = TrainerSettings().dataset.on_policy_share if share is None else share
-        model_dir, dataset = train(records, on_share, args.out / name.split()[0], args.steps, replay, args.threads)
+        model_dir, dataset = train(records, on_share, args.out / f"choice-{number}", args.steps, replay, args.threads,
+                                   extra)
         model, tokenizer = load(model_dir)
         rows[name] = {"on_policy_share": on_share, "dataset": dataset.figures,
                       "heldout": heldout_figures(model, tokenizer, dataset.heldout, 64)}

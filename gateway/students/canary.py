@@ -18,7 +18,6 @@ import numpy as np
 
 from gateway.settings import CanarySettings
 
-
 TTFT_WINDOW = 2048  # the most recent TTFTs a version's p99 is taken over
 
 

@@ -282,7 +282,7 @@ def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, red
                                stderr=subprocess.DEVNULL)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
-        statuses, pids = [], set()
+        statuses = []
         clear_of_a_minute_boundary(30)
         for _ in range(10):  # a new connection each time, so the kernel spreads them over both workers
             with httpx.Client(timeout=60) as client:
