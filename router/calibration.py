@@ -11,16 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def calibrate_threshold(scores: np.ndarray, target_teacher_fraction: float) -> float:
-    """The threshold sending `target_teacher_fraction` of `scores` to the teacher (score < threshold)."""
-    values = np.sort(np.asarray(scores, dtype=np.float64))
+def calibrate_threshold(scores: np.ndarray, target_teacher_fraction: float, weights: np.ndarray | None = None
+                        ) -> float:
+    """The threshold sending `target_teacher_fraction` of `scores` to the teacher (score < threshold). With
+    `weights` (how many requests each score stands for), that share of the total weight."""
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+    values = np.asarray(scores, dtype=np.float64)[order]
     if values.size == 0:
         raise ValueError("no calibration scores; record some traffic or pass a labelled data set")
     if np.isnan(values).any():
         raise ValueError("calibration scores contain NaN; drop requests with no generated tokens first")
     if not 0.0 <= target_teacher_fraction <= 1.0:
         raise ValueError(f"target_teacher_fraction must be between 0 and 1, got {target_teacher_fraction}")
-    escalated = int(round(target_teacher_fraction * values.size))
+    if weights is None:
+        escalated = int(round(target_teacher_fraction * values.size))
+    else:  # the number of lowest scores whose weight comes closest to the target share of the whole
+        cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(weights, dtype=np.float64)[order])])
+        escalated = int(np.argmin(np.abs(cumulative - target_teacher_fraction * cumulative[-1])))
     if escalated == 0:
         return float(-np.inf)
     if escalated == values.size:
@@ -30,6 +37,8 @@ def calibrate_threshold(scores: np.ndarray, target_teacher_fraction: float) -> f
     return float(high if low == high else (low + high) / 2)
 
 
-def teacher_fraction(scores: np.ndarray, threshold: float) -> float:
+def teacher_fraction(scores: np.ndarray, threshold: float, weights: np.ndarray | None = None) -> float:
     values = np.asarray(scores, dtype=np.float64)
-    return float(np.mean(values < threshold)) if values.size else 0.0
+    if not values.size:
+        return 0.0
+    return float(np.average(values < threshold, weights=weights))

@@ -135,7 +135,7 @@ class Job:
             return "rejected", f"the gate failed: {', '.join(gate['failed'])}", self.figures
         if not self.job.options.get("promote", True):
             return "succeeded", "admitted; not promoted (promote: false)", self.figures
-        routing = self._recalibrate(active, candidate_dir, dataset.heldout)
+        routing = self._recalibrate(active, candidate_dir, dataset)
         self.step("promote", 0.95)
         self.figures["promote"] = self._promote(candidate_dir, admitted_with, routing)
         return "succeeded", None, self.figures
@@ -170,7 +170,7 @@ class Job:
                                  "log": history.read_text()[-2000:] if history.is_file() else None}
         return model_dir
 
-    def _recalibrate(self, active: StudentVersion, candidate_dir: Path, heldout: list) -> dict:
+    def _recalibrate(self, active: StudentVersion, candidate_dir: Path, dataset) -> dict:
         """The candidate's own routing thresholds, refitted on the held-out records: a confidence policy's (its
         threshold was fitted to the active student) and, with a target, the handoff floor."""
         from distill.online.recalibrate import recalibrate, recalibrate_handoff
@@ -179,11 +179,13 @@ class Job:
         if active.policy_file or self.settings.handoff_target_teacher_fraction is not None:
             self.step("recalibrate", 0.93)
         if active.policy_file:
-            refit = recalibrate(candidate_dir, Path(active.policy_file), heldout, self.folder / "router-policy.json")
+            refit = recalibrate(candidate_dir, Path(active.policy_file), dataset.heldout,
+                                self.folder / "router-policy.json")
             self.figures["recalibrate"] = refit
             routing["policy_file"] = str(Path(refit["policy_file"]).resolve())
         if self.settings.handoff_target_teacher_fraction is not None:
-            refit = recalibrate_handoff(candidate_dir, heldout, self.settings.handoff_target_teacher_fraction)
+            refit = recalibrate_handoff(candidate_dir, dataset.heldout_records,
+                                        self.settings.handoff_target_teacher_fraction)
             self.figures["recalibrate_handoff"] = refit
             routing["handoff_min_prob"] = refit["min_prob"]
         return routing

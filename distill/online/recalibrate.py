@@ -19,6 +19,7 @@ from distill.online.dataset import Example
 from router.calibration import calibrate_threshold, teacher_fraction
 from router.policy_file import Calibration, PolicyFile, load_policy, save_policy
 from router.signals import WindowSignals, aggregate, token_signals
+from runtime.store.records import ShadowRecord
 
 
 def recalibrate(model_dir: Path, policy_path: Path, heldout: list[Example], out: Path, max_new_tokens: int = 96
@@ -84,17 +85,24 @@ def _answer_length(tokens: list[int], eos: int | None, pad: int | None) -> int:
     return len(tokens)
 
 
-def recalibrate_handoff(model_dir: Path, heldout: list[Example], target: float, max_new_tokens: int = 96) -> dict:
-    """The handoff floor at which `target` of the held-out requests hand off: an answer hands off at its first
-    token less likely than the floor, so at the floor above its least likely token; the floor is the quantile of
-    those minima (`calibrate_threshold` on them)."""
+def recalibrate_handoff(model_dir: Path, records: list[ShadowRecord], target: float, max_new_tokens: int = 96
+                        ) -> dict:
+    """The handoff floor at which `target` of the traffic behind the held-out records hands off: an answer hands
+    off at its first token less likely than the floor; the floor is the weighted quantile of the answers' least
+    likely tokens, each record weighted by the requests it stands for (every escalation is recorded, only a sample
+    of the student's answers: unweighted, the hard requests would count several times over)."""
     from distill.evaluate import load
 
-    if not heldout:
+    if not records:
         raise ValueError("no held-out records to refit the handoff floor on")
     model, tokenizer = load(model_dir)
-    windows = answer_windows(model, tokenizer, [example.messages for example in heldout], 1, None, max_new_tokens)
-    minima = np.asarray([window.min_prob for window in windows if window.tokens], dtype=np.float64)
-    floor = float(np.clip(calibrate_threshold(minima, target), 1e-6, 1 - 1e-6))  # ±inf at the extremes
+    windows = answer_windows(model, tokenizer, [record.prompt for record in records], 1, None, max_new_tokens)
+    kept = [(window.min_prob, record.weight()) for window, record in zip(windows, records, strict=True)
+            if window.tokens]
+    minima, weights = (np.asarray(column, dtype=np.float64) for column in zip(*kept, strict=True))
+    floor = float(np.clip(calibrate_threshold(minima, target, weights), 1e-6, 1 - 1e-6))  # ±inf at the extremes
     return {"min_prob": floor, "target_teacher_fraction": target,
-            "realised_teacher_fraction": teacher_fraction(minima, floor), "examples": int(minima.size)}
+            "realised_teacher_fraction": teacher_fraction(minima, floor, weights),
+            "unweighted_teacher_fraction": teacher_fraction(minima, floor), "examples": int(minima.size),
+            "weights": {"escalation": sum(record.kind == "escalation" for record in records),
+                        "shadow": sum(record.kind == "shadow" for record in records)}}

@@ -295,7 +295,8 @@ class ShadowWorker:
             request_id=job.request_id, created_at=job.created_at, kind=job.kind, student_model=job.student_model,
             student_version=job.student_version or self.config.student_version,
             adapter_version=self.config.adapter_version, teacher_model=self.teacher.info.model,
-            teacher_version=self.config.teacher_version, token_ids=has_token_ids(job.student_tokens), route=job.decision.route, route_reason=job.decision.reason,
+            teacher_version=self.config.teacher_version, token_ids=has_token_ids(job.student_tokens),
+            route=job.decision.route, route_reason=job.decision.reason,
             confidence=_finite(job.decision.score), threshold=_finite(job.decision.threshold),
             prompt=self.scrub.messages(messages), student_answer=job.student_answer,
             student_tokens=tokens_json(job.student_tokens), teacher_scores=tokens_json(scored) if scored else None,
@@ -304,7 +305,8 @@ class ShadowWorker:
             top1_agreement=_finite(figures.top1_agreement) if figures else None,
             teacher_nll=figures.teacher_nll if figures else None,
             answers_agree=figures.answers_agree if figures else None,
-            field_agreement=figures.field_agreement if figures else None)
+            field_agreement=figures.field_agreement if figures else None,
+            sample_rate=self.config.sample_rate if job.kind == "shadow" else 1.0)
         return record
 
     async def _teacher_answer(self, job: ShadowJob, messages: list[dict]) -> tuple[str, tuple[TokenLogprob, ...]]:

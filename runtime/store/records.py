@@ -61,6 +61,11 @@ class ShadowRecord:
     teacher_nll: float | None = None
     answers_agree: bool | None = None
     field_agreement: float | None = None
+    sample_rate: float | None = None  # the chance it was kept: shadow.sample_rate, or 1 for an escalation
+
+    def weight(self) -> float:
+        """How many requests of the traffic this record stands for (1 / the chance it was kept)."""
+        return 1.0 / self.sample_rate if self.sample_rate else 1.0
 
 
 _FIELDS = [item.name for item in fields(ShadowRecord)]

@@ -50,6 +50,7 @@ class ShadowRow(Base):
     teacher_nll: Mapped[float | None] = mapped_column(Float)
     answers_agree: Mapped[bool | None] = mapped_column(Boolean)
     field_agreement: Mapped[float | None] = mapped_column(Float)
+    sample_rate: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_shadow_records_created_at", "created_at"),
                       Index("ix_shadow_records_kind_created_at", "kind", "created_at"))

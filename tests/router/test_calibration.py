@@ -34,3 +34,17 @@ def test_ends_of_the_range():
 def test_bad_calibration_input_is_refused(scores, target, message):
     with pytest.raises(ValueError, match=message):
         calibrate_threshold(np.array(scores), target)
+
+
+def test_weights_fit_the_share_of_the_traffic_the_scores_stand_for():
+    import numpy as np
+
+    from router.calibration import calibrate_threshold, teacher_fraction
+
+    # 10 low scores each standing for 1 request, 10 high ones for 4 (a 1-in-4 sample): 50 requests, 10 low
+    scores = np.array([0.1 * index for index in range(10)] + [5 + 0.1 * index for index in range(10)])
+    weights = np.array([1.0] * 10 + [4.0] * 10)
+    threshold = calibrate_threshold(scores, 0.2, weights)
+    assert teacher_fraction(scores, threshold, weights) == 0.2  # the low ten are 20 % of the traffic
+    assert teacher_fraction(scores, threshold) == 0.5  # ... and half of the records
+    assert calibrate_threshold(scores, 0.2) < 1.0  # unweighted: 4 of the 20 records

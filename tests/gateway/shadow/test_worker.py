@@ -60,6 +60,7 @@ def test_a_shadowed_answer_is_scored_stored_and_measured(demo_dirs, engine_serve
         record = wait_for(lambda: next(iter(store.iter_records()), None))
         figures = metrics(server)
     assert record.kind == "shadow" and record.route == "student" and record.student_answer == answer
+    assert record.sample_rate == 1.0 and record.weight() == 1.0
     assert "[EMAIL]" in record.prompt[0]["content"] and "maria@example.com" not in record.prompt[0]["content"]
     assert "48213" in record.prompt[0]["content"]  # what training needs is kept
     assert len(record.student_tokens) >= 1 and len(record.student_tokens[0]["top"]) == 5
@@ -122,6 +123,7 @@ def test_streamed_and_escalated_requests_are_recorded_as_escalations(demo_dirs, 
     assert len(record.student_tokens) == 4  # the held-back tokens the client never saw
     assert record.student_answer == "".join(token["token"] for token in record.student_tokens)
     assert record.teacher_answer == streamed and record.mean_kl is None
+    assert record.sample_rate == 1.0  # every escalation is kept, whatever the shadow sample rate (here 0)
 
 
 def test_a_hung_teacher_costs_shadow_work_never_client_requests(demo_dirs, tmp_path):

@@ -66,7 +66,7 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
     first.upgrade()  # again: a no-op
     with first.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     assert "shadow_records" in inspect(first.engine).get_table_names()
     first.close()
     ShadowStore(url).close()  # reopening an existing store works
