@@ -1,0 +1,82 @@
+{{/* Names: <release>-<component> ("kdgate-gateway"); <release>-kdgate-<component> when the release lacks "kdgate". */}}
+{{- define "kdgate.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels of one component. Call with (dict "root" $ "component" "gateway"). */}}
+{{- define "kdgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kdgate.labels" -}}
+{{ include "kdgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
+{{/* A kdgate image: (dict "root" $ "image" .Values.images.gateway); an empty tag is the chart's appVersion. */}}
+{{- define "kdgate.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+One service of files/vllm-launch.yaml (a link to deploy/vllm/launch.yaml, the one source of vLLM's flags), as YAML:
+(dict "root" $ "role" "student") gives services.vllm-student. Flags the chart sets itself are refused there.
+*/}}
+{{- define "kdgate.launch" -}}
+{{- $file := .root.Files.Get "files/vllm-launch.yaml" | fromYaml -}}
+{{- $service := index ($file.services | default dict) (printf "vllm-%s" .role) -}}
+{{- if not $service -}}
+{{- fail (printf "files/vllm-launch.yaml (deploy/vllm/launch.yaml) has no services.vllm-%s; the %s server's flags come from there" .role .role) -}}
+{{- end -}}
+{{- range $flag := $service.command -}}
+{{- if or (hasPrefix "--tensor-parallel-size" $flag) (hasPrefix "--port" $flag) -}}
+{{- fail (printf "deploy/vllm/launch.yaml sets %s for vllm-%s; the chart sets it (the port, and TP = models.%s.requestGPU): remove it there" $flag $.role $.role) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $service -}}
+{{- end -}}
+
+{{/* The model id a server answers to: its --served-model-name in the launch file. */}}
+{{- define "kdgate.servedName" -}}
+{{- $launch := include "kdgate.launch" . | fromYaml -}}
+{{- $name := "" -}}
+{{- range $flag := $launch.command -}}
+{{- if hasPrefix "--served-model-name=" $flag -}}{{- $name = trimPrefix "--served-model-name=" $flag -}}{{- end -}}
+{{- end -}}
+{{- required (printf "deploy/vllm/launch.yaml: vllm-%s needs --served-model-name=NAME (the gateway sends that id)" .role) $name -}}
+{{- end -}}
+
+{{/* "true" when the server loads LoRA adapters at runtime (--enable-lora): each replica then needs its own address. */}}
+{{- define "kdgate.lora" -}}
+{{- $launch := include "kdgate.launch" . | fromYaml -}}
+{{- $model := index .root.Values.models .role -}}
+{{- if has "--enable-lora" (concat $launch.command (default list $model.extraArgs)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The OpenAI base URL of a model server's Service. */}}
+{{- define "kdgate.modelURL" -}}
+{{- printf "http://%s-%s:%d/v1" (include "kdgate.fullname" .root) .role (int .root.Values.models.port) -}}
+{{- end -}}
+
+{{/* Compose's shm_size ("16gb", "512m") as a Kubernetes quantity ("16Gi", "512Mi"). */}}
+{{- define "kdgate.composeSize" -}}
+{{- $size := lower (toString .) -}}
+{{- if regexMatch "^[0-9]+[kmg]b?$" $size -}}
+{{- printf "%s%si" (regexFind "^[0-9]+" $size) (upper (regexFind "[kmg]" $size)) -}}
+{{- else -}}
+{{- $size -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One ConfigMap value from a values map entry: strings as they are, numbers and booleans as JSON (no 1e+06). */}}
+{{- define "kdgate.envValue" -}}
+{{- if kindIs "string" . -}}{{- . -}}{{- else -}}{{- toJson . -}}{{- end -}}
+{{- end -}}

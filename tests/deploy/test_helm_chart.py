@@ -1,0 +1,496 @@
+"""helm/kdgate, rendered offline by Helm's own Go SDK (helm_python) with the default values and the production
+example, checked the way a cluster would: Kubernetes' JSON schemas (strict), the Prometheus Operator CRDs, promtool,
+amtool, and the gateway's and trainer's own settings classes loading the rendered environment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from tests.deploy.helm_render import CHART, NAMESPACE, ROOT, one, production_values, render, selects, setting_variables
+
+helm_python = pytest.importorskip("helm_python", reason="the `deploy` extra (helm-python-sdk) is not installed")
+
+LAUNCH = ROOT / "deploy" / "vllm" / "launch.yaml"
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "kdgate.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "kdgate.json"
+CRDS = ROOT / "deploy" / "kubernetes" / "crds"
+CUSTOM_KINDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
+                "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
+                "TrainJob": "trainer.kubeflow.org_trainjobs.yaml"}
+RENDERS = ["default", "production"]
+
+
+@pytest.fixture(scope="module")
+def renders() -> dict[str, list[dict]]:
+    return {"default": render(), "production": render(production_values())}
+
+
+@pytest.fixture(params=RENDERS)
+def name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def objects(name, renders) -> list[dict]:
+    return renders[name]
+
+
+def values_of(name: str) -> dict:
+    """The values a render used: the chart's defaults, overridden by the production example."""
+    with helm_python.Chart.load(CHART) as chart:
+        return chart.merge_values(production_values() if name == "production" else None)
+
+
+def model_server(objects: list[dict], role: str) -> dict:
+    (workload,) = [item for item in objects if item["kind"] in ("Deployment", "StatefulSet")
+                   and item["metadata"]["name"] == f"kdgate-{role}"]
+    return workload
+
+
+def pod_labels(objects: list[dict]) -> dict[str, dict]:
+    return {item["metadata"]["name"]: item["spec"]["template"]["metadata"]["labels"] for item in objects
+            if item["kind"] in ("Deployment", "StatefulSet")}
+
+
+def container(workload: dict) -> dict:
+    (only,) = workload["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def flag(args: list[str], name: str) -> str:
+    (value,) = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"--{name}=")]
+    return value
+
+
+# --- the chart as Helm sees it ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_lint_is_clean(name):
+    values = production_values() if name == "production" else None
+    report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+    problems = [message for message in report["messages"] if message["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+def test_the_shared_files_are_links_helm_follows(tmp_path):
+    """One source of truth: files/ links to deploy/; Helm's loader reads the targets, and a packaged chart carries
+    their contents."""
+    links = {"vllm-launch.yaml": LAUNCH, "prometheus-rules.yml": RULES, "grafana-dashboard.json": DASHBOARD}
+    with helm_python.Chart.load(CHART) as chart:
+        archive = chart.save(tmp_path)
+    with helm_python.Chart.load(archive) as packaged:
+        loaded = {item["name"]: item["data"] for item in packaged.files}
+    for name, target in links.items():
+        link = CHART / "files" / name
+        assert link.is_symlink() and not Path(link.readlink()).is_absolute(), f"{link} must be a relative link"
+        assert link.resolve() == target.resolve()
+        assert loaded[f"files/{name}"] == target.read_text()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"models": {"student": {"replicaCount": -1}}}, "at '/models/student/replicaCount': minimum: got -1, want 1"),
+    ({"models": {"teacher": {"modelURL": None}}}, "at '/models/teacher': missing property 'modelURL'"),
+    ({"postgresql": {"existingSecret": None}}, "at '/postgresql': missing property 'existingSecret'"),
+    ({"models": {"teacher": {"extraArgs": ["--tensor-parallel-size=2"]}}}, "at '/models/teacher/extraArgs/0'"),
+    ({"gateway": {"settings": {"KDGATE_STUDENT__BASE_URL": "http://x/v1"}}},
+     "at '/gateway/settings/KDGATE_STUDENT__BASE_URL'"),
+    ({"gateway": {"settings": {"kdgate_port": 1}}}, "'kdgate_port' does not match pattern"),
+    ({"trainer": {"runner": "slurm"}}, "at '/trainer/runner'"),
+])
+def test_the_schema_refuses_bad_values_by_name(values, message):
+    with pytest.raises(helm_python.HelmValuesError) as raised:
+        render(values)
+    assert message in str(raised.value)
+
+
+def test_tensor_parallel_flags_in_the_launch_file_are_refused(tmp_path):
+    """The chart owns --tensor-parallel-size (= the GPUs it requests): a copy of the chart whose launch file sets it
+    does not render."""
+    copy = tmp_path / "kdgate"
+    shutil.copytree(CHART, copy)  # links become files
+    launch = yaml.safe_load(LAUNCH.read_text())
+    launch["services"]["vllm-teacher"]["command"].append("--tensor-parallel-size=2")
+    (copy / "files" / "vllm-launch.yaml").unlink()
+    (copy / "files" / "vllm-launch.yaml").write_text(yaml.safe_dump(launch))
+    with pytest.raises(helm_python.HelmError, match="--tensor-parallel-size=2 for vllm-teacher"):
+        render(chart_dir=copy)
+
+
+@pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/alertmanager-receiver.yaml"])
+def test_values_files_pass_yamllint(path):
+    linter = pytest.importorskip("yamllint.linter")
+    from yamllint.config import YamlLintConfig
+
+    config = YamlLintConfig("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+                            "braces: {max-spaces-inside: 1}}}")
+    problems = list(linter.run((CHART / path).read_text(), config))
+    assert not problems, "\n".join(f"{path}:{p.line}:{p.column} {p.message}" for p in problems)
+
+
+# --- every object is valid where it will be applied ---------------------------------------------------------------
+
+def test_optional_parts_switch_off():
+    """Without trainer, NetworkPolicies, monitoring objects, HPA and PDB the rest still renders valid objects."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    objects = render({"trainer": {"enabled": False}, "networkPolicy": {"enabled": False},
+                      "monitoring": {name: {"enabled": False}
+                                     for name in ("serviceMonitors", "prometheusRule", "dashboard")},
+                      "gateway": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}}})
+    assert {item["kind"] for item in objects} == {"ConfigMap", "Deployment", "StatefulSet", "Service"}
+    assert one(objects, "Deployment", "kdgate-gateway")["spec"]["replicas"] == 2
+    for item in objects:
+        kubernetes_validate.validate(item, "1.30.0", strict=True)
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "latest"])
+def test_every_object_is_valid_kubernetes(objects, version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version() if version == "latest" else version
+    for item in objects:
+        if item["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(item, version, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field(renders):
+    """The check above can fail: an unknown field in a pod spec is refused."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    gateway = json.loads(json.dumps(one(renders["default"], "Deployment", "kdgate-gateway")))
+    container(gateway)["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(gateway, "1.30.0", strict=True)
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    validators = {}
+    for kind, filename in CUSTOM_KINDS.items():
+        crd = next(document for document in yaml.safe_load_all((CRDS / filename).read_text()) if document)
+        for version in crd["spec"]["versions"]:
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            validators[(api_version, kind)] = jsonschema_rs.validator_for(version["schema"]["openAPIV3Schema"])
+    return validators
+
+
+def test_custom_resources_match_their_crds(objects, crd_validators):
+    custom = [item for item in objects if item["kind"] in CUSTOM_KINDS]
+    assert {item["kind"] for item in custom} == {"ServiceMonitor", "PrometheusRule"}
+    for item in custom:
+        validator = crd_validators[(item["apiVersion"], item["kind"])]
+        errors = [f"{'/'.join(map(str, error.instance_path))}: {error.message}"
+                  for error in validator.iter_errors(item)]
+        assert not errors, f"{item['kind']} {item['metadata']['name']}: {errors}"
+
+
+def test_no_secret_is_rendered_and_secrets_come_by_reference(objects):
+    assert not [item for item in objects if item["kind"] == "Secret"]
+    secret_like = ("STORE_URL", "_SHA256", "API_KEY", "ADMIN_KEY", "HF_TOKEN")
+    for workload in (item for item in objects if item["kind"] in ("Deployment", "StatefulSet")):
+        for variable in container(workload).get("env", []):
+            if variable["name"].endswith(secret_like):
+                assert "secretKeyRef" in variable.get("valueFrom", {}), variable
+    for data in (item["data"] for item in objects if item["kind"] == "ConfigMap"):
+        assert not [key for key in data if key.endswith(secret_like)]
+
+
+# --- model servers ------------------------------------------------------------------------------------------------
+
+def test_the_student_runs_on_l40s_with_one_gpu(objects):
+    student = model_server(objects, "student")
+    spec = student["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-L40S"
+    resources = container(student)["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+    assert flag(container(student)["args"], "tensor-parallel-size") == "1"
+
+
+@pytest.mark.parametrize(("name", "gpus"), [("default", 4), ("production", 8)])
+def test_the_teacher_is_tensor_parallel_over_its_gpus(renders, name, gpus):
+    teacher = model_server(renders[name], "teacher")
+    resources = container(teacher)["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == gpus
+    assert flag(container(teacher)["args"], "tensor-parallel-size") == str(gpus)
+    spec = teacher["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["nvidia.com/gpu.product"].startswith("NVIDIA-H100")
+    (shm,) = [volume for volume in spec["volumes"] if volume["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container(teacher)["volumeMounts"]
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_tensor_parallel_size_follows_the_gpu_request(gpus):
+    teacher = model_server(render({"models": {"teacher": {"requestGPU": gpus}}}), "teacher")
+    assert flag(container(teacher)["args"], "tensor-parallel-size") == str(gpus)
+    assert container(teacher)["resources"]["limits"]["nvidia.com/gpu"] == gpus
+    has_shm = any(volume["name"] == "dshm" for volume in teacher["spec"]["template"]["spec"].get("volumes", []))
+    assert has_shm == (gpus > 1)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_vllm_flags_come_from_the_launch_file(objects, role):
+    launch = yaml.safe_load(LAUNCH.read_text())["services"][f"vllm-{role}"]
+    server = container(model_server(objects, role))
+    assert server["image"] == launch["image"] and server["image"].startswith("vllm/vllm-openai:")
+    args = server["args"]
+    assert server["command"] == ["vllm", "serve"] and not args[0].startswith("--"), "vllm serve MODEL FLAGS"
+    assert args[1:1 + len(launch["command"])] == launch["command"]
+    env = {variable["name"]: variable.get("value") for variable in server.get("env", [])}
+    assert {name: str(value) for name, value in launch.get("environment", {}).items()}.items() <= env.items()
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_vllm_probes_wait_for_the_weights(objects, role):
+    server = container(model_server(objects, role))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+
+
+def test_every_student_replica_gets_its_own_address_for_lora(objects):
+    """vLLM keeps runtime LoRA adapters per replica: the student (--enable-lora) is a StatefulSet and the gateway
+    is given every pod's address, through the headless Service."""
+    student = one(objects, "StatefulSet", "kdgate-student")
+    headless = one(objects, "Service", student["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    urls = json.loads(one(objects, "ConfigMap", "kdgate-gateway")["data"]["KDGATE_STUDENT__REPLICA_URLS"])
+    assert urls == [f"http://kdgate-student-{index}.{headless['metadata']['name']}.{NAMESPACE}.svc:8000/v1"
+                    for index in range(student["spec"]["replicas"])]
+
+
+# --- gateway and trainer settings -----------------------------------------------------------------------------------
+
+def unknown_settings(objects: list[dict]) -> set[str]:
+    """KDGATE_ names in the ConfigMaps and container env that no settings class reads."""
+    names = set()
+    for item in objects:
+        if item["kind"] == "ConfigMap" and item["metadata"]["name"] in ("kdgate-gateway", "kdgate-trainer"):
+            names |= set(item["data"])
+        if item["kind"] in ("Deployment", "StatefulSet"):
+            names |= {variable["name"] for variable in container(item).get("env", [])
+                      if variable["name"].startswith("KDGATE_")}
+    return names - setting_variables()
+
+
+def test_every_configmap_key_is_a_real_setting(objects):
+    assert not unknown_settings(objects)
+
+
+def test_a_misspelt_setting_is_caught():
+    assert unknown_settings(render({"gateway": {"settings": {"KDGATE_MAX_BODY_BYTE": 1}}})) == \
+        {"KDGATE_MAX_BODY_BYTE"}
+
+
+def environment_of(objects: list[dict], workload: dict) -> dict[str, str]:
+    """What the container's environment would hold: its ConfigMap, then each env entry, a Secret's value being a
+    stand-in of the right form."""
+    stand_ins = {"url": "postgresql+psycopg://kdgate:pw@postgres:5432/kdgate", "gateway-admin-key": "admin-key"}
+    env = {}
+    for source in container(workload).get("envFrom", []):
+        env |= one(objects, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for variable in container(workload).get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        else:
+            key = variable["valueFrom"]["secretKeyRef"]["key"]
+            env[variable["name"]] = stand_ins.get(key) or hashlib.sha256(key.encode()).hexdigest()
+    return env
+
+
+@pytest.fixture
+def clean_environment(monkeypatch):
+    for name in [name for name in os.environ if name.startswith("KDGATE_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environment):
+    """Production routing: student and teacher over HTTP to their Services, teacher fallback and shadow sampling on,
+    shadow records in PostgreSQL from the Secret, API keys required."""
+    from gateway.settings import GatewaySettings
+
+    objects = renders[name]
+    for variable, value in environment_of(objects, one(objects, "Deployment", "kdgate-gateway")).items():
+        clean_environment.setenv(variable, value)
+    settings = GatewaySettings()
+    for role in ("student", "teacher"):
+        backend = getattr(settings, role)
+        service = one(objects, "Service", f"kdgate-{role}")
+        assert backend.kind == "http"
+        assert backend.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+        assert backend.model == flag(container(model_server(objects, role))["args"], "served-model-name")
+    assert settings.routing.handoff.enabled and settings.shadow.enabled and settings.shadow.sample_rate > 0
+    assert settings.shadow.store_url.startswith("postgresql")
+    assert settings.auth_required() and str(settings.auth.keys_file).startswith("/etc/kdgate/auth/")
+    mounts = {mount["mountPath"] for mount in container(one(objects, "Deployment", "kdgate-gateway"))["volumeMounts"]}
+    assert str(settings.auth.keys_file.parent) in mounts
+
+
+@pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
+def test_the_trainer_loads_the_rendered_settings(renders, name, runner, clean_environment, crd_validators):
+    """The trainer's settings load, and the TrainJob it would create from them fits the TrainJob CRD and uses the
+    chart's image, namespace and store Secret."""
+    from distill.online.kubernetes import trainjob_manifest
+    from distill.online.settings import TrainerSettings
+
+    objects = renders[name]
+    trainer = one(objects, "Deployment", "kdgate-trainer")
+    for variable, value in environment_of(objects, trainer).items():
+        clean_environment.setenv(variable, value)
+    settings = TrainerSettings()
+    assert settings.runner == runner and settings.tokens_required()
+    gateway = one(objects, "Service", "kdgate-gateway")
+    assert settings.gateway.url == f"http://{gateway['metadata']['name']}:{gateway['spec']['ports'][0]['port']}"
+    assert str(settings.work_dir) in {mount["mountPath"] for mount in container(trainer)["volumeMounts"]}
+    if runner == "kubernetes":
+        job = trainjob_manifest(7, settings)
+        assert not list(crd_validators[(job["apiVersion"], "TrainJob")].iter_errors(job))
+        assert job["metadata"]["namespace"] == NAMESPACE
+        assert job["spec"]["trainer"]["image"] == container(trainer)["image"]
+        assert settings.kubernetes.store_secret == values_of(name)["postgresql"]["existingSecret"]
+
+
+@pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
+def test_trainer_rbac_and_gpu_follow_the_runner(renders, name, runner):
+    from distill.online.kubernetes import GROUP, PLURAL
+
+    objects = renders[name]
+    trainer = one(objects, "Deployment", "kdgate-trainer")
+    spec = trainer["spec"]["template"]["spec"]
+    gpus = container(trainer)["resources"].get("limits", {}).get("nvidia.com/gpu", 0)
+    roles = [item for item in objects if item["kind"] == "Role"]
+    if runner == "local":
+        assert gpus == 1 and not roles and spec["automountServiceAccountToken"] is False
+        return
+    assert gpus == 0 and spec["automountServiceAccountToken"] is True
+    (role,) = roles
+    assert role["rules"] == [{"apiGroups": [GROUP], "resources": [PLURAL],
+                              "verbs": ["create", "get", "watch", "delete"]}]
+    binding = one(objects, "RoleBinding", role["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
+                                    "namespace": NAMESPACE}]
+
+
+def test_the_gateway_scales_and_keeps_replicas(objects):
+    hpa = one(objects, "HorizontalPodAutoscaler", "kdgate-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "kdgate-gateway"}
+    assert [metric["resource"]["name"] for metric in hpa["spec"]["metrics"]] == ["cpu"]
+    assert "replicas" not in one(objects, "Deployment", "kdgate-gateway")["spec"], "the HPA owns the replica count"
+    pdb = one(objects, "PodDisruptionBudget", "kdgate-gateway")
+    assert selects(pdb["spec"]["selector"], pod_labels(objects)["kdgate-gateway"])
+    gateway = container(one(objects, "Deployment", "kdgate-gateway"))
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["startupProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_in_flight_autoscaling_uses_the_gateway_gauge():
+    source = (ROOT / "gateway" / "metrics.py").read_text()
+    hpa = one(render({"gateway": {"autoscaling": {"inFlight": {"enabled": True}}}}), "HorizontalPodAutoscaler",
+              "kdgate-gateway")
+    (pods,) = [metric["pods"] for metric in hpa["spec"]["metrics"] if metric["type"] == "Pods"]
+    assert f'"{pods["metric"]["name"]}"' in source
+
+
+# --- who reaches what ---------------------------------------------------------------------------------------------
+
+def same_namespace_pods(peer: dict, labels: dict[str, dict]) -> set[str]:
+    return {name for name, pod in labels.items() if "podSelector" in peer and selects(peer["podSelector"], pod)}
+
+
+def test_only_the_gateway_reaches_the_model_servers(objects):
+    labels = pod_labels(objects)
+    policy = one(objects, "NetworkPolicy", "kdgate-models")
+    assert {name for name, pod in labels.items() if selects(policy["spec"]["podSelector"], pod)} == \
+        {"kdgate-student", "kdgate-teacher"}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    in_namespace = [peer for peer in peers if "namespaceSelector" not in peer]
+    assert [same_namespace_pods(peer, labels) for peer in in_namespace] == [{"kdgate-gateway"}]
+    others = [peer for peer in peers if "namespaceSelector" in peer]
+    assert others == [values_of("default")["networkPolicy"]["prometheus"]]
+
+
+def test_only_alertmanager_admins_and_prometheus_reach_the_trainer(objects, name):
+    values = values_of(name)["networkPolicy"]
+    labels = pod_labels(objects)
+    policy = one(objects, "NetworkPolicy", "kdgate-trainer")
+    assert {pod for pod, pod_labels in labels.items() if selects(policy["spec"]["podSelector"], pod_labels)} == \
+        {"kdgate-trainer"}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8010}]
+    assert rule["from"] == [values["alertmanager"], *values["trainerAdmins"], values["prometheus"]]
+    assert not set().union(*(same_namespace_pods(peer, labels) for peer in rule["from"])), \
+        "no kdgate workload may call the trainer"
+
+
+def test_the_admin_api_is_not_routed_publicly(renders):
+    ingress = one(renders["production"], "Ingress", "kdgate-gateway")
+    paths = [path["path"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert paths == ["/v1"]
+    assert not [item for item in renders["default"] if item["kind"] == "Ingress"], "no Ingress unless asked for"
+
+
+# --- monitoring ---------------------------------------------------------------------------------------------------
+
+def test_the_prometheus_rule_is_the_rules_file(objects):
+    rule = one(objects, "PrometheusRule", "kdgate")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_promtool_accepts_the_rendered_groups(renders, tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    rules = tmp_path / "rules.yml"
+    groups = one(renders["production"], "PrometheusRule", "kdgate")["spec"]["groups"]
+    rules.write_text(yaml.safe_dump({"groups": groups}))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboard_configmap_is_the_dashboard(objects):
+    dashboard = one(objects, "ConfigMap", "kdgate-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["kdgate.json"] == DASHBOARD.read_text()
+
+
+def test_each_service_monitor_scrapes_one_service(objects):
+    services = [item for item in objects if item["kind"] == "Service"]
+    monitors = [item for item in objects if item["kind"] == "ServiceMonitor"]
+    assert {item["metadata"]["name"] for item in monitors} == \
+        {f"kdgate-{name}" for name in ("gateway", "student", "teacher", "trainer")}
+    for monitor in monitors:
+        (service,) = [item for item in services if selects(monitor["spec"]["selector"], item["metadata"]["labels"])]
+        ports = {port["name"] for port in service["spec"]["ports"]}
+        assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
+
+
+def test_the_alertmanager_example_reaches_the_trainer(renders):
+    example = CHART / "examples" / "alertmanager-receiver.yaml"
+    config = yaml.safe_load(example.read_text())
+    (route,) = config["route"]["routes"]
+    (receiver,) = [item for item in config["receivers"] if item["name"] == route["receiver"]]
+    url = urlparse(receiver["webhook_configs"][0]["url"])
+    service = one(renders["default"], "Service", "kdgate-trainer")
+    assert url.hostname == f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    assert url.port == service["spec"]["ports"][0]["port"] and url.path == "/v1/alerts"
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    assert route["matchers"] == ['action="redistill"']
+    assert [rule for rule in rules if rule.get("labels", {}).get("action") == "redistill"]
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (Debian: apt-get install prometheus-alertmanager)")
+    result = subprocess.run([amtool, "check-config", str(example)], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
