@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Shadow records: export them for calibration and re-distillation.", no_args_is_help=True)
+app = typer.Typer(help="Shadow records: export them for calibration and re-distillation; estimate speculative "
+                  "decoding with the student as the teacher's draft.", no_args_is_help=True)
 
 
 @app.command()
@@ -40,6 +41,44 @@ def export(
     finally:
         store.close()
     typer.echo(f"{written} records -> {out}")
+
+
+@app.command("draft-acceptance")
+def draft_acceptance(
+    store_url: str | None = typer.Option(None, help="SQLAlchemy URL (default: the gateway settings' shadow.store_url)"),
+    since: datetime | None = typer.Option(None, help="only records created at or after this time (UTC if naive)"),
+    draft_cost: float = typer.Option(0.1, min=0.0, max=1.0, help="the student's cost per token relative to the "
+                                     "teacher's (roughly its size over the teacher's: 8B/70B ≈ 0.11)"),
+    config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings"),
+) -> None:
+    """Estimate vLLM speculative decoding with the distilled student as the teacher's draft: the acceptance rate is
+    the student's top-1 agreement with the teacher measured by shadow comparisons.
+
+    Example:  kdgate shadow draft-acceptance --draft-cost 0.11
+    """
+    from gateway.settings import load_settings
+    from gateway.shadow.acceptance import acceptance, speedup, tokens_per_step
+    from runtime.store.records import ShadowStore
+
+    url = store_url or load_settings(config).shadow.store_url
+    if not url:
+        raise typer.BadParameter("no store configured; pass --store-url or set shadow.store_url")
+    store = ShadowStore(url)
+    try:
+        measured = acceptance(list(store.iter_records(since=since, kind="shadow")))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    finally:
+        store.close()
+    typer.echo(f"acceptance rate (student top-1 agreement with the teacher): {measured.rate:.3f} over "
+               f"{measured.tokens} tokens of {measured.records} shadowed answers")
+    typer.echo("| num_speculative_tokens | tokens per teacher step | speed-up |")
+    typer.echo("|---|---|---|")
+    best = max(range(1, 9), key=lambda k: speedup(measured.rate, k, draft_cost))
+    for k in range(1, 9):
+        mark = "  ← best" if k == best else ""
+        typer.echo(f"| {k} | {tokens_per_step(measured.rate, k):.2f} | "
+                   f"{speedup(measured.rate, k, draft_cost):.2f}×{mark} |")
 
 
 def _row(record) -> dict:
