@@ -334,6 +334,14 @@ def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environmen
     assert settings.auth_required() and str(settings.auth.keys_file).startswith("/etc/kdgate/auth/")
     mounts = {mount["mountPath"] for mount in container(one(objects, "Deployment", "kdgate-gateway"))["volumeMounts"]}
     assert str(settings.auth.keys_file.parent) in mounts
+    values = production_values() if name == "production" else {}
+    for role in ("student", "teacher"):
+        cost = getattr(settings, role).cost
+        if name == "production":  # priced by GPU class, with the GPUs the pod requests
+            assert cost.gpu_hour == values["models"][role]["cost"]["gpuHour"]
+            assert cost.gpus == values["models"][role]["requestGPU"]
+        else:
+            assert cost is None or cost.gpu_hour is None
 
 
 @pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
