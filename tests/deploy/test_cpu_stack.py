@@ -1,0 +1,82 @@
+"""deploy/cpu-stack/run.py end to end: it starts the compose services on loopback (two `kdgate engine` servers, the
+gateway, the trainer, Debian's Alertmanager and Prometheus), answers a chat request through the official `openai`
+SDK with the key it printed, Prometheus scrapes the gateway with the metrics token, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from distill.demo import task
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "deploy" / "cpu-stack" / "run.py"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("prometheus") is None or not (
+                  shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),
+                  reason="needs Debian's prometheus and prometheus-alertmanager (.ci/run installs them)")]
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise TimeoutError(what)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_cpu_stack_answers_through_the_openai_sdk_and_stops_on_ctrl_c(demo_dirs, tmp_path):
+    out = tmp_path / "stack"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("KDGATE_")}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=environment, cwd=tmp_path)
+    info = None
+    try:
+        def ready():
+            assert process.poll() is None, process.stdout.read()
+            return (out / "stack.json").is_file() and json.loads((out / "stack.json").read_text())
+
+        info = wait_for(ready, 300, "the stack did not come up in 5 minutes")
+        ticket = task.take("test", 1, seed=3)[0]
+        client = OpenAI(base_url=info["urls"]["gateway"] + "/v1", api_key=info["keys"]["chat"], max_retries=0)
+        reply = client.chat.completions.create(model=info["served_model"], messages=ticket.messages(),
+                                               max_tokens=96, temperature=0)
+        assert json.loads(reply.choices[0].message.content)["queue"] == ticket.answer["queue"]
+        assert client.models.list().data[0].id == info["served_model"]
+
+        def gateway_scraped():
+            targets = httpx.get(info["urls"]["prometheus"] + "/api/v1/targets", timeout=5).json()["data"]
+            return {target["labels"]["job"]: target["health"] for target in targets["activeTargets"]}.get(
+                "kdgate-gateway") == "up"
+
+        wait_for(gateway_scraped, 60, "Prometheus did not scrape the gateway with the metrics token")
+        original = httpx.get(info["urls"]["alertmanager"] + "/api/v2/status", timeout=5).json()["config"]["original"]
+        assert f"{info['urls']['trainer']}/v1/alerts" in original
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, process.stdout.read()
+    assert info is not None and not [name for name, pid in info["pids"].items() if alive(pid)]
