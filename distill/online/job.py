@@ -144,16 +144,20 @@ class Job:
         """The active student's weights as a model folder (a LoRA version merged over its base)."""
         if active.kind == "model":
             return Path(active.model_dir)
-        if active.kind == "lora":
-            base = self.versions.list()[0].model_dir  # the first version: the gateway's configured student
+        first = self.versions.list()[0]  # the gateway's configured student
+        base = first.model_dir or self.settings.student_base_dir
+        if active.kind == "endpoint" and active.name == first.name and self.settings.student_base_dir:
+            return Path(self.settings.student_base_dir)  # the configured vLLM student's own weights
+        if active.kind == "lora" and base:
             merged = self.folder / "active"
             if not (merged / "config.json").is_file():
                 from distill.online.weights import merge_adapter
 
                 merge_adapter(Path(base), Path(active.adapter_path), merged)
             return merged
-        raise JobEnded("failed", f"the active version `{active.name}` is a server of its own (blue/green); the "
-                                 "trainer needs its weights: register it as a model folder or an adapter")
+        raise JobEnded("failed", f"no weights for the active version `{active.name}` ({active.kind}): the gateway's "
+                                 "student is served over HTTP, so set the trainer's `student_base_dir` to its model "
+                                 "folder (a server of its own, blue/green, is not trained from)")
 
     def _train(self, student_dir: Path) -> Path:
         from distill.config import load_config

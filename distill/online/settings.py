@@ -136,6 +136,11 @@ class TrainerSettings(BaseSettings):
     canary_fraction: float | None = Field(default=None, gt=0, lt=1, description="promote an admitted student as "
                                           "a canary first (the gateway judges and completes or rolls it back); "
                                           "null: promote at once")
+    student_base_dir: Path | None = Field(default=None, description="for a gateway whose student is served over "
+                                          "HTTP (vLLM): its weights as a model folder readable here (the checkpoint "
+                                          "vLLM loads, unquantized). Jobs train from it while that server is the "
+                                          "active version, and merge LoRA versions over it. null: a local student's "
+                                          "folder from the store")
     handoff_target_teacher_fraction: float | None = Field(default=None, gt=0, lt=1, description="with mid-stream "
                                                           "handoff: refit each admitted student's handoff floor "
                                                           "(`handoff_min_prob`) so that this share of the held-out "
