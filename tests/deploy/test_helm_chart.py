@@ -347,7 +347,8 @@ def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environmen
 @pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
 def test_the_trainer_loads_the_rendered_settings(renders, name, runner, clean_environment, crd_validators):
     """The trainer's settings load, and the TrainJob it would create from them fits the TrainJob CRD and uses the
-    chart's image, namespace and store Secret."""
+    chart's image, namespace and store Secret. With the student's weights on a claim, the trainer reads them there
+    (a vLLM student's first version has no weights of its own in the store)."""
     from distill.online.kubernetes import trainjob_manifest
     from distill.online.settings import TrainerSettings
 
@@ -359,7 +360,14 @@ def test_the_trainer_loads_the_rendered_settings(renders, name, runner, clean_en
     assert settings.runner == runner and settings.tokens_required()
     gateway = one(objects, "Service", "kdgate-gateway")
     assert settings.gateway.url == f"http://{gateway['metadata']['name']}:{gateway['spec']['ports'][0]['port']}"
-    assert str(settings.work_dir) in {mount["mountPath"] for mount in container(trainer)["volumeMounts"]}
+    mounts = {mount["mountPath"]: mount for mount in container(trainer)["volumeMounts"]}
+    assert str(settings.work_dir) in mounts
+    student = values_of(name)["models"]["student"]
+    if student["storage"]["existingClaim"]:  # production: the weights on a claim
+        assert str(settings.student_base_dir) == student["modelURL"]
+        assert mounts[student["storage"]["mountPath"]]["readOnly"] is True
+    else:  # a Hugging Face id: nothing to read the weights from
+        assert settings.student_base_dir is None
     if runner == "kubernetes":
         job = trainjob_manifest(7, settings)
         assert not list(crd_validators[(job["apiVersion"], "TrainJob")].iter_errors(job))
