@@ -2,7 +2,7 @@
 
     gather    records since the active student version became active (too few → `skipped`)
     dataset   on-policy + off-policy examples mixed, a time-ordered held-out slice (`distill.online.dataset`)
-    train     the recipe from the active student's weights (LoRA by default), in this process
+    train     the recipe from the active student's weights (a full fine-tune by default), in this process
     evaluate  the active student and the candidate on the held-out slice and the golden set
     gate      admitted or rejected, every figure recorded (`distill.online.gate`)
     recalibrate  the routing thresholds refitted to the candidate on the held-out records (a confidence
