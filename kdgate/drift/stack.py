@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +66,17 @@ class Stack:
         wait_until_up(ready, process, timeout=timeout)
         return ready
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM to every process at once, one shared grace period (not one per process), then SIGKILL."""
         for process in reversed(self.processes):
             process.terminate()
+        deadline = time.monotonic() + grace_s
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 MARKER = ".kdgate-drift-stack"

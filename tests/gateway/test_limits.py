@@ -272,7 +272,7 @@ def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, red
     config.write_text(json.dumps({
         "student": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
         "teacher": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
-        "shadow": {"enabled": False},
+        "shadow": {"enabled": False, "store_url": f"sqlite:///{tmp_path / 'store.sqlite3'}"},  # not the shared default
         "auth": {"keys": [{"name": f"shared-{tmp_path.name}", "sha256": digest(key), "requests_per_minute": 4}]},
         "limits": {"redis_url": redis_server.url}}))
     port = free_port()
