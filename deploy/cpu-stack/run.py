@@ -154,6 +154,9 @@ def main() -> int:
     folder = (args.out or Path(tempfile.mkdtemp(prefix="kdgate-cpu-stack-"))).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # stops the stack like Ctrl-C
+    # Ctrl-C stops it even when it was started with SIGINT ignored (a background job of a script: `... &`), where
+    # Python would install no handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = Stack(folder)
     try:
         info = start(stack, args.student.resolve(), args.teacher.resolve(),
