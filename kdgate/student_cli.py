@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from kdgate.admin_call import admin_call
+
 app = typer.Typer(help="Student versions: register, promote (or canary), roll back, and watch them serve.",
                   no_args_is_help=True)
 
@@ -15,24 +17,8 @@ ADMIN_KEY = typer.Option(None, envvar="KDGATE_ADMIN_KEY", help="the admin creden
 
 
 def _call(method: str, url: str, path: str, admin_key: str | None, body: dict | None = None) -> dict:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-    try:
-        response = httpx.request(method, f"{url.rstrip('/')}/admin/v1/students{path}", json=body, headers=headers,
-                                 timeout=600)
-    except httpx.HTTPError as error:
-        typer.echo(f"kdgate: cannot reach the gateway at {url} ({error}); start it (`./dev serve`) or set --url",
-                   err=True)
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:500]
-        typer.echo(f"kdgate: the gateway refused ({response.status_code}): {message}", err=True)
-        raise typer.Exit(1)
-    return response.json()
+    return admin_call(method, url, f"/admin/v1/students{path}", admin_key, body, service="the gateway",
+                      start_hint="start it (`./dev serve`) or set --url", timeout=600)
 
 
 def _print_slot(slot: dict) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from kdgate.admin_call import admin_call
+
 app = typer.Typer(help="Online re-distillation: the trainer service (Alertmanager webhook, jobs) and its jobs.",
                   no_args_is_help=True)
 
@@ -114,20 +116,5 @@ def cancel(job_id: int = typer.Argument(...), url: str = URL, token: str | None 
 
 
 def _call(method: str, url: str, path: str, token: str | None, body: dict | None = None) -> dict:
-    import httpx
-
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, timeout=60,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
-    except httpx.HTTPError as error:
-        typer.echo(f"kdgate: cannot reach the trainer at {url} ({error}); start it with `kdgate trainer serve`",
-                   err=True)
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        typer.echo(f"kdgate: the trainer refused ({response.status_code}): {message}", err=True)
-        raise typer.Exit(1)
-    return response.json()
+    return admin_call(method, url, path, token, body, service="the trainer",
+                      start_hint="start it with `kdgate trainer serve`", timeout=60)
