@@ -1,6 +1,7 @@
 """A real PostgreSQL server for the store tests (registered as a plugin in tests/conftest.py): Debian's package, a throwaway cluster on loopback.
 
-Skipped, with the reason, only when the binaries are missing or the server cannot start (`.ci/run` installs them).
+A missing binary or a server that will not start fails under CI and skips elsewhere, naming what to install
+(tests/needs.py); `fresh_database` gives a test a database of its own on the session's cluster.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.threaded import free_port
+from tests import needs
+
+INSTALL = "apt-get install postgresql (.ci/run installs it)"
 
 
 def _bin(name: str) -> str | None:
@@ -33,7 +38,7 @@ def _as_postgres(command: list[str]) -> list[str]:
 def postgres_url() -> Iterator[str]:
     initdb, postgres = _bin("initdb"), _bin("postgres")
     if not initdb or not postgres:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+        needs.missing("PostgreSQL's initdb and postgres", INSTALL)
     root = Path(tempfile.mkdtemp(prefix="kdgate-postgres-"))  # not under pytest's tmp: postgres must reach it
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -41,7 +46,7 @@ def postgres_url() -> Iterator[str]:
     done = subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "kdgate", "--auth=trust", "-E", "UTF8"]),
                           capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"initdb failed: {done.stderr.strip()[-300:]}")
+        needs.missing(f"a working initdb (it failed: {done.stderr.strip()[-300:]})", INSTALL)
     server = subprocess.Popen(_as_postgres([postgres, "-D", str(data), "-p", str(port), "-k", str(root),
                                             "-h", "127.0.0.1"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import psycopg
@@ -55,9 +60,31 @@ def postgres_url() -> Iterator[str]:
         except psycopg.OperationalError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                pytest.skip(f"PostgreSQL did not start: {server.stderr.read().decode()[-300:]}")
+                needs.missing(f"a PostgreSQL that starts ({server.stderr.read().decode()[-300:]})", INSTALL)
             time.sleep(0.2)
     yield f"postgresql+psycopg://kdgate@127.0.0.1:{port}/shadow"
     server.terminate()
     server.wait(timeout=30)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url) -> Iterator[str]:
+    """A database of its own on the session's cluster, dropped afterwards: a test starts from an empty store."""
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """The same test on a SQLite file and on PostgreSQL (the store Helm and compose deploy), each empty."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    return request.getfixturevalue("fresh_postgres_url")

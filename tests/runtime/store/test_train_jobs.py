@@ -1,6 +1,9 @@
-"""The jobs table: one job per trigger key, one ending per job, and jobs a dead trainer left running found."""
+"""The jobs table, on a SQLite file and on PostgreSQL alike: one job per trigger key, one ending per job, and jobs a
+dead trainer left running found."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -9,8 +12,8 @@ from runtime.store.train_jobs import TrainJobs
 
 
 @pytest.fixture
-def jobs(tmp_path) -> TrainJobs:
-    store = ShadowStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+def jobs(store_url) -> TrainJobs:
+    store = ShadowStore(store_url)
     yield TrainJobs(store)
     store.close()
 
@@ -23,6 +26,24 @@ def test_a_trigger_key_makes_one_job(jobs):
     assert created_other and other.id != first.id
     with pytest.raises(ValueError, match="trigger must be one of"):
         jobs.create("cron", {})
+
+
+def test_one_alert_raced_from_two_trainers_makes_one_job_that_one_of_them_starts(jobs, store_url):
+    """Two trainer replicas (two connection pools) receive the same alert group at once, four deliveries each:
+    one job is created, every delivery names it, and of the two that try to start it exactly one does."""
+    other_store = ShadowStore(store_url)
+    other = TrainJobs(other_store)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            made = list(pool.map(lambda store: store.create("alert", {}, key="alert:race"), [jobs, other] * 4))
+            assert sum(created for _, created in made) == 1
+            assert len({job.id for job, _ in made}) == 1
+            job_id = made[0][0].id
+            started = list(pool.map(lambda store: store.start(job_id), [jobs, other] * 2))
+        assert sorted(started) == [False, False, False, True]
+        assert jobs.get(job_id).state == "running" and jobs.counts()["queued"] == 0
+    finally:
+        other_store.close()
 
 
 def test_a_job_runs_then_ends_once(jobs):

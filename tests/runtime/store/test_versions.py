@@ -1,7 +1,10 @@
-"""The versions table and the slot row: states, the compare-and-swap that lets one of two promotions land, rollback
-from every state, and the migration that brought them (0003) over a store written before it."""
+"""The versions table and the slot row, on a SQLite file and on PostgreSQL alike: states, the compare-and-swap that
+lets one of two promotions land (in turn and in a real race between two connections), rollback from every state, and
+the migration that brought them (0003) over a store written before it."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 from alembic import command
@@ -13,8 +16,8 @@ from runtime.store.versions import SlotChanged, StudentVersion, StudentVersions,
 
 
 @pytest.fixture
-def versions(tmp_path) -> StudentVersions:
-    store = ShadowStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+def versions(store_url) -> StudentVersions:
+    store = ShadowStore(store_url)
     yield StudentVersions(store)
     store.close()
 
@@ -61,6 +64,41 @@ def test_of_two_promotions_from_one_state_exactly_one_lands(versions):
     assert versions.slot().active == "v2" and versions.get("v3").state == "candidate"
 
 
+def test_of_two_promotions_racing_from_two_processes_exactly_one_lands(versions, store_url):
+    """Two stores (two connection pools, as two gateway replicas have) promote different versions from the same
+    slot at the same moment, many times over: every time exactly one lands and the slot names the winner."""
+    other = StudentVersions(ShadowStore(store_url))
+    slot = versions.seed(model("v0"))
+    try:
+        for round_ in range(10):
+            names = (f"a{round_}", f"b{round_}")
+            for name in names:
+                versions.register(model(name))
+            start, outcomes = threading.Barrier(2), {}
+
+            def promote(store: StudentVersions, name: str, seen=slot) -> None:
+                start.wait()
+                try:
+                    outcomes[name] = store.promote(name, seen)
+                except SlotChanged:
+                    outcomes[name] = None
+
+            threads = [threading.Thread(target=promote, args=pair) for pair in zip((versions, other), names)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            landed = [name for name in names if outcomes[name] is not None]
+            assert len(landed) == 1, outcomes
+            slot = versions.slot()
+            assert (slot.active, slot.revision) == (landed[0], round_ + 2)
+            assert versions.get(landed[0]).state == "active"
+            (lost,) = set(names) - set(landed)
+            assert versions.get(lost).state == "candidate"
+    finally:
+        other.store.close()
+
+
 def test_a_canary_then_its_completion(versions):
     slot = versions.seed(model("v1"))
     versions.register(model("v2"))
@@ -94,10 +132,10 @@ def test_rollback_from_every_state(versions):
     assert slot.active == "v1" and states(versions) == {"v1": "active", "v2": "retired", "v3": "rejected"}
 
 
-def test_a_store_from_before_versions_upgrades_and_its_records_stay_readable(tmp_path):
+def test_a_store_from_before_versions_upgrades_and_its_records_stay_readable(store_url):
     """A 0002 store holding a record in the old token format: opening it migrates to 0003 in place; the record
     reads back, marked as having no token ids, and its tokens parse."""
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    url = store_url
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     from sqlalchemy import create_engine
