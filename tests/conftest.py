@@ -20,12 +20,15 @@ import pytest
 
 from distill.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from gateway.threaded import ThreadedServer, free_port, wait_until_up  # noqa: F401  (tests import them here)
+from tests import needs
 
 # Gateways the tests start would otherwise share the default record store (var/ under the working directory) and
 # its student versions across configurations; the student-version tests turn versions on with a store of their own.
 os.environ.setdefault("KDGATE_STUDENTS__ENABLED", "false")
 
-pytest_plugins = ["tests.postgres"]  # the `postgres_url` fixture: a real PostgreSQL cluster
+# tests.postgres: the `postgres_url` fixture, a real PostgreSQL cluster; tests.skips: skips counted by reason, and
+# refused under CI; pytester: tests/test_skips.py runs small suites through those hooks.
+pytest_plugins = ["tests.postgres", "tests.skips", "pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,11 +100,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     """Debian's redis-server on a free port, no persistence (`.ci/run` installs it)."""
-    import shutil
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    binary = needs.tool("redis-server")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
@@ -134,3 +133,4 @@ def demo_adapter(demo_dirs, tmp_path_factory) -> Path:
     get_peft_model(model, config).save_pretrained(out)
     AutoTokenizer.from_pretrained(demo_dirs[0]).save_pretrained(out)
     return out
+

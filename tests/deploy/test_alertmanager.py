@@ -3,25 +3,22 @@ drift alerts to the trainer's webhook with a bearer token, and nothing else."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
 import yaml
 
+from tests import needs
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-amtool = shutil.which("amtool")
 
 
-@pytest.mark.skipif(amtool is None, reason="amtool missing: apt-get install prometheus-alertmanager")
 def test_amtool_accepts_the_configuration(tmp_path):
     token = tmp_path / "token"
     token.write_text("kdg-example\n")
     config = tmp_path / "alertmanager.yml"
     config.write_text(CONFIG.read_text().replace("/etc/alertmanager/kdgate-trainer-token", str(token)))
-    done = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([needs.tool("amtool"), "check-config", str(config)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

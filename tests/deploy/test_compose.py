@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests import needs
 from tests.conftest import ROOT
 from tests.deploy.test_dockerfiles import command_line
 
@@ -27,8 +28,6 @@ LAUNCH = yaml.safe_load((DEPLOY / "vllm" / "launch.yaml").read_text())["services
 VLLM_PORT = 8000  # `vllm serve`'s default: launch.yaml sets no --port
 VLLM_LORA_RANKS = {1, 8, 16, 32, 64, 128, 256, 320, 512}  # vLLM's vllm/config/lora.py MaxLoRARanks
 TEACHER_CACHE_TOP_K = 20  # the trainer's cached top-k (`kdgate distill generate --top-k 20`)
-docker_compose = shutil.which("docker-compose")
-promtool = shutil.which("promtool")
 
 
 def flags(command: list[str]) -> dict[str, str | None]:
@@ -94,14 +93,12 @@ def test_the_speculative_decoding_example_is_valid_json_with_the_student_as_draf
 
 def compose_config(env: dict) -> subprocess.CompletedProcess:
     clean = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run([docker_compose, "-f", str(DEPLOY / "compose.yaml"), "config"], check=False,
+    return subprocess.run([needs.tool("docker-compose"), "-f", str(DEPLOY / "compose.yaml"), "config"], check=False,
                           capture_output=True, text=True, timeout=120, env=clean | env, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def resolved() -> dict:
-    if docker_compose is None:
-        pytest.skip("docker-compose missing: apt-get install docker-compose (Debian's 1.29 checks the file offline)")
     done = compose_config({"MODELS_DIR": "/srv/models"})
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
@@ -133,8 +130,6 @@ def secret_target(service: dict, name: str) -> str:
 
 
 def test_config_requires_the_models_folder():
-    if docker_compose is None:
-        pytest.skip("docker-compose missing: apt-get install docker-compose")
     done = compose_config({})
     assert done.returncode != 0 and "MODELS_DIR" in done.stderr
 
@@ -272,7 +267,6 @@ def test_prometheus_mounts_the_one_rules_file_and_scrapes_the_compose_services(r
     assert gateway_job["authorization"]["credentials_file"] == secret_target(service, "metrics-token")
 
 
-@pytest.mark.skipif(promtool is None, reason="promtool missing: apt-get install prometheus")
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path):
     token = tmp_path / "token"
     token.write_text("kdg-example")
@@ -280,7 +274,7 @@ def test_promtool_accepts_the_compose_prometheus_config(tmp_path):
     shutil.copy(DEPLOY / "prometheus" / "rules" / "kdgate.yml", tmp_path / "rules" / "kdgate.yml")
     text = (DEPLOY / "compose" / "prometheus.yml").read_text()
     (tmp_path / "prometheus.yml").write_text(text.replace("/etc/prometheus/kdgate-metrics-token", str(token)))
-    done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], check=False,
+    done = subprocess.run([needs.tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")], check=False,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -323,7 +317,7 @@ def test_monitoring_uis_are_published_on_loopback_only(resolved):
                                   "compose/grafana/provisioning/datasources/prometheus.yml",
                                   "compose/grafana/provisioning/dashboards/kdgate.yml"])
 def test_yaml_files_pass_yamllint(path):
-    linter = pytest.importorskip("yamllint.linter")
+    linter = needs.module("yamllint.linter", install=needs.DEV_EXTRA)
     from yamllint.config import YamlLintConfig
 
     config = YamlLintConfig("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "

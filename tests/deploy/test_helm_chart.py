@@ -15,9 +15,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from tests import needs
 from tests.deploy.helm_render import CHART, NAMESPACE, ROOT, one, production_values, render, selects, setting_variables
 
-helm_python = pytest.importorskip("helm_python", reason="the `deploy` extra (helm-python-sdk) is not installed")
+helm_python = needs.module("helm_python", install=needs.DEV_EXTRA)
 
 LAUNCH = ROOT / "deploy" / "vllm" / "launch.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "kdgate.yml"
@@ -127,7 +128,7 @@ def test_tensor_parallel_flags_in_the_launch_file_are_refused(tmp_path):
 
 @pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/alertmanager-receiver.yaml"])
 def test_values_files_pass_yamllint(path):
-    linter = pytest.importorskip("yamllint.linter")
+    linter = needs.module("yamllint.linter", install=needs.DEV_EXTRA)
     from yamllint.config import YamlLintConfig
 
     config = YamlLintConfig("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
@@ -140,7 +141,7 @@ def test_values_files_pass_yamllint(path):
 
 def test_optional_parts_switch_off():
     """Without trainer, NetworkPolicies, monitoring objects, HPA and PDB the rest still renders valid objects."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
     objects = render({"trainer": {"enabled": False}, "networkPolicy": {"enabled": False},
                       "monitoring": {name: {"enabled": False}
                                      for name in ("serviceMonitors", "prometheusRule", "dashboard")},
@@ -153,7 +154,7 @@ def test_optional_parts_switch_off():
 
 @pytest.mark.parametrize("version", ["1.30.0", "latest"])
 def test_every_object_is_valid_kubernetes(objects, version):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
     version = kubernetes_validate.latest_version() if version == "latest" else version
     for item in objects:
         if item["kind"] not in CUSTOM_KINDS:
@@ -162,7 +163,7 @@ def test_every_object_is_valid_kubernetes(objects, version):
 
 def test_strict_validation_catches_a_misspelt_field(renders):
     """The check above can fail: an unknown field in a pod spec is refused."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
     gateway = json.loads(json.dumps(one(renders["default"], "Deployment", "kdgate-gateway")))
     container(gateway)["imagePullPolcy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -171,7 +172,7 @@ def test_strict_validation_catches_a_misspelt_field(renders):
 
 @pytest.fixture(scope="module")
 def crd_validators() -> dict:
-    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    jsonschema_rs = needs.module("jsonschema_rs", install=needs.DEV_EXTRA)
     validators = {}
     for kind, filename in CUSTOM_KINDS.items():
         crd = next(document for document in yaml.safe_load_all((CRDS / filename).read_text()) if document)
@@ -464,9 +465,7 @@ def test_the_prometheus_rule_is_the_rules_file(objects):
 
 
 def test_promtool_accepts_the_rendered_groups(renders, tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    promtool = needs.tool("promtool")
     rules = tmp_path / "rules.yml"
     groups = one(renders["production"], "PrometheusRule", "kdgate")["spec"]["groups"]
     rules.write_text(yaml.safe_dump({"groups": groups}))
@@ -504,9 +503,7 @@ def test_the_alertmanager_example_reaches_the_trainer(renders):
     rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
     assert route["matchers"] == ['action="redistill"']
     assert [rule for rule in rules if rule.get("labels", {}).get("action") == "redistill"]
-    amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip("amtool not installed (Debian: apt-get install prometheus-alertmanager)")
+    amtool = needs.tool("amtool")
     result = subprocess.run([amtool, "check-config", str(example)], check=False, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

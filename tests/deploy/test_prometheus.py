@@ -3,22 +3,18 @@ firing for every alert), and the gateway's own /metrics scrape."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import httpx
-import pytest
 
+from tests import needs
 from tests.conftest import ROOT
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
-promtool = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(promtool is None, reason="promtool missing: apt-get install prometheus "
-                                "(.ci/run installs it)")
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([promtool, *args], input=stdin, capture_output=True, text=True, timeout=120)
+    return subprocess.run([needs.tool("promtool"), *args], input=stdin, capture_output=True, text=True, timeout=120)
 
 
 def test_config_and_rules_are_valid():

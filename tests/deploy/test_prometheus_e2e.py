@@ -7,7 +7,6 @@ so that the test takes a minute instead of ten."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 
@@ -17,12 +16,10 @@ from openai import OpenAI
 
 from distill.demo import task
 from gateway.settings import ShadowSettings
+from tests import needs
 from tests.conftest import ROOT, ThreadedServer, free_port, gateway_settings, wait_until_up
 
-prometheus = shutil.which("prometheus")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(prometheus is None, reason="prometheus missing: apt-get install prometheus "
-                                 "(.ci/run installs it)")]
+pytestmark = pytest.mark.slow
 ALERT = "KdgateStudentDivergenceHigh"
 
 
@@ -48,7 +45,7 @@ def test_divergent_traffic_fires_the_drift_alert(demo_dirs, engine_server, tmp_p
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             f"rule_files: [{rules}]\n"
             f"scrape_configs:\n  - job_name: kdgate\n    static_configs: [{{targets: ['127.0.0.1:{gateway.port}']}}]\n")
-        command = [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+        command = [needs.tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
                    f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"

@@ -6,20 +6,15 @@ and training steps, a smaller golden set, no offline report."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from kdgate.drift.run import DriftSettings, run
 from runtime.store.records import ShadowStore
 from runtime.store.versions import StudentVersions
+from tests import needs
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: apt-get install prometheus"),
-    pytest.mark.skipif(shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None,
-                       reason="alertmanager missing: apt-get install prometheus-alertmanager"),
-]
+pytestmark = pytest.mark.slow
+_needs = needs.requires("prometheus", "alertmanager")
 
 
 def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_path):
