@@ -4,7 +4,9 @@ the migration that brought them (0003) over a store written before it."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 
 import pytest
 from alembic import command
@@ -64,39 +66,63 @@ def test_of_two_promotions_from_one_state_exactly_one_lands(versions):
     assert versions.slot().active == "v2" and versions.get("v3").state == "candidate"
 
 
-def test_of_two_promotions_racing_from_two_processes_exactly_one_lands(versions, store_url):
-    """Two stores (two connection pools, as two gateway replicas have) promote different versions from the same
-    slot at the same moment, many times over: every time exactly one lands and the slot names the winner."""
-    other = StudentVersions(ShadowStore(store_url))
+def one_of_two_racing_promotions_lands(versions: StudentVersions, other: StudentVersions, rounds: int = 10) -> None:
+    """Promote two versions from the same slot at the same moment through two stores, `rounds` times: every time
+    exactly one lands and the slot names the winner (AssertionError otherwise)."""
     slot = versions.seed(model("v0"))
-    try:
-        for round_ in range(10):
-            names = (f"a{round_}", f"b{round_}")
-            for name in names:
-                versions.register(model(name))
-            start, outcomes = threading.Barrier(2), {}
+    for round_ in range(rounds):
+        names = (f"a{round_}", f"b{round_}")
+        for name in names:
+            versions.register(model(name))
+        start, outcomes = threading.Barrier(2), {}
 
-            def promote(store: StudentVersions, name: str, seen=slot) -> None:
-                start.wait()
-                try:
-                    outcomes[name] = store.promote(name, seen)
-                except SlotChanged:
-                    outcomes[name] = None
+        def promote(store: StudentVersions, name: str, seen=slot) -> None:
+            start.wait()
+            try:
+                outcomes[name] = store.promote(name, seen)
+            except SlotChanged:
+                outcomes[name] = None
 
-            threads = [threading.Thread(target=promote, args=pair) for pair in zip((versions, other), names)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=30)
-            landed = [name for name in names if outcomes[name] is not None]
-            assert len(landed) == 1, outcomes
-            slot = versions.slot()
-            assert (slot.active, slot.revision) == (landed[0], round_ + 2)
-            assert versions.get(landed[0]).state == "active"
-            (lost,) = set(names) - set(landed)
-            assert versions.get(lost).state == "candidate"
-    finally:
-        other.store.close()
+        threads = [threading.Thread(target=promote, args=pair) for pair in zip((versions, other), names)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        landed = [name for name in names if outcomes[name] is not None]
+        assert len(landed) == 1, outcomes
+        slot = versions.slot()
+        assert (slot.active, slot.revision) == (landed[0], round_ + 2)
+        assert versions.get(landed[0]).state == "active"
+        (lost,) = set(names) - set(landed)
+        assert versions.get(lost).state == "candidate"
+
+
+@pytest.fixture
+def other(store_url) -> StudentVersions:
+    """A second store on the same database: another connection pool, as another gateway replica has."""
+    store = ShadowStore(store_url)
+    yield StudentVersions(store)
+    store.close()
+
+
+def test_of_two_promotions_racing_from_two_processes_exactly_one_lands(versions, other):
+    one_of_two_racing_promotions_lands(versions, other)
+
+
+def test_the_race_check_fails_when_the_swap_reads_then_writes(versions, other, monkeypatch):
+    """The check above can fail: a swap that reads the revision, then writes without comparing it, lets both
+    promotions land."""
+    swap = StudentVersions._swap
+
+    def read_then_write(self, seen, states, **changes):
+        if self.slot().revision != seen.revision:
+            raise SlotChanged("the slot moved")
+        time.sleep(0.05)  # the window a real read-then-write leaves open
+        return swap(self, dataclasses.replace(seen, revision=self.slot().revision), states, **changes)
+
+    monkeypatch.setattr(StudentVersions, "_swap", read_then_write)
+    with pytest.raises(AssertionError):
+        one_of_two_racing_promotions_lands(versions, other, rounds=3)
 
 
 def test_a_canary_then_its_completion(versions):
