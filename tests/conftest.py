@@ -109,11 +109,16 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     import redis
 
     client = redis.Redis(port=port)
-    for _ in range(100):
+    deadline = time.monotonic() + 30  # a loaded CI box can take seconds to start it
+    while True:
         try:
             client.ping()
             break
         except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                pytest.fail(f"redis-server on port {port} did not answer a PING in 30 s "
+                            f"(exit code {process.poll()})")
             time.sleep(0.05)
     yield RedisServer(url=f"redis://127.0.0.1:{port}/0", process=process)
     stop(process)
