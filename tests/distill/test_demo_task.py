@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -58,17 +59,56 @@ def test_two_order_tickets_follow_the_broken_product_to_its_number():
         assert any(m.removeprefix("the ") in near for m in mentions), (ticket.text, order)
 
 
+def check_negated_cues_leave_the_priority(tickets: list[task.Ticket]) -> int:
+    """Every ticket whose only urgency sentences are negated ones ("It is not urgent.") has the answer priority of a
+    ticket with no cue at all; returns how many tickets that was. Fails when too few tickets qualify to show it."""
+    qualifying = raisable = 0
+    for ticket in tickets:
+        negated = any(phrase in ticket.text for phrase in catalog.NEGATED_CUES)
+        real_cue = any(cue in ticket.text for cues in catalog.URGENCY_CUES.values() for cue in cues)
+        if not negated or real_cue:
+            continue
+        qualifying += 1
+        uncued = catalog.priority_for("none", ticket.factors["tier"], ticket.factors["issue"])
+        raisable += uncued != catalog.PRIORITIES[0]
+        assert ticket.answer["priority"] == uncued, (ticket.text, ticket.answer["priority"], uncued)
+    # About 17 % of tickets: one cue drawn (1/2) and negated (0.3), or two drawn (1/4) and both negated (0.09).
+    assert qualifying >= 400, f"only {qualifying} tickets carry a negated cue and no other"
+    assert raisable >= 300, f"only {raisable} of them could show a raised priority (the rest are P1 already)"
+    return qualifying
+
+
 def test_negated_cues_do_not_raise_priority():
+    # Worked out by hand from BASE_PRIORITY (none=2, high=0) and the shifts: "none" and "high" only meet where the
+    # tier and issue shifts (-1 and -1) push both to P1, so everywhere else a raised priority is visible.
+    same = {(tier, issue) for tier in catalog.TIERS for issue in catalog.ISSUE_KINDS
+            if catalog.priority_for("none", tier, issue) == catalog.priority_for("high", tier, issue)}
+    assert same == {("enterprise", "defect"), ("enterprise", "access")}
     for tier in catalog.TIERS:
         for issue in catalog.ISSUE_KINDS:
-            assert catalog.priority_for("none", tier, issue) == catalog.priority_for("none", tier, issue)
             levels = [catalog.PRIORITIES.index(catalog.priority_for(cue, tier, issue))
                       for cue in ("low", "none", "medium", "high")]
             assert levels == sorted(levels, reverse=True), "stronger cues never lower the priority"
-    for ticket in TICKETS:
-        if any(negated in ticket.text for negated in catalog.NEGATED_CUES) and not any(
-                cue in ticket.text for cues in catalog.URGENCY_CUES.values() for cue in cues):
-            assert ticket.factors["cue"] == "none"
+    check_negated_cues_leave_the_priority(TICKETS)
+
+
+def test_negated_cue_check_fails_when_the_generator_raises_the_priority(monkeypatch):
+    """The generator broken in-process: every ticket with a negated cue gets one priority level higher. The
+    generator's own `cue` label stays "none" (the old check read only that); the answer check must fail."""
+    original = task.make_ticket
+
+    def raising(rng, *args, **kwargs):
+        ticket = original(rng, *args, **kwargs)
+        if not any(phrase in ticket.text for phrase in catalog.NEGATED_CUES):
+            return ticket
+        level = max(catalog.PRIORITIES.index(ticket.answer["priority"]) - 1, 0)
+        return replace(ticket, answer=ticket.answer | {"priority": catalog.PRIORITIES[level]})
+
+    monkeypatch.setattr(task, "make_ticket", raising)
+    broken = task.take("train", 3000)
+    assert [ticket.factors for ticket in broken] == [ticket.factors for ticket in TICKETS]
+    with pytest.raises(AssertionError):
+        check_negated_cues_leave_the_priority(broken)
 
 
 def test_priority_depends_on_all_three_factors():
