@@ -82,12 +82,53 @@ def test_targets_are_distinct_heaviest_first_and_sum_to_one_when_q_is_p():
         sample_targets(ids, logprobs, 0, np.random.default_rng(0))
 
 
-def test_sampled_loss_is_zero_only_gradient_wise_at_the_target():
-    """p̂ = the student's own distribution on a complete draw: KL 0 and no gradient."""
-    logits = torch.randn(2, V)
-    logprobs, ids = F.log_softmax(logits, -1).sort(-1, descending=True)
-    value = SampledKD(1.0).per_token(logits, ids, logprobs)
+def _gradient(loss: SampledKD, logits: torch.Tensor, ids: torch.Tensor, log_weights: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token loss values (N,) and their sum's gradient in the logits (N, V)."""
+    logits = logits.clone().requires_grad_(True)
+    value = loss.per_token(logits, ids, log_weights)
+    value.sum().backward()
+    return value.detach(), logits.grad
+
+
+def check_no_gradient_only_at_the_target(loss: SampledKD) -> None:
+    """At τ=1, p̂ = the student's own distribution on a complete draw: KL 0 and no gradient. Moved off it (the same
+    weights on other tokens), the gradient is the closed form s − p̂ (τ·(s_τ − p̂) in `SampledKD`'s docstring)."""
+    logits = torch.randn(2, V, generator=torch.Generator().manual_seed(11)) * 2.0  # (N, V)
+    logprobs, ids = F.log_softmax(logits, -1).sort(-1, descending=True)  # (N, V) each
+    value, gradient = _gradient(loss, logits, ids, logprobs)
     assert torch.allclose(value, torch.zeros(2), atol=1e-5)
+    assert gradient.abs().max() < 1e-5, f"a gradient of {gradient.abs().max():.3g} at the target"
+    moved = logprobs.roll(1, -1)  # (N, V) each token gets its neighbour's weight
+    _, gradient = _gradient(loss, logits, ids, moved)
+    expected = F.softmax(logits, -1) - torch.zeros_like(logits).scatter(-1, ids, moved.exp())  # (N, V)
+    assert expected.abs().max() > 0.05
+    assert torch.allclose(gradient, expected, atol=1e-5)
+
+
+def test_sampled_loss_is_zero_only_gradient_wise_at_the_target():
+    check_no_gradient_only_at_the_target(SampledKD(1.0))
+
+
+def test_zero_gradient_check_fails_when_the_loss_has_a_gradient_at_the_target(monkeypatch):
+    """`SampledKD` broken in-process: the student's log-softmax normaliser detached. Every value is the same (the
+    old value-only test stayed green), but at the target the gradient is −p̂, not 0."""
+    def detached_normaliser(self, student_logits, target_ids, target_log_weights):
+        scaled = student_logits.float() / self.temperature  # (N, V)
+        student = scaled - scaled.detach().logsumexp(-1, keepdim=True)  # (N, V) the bug
+        student_drawn = student.gather(-1, target_ids.clamp(min=0))  # (N, m)
+        target = target_log_weights.float()  # (N, m)
+        terms = (target.exp() * (target - student_drawn)).masked_fill(target_ids < 0, 0.0)  # (N, m)
+        return terms.sum(-1) * self.temperature**2
+
+    ids, logprobs, _ = _teacher(seed=6, positions=3)
+    inputs = (torch.randn(3, V, generator=torch.Generator().manual_seed(8)), torch.from_numpy(ids).long(),
+              torch.from_numpy(logprobs).float())
+    honest = SampledKD(1.0).per_token(*inputs)
+    monkeypatch.setattr(SampledKD, "per_token", detached_normaliser)
+    assert torch.allclose(SampledKD(1.0).per_token(*inputs), honest, atol=1e-6)
+    with pytest.raises(AssertionError, match="a gradient of"):
+        check_no_gradient_only_at_the_target(SampledKD(1.0))
 
 
 def test_sampled_needs_forward_kl():
