@@ -130,8 +130,11 @@ async def test_stop_string_trims_text_and_keeps_logprobs_aligned(engine):
 
 
 async def test_max_tokens_ends_with_length(engine):
-    _, logprobs, finish = await run(engine, request(PROMPTS[2], "length", max_tokens=3, top_logprobs=None))
-    assert finish.finish_reason in ("length", "stop") and finish.completion_tokens <= 3 and logprobs == []
+    """With the end token ignored, only `max_tokens` can end the answer: exactly that many tokens, `length`."""
+    _, logprobs, finish = await run(engine, request(PROMPTS[2], "length", max_tokens=3, top_logprobs=None,
+                                                    ignore_eos=True))
+    assert finish.finish_reason == "length" and finish.stop_reason is None
+    assert finish.completion_tokens == 3 and logprobs == []
 
 
 async def test_cancelled_request_leaves_the_batch(engine):
