@@ -45,12 +45,30 @@ def test_logistic_scorer_reproduces_sklearn_probabilities():
     assert np.allclose(scores_of(scorer, fit_windows), expected, atol=1e-6)
 
 
+def pool_adjacent_violators(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The least-squares non-decreasing fit of `y` on `x` at each point (equal x pooled first), written out here as
+    the textbook pool-adjacent-violators algorithm, independently of scikit-learn."""
+    groups, inverse = np.unique(x, return_inverse=True)
+    blocks: list[list[float]] = []  # [sum of y, count, x groups] per pooled block
+    for total, count in zip(np.bincount(inverse, weights=y), np.bincount(inverse), strict=True):
+        blocks.append([total, count, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count, width = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + total, blocks[-1][1] + count, blocks[-1][2] + width]
+    fitted = np.concatenate([[total / count] * width for total, count, width in blocks])
+    assert fitted.shape == groups.shape
+    return fitted[inverse]
+
+
 def test_isotonic_scorer_is_monotone_in_its_signal():
     fit_windows = windows(FIT, None)
-    scorer = fit_isotonic(fit_windows, np.array([record.student_correct for record in FIT]), "min_prob")
+    correct = np.array([record.student_correct for record in FIT], dtype=float)
+    scorer = fit_isotonic(fit_windows, correct, "min_prob")
     ordered = sorted(fit_windows, key=lambda window: window.min_prob)
     scores = scores_of(scorer, ordered)
-    assert np.all(np.diff(scores) >= -1e-12) and 0 <= scores.min() <= scores.max() <= 1
+    assert np.all(np.diff(scores) >= -1e-12) and scores.max() > scores.min()  # monotone, and not flat here
+    expected = pool_adjacent_violators(np.array([window.min_prob for window in fit_windows]), correct)
+    assert np.allclose(scores_of(scorer, fit_windows), expected, atol=1e-9)
 
 
 def test_empty_windows_score_lowest_and_fitting_needs_both_outcomes():
