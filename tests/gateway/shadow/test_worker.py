@@ -67,13 +67,44 @@ def test_a_shadowed_answer_is_scored_stored_and_measured(demo_dirs, engine_serve
     assert record.aligned  # teacher scores cover the answer's text; the student's end token is the one extra
     assert len(record.teacher_scores) == len(record.student_tokens) - 1 == len(record.student_tokens[:-1])
     assert [token["token"] for token in record.teacher_scores] == [t["token"] for t in record.student_tokens[:-1]]
-    assert record.mean_kl >= 0 and record.teacher_nll > 0 and 0 <= record.top1_agreement <= 1
+    assert record.mean_kl >= 0
+    assert_figures_match_the_token_lists(record)
     assert record.teacher_answer and record.answers_agree == (record.student_answer == record.teacher_answer)
     assert record.field_agreement is not None and record.teacher_model == "demo-teacher"
     assert figures["kdgate_shadow_sampled_total[('kind', 'shadow')]"] == 1
     assert figures["kdgate_shadow_kl_count[]"] == 1 and figures["kdgate_shadow_store_write_seconds_count[]"] == 1
     assert figures["kdgate_shadow_kl_rolling[]"] == pytest.approx(record.mean_kl)
     assert_trainable(record)
+
+
+def assert_figures_match_the_token_lists(record) -> None:
+    """The record's top-1 agreement and teacher NLL, recomputed here from its own token lists: at each scored
+    position the teacher's most likely token (among its reported top and the scored token itself) is the student's
+    token or not, and the NLL is the mean of minus the teacher's logprob of the student's tokens."""
+    scores = record.teacher_scores
+    assert scores, "no teacher scores to recompute the figures from"
+    agree = [max([*token["top"], [token["token"], token["logprob"], token["id"]]], key=lambda top: top[1])[2]
+             == token["id"] for token in scores]
+    assert record.top1_agreement == pytest.approx(sum(agree) / len(agree), abs=1e-9)
+    assert record.teacher_nll == pytest.approx(-sum(token["logprob"] for token in scores) / len(scores), rel=1e-6)
+
+
+def test_the_figure_check_fails_when_agreement_or_nll_were_computed_wrongly():
+    """The check above can fail: a record whose agreement counts the teacher's least likely token as its top-1, or
+    whose NLL is the mean logprob without its sign, is caught."""
+    from types import SimpleNamespace
+
+    scores = [{"token": "a", "id": 1, "logprob": -0.1, "top": [["a", -0.1, 1], ["b", -2.5, 2]]},
+              {"token": "c", "id": 3, "logprob": -1.7, "top": [["d", -0.3, 4], ["c", -1.7, 3]]},
+              {"token": "e", "id": 5, "logprob": -0.05, "top": [["e", -0.05, 5], ["f", -3.2, 6]]}]
+    right = SimpleNamespace(teacher_scores=scores, top1_agreement=2 / 3, teacher_nll=(0.1 + 1.7 + 0.05) / 3)
+    assert_figures_match_the_token_lists(right)  # worked out by hand: positions 0 and 2 agree
+    argmin_agreement = SimpleNamespace(**vars(right) | {"top1_agreement": 1 / 3})  # position 1 only
+    with pytest.raises(AssertionError):
+        assert_figures_match_the_token_lists(argmin_agreement)
+    unsigned_nll = SimpleNamespace(**vars(right) | {"teacher_nll": -right.teacher_nll})
+    with pytest.raises(AssertionError):
+        assert_figures_match_the_token_lists(unsigned_nll)
 
 
 def assert_trainable(record) -> None:
