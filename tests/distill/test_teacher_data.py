@@ -47,6 +47,17 @@ def local_teacher(demo_dirs):
     backend.engine.shutdown()
 
 
+class CountingBackend:
+    """The teacher as it is, noting each request it is asked (a measuring instrument, not a stand-in)."""
+
+    def __init__(self, backend):
+        self.backend, self.info, self.asked = backend, backend.info, []
+
+    def generate(self, request):
+        self.asked.append(request.request_id)
+        return self.backend.generate(request)
+
+
 async def test_generate_caches_ids_and_top_k_and_resumes(local_teacher, demo_dirs, tmp_path):
     from transformers import AutoTokenizer
 
@@ -62,10 +73,16 @@ async def test_generate_caches_ids_and_top_k_and_resumes(local_teacher, demo_dir
         assert (answer.topk_ids[:, 0] == answer.token_ids).all()  # greedy: the sampled token is listed first
         assert answer.topk_ids.shape == (len(answer.token_ids), K)
         assert (np.diff(answer.topk_logprobs[:, 1:].astype(np.float32), axis=1) <= 1e-3).all()  # then by rank
-    # a crash that lost the last shard: the rerun redoes only its prompts
+    # a crash that lost the last shard: the rerun redoes only its prompts (12 in shards of 5: p10 and p11)
+    kept_shards = shards(tmp_path)[:-1]
+    stamps = [shard.stat().st_mtime_ns for shard in kept_shards]
     shards(tmp_path)[-1].unlink()
-    again = await generate(local_teacher, prompts, tmp_path, settings, manifest(demo_dirs[1]))
+    counting = CountingBackend(local_teacher)
+    again = await generate(counting, prompts, tmp_path, settings, manifest(demo_dirs[1]))
     assert again.rows == 12 and len(shards(tmp_path)) == 3
+    assert sorted(counting.asked) == ["distill-p10-0", "distill-p11-0"]
+    assert [shard.stat().st_mtime_ns for shard in kept_shards] == stamps
+    assert sorted(answer.prompt_id for answer in read_answers(tmp_path, K)) == sorted(p.id for p in prompts)
     with pytest.raises(ValueError, match="other settings .*top_k"):
         await generate(local_teacher, prompts, tmp_path, GenerateSettings(top_k=3), manifest(demo_dirs[1], top_k=3))
 
