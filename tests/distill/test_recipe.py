@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from distill.config import load_config
 from distill.data.cache import Manifest
@@ -58,14 +59,30 @@ def test_targets_line_up_with_the_teacher(demo_dirs, cache, tmp_path):
     assert decoded.startswith('{"queue"')
 
 
+@torch.no_grad()
+def top1_agreement(model, rows) -> float:
+    """The share of answer tokens where the model's argmax is the teacher's top-1 token, one row at a time."""
+    agree = total = 0
+    for row in rows:
+        logits = model(input_ids=torch.tensor([row.input_ids])).logits[0]  # (T, V)
+        predicted = logits[row.answer_start - 1:-1].argmax(-1)  # (A,) position t predicts token t+1
+        agree += int((predicted == torch.from_numpy(row.topk_ids[:, 0].astype(np.int64))).sum())
+        total += len(row.topk_ids)
+    return agree / total
+
+
 def test_train_checkpoint_and_resume(demo_dirs, cache, tmp_path):
     first = run(config(demo_dirs, cache, tmp_path))
     log = json.loads((first / "training_log.json").read_text())
-    assert [entry["step"] for entry in log] == [2, 4] and 0 <= log[-1]["teacher_agreement"] <= 1
+    assert [entry["step"] for entry in log] == [2, 4]
     assert log[-1]["kd_loss"] > 0 and log[-1]["ce_loss"] > 0
     resumed = Recipe(config(demo_dirs, cache, tmp_path, "steps=6"))
     resumed.setup()
     assert resumed.step == 4 and len(resumed.history) == 2
+    # The share recomputed from the saved model's own logits on the held-out rows; the demo student is already
+    # distilled (93 % exact match), so it agrees with the teacher on most tokens.
+    agreement = top1_agreement(AutoModelForCausalLM.from_pretrained(first), resumed.eval_rows)
+    assert log[-1]["teacher_agreement"] == pytest.approx(agreement, abs=1e-6) and agreement > 0.5
     resumed.train()
     assert [entry["step"] for entry in resumed.history] == [2, 4, 6]
     with pytest.raises(ValueError, match="checkpoint of another config"):
