@@ -4,14 +4,17 @@ teacher's answers, a held-out slice of the newest records, the mix, duplicates, 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 from transformers import AutoTokenizer
 
+from distill.config import load_config
 from distill.data.cache import Manifest, read_answers
 from distill.demo import task
 from distill.online.dataset import build, mix, off_policy, on_policy, write_cache
+from distill.recipe import Recipe
 from tests.distill.online.records import make_records
 
 
@@ -81,3 +84,14 @@ def test_the_cache_is_one_the_recipe_reads(records, tokenizer, demo_dirs, tmp_pa
     assert Manifest.load(tmp_path / "cache").tokenizer_hash == manifest.tokenizer_hash
     read = list(read_answers(tmp_path / "cache", manifest.top_k))
     assert len(read) == len(dataset.train) and read[0].token_ids.tolist() == dataset.train[0].token_ids.tolist()
+    recipe = Recipe(load_config(None, [f"student.init={demo_dirs[0]}", f"cache={tmp_path / 'cache'}",
+                                       f"out={tmp_path / 'out'}", "steps=1", "threads=1"]))
+    recipe.setup()
+    rows = recipe.eval_rows + recipe.train_rows
+    assert (len(recipe.eval_rows), len(recipe.train_rows)) == (3, 57)  # eval_fraction 0.05 of the 60 examples
+    # Every example reaches the recipe as the student's prompt followed by the example's own answer tokens.
+    assert Counter(tuple(row.input_ids[row.answer_start:]) for row in rows) == \
+        Counter(tuple(example.token_ids.tolist()) for example in dataset.train)
+    assert sorted(row.input_ids[:row.answer_start] for row in rows) == sorted(
+        tokenizer(tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False),
+                  add_special_tokens=False)["input_ids"] for example in dataset.train)
