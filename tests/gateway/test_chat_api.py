@@ -171,12 +171,22 @@ def test_unknown_fields_are_accepted(gateway):
 
 
 def test_text_content_parts_and_system_messages_are_accepted(gateway):
-    response = chat(gateway, {"messages": [
-        {"role": "system", "content": "Triage."},
-        {"role": "user", "content": [{"type": "text", "text": "My order 12345 "},
-                                     {"type": "text", "text": "is late."}]},
-    ], "max_tokens": 4})
-    assert response.status_code == 200, response.text
+    """Text parts are read as the one string they spell (same greedy answer, same prompt tokens), and a system
+    message reaches the prompt (it adds tokens)."""
+    system = {"role": "system", "content": "Triage."}
+    parts = {"role": "user", "content": [{"type": "text", "text": "My order 12345 "},
+                                         {"type": "text", "text": "is late."}]}
+    plain = {"role": "user", "content": "My order 12345 is late."}
+    student = {"x-kdgate-force": "student"}  # one backend for all three, so the answers can be compared
+
+    def answer(messages: list[dict]) -> tuple[str, int]:
+        response = chat(gateway, {"messages": messages, "max_tokens": 12, "temperature": 0}, headers=student)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"], response.json()["usage"]["prompt_tokens"]
+
+    from_parts, from_string, without_system = answer([system, parts]), answer([system, plain]), answer([plain])
+    assert from_parts == from_string
+    assert from_string[1] > without_system[1]
 
 
 def test_stop_strings_end_the_answer_before_the_stop(gateway):
