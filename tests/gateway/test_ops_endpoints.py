@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -23,15 +24,48 @@ def test_models_lists_the_served_model(gateway):
     assert body["object"] == "list" and [card["id"] for card in body["data"]] == ["kdgate-demo", "kdgate-demo@initial"]
 
 
+def scrape(url: str) -> dict[tuple, float]:
+    """Every sample of the exposition, by (name, sorted labels); it must parse."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+OK_STUDENT = ("kdgate_requests_total", (("outcome", "ok"), ("route", "student"), ("stream", "false")))
+STEPS = ("kdgate_engine_decode_steps_total", (("backend", "student"),))
+TOKENS = ("kdgate_engine_decoded_tokens_total", (("backend", "student"),))
+
+
+def assert_one_request_counted(before: dict, after: dict, completion_tokens: int) -> None:
+    """One non-streamed student answer of `completion_tokens` tokens, alone on the engine, moved the counters by
+    exactly that: one ok request, and one decode step (of batch size 1) per token after the prefill's first."""
+    assert after[OK_STUDENT] - before.get(OK_STUDENT, 0.0) == 1
+    assert after[STEPS] - before[STEPS] == completion_tokens - 1
+    assert after[TOKENS] - before[TOKENS] == completion_tokens - 1
+
+
 def test_metrics_parse_and_count_requests_by_route(gateway):
-    httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60,
-               json={"messages": [{"role": "user", "content": "My order 123 is late"}], "max_tokens": 3})
-    text = httpx.get(f"{gateway.url}/metrics").text
-    families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert {"kdgate_requests", "kdgate_time_to_first_token_seconds", "kdgate_e2e_request_latency_seconds",
-            "kdgate_completion_tokens"} <= set(families)
-    ok_student = [s for s in families["kdgate_requests"].samples if s.name == "kdgate_requests_total"
-                  and s.labels["route"] == "student" and s.labels["outcome"] == "ok"]
-    assert sum(s.value for s in ok_student) >= 1
-    steps = [s.value for s in families["kdgate_engine_decode_steps"].samples if s.labels["backend"] == "student"]
-    assert steps and steps[0] >= 1
+    before = scrape(gateway.url)
+    reply = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60, headers={"x-kdgate-force": "student"},
+                       json={"messages": [{"role": "user", "content": "My order 123 is late"}], "max_tokens": 3,
+                             "ignore_eos": True})
+    after = scrape(gateway.url)
+    assert reply.status_code == 200, reply.text
+    assert {"kdgate_requests_total", "kdgate_time_to_first_token_seconds_count",
+            "kdgate_e2e_request_latency_seconds_count", "kdgate_completion_tokens_total"} <= {name for name, _ in after}
+    assert reply.json()["usage"]["completion_tokens"] == 3  # max_tokens, the end token ignored
+    assert_one_request_counted(before, after, 3)
+
+
+def test_the_request_count_check_fails_when_no_request_came_between_the_scrapes(gateway):
+    """The delta check can fail: two scrapes with nothing between them, or a request counted under another
+    route, are caught."""
+    quiet = scrape(gateway.url)
+    with pytest.raises(AssertionError):
+        assert_one_request_counted(quiet, quiet, 3)
+    elsewhere = dict(quiet)
+    teacher = ("kdgate_requests_total", (("outcome", "ok"), ("route", "teacher"), ("stream", "false")))
+    elsewhere[teacher] = elsewhere.get(teacher, 0.0) + 1
+    elsewhere[STEPS], elsewhere[TOKENS] = quiet[STEPS] + 2, quiet[TOKENS] + 2
+    with pytest.raises(AssertionError):
+        assert_one_request_counted(quiet, elsewhere, 3)
