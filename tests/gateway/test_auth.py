@@ -4,6 +4,7 @@ and the refusal to listen beyond loopback with no keys."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 
 import httpx
 import openai
@@ -126,13 +127,23 @@ def test_probes_stay_open_and_readiness_details_are_for_admin(guarded):
     assert "model" in call(server, "/readyz", made["admin"]).json()["backends"]["teacher"]
 
 
+def api_calls(server, made) -> Counter:
+    text = call(server, "/metrics", made["metrics"]).text
+    return Counter({(s.labels["key"], s.labels["status"]): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples if s.name == "kdgate_api_requests_total"})
+
+
 def test_calls_are_counted_by_key_name(guarded):
     server, made = guarded
-    call(server, "/v1/chat/completions", made["plain"], "POST", json=CHAT)
-    text = call(server, "/metrics", made["metrics"]).text
-    samples = {(s.labels["key"], s.labels["status"]): s.value for family in text_string_to_metric_families(text)
-               for s in family.samples if s.name == "kdgate_api_requests_total"}
-    assert samples[("plain", "200")] >= 1 and samples[("unknown", "401")] >= 1
+    before = api_calls(server, made)  # the module's earlier tests made plain/200 and unknown/401 calls already
+    assert call(server, "/v1/chat/completions", made["plain"], "POST", json=CHAT).status_code == 200
+    assert call(server, "/v1/chat/completions", None, "POST", json=CHAT).status_code == 401
+    after = api_calls(server, made)
+    after.subtract(before)
+    moved = {labels: delta for labels, delta in after.items() if delta}
+    # one of the two scrapes falls between the snapshots, whichever side of its answer it is counted on
+    assert moved == {("plain", "200"): 1, ("unknown", "401"): 1, ("metrics", "200"): 1}
 
 
 def test_no_keys_on_an_outside_address_is_refused_unless_chosen():

@@ -8,6 +8,7 @@ import math
 import httpx
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import HandoffSettings, RoutingSettings
 from tests.conftest import ThreadedServer, gateway_settings
@@ -77,10 +78,19 @@ def test_a_forced_student_is_never_handed_off(client):
     assert response.parse().model_extra["kdgate"]["reason"] == "forced:header"
 
 
+def handoff_counts(url: str) -> tuple[float, float]:
+    """`kdgate_handoffs_total` and `kdgate_route_decisions_total{reason="handoff",route="teacher"}` (0 if absent)."""
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+               for sample in family.samples}
+    return (samples.get(("kdgate_handoffs_total", ()), 0.0),
+            samples.get(("kdgate_route_decisions_total", (("reason", "handoff"), ("route", "teacher"))), 0.0))
+
+
 def test_handoffs_are_counted(handoff_gateway, client):
-    client.chat.completions.create(model="kdgate-demo", messages=[{"role": "user", "content": TICKET}],
-                                   temperature=0, max_tokens=64)
-    metrics = httpx.get(f"{handoff_gateway.url}/metrics").text
-    handoffs = next(line for line in metrics.splitlines() if line.startswith("kdgate_handoffs_total "))
-    assert float(handoffs.split()[1]) >= 1  # the HELP line alone would not do: the counter moved
-    assert 'kdgate_route_decisions_total{reason="handoff",route="teacher"}' in metrics
+    before = handoff_counts(handoff_gateway.url)  # the module's earlier tests handed off too
+    completion = client.chat.completions.create(model="kdgate-demo", temperature=0, max_tokens=64,
+                                                messages=[{"role": "user", "content": TICKET}])
+    assert completion.model_extra["kdgate"]["reason"] == "handoff"
+    after = handoff_counts(handoff_gateway.url)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
