@@ -25,8 +25,14 @@ STUDENT_COST = CostSettings(prompt_per_million=1.0, completion_per_million=3.0)
 # $36 a GPU-hour × 2 GPUs = $0.02 a second: $10 per million prompt tokens at 2,000/s, $40 per million completion
 # tokens at 500/s
 TEACHER_COST = CostSettings(gpu_hour=36.0, gpus=2, completion_tokens_per_s=500, prompt_tokens_per_s=2000)
-STUDENT, TEACHER = Price.per_million(1.0, 3.0), Price.per_million(10.0, 40.0)
+STUDENT_PER_MILLION, TEACHER_PER_MILLION = (1.0, 3.0), (10.0, 40.0)  # (prompt, completion) dollars, as above
 MIN_PROB = 0.9
+
+
+def dollars(tokens: tuple[int, int], per_million: tuple[float, float]) -> float:
+    """The expected charge, worked out here from the prices rather than by gateway.cost."""
+    (prompt, completion), (prompt_price, completion_price) = tokens, per_million
+    return (prompt * prompt_price + completion * completion_price) / 1e6
 
 
 def priced(settings):
@@ -55,12 +61,18 @@ SPENT, ALL_TEACHER = "kdgate_cost_dollars_total", "kdgate_cost_all_teacher_dolla
 # ------------------------------------------------------------------------------------------- the attribution itself
 
 
-def test_a_handoff_splits_the_answer_between_the_two_backends():
+@pytest.mark.parametrize("handed_off, student, teacher", [
+    (7, (50, 7), (57, 23)),
+    (0, (50, 0), (50, 30)),  # handed off at the first token: the student read the prompt and sent nothing
+    (30, (50, 30), (80, 0)),  # handed off at the last: the teacher read it all and wrote nothing
+])
+def test_a_handoff_splits_the_answer_between_the_two_backends(handed_off, student, teacher):
+    """A 50-token prompt and a 30-token answer, `handed_off` of them the student's: the teacher's usage (what the
+    client gets) shows the handed-off text in its prompt and the whole answer in its completion."""
     bill = Bill()
-    bill.observe(RouteChange(RouteDecision("teacher", Reason.HANDOFF), backend=None, handed_off_tokens=7))
-    done = work(bill, "teacher", Finish("stop", prompt_tokens=57, completion_tokens=30))
-    assert done.by_backend == {"student": (50, 7), "teacher": (57, 23)}
-    assert sum(completion for _, completion in done.by_backend.values()) == 30  # every answer token paid once
+    bill.observe(RouteChange(RouteDecision("teacher", Reason.HANDOFF), backend=None, handed_off_tokens=handed_off))
+    done = work(bill, "teacher", Finish("stop", prompt_tokens=50 + handed_off, completion_tokens=30))
+    assert done.by_backend == {"student": student, "teacher": teacher}
     assert done.answer == (50, 30)  # the teacher alone: the original prompt, the whole answer
 
 
@@ -75,7 +87,11 @@ def test_an_escalation_pays_for_the_discarded_student_tokens_unless_the_teacher_
 
 def test_the_all_teacher_figure_of_a_teacher_answer_is_what_it_cost():
     done = work(Bill(), "teacher", Finish("stop", 50, 30))
-    assert TEACHER.of(done.answer) == sum(TEACHER.of(tokens) for tokens in done.by_backend.values())
+    assert done.by_backend == {"teacher": (50, 30)} and done.answer == (50, 30)
+    assert TEACHER_COST.per_million() == pytest.approx((10.0, 40.0))  # the GPU-hour price, converted as above
+    assert STUDENT_COST.per_million() == (1.0, 3.0)
+    teacher = Price.per_million(*TEACHER_COST.per_million())  # as the gateway prices it
+    assert teacher.of(done.answer) == pytest.approx(50 * 10e-6 + 30 * 40e-6)  # $0.0017
 
 
 # ------------------------------------------------------------------------------------------- on the real engines
@@ -116,16 +132,31 @@ def test_a_student_answer_costs_its_tokens_at_the_students_prices(priced_gateway
     assert route["route"] == "student"
     tokens = (usage.prompt_tokens, usage.completion_tokens)
     assert moved(before, cost_samples(priced_gateway.url)) == pytest.approx({
-        (SPENT, "student", "student"): STUDENT.of(tokens), (ALL_TEACHER, "student"): TEACHER.of(tokens)})
+        (SPENT, "student", "student"): dollars(tokens, STUDENT_PER_MILLION),
+        (ALL_TEACHER, "student"): dollars(tokens, TEACHER_PER_MILLION)})
+
+
+def assert_charged_as_a_teacher_answer(spent: dict, usage) -> None:
+    """Spent and all-teacher alike: the answer's tokens at the teacher's prices."""
+    cost = dollars((usage.prompt_tokens, usage.completion_tokens), TEACHER_PER_MILLION)
+    assert spent == pytest.approx({(SPENT, "teacher", "teacher"): cost, (ALL_TEACHER, "teacher"): cost})
 
 
 def test_a_teacher_answer_costs_what_it_would_cost_all_teacher(priced_gateway, client):
     before = cost_samples(priced_gateway.url)
     usage, route, _ = ask(client, force="teacher")
     assert route["route"] == "teacher"
-    tokens = (usage.prompt_tokens, usage.completion_tokens)
-    assert moved(before, cost_samples(priced_gateway.url)) == pytest.approx({
-        (SPENT, "teacher", "teacher"): TEACHER.of(tokens), (ALL_TEACHER, "teacher"): TEACHER.of(tokens)})
+    assert_charged_as_a_teacher_answer(moved(before, cost_samples(priced_gateway.url)), usage)
+
+
+def test_a_bill_at_the_students_prices_fails_the_teacher_charge_check(priced_gateway, client, monkeypatch):
+    """Mutation check: a meter that charges the teacher's answer at the student's prices is caught."""
+    meter = priced_gateway.app.state.chat.cost
+    monkeypatch.setitem(meter.prices, "teacher", meter.prices["student"])
+    before = cost_samples(priced_gateway.url)
+    usage, _, _ = ask(client, force="teacher")
+    with pytest.raises(AssertionError):
+        assert_charged_as_a_teacher_answer(moved(before, cost_samples(priced_gateway.url)), usage)
 
 
 def test_a_handed_off_answer_pays_for_both_parts_and_its_shadow_record(priced_gateway, client):
@@ -141,30 +172,31 @@ def test_a_handed_off_answer_pays_for_both_parts_and_its_shadow_record(priced_ga
     spent = moved(before, cost_samples(priced_gateway.url))
     spent.pop((SPENT, "shadow", "teacher"), None)  # the escalation record may be written already: checked below
     assert spent == pytest.approx({
-        (SPENT, "teacher", "student"): STUDENT.of((prompt, cut)),
-        (SPENT, "teacher", "teacher"): TEACHER.of((usage.prompt_tokens, usage.completion_tokens - cut)),
-        (ALL_TEACHER, "teacher"): TEACHER.of((prompt, usage.completion_tokens))})
+        (SPENT, "teacher", "student"): dollars((prompt, cut), STUDENT_PER_MILLION),
+        (SPENT, "teacher", "teacher"): dollars((usage.prompt_tokens, usage.completion_tokens - cut),
+                                               TEACHER_PER_MILLION),
+        (ALL_TEACHER, "teacher"): dollars((prompt, usage.completion_tokens), TEACHER_PER_MILLION)})
     # Off the request path the shadow worker asks the teacher for its own answer to the escalated request: the
     # answer the forced teacher gave, at the teacher's prices, under route="shadow".
     deadline = time.monotonic() + 60
     while (shadow := moved(before, cost_samples(priced_gateway.url)).get((SPENT, "shadow", "teacher"))) is None:
         assert time.monotonic() < deadline, "the escalation's shadow work was never charged"
         time.sleep(0.2)
-    assert shadow == pytest.approx(TEACHER.of((teacher_usage.prompt_tokens, teacher_usage.completion_tokens)))
+    assert shadow == pytest.approx(dollars((teacher_usage.prompt_tokens, teacher_usage.completion_tokens),
+                                           TEACHER_PER_MILLION))
 
 
 @pytest.fixture(scope="module")
 def escalating_gateway(demo_dirs, engine_server, tmp_path_factory):
-    """Confidence routing holding back 4 student tokens, with a threshold no answer reaches: every request
-    escalates to the teacher."""
+    """Confidence routing holding back 4 student tokens, from a policy file whose threshold no answer reaches:
+    every request escalates to the teacher."""
     from gateway.app import create_app
 
     path = tmp_path_factory.mktemp("policy") / "policy.json"
-    write_policy(path, prefix_tokens=4)
+    write_policy(path, prefix_tokens=4, threshold=ESCALATE)
     settings = priced(gateway_settings(demo_dirs, engine_server,
                                        routing=RoutingSettings(policy="confidence", policy_file=path)))
     with ThreadedServer(create_app(settings)) as server:
-        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
         yield server
 
 
@@ -175,8 +207,9 @@ def test_an_escalated_answer_pays_for_the_students_discarded_tokens(escalating_g
     assert (route["route"], route["reason"]) == ("teacher", "confidence:low")
     tokens = (usage.prompt_tokens, usage.completion_tokens)
     assert moved(before, cost_samples(escalating_gateway.url)) == pytest.approx({
-        (SPENT, "teacher", "student"): STUDENT.of((usage.prompt_tokens, 4)),  # its 4 held-back tokens
-        (SPENT, "teacher", "teacher"): TEACHER.of(tokens), (ALL_TEACHER, "teacher"): TEACHER.of(tokens)})
+        (SPENT, "teacher", "student"): dollars((usage.prompt_tokens, 4), STUDENT_PER_MILLION),  # its 4 held back
+        (SPENT, "teacher", "teacher"): dollars(tokens, TEACHER_PER_MILLION),
+        (ALL_TEACHER, "teacher"): dollars(tokens, TEACHER_PER_MILLION)})
 
 
 def test_without_prices_there_is_no_cost_series(gateway):
