@@ -70,6 +70,35 @@ def wait_job(server, job_id: int, states: tuple[str, ...], timeout: float = 120.
     raise AssertionError(f"job {job_id} never reached {states}: {job}")
 
 
+def wait_step(read_job, step: str, timeout: float = 120.0) -> dict:
+    """Poll `read_job()` until the job is running its `step`; fail at once when it ends first, or at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = read_job()
+        if job["state"] == "running" and job["step"] == step:
+            return job
+        assert job["state"] in ("queued", "running"), f"the job ended before its {step!r} step: {job}"
+        assert time.monotonic() < deadline, f"the job did not reach its {step!r} step in {timeout:g} s: {job}"
+        time.sleep(0.2)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, Z, ...), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]  # after "(command name)", which may hold spaces
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def runs_a_job(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"run-job" in cmdline.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def seed_records(settings, demo_dirs, count: int = 60) -> None:
     """An active student in the store and `count` records after it became active."""
     store = ShadowStore(settings.store_url)
@@ -129,20 +158,29 @@ def test_tokens(trainer):
     assert call(trainer, "GET", "/v1/jobs/99").status_code == 404
 
 
+def test_waiting_for_a_step_fails_at_once_when_the_job_ends_first_and_at_its_deadline():
+    seen = iter([{"state": "queued", "step": None}, {"state": "running", "step": "dataset"},
+                 {"state": "failed", "step": "dataset", "reason": "boom"}])
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="ended before its 'train' step"):
+        wait_step(lambda: next(seen), "train")
+    with pytest.raises(AssertionError, match="did not reach its 'train' step in 0.3 s"):
+        wait_step(lambda: {"state": "running", "step": "dataset"}, "train", timeout=0.3)
+    assert time.monotonic() - started < 5
+
+
 def test_a_running_job_is_cancelled_and_its_process_stopped(tmp_path, demo_dirs):
     settings, path = trainer_config(tmp_path, train={"threads": 1, "overrides": ["steps=100000"]})
     seed_records(settings, demo_dirs)
     with ThreadedServer(create_trainer_app(settings, path)) as server:
         job_id = call(server, "POST", "/v1/jobs", json={"reason": "test"}).json()["id"]
-        running = wait_job(server, job_id, ("running",))
-        while call(server, "GET", f"/v1/jobs/{job_id}").json()["step"] != "train":
-            time.sleep(0.2)
+        running = wait_step(lambda: call(server, "GET", f"/v1/jobs/{job_id}").json(), "train")
         pid = int(running["runner_ref"].removeprefix("pid:"))
         cancelled = call(server, "POST", f"/v1/jobs/{job_id}/cancel").json()
         ended = wait_job(server, job_id, ("cancelled",), timeout=30)
         metrics = call(server, "GET", "/metrics").text
     assert cancelled["id"] == job_id and ended["reason"] == "cancelled by request"
-    assert not os.path.exists(f"/proc/{pid}") or b"run-job" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    assert not runs_a_job(pid)
     assert 'kdgate_trainer_jobs{state="cancelled"} 1.0' in metrics
     assert call_ended_twice(tmp_path, job_id)
 
@@ -181,11 +219,8 @@ def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_
     try:
         wait_until_up(f"{url}/healthz", service)
         job_id = httpx.post(f"{url}/v1/jobs", headers=headers, timeout=30).json()["id"]
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["step"] != "train":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        orphan = int(httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["runner_ref"][4:])
+        running = wait_step(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=30).json(), "train")
+        orphan = int(running["runner_ref"].removeprefix("pid:"))
         service.send_signal(signal.SIGKILL)
         service.wait()
         assert os.path.exists(f"/proc/{orphan}")  # its own session: it outlived the trainer
@@ -196,8 +231,10 @@ def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_
     finally:
         stop(service)
     assert (job["state"], job["reason"]) == ("failed", "trainer restarted")
-    time.sleep(0.5)
-    assert not os.path.exists(f"/proc/{orphan}") or open(f"/proc/{orphan}/stat").read().split()[2] == "Z"
+    deadline = time.monotonic() + 10
+    while process_state(orphan) not in (None, "Z"):  # the restarted trainer stopped the orphan: gone, or a zombie
+        assert time.monotonic() < deadline, f"the orphaned job process {orphan} still runs 10 s after the restart"
+        time.sleep(0.1)
     store = ShadowStore(settings.store_url)
     assert TrainJobs(store).counts()["running"] == 0
     store.close()
