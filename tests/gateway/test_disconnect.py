@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
@@ -29,12 +30,12 @@ def cancelled_count(url: str, route: str) -> float:
                and sample.labels["outcome"] == "cancelled")
 
 
-def wait_for(condition, timeout: float = 10.0) -> bool:
+def wait_for(condition, timeout: float = 30.0, every: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(every)
     return False
 
 
@@ -55,11 +56,19 @@ def test_disconnect_cancels_the_http_backends_request(gateway, engine_server):
 
 
 def test_non_streaming_client_timeout_cancels_the_work(gateway):
+    """A client that gives up on a non-streamed answer while the student is decoding it: the connection closes
+    (as a client's read timeout closes it) only once the request is seen running in the engine, not after a fixed
+    30 ms that a loaded box may spend before the request is even admitted."""
     engine = gateway.app.state.chat.backends["student"].engine
-    before = cancelled_count(gateway.url, "student")
-    body = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 450, "ignore_eos": True}
-    # 450 tokens take the student ~0.3 s on 2 cores; the client gives up long before and closes the connection.
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.03))
+    assert wait_for(lambda: engine.stats()["running"] == 0)
+    before, steps_before = cancelled_count(gateway.url, "student"), engine.stats()["steps"]
+    body = json.dumps({"messages": [{"role": "user", "content": TICKET}], "max_tokens": 450, "ignore_eos": True,
+                       "temperature": 0}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as client:
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                       b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert wait_for(lambda: engine.stats()["running"] == 1, timeout=30, every=0.005), "never started decoding"
+        client.shutdown(socket.SHUT_RDWR)  # the client leaves with no answer read
     assert wait_for(lambda: cancelled_count(gateway.url, "student") == before + 1)
     assert wait_for(lambda: engine.stats()["running"] == 0)
+    assert engine.stats()["steps"] - steps_before < 449, "the student decoded the whole answer nobody read"
