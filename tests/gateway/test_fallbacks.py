@@ -26,7 +26,10 @@ from tests.gateway.test_confidence_routing import ESCALATE, write_policy
 # The README's hard ticket: the student copies the wrong order number, and hands off at p=0.9.
 HARD = ("Hi there, Felix here. Order 28898 was a StreamPlus and order 72108 was a TaskPilto. The TaskPilto says my "
         "account is disabled. Last year order 36966 had the same problem. I am a Plus member.")
-DEADLINE_S = 1.5
+# First-token deadlines: generous for a live engine (a healthy first token can take seconds on a loaded 2-core CI
+# box, and a missed deadline would turn the route under test into `teacher_unavailable`); short only for the
+# paused teacher, whose deadline is the thing under test.
+LIVE_DEADLINE_S, PAUSED_DEADLINE_S = 30.0, 1.5
 pytestmark = pytest.mark.slow  # each test starts its own engine servers
 
 
@@ -46,19 +49,21 @@ def teacher_engine(demo_dirs):
     stop(engine.process)
 
 
-def gateway(student, teacher, routing: RoutingSettings) -> ThreadedServer:
-    def backend(engine, role):
+def gateway(student, teacher, routing: RoutingSettings, teacher_deadline_s: float = LIVE_DEADLINE_S
+            ) -> ThreadedServer:
+    def backend(engine, deadline_s):
         return BackendSettings(kind="http", base_url=engine.base_url, model=engine.model,
-                               first_token_timeout_s=DEADLINE_S)
-    settings = GatewaySettings(student=backend(student, "student"), teacher=backend(teacher, "teacher"),
+                               first_token_timeout_s=deadline_s)
+    settings = GatewaySettings(student=backend(student, LIVE_DEADLINE_S), teacher=backend(teacher, teacher_deadline_s),
                                routing=routing, shadow=ShadowSettings(enabled=False))
     return ThreadedServer(create_app(settings))
 
 
 def escalate_everything(tmp_path) -> RoutingSettings:
-    """The whole-answer cascade with a threshold above every score: every answer is judged unsure."""
+    """The whole-answer cascade from a policy file whose threshold is above every score: every answer is judged
+    unsure."""
     path = tmp_path / "policy.json"
-    write_policy(path, prefix_tokens=None)
+    write_policy(path, prefix_tokens=None, threshold=ESCALATE)
     return RoutingSettings(policy="confidence", policy_file=path, handoff=HandoffSettings(enabled=False))
 
 
@@ -97,7 +102,6 @@ def student_alone(server: ThreadedServer) -> str:
 
 def test_teacher_down_an_escalated_answer_is_served_from_the_student(student_engine, teacher_engine, tmp_path):
     with gateway(student_engine, teacher_engine, escalate_everything(tmp_path)) as server:
-        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
         expected = student_alone(server)
         teacher_engine.process.kill()
         teacher_engine.process.wait()
@@ -116,8 +120,8 @@ def test_teacher_down_an_escalated_answer_is_served_from_the_student(student_eng
 
 
 def test_a_teacher_past_its_first_token_deadline_is_not_waited_for(student_engine, teacher_engine, tmp_path):
-    with gateway(student_engine, teacher_engine, escalate_everything(tmp_path)) as server:
-        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
+    with gateway(student_engine, teacher_engine, escalate_everything(tmp_path),
+                 teacher_deadline_s=PAUSED_DEADLINE_S) as server:
         expected = student_alone(server)
         os.kill(teacher_engine.process.pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -125,7 +129,7 @@ def test_a_teacher_past_its_first_token_deadline_is_not_waited_for(student_engin
         waited = time.monotonic() - started
         assert reply.status_code == 200 and reply.headers["x-kdgate-route-reason"] == "teacher_unavailable"
         assert reply.json()["choices"][0]["message"]["content"] == expected
-        assert waited < DEADLINE_S + 10, waited  # bounded by the deadline, not by the 120 s read timeout
+        assert waited < PAUSED_DEADLINE_S + 10, waited  # bounded by the deadline, not by the 120 s read timeout
         assert metric(server, "kdgate_errors_total", backend="teacher", error="UpstreamTimeout") == 1
 
 

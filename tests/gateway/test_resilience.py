@@ -102,7 +102,7 @@ def test_a_paused_teacher_is_found_by_the_health_check_and_skipped_until_it_is_b
     get the student's answer at once rather than after the first-token deadline; SIGCONT brings it back."""
     teacher = start_engine_server(demo_dirs[1], "demo-teacher")
     try:
-        write_policy(tmp_path / "policy.json", prefix_tokens=None)
+        write_policy(tmp_path / "policy.json", prefix_tokens=None, threshold=ESCALATE)  # every answer escalates
         settings = GatewaySettings(
             student=BackendSettings(model_dir=demo_dirs[0], threads=1),
             teacher=BackendSettings(kind="http", base_url=teacher.base_url, model=teacher.model,
@@ -112,7 +112,6 @@ def test_a_paused_teacher_is_found_by_the_health_check_and_skipped_until_it_is_b
             shadow=ShadowSettings(enabled=False),
             resilience=ResilienceSettings(health_interval_s=0.5, breaker_open_s=1.0))
         with ThreadedServer(create_app(settings)) as server:
-            server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
             assert httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60).headers[
                 "x-kdgate-route"] == "teacher"
             os.kill(teacher.process.pid, signal.SIGSTOP)
