@@ -26,6 +26,23 @@ def kdgate(*args: str, timeout: float = 600) -> str:
     return done.stdout
 
 
+def check_eval_report(results: dict, examples: int) -> None:
+    """Every share is a count over the `examples` tickets; a whole answer is right only where each field is; the
+    recovered gap is (kd - sft) / (teacher - sft) of the exact-match figures, or None with no gap."""
+    for name in ("kd", "sft", "teacher"):
+        board = results[name]
+        shares = {"exact_match": board["exact_match"], "answer_agreement": board["answer_agreement"],
+                  **board["fields"]}
+        for key, share in shares.items():
+            assert share * examples == pytest.approx(round(share * examples), abs=1e-9), (name, key, share)
+        assert board["exact_match"] <= min(board["fields"].values()), (name, board)
+    teacher, kd, sft = (results[name]["exact_match"] for name in ("teacher", "kd", "sft"))
+    if teacher <= sft:
+        assert results["kd_gap_recovered"] is None
+    else:
+        assert results["kd_gap_recovered"] == pytest.approx((kd - sft) / (teacher - sft))
+
+
 def test_generate_train_eval_quantize_serve(tmp_path):
     cache, kd, sft, quantized = (tmp_path / name for name in ("cache", "kd", "sft", "kd-w4a16"))
     out = kdgate("distill", "generate", "--demo", "96", "--top-k", "8", "--threads", "1", "--out", str(cache))
@@ -39,7 +56,8 @@ def test_generate_train_eval_quantize_serve(tmp_path):
                  "--sft", "sft", "--examples", "20", "--threads", "1", "--json-out", str(report))
     results = json.loads(report.read_text())
     assert {"kd", "sft", "teacher"} <= set(results) and "kd_gap_recovered" in results
-    assert 0 <= results["kd"]["exact_match"] <= 1 and results["teacher"]["exact_match"] > 0.8
+    check_eval_report(results, examples=20)
+    assert results["teacher"]["exact_match"] > 0.8
     kdgate("distill", "quantize", "--model", str(kd / "model"), "--scheme", "W4A16", "--cache", str(cache),
            "--samples", "16", "--out", str(quantized))
     assert "compressed-tensors" in (quantized / "config.json").read_text()
