@@ -15,6 +15,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.logs import JsonFormatter, escape
@@ -52,8 +53,36 @@ def hostile_traffic(url: str) -> None:
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as slow:  # leaves mid-body
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"mess")
-        time.sleep(0.5)
-    time.sleep(1.0)
+        time.sleep(0.5)  # a stalled client, which then leaves
+
+
+# The access-log lines the four requests above must leave, in order: the server saw each of them through.
+ACCESS_LINES = [r"POST /v1/chat/completions 200 ", r"GET /no/such.* 404 ", r"POST /v1/chat/completions 200 ",
+                r"POST /v1/chat/completions (499|408) "]  # the mid-body leave: 499, or 408 had it stalled on
+
+
+def access_lines(text: str) -> list[str]:
+    """The access-log lines of the traffic, without those of the test's own scrapes of /metrics."""
+    return [line for line in text.splitlines() if "gateway.access" in line and "GET /metrics " not in line]
+
+
+def cancelled_streams(url: str) -> float:
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+    return sum(sample.value for family in families for sample in family.samples
+               if sample.name == "kdgate_requests_total" and sample.labels["outcome"] == "cancelled"
+               and sample.labels["stream"] == "true")
+
+
+def wait_for_evidence(url: str, log) -> float:
+    """Wait (30 s at most) until the server has logged all four requests and counted the abandoned stream as
+    cancelled, so that what the absences are asserted over includes their whole handling; the cancelled count."""
+    deadline = time.monotonic() + 30
+    while True:
+        seen, cancelled = access_lines(log.read_text()), cancelled_streams(url)
+        if len(seen) >= len(ACCESS_LINES) and cancelled >= 1:
+            return cancelled
+        assert time.monotonic() < deadline, f"the server logged {seen} and counted {cancelled} cancelled streams"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module", params=["text", "json"])
@@ -61,13 +90,14 @@ def served_logs(request, tmp_path_factory):
     process, url, log = serve(tmp_path_factory.mktemp("logs"), request.param)
     try:
         hostile_traffic(url)
+        cancelled = wait_for_evidence(url, log)
     finally:
         stop(process)
-    return request.param, log.read_text()
+    return request.param, log.read_text(), cancelled
 
 
 def test_no_client_text_starts_a_log_line(served_logs):
-    log_format, text = served_logs
+    log_format, text, _ = served_logs
     assert not any(line.startswith("FORGED") for line in text.splitlines())
     assert "FORGED" in text  # it was logged, escaped, inside its own line
     if log_format == "json":
@@ -76,12 +106,17 @@ def test_no_client_text_starts_a_log_line(served_logs):
 
 
 def test_no_prompt_or_key_text_is_logged(served_logs):
-    _, text = served_logs
+    _, text, _ = served_logs
+    assert len(access_lines(text)) == len(ACCESS_LINES)  # the requests carrying the markers were served and logged
     assert "MARKER-PROMPT" not in text and "MARKERKEY" not in text
 
 
 def test_a_client_that_leaves_is_not_an_error(served_logs):
-    _, text = served_logs
+    _, text, cancelled = served_logs
+    lines = access_lines(text)
+    assert len(lines) == len(ACCESS_LINES) and all(re.search(pattern, line)
+                                                   for pattern, line in zip(ACCESS_LINES, lines, strict=True)), lines
+    assert cancelled == 1  # the stream the client left mid-answer was seen to end as cancelled
     assert "Traceback" not in text and "ClientDisconnect" not in text
     assert [line for line in text.splitlines() if _level(line) in ("ERROR", "CRITICAL")] == []
 
