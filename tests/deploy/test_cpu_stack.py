@@ -45,12 +45,14 @@ def alive(pid: int) -> bool:
 def test_the_cpu_stack_answers_through_the_openai_sdk_and_stops_on_ctrl_c(demo_dirs, tmp_path):
     out = tmp_path / "stack"
     environment = {name: value for name, value in os.environ.items() if not name.startswith("KDGATE_")}
-    process = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=environment, cwd=tmp_path)
+    output = tmp_path / "run.log"  # a file, not a pipe: nobody reads a pipe during the wait, and a full one blocks
+    with output.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out)], stdout=sink,
+                                   stderr=subprocess.STDOUT, env=environment, cwd=tmp_path)
     info = None
     try:
         def ready():
-            assert process.poll() is None, process.stdout.read()
+            assert process.poll() is None, output.read_text()
             return (out / "stack.json").is_file() and json.loads((out / "stack.json").read_text())
 
         info = wait_for(ready, 300, "the stack did not come up in 5 minutes")
@@ -76,5 +78,5 @@ def test_the_cpu_stack_answers_through_the_openai_sdk_and_stops_on_ctrl_c(demo_d
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-    assert code == 0, process.stdout.read()
+    assert code == 0, output.read_text()
     assert info is not None and not [name for name, pid in info["pids"].items() if alive(pid)]
