@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -29,9 +30,13 @@ from gateway.settings import LimitsSettings
 from runtime.credentials import new_key
 from runtime.errors import Overloaded, RateLimited
 from tests.conftest import ROOT, ThreadedServer, free_port, gateway_settings, stop, wait_until_up
+from tests.gateway.test_confidence_routing import ESCALATE, write_policy
+from tests.gateway.test_workers import metrics_folder
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
 CHAT = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 8, "temperature": 0}
+HOLDER_TOKENS = 480  # with the ticket's 27 prompt tokens, just inside the demo models' 512-token context
+QUEUE_TIMEOUT_S = 10.0  # what a queued refusal would wait; a refusal "at once" takes a small part of it
 
 
 def digest(key: str) -> str:
@@ -110,7 +115,7 @@ def limited(demo_dirs, engine_server):
                      {"name": "holder", "sha256": digest(keys["holder"])}],
             "admin_sha256": digest(keys["admin"])}
     settings = gateway_settings(demo_dirs, engine_server, auth=auth,
-                                limits=LimitsSettings(max_in_flight=1, max_queued=0))
+                                limits=LimitsSettings(max_in_flight=1, max_queued=0, queue_timeout_s=QUEUE_TIMEOUT_S))
     with ThreadedServer(create_app(settings)) as server:
         yield server, keys
 
@@ -129,32 +134,53 @@ def clear_of_a_minute_boundary(seconds: float) -> None:
         time.sleep(WINDOW_S - into + 0.05)
 
 
-def metric(server, admin_key: str, name: str, **labels) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10, headers={"authorization": f"Bearer {admin_key}"}).text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+def samples(server, admin_key: str | None, name: str, **labels) -> list:
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+    text = httpx.get(f"{server.url}/metrics", timeout=10, headers=headers).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+def metric(server, admin_key: str | None, name: str, **labels) -> float:
+    return sum(sample.value for sample in samples(server, admin_key, name, **labels))
+
+
+def wait_for_free_slots(server, admin_key: str, timeout_s: float = 15) -> None:
+    """The server frees a slot after the last byte it sends, or once it sees the client gone: a moment after the
+    client is done with the response, not at once."""
+    deadline = time.monotonic() + timeout_s
+    while (admitted := metric(server, admin_key, "kdgate_admitted_requests")) != 0:
+        assert time.monotonic() < deadline, f"{admitted} admission slots still held after {timeout_s} s"
+        time.sleep(0.05)
 
 
 @contextmanager
 def long_stream_held(server, headers: dict):
-    """A 400-token stream in flight (its first chunk received) for the block's duration."""
-    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
-    started = threading.Event()
+    """A long stream in flight (its first chunk received) for the block's duration; the block gets an event set once
+    the stream's last chunk has arrived."""
+    long = CHAT | {"stream": True, "max_tokens": HOLDER_TOKENS, "ignore_eos": True}
+    started, finished = threading.Event(), threading.Event()
+    statuses = []
 
     def hold():
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
-                          headers=headers) as response:
-            lines = response.iter_lines()
-            next(lines)
+        try:
+            with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
+                              headers=headers) as response:
+                statuses.append(response.status_code)
+                lines = response.iter_lines()
+                next(lines)
+                started.set()
+                for _ in lines:
+                    pass
+            finished.set()
+        finally:
             started.set()
-            for _ in lines:
-                pass
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert started.wait(30)
+    assert started.wait(30) and statuses == [200], f"the holding stream did not start: {statuses}"
     try:
-        yield
+        yield finished
     finally:
         holder.join(60)
 
@@ -183,42 +209,79 @@ def test_tokens_per_minute_count_what_was_served(limited):
 
 def test_no_free_slot_and_no_queue_is_a_503_at_once(limited):
     server, keys = limited
+    wait_for_free_slots(server, keys["admin"])
+    shed_before = metric(server, keys["admin"], "kdgate_shed_requests_total", reason="queue_full")
     with long_stream_held(server, {"authorization": f"Bearer {keys['holder']}"}):
+        started = time.monotonic()
         shed = post(server, keys["holder"])
+        waited = time.monotonic() - started
     assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
     assert shed.json()["error"]["code"] == "overloaded"
-    assert metric(server, keys["admin"], "kdgate_shed_requests_total", reason="queue_full") >= 1
-    assert metric(server, keys["admin"], "kdgate_admitted_requests") == 0  # the stream gave its slot back
+    assert waited < QUEUE_TIMEOUT_S / 5, waited  # refused at once, not after waiting out the queue timeout
+    assert metric(server, keys["admin"], "kdgate_shed_requests_total", reason="queue_full") - shed_before == 1
+    wait_for_free_slots(server, keys["admin"])  # the stream gave its slot back
 
 
 def test_a_client_leaving_mid_stream_gives_its_slot_back(limited):
     server, keys = limited
-    long = CHAT | {"stream": True, "max_tokens": 400, "ignore_eos": True}
+    long = CHAT | {"stream": True, "max_tokens": HOLDER_TOKENS, "ignore_eos": True}
     for _ in range(3):
+        wait_for_free_slots(server, keys["admin"])  # the one slot: free again after each leaver
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=long, timeout=60,
                           headers={"authorization": f"Bearer {keys['holder']}"}) as response:
+            assert response.status_code == 200
             next(response.iter_lines())
-    assert post(server, keys["holder"]).status_code == 200  # with one slot: each leaver freed it
+    wait_for_free_slots(server, keys["admin"])
+    assert post(server, keys["holder"]).status_code == 200
+
+
+def teacher_errors(server) -> dict[str, float]:
+    """kdgate_errors_total{backend="teacher"} by error class."""
+    return {sample.labels["error"]: sample.value
+            for sample in samples(server, None, "kdgate_errors_total", backend="teacher")}
+
+
+def assert_the_teacher_was_busy_not_late(before: dict[str, float], after: dict[str, float]) -> None:
+    """Between the two readings the teacher failed once, and because its in-flight cap was full (BackendBusy), not
+    because it missed its first-token deadline (UpstreamTimeout) or was down."""
+    moved = {error: count - before.get(error, 0.0) for error, count in after.items()
+             if count != before.get(error, 0.0)}
+    assert moved == {"BackendBusy": 1}, moved
 
 
 def test_a_saturated_teacher_leaves_the_student_answer(demo_dirs, engine_server, tmp_path):
     """The teacher's in-flight cap is taken by a long forced request: an escalation then gets the student's own
-    answer (BackendBusy → teacher_unavailable) instead of queueing behind it."""
+    answer (BackendBusy → teacher_unavailable) instead of queueing behind it. A teacher at its cap is waited for
+    only as long as its first-token deadline (1 s here: long enough for the holder's own first token on a loaded
+    box, short beside the holder's hundreds of tokens)."""
     from gateway.settings import BackendSettings, HandoffSettings, RoutingSettings
-    from tests.gateway.test_confidence_routing import ESCALATE, write_policy
 
-    write_policy(tmp_path / "policy.json", prefix_tokens=None)
+    write_policy(tmp_path / "policy.json", prefix_tokens=None, threshold=ESCALATE)  # every answer escalates
     routing = RoutingSettings(policy="confidence", policy_file=tmp_path / "policy.json",
                               handoff=HandoffSettings(enabled=False))
     teacher = BackendSettings(kind="http", base_url=engine_server.base_url, model=engine_server.model,
-                              max_in_flight=1, first_token_timeout_s=0.5)
+                              max_in_flight=1, first_token_timeout_s=1.0)
     settings = gateway_settings(demo_dirs, engine_server, routing=routing).model_copy(update={"teacher": teacher})
     with ThreadedServer(create_app(settings)) as server:
-        server.app.state.chat.students.slot.active.policy.threshold = ESCALATE
-        with long_stream_held(server, {"x-kdgate-force": "teacher"}):
+        student = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60,
+                             headers={"x-kdgate-force": "student"}).json()["choices"][0]["message"]["content"]
+        before = teacher_errors(server)
+        with long_stream_held(server, {"x-kdgate-force": "teacher"}) as holder_finished:
             reply = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, timeout=60)
+            holder_was_streaming = not holder_finished.is_set()
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-kdgate-route-reason"] == "teacher_unavailable"
+        assert reply.json()["choices"][0]["message"]["content"] == student
+        assert holder_was_streaming, "the holder finished first: the escalation may have waited for it"
+        assert_the_teacher_was_busy_not_late(before, teacher_errors(server))
+
+
+def test_the_cause_check_fails_on_a_teacher_that_was_late():
+    """Mutation check: the same header after a missed first-token deadline, or with no failure counted, fails."""
+    with pytest.raises(AssertionError):
+        assert_the_teacher_was_busy_not_late({"BackendBusy": 2.0}, {"BackendBusy": 2.0, "UpstreamTimeout": 1.0})
+    with pytest.raises(AssertionError):
+        assert_the_teacher_was_busy_not_late({"BackendBusy": 1.0}, {"BackendBusy": 1.0})
 
 
 def test_the_engine_refuses_a_prompt_far_beyond_its_context_before_tokenizing(gateway):
@@ -263,32 +326,78 @@ async def test_a_redis_that_is_down_admits_and_counts():
     await admission.aclose()
 
 
+def calls_by_worker(folder: Path, key_name: str) -> dict[str, dict[str, float]]:
+    """{worker pid: {HTTP status: calls}} of one key, read from each worker's own metrics file."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    calls = {}
+    for path in folder.glob("counter_*.db"):
+        statuses = {sample.labels["status"]: sample.value for family in MultiProcessCollector.merge([str(path)])
+                    for sample in family.samples
+                    if sample.name == "kdgate_api_requests_total" and sample.labels["key"] == key_name}
+        if statuses:
+            calls[path.stem.rsplit("_", 1)[1]] = statuses
+    return calls
+
+
+def assert_one_limit_shared(calls: dict[str, dict[str, float]], limit: int) -> None:
+    """Two workers answered the key, the calls they admitted add up to the limit, and one refused while it had
+    admitted fewer than the limit itself: it judged on counts the other worker made."""
+    assert len(calls) == 2, f"not two workers answering: {calls}"
+    assert sum(statuses.get("200", 0) for statuses in calls.values()) == limit, calls
+    assert any(statuses.get("429", 0) and statuses.get("200", 0) < limit for statuses in calls.values()), calls
+
+
+def test_the_shared_limit_check_fails_on_workers_that_count_alone():
+    """Mutation check: what in-memory windows give (each worker admits the limit), or one worker answering all."""
+    with pytest.raises(AssertionError):
+        assert_one_limit_shared({"1": {"200": 4, "429": 1}, "2": {"200": 4, "429": 1}}, limit=4)
+    with pytest.raises(AssertionError):
+        assert_one_limit_shared({"1": {"200": 4, "429": 6}}, limit=4)
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, redis_server, tmp_path):
     """kdgate serve --workers 2 with http backends and a key limited to 4 requests a minute: 4 requests are
-    admitted in all, whichever worker takes each connection."""
-    key = new_key()[0]
+    admitted in all, though both workers answer the key, and the count they share is the one in Redis."""
+    import redis
+
+    key, name = new_key()[0], f"shared-{tmp_path.name}"
     config = tmp_path / "kdgate.yaml"
     config.write_text(json.dumps({
         "student": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
         "teacher": {"kind": "http", "base_url": engine_server.base_url, "model": engine_server.model},
         "shadow": {"enabled": False, "store_url": f"sqlite:///{tmp_path / 'store.sqlite3'}"},  # not the shared default
-        "auth": {"keys": [{"name": f"shared-{tmp_path.name}", "sha256": digest(key), "requests_per_minute": 4}]},
+        "auth": {"keys": [{"name": name, "sha256": digest(key), "requests_per_minute": 4}]},
         "limits": {"redis_url": redis_server.url}}))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDGATE_")}
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 — closed with the process
     process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve", "--config", str(config), "--port",
-                                str(port), "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                                str(port), "--workers", "2"], cwd=ROOT, env=env | {"PYTHONUNBUFFERED": "1"},
+                               stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
+        folder = metrics_folder(tmp_path / "serve.log")
         statuses = []
         clear_of_a_minute_boundary(30)
-        for _ in range(10):  # a new connection each time, so the kernel spreads them over both workers
+        minute = int(time.time() // WINDOW_S)
+        # A new connection each time, so the kernel spreads them over both workers; past the first 10, only until
+        # both have answered the key.
+        while len(statuses) < 10 or (len(calls_by_worker(folder, name)) < 2 and len(statuses) < 40):
             with httpx.Client(timeout=60) as client:
                 reply = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
                                     headers={"authorization": f"Bearer {key}"})
                 statuses.append(reply.status_code)
-        assert statuses.count(200) == 4 and statuses.count(429) == 6, statuses
+        assert statuses.count(200) == 4 and statuses.count(429) == len(statuses) - 4, statuses
+        assert_one_limit_shared(calls_by_worker(folder, name), limit=4)
+        windows = redis.Redis.from_url(redis_server.url)
+        try:
+            stored = {stored_key.decode(): int(windows.get(stored_key))
+                      for stored_key in windows.scan_iter(f"kdgate:limits:{name}:*")}
+        finally:
+            windows.close()
+        assert stored == {f"kdgate:limits:{name}:{minute}:r": 4}  # the admitted requests, counted in one place
     finally:
         stop(process)
+        log.close()
