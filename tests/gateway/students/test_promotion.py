@@ -5,10 +5,12 @@ that splits traffic and one that is rolled back on its own."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -41,12 +43,15 @@ def admin(server, method: str, path: str, body: dict | None = None, **headers) -
     return httpx.request(method, f"{server.url}/admin/v1/students{path}", json=body, timeout=120, headers=headers)
 
 
-def stream(server, prompt: str) -> tuple[str, str]:
-    """One streamed answer and the student version its header names."""
+def stream(server, prompt: str, answered_at: list | None = None) -> tuple[str, str]:
+    """One streamed answer and the student version its header names; `answered_at` gets the monotonic time its
+    headers (and so its version) arrived."""
     body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": MAX_TOKENS,
             "stream": True}
     text = []
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        if answered_at is not None:
+            answered_at.append(time.monotonic())
         assert response.status_code == 200, response.read()
         version = response.headers["x-kdgate-student-version"]
         frames = [line for line in response.iter_lines() if line]
@@ -66,9 +71,15 @@ def answers(server) -> dict[str, str]:
     return {prompt: text for prompt, (text, _) in zip(PROMPTS, pairs, strict=True)}
 
 
-def switch_under_load(server, switches: list) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Three clients streaming without pause while each switch runs in turn, 1.5 s apart: every (prompt, answer,
-    version) they got, and every failure."""
+SWITCH_DEADLINE_S = 120.0  # for two answers of the new version after a switch: a stuck switch, not a slow box
+
+
+def switch_under_load(server, switches: list[tuple[Callable, str]]) -> tuple[list[tuple[str, str, str, float]],
+                                                                           list[str]]:
+    """Three clients streaming without pause while each switch runs in turn: every (prompt, answer, version, time
+    its headers arrived) they got, and every failure. Each switch `(call, version)` waits for two answers before
+    it (the first: of the version serving at the start), and the next waits for two answers of `version` begun
+    after it returned, so that every version is seen however slow the box is."""
     seen, failures, stop = [], [], threading.Event()
 
     def load(offset: int) -> None:
@@ -76,19 +87,26 @@ def switch_under_load(server, switches: list) -> tuple[list[tuple[str, str, str]
         while not stop.is_set():
             prompt = PROMPTS[index % len(PROMPTS)]
             try:
-                seen.append((prompt, *stream(server, prompt)))
+                answered_at = []
+                seen.append((prompt, *stream(server, prompt, answered_at), answered_at[0]))
             except Exception as error:  # noqa: BLE001 — every failure is the finding
                 failures.append(repr(error))
             index += 1
+
+    def wait_for_answers(version: str | None, after: float) -> None:
+        deadline = time.monotonic() + SWITCH_DEADLINE_S
+        while sum(at > after and version in (None, got) for _, _, got, at in list(seen)) < 2:
+            assert time.monotonic() < deadline, f"no two answers of {version or 'any version'} in time: {failures}"
+            time.sleep(0.05)
 
     threads = [threading.Thread(target=load, args=(offset,)) for offset in range(3)]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
-        for switch in switches:
+        wait_for_answers(None, 0.0)
+        for switch, version in switches:
             switch()
-            time.sleep(1.5)
+            wait_for_answers(version, time.monotonic())
     finally:
         stop.set()
         for thread in threads:
@@ -107,11 +125,11 @@ def test_promote_and_roll_back_under_load_fail_nothing_and_mix_nothing(versioned
     assert admin(server, "POST", "/rollback").status_code == 200
     assert expected["v2"] != expected["initial"]
 
-    seen, failures = switch_under_load(server, [lambda: admin(server, "POST", "/v2/promote").json()["active"],
-                                                lambda: admin(server, "POST", "/rollback").json()["active"]])
+    seen, failures = switch_under_load(server, [(lambda: admin(server, "POST", "/v2/promote"), "v2"),
+                                                (lambda: admin(server, "POST", "/rollback"), "initial")])
     assert failures == []
-    assert {version for _, _, version in seen} == {"initial", "v2"}
-    mixed = [(prompt, text, version) for prompt, text, version in seen if expected[version][prompt] != text]
+    assert {version for _, _, version, _ in seen} == {"initial", "v2"}
+    mixed = [(prompt, text, version) for prompt, text, version, _ in seen if expected[version][prompt] != text]
     assert mixed == [], mixed[:3]
     versions = {row["name"]: row for row in admin(server, "GET", "").json()["versions"]}
     assert versions["v2"]["state"] == "retired" and versions["initial"]["state"] == "active"
@@ -150,9 +168,11 @@ def test_of_two_promotions_at_once_one_wins_and_the_other_gets_409(versioned, de
     first: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: first.append(admin(server, "POST", "/v2/promote")))
     thread.start()
-    deadline = time.monotonic() + 30
-    while not manager._changing.locked() and time.monotonic() < deadline:  # v2's weights are loading
-        time.sleep(0.001)
+    deadline, saw_the_load = time.monotonic() + 30, False
+    while not saw_the_load and time.monotonic() < deadline:
+        saw_the_load = manager._changing.locked()  # v2's weights are loading
+        time.sleep(0 if saw_the_load else 0.001)
+    assert saw_the_load, "v2's promotion was never seen in progress: the second one would not race it"
     second = admin(server, "POST", "/v3/promote")
     thread.join(60)
     assert first[0].status_code == 200 and first[0].json()["active"] == "v2"
@@ -193,9 +213,61 @@ def test_a_canary_serves_its_share_and_a_failing_one_is_rolled_back_by_itself(de
         versions = {row["name"]: row for row in admin(server, "GET", "").json()["versions"]}
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert served[("broken", "student_error")] >= 5  # the teacher answered every one of the canary's
+    assert {version for version, _ in served} == {"initial", "broken"}  # the split sent some to each
     assert slot["canary"] is None and slot["active"] == "initial"
     assert versions["broken"]["state"] == "rejected" and "automatic" in versions["broken"]["notes"]
     assert 'kdgate_student_rollbacks_total{how="automatic"} 1.0' in metrics
+
+
+CANARY_REQUESTS = 200
+CANARY_Z = 4.5  # a healthy split falls outside about once in 150,000 runs (two-sided normal tail at 4.5 σ)
+
+
+def check_canary_share(canary_count: int, requests: int, fraction: float, z: float = CANARY_Z) -> None:
+    """The slot draws each request's version on its own (gateway/students/slot.py: `random() < canary_fraction`),
+    so the canary's count is Binomial(requests, fraction): it must lie within z standard deviations of its mean."""
+    mean, spread = requests * fraction, math.sqrt(requests * fraction * (1 - fraction))
+    assert abs(canary_count - mean) <= z * spread, \
+        f"the canary served {canary_count} of {requests}; {fraction:.0%} is {mean:g} ± {z * spread:.1f}"
+
+
+def test_a_healthy_canary_serves_its_share(demo_dirs, engine_server, tmp_path):
+    """`canary_fraction` 0.5, measured: of 200 requests the canary serves 100 ± 32 (4.5 σ). Its minimum sample is
+    set out of reach so that no verdict moves the slot during the count."""
+    settings = settings_with_store(demo_dirs, engine_server, tmp_path / "store.sqlite3",
+                                   canary=CanarySettings(min_requests=100_000))
+    with ThreadedServer(create_app(settings)) as server:
+        assert admin(server, "POST", "", {"name": "v2", "model_dir": str(demo_dirs[1])}).status_code == 201
+        assert admin(server, "POST", "/v2/promote", {"canary_fraction": 0.5}).json()["canary"] == "v2"
+        served = Counter()
+        with httpx.Client(timeout=60) as client:
+            for index in range(CANARY_REQUESTS):
+                body = {"messages": [{"role": "user", "content": PROMPTS[index % 6]}], "max_tokens": 1}
+                reply = client.post(f"{server.url}/v1/chat/completions", json=body)
+                assert reply.status_code == 200, reply.text
+                served[reply.headers["x-kdgate-student-version"]] += 1
+        slot = admin(server, "GET", "/status").json()
+    assert set(served) == {"initial", "v2"} and sum(served.values()) == CANARY_REQUESTS
+    assert slot["canary"] == "v2" and slot["active"] == "initial"  # nothing moved the slot while counting
+    check_canary_share(served["v2"], CANARY_REQUESTS, 0.5)
+
+
+def test_the_canary_share_check_fails_when_the_split_is_drawn_with_the_wrong_fraction():
+    """The share check can fail: the real slot, drawing its canary at 0.3 instead of the 0.5 asked for (or never),
+    is caught over the same 200 requests, while a split drawn at 0.5 passes."""
+    from gateway.students.slot import ServedStudent, StudentSlot
+
+    def canary_count(drawn_at: float, seed: int) -> int:
+        slot = StudentSlot(ServedStudent("initial", backend=None, policy=None), seed=seed)
+        slot.canary, slot.canary_fraction = ServedStudent("v2", backend=None, policy=None), drawn_at
+        return sum(slot.acquire().canary for _ in range(CANARY_REQUESTS))
+
+    check_canary_share(canary_count(0.5, seed=1), CANARY_REQUESTS, 0.5)
+    for drawn_at in (0.3, 0.0):
+        with pytest.raises(AssertionError):
+            check_canary_share(canary_count(drawn_at, seed=1), CANARY_REQUESTS, 0.5)
+    with pytest.raises(AssertionError):  # and by a hand-made count just past the bound
+        check_canary_share(round(100 + CANARY_Z * math.sqrt(50)) + 1, CANARY_REQUESTS, 0.5)
 
 
 def test_models_lists_the_serving_versions_and_a_client_may_pin_one(versioned, demo_dirs):
