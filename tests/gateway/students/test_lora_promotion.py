@@ -4,6 +4,11 @@ and when one replica refuses the adapter, nothing is switched and nothing stays 
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 import pytest
 
@@ -37,21 +42,67 @@ def listed(url: str) -> set[str]:
     return {card["id"] for card in httpx.get(f"{url}/models", timeout=10).json()["data"]}
 
 
+@contextmanager
+def watching_listings(urls: list[str], model: str) -> Iterator[list[tuple[float, str, bool]]]:
+    """Poll every replica's /models while the block runs: (monotonic time the poll began, url, `model` listed)."""
+    polls, stop = [], threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for url in urls:
+                began = time.monotonic()
+                polls.append((began, url, model in listed(url)))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield polls
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def check_listed_before_served(polls: list[tuple[float, str, bool]], urls: list[str], first_served: float) -> None:
+    """The adapter was on every replica before the first answer of its version: no poll that began after that
+    answer's headers arrived found it missing anywhere, and each replica was polled after it (not vacuous)."""
+    assert all(any(began > first_served and url == polled for began, polled, _ in polls) for url in urls), \
+        "no replica was polled after the first answer of the new version"
+    late = [(began - first_served, url) for began, url, found in polls if began > first_served and not found]
+    assert late == [], f"the new version answered before its adapter was on every replica: {late[:3]}"
+
+
 def test_an_adapter_goes_onto_every_replica_then_serves_without_a_failed_request(demo_dirs, engine_server, replicas,
                                                                                   demo_adapter, tmp_path):
     urls = [server.base_url for server in replicas]
     with lora_gateway(demo_dirs, engine_server, tmp_path, urls) as gateway:
         expected = {"initial": answers(gateway)}
         assert admin(gateway, "POST", "", {"name": "v2", "adapter_path": str(demo_adapter)}).status_code == 201
-        seen, failures = switch_under_load(gateway, [lambda: admin(gateway, "POST", "/v2/promote")])
-        assert all("demo-student@v2" in listed(url) for url in urls)  # on both replicas, confirmed before the switch
+        with watching_listings(urls, "demo-student@v2") as polls:
+            seen, failures = switch_under_load(gateway, [(lambda: admin(gateway, "POST", "/v2/promote"), "v2")])
         expected["v2"] = answers(gateway)
         reply = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60,
                            json={"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4})
-    assert failures == [] and {version for _, _, version in seen} == {"initial", "v2"}
+    assert failures == [] and {version for _, _, version, _ in seen} == {"initial", "v2"}
+    assert any(not found for _, _, found in polls)  # the watch began before the adapter was loaded
+    check_listed_before_served(polls, urls, min(at for _, _, version, at in seen if version == "v2"))
     assert expected["v2"] != expected["initial"]
     assert [row for row in seen if expected[row[2]][row[0]] != row[1]] == []
     assert reply.json()["kdgate"]["model"] == "demo-student@v2"
+
+
+def test_the_listed_before_served_check_fails_when_a_replica_loads_after_the_switch():
+    """The ordering check can fail: a replica still without the adapter when a poll began after the first answer of
+    the new version (a promotion that switched first and loaded later), or no poll after that answer at all."""
+    urls = ["http://a/v1", "http://b/v1"]
+    in_order = [(1.0, urls[0], False), (1.0, urls[1], False), (2.0, urls[0], True), (2.0, urls[1], True),
+                (4.0, urls[0], True), (4.0, urls[1], True)]
+    check_listed_before_served(in_order, urls, first_served=3.0)
+    loaded_late = in_order[:3] + [(4.0, urls[1], False), (5.0, urls[1], True)]
+    with pytest.raises(AssertionError):
+        check_listed_before_served(loaded_late, urls, first_served=3.0)
+    with pytest.raises(AssertionError):
+        check_listed_before_served(in_order[:4], urls, first_served=3.0)
 
 
 def test_a_replica_that_refuses_leaves_everything_as_it_was(demo_dirs, engine_server, replicas, demo_adapter,
@@ -62,15 +113,18 @@ def test_a_replica_that_refuses_leaves_everything_as_it_was(demo_dirs, engine_se
     try:
         urls = [replicas[0].base_url, refuser.base_url]
         with lora_gateway(demo_dirs, engine_server, tmp_path, urls) as gateway:
+            before = answers(gateway)  # the initial version's greedy answers, before anything was tried
             assert admin(gateway, "POST", "", {"name": "v3", "adapter_path": str(demo_adapter)}).status_code == 201
             refused = admin(gateway, "POST", "/v3/promote")
             status = admin(gateway, "GET", "/status").json()
             version = admin(gateway, "GET", "/v3").json()
             served = answers(gateway)
+            status_after = admin(gateway, "GET", "/status").json()
     finally:
         stop(refuser.process)
     assert refused.status_code == 502
     assert refuser.base_url in refused.json()["error"]["message"] and "HTTP 404" in refused.json()["error"]["message"]
     assert "demo-student@v3" not in listed(replicas[0].base_url)
     assert status["active"] == "initial" and status["revision"] == 1 and version["state"] == "candidate"
-    assert served  # the old version answers as before
+    assert served == before  # the old version answers as before
+    assert status_after["active"] == "initial" and status_after["revision"] == 1
