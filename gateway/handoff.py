@@ -22,7 +22,11 @@ from runtime.contract import Backend, Delta, Event, Finish, GenerationRequest
 
 
 def continuation(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest:
-    """The teacher's request: the same conversation with `text` as the (start of the) assistant's reply."""
+    """The teacher's request: the same conversation with `text` as the (start of the) assistant's reply. With
+    nothing released yet (a handoff at the first token) it is the client's own request: an empty assistant message
+    to continue is one the client never sent, and servers refuse it."""
+    if not text:
+        return replace(generation, request_id=f"{generation.request_id}-handoff")
     messages = list(generation.messages)
     if generation.continue_final_message:  # the client was already continuing an assistant message
         messages[-1] = messages[-1] | {"content": messages[-1]["content"] + text}
