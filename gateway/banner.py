@@ -1,16 +1,22 @@
 """What `kdgate serve` prints at start: where it listens, what serves, and, one line each, how requests are routed
-and what the shadow worker compares, with the setting that changes it."""
+and what the shadow worker compares, with the setting that changes it. URLs pass through the redaction rule
+(runtime.redact): the banner is printed, logged and served on /admin/status."""
 
 from __future__ import annotations
 
 from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
 from router.policy_file import load_policy
+from runtime.redact import redact
 
 ROUTING_DOCS = "docs/routing.md"
 
 
 def banner(settings: GatewaySettings) -> list[str]:
     workers = f"; {settings.workers} workers" if settings.workers > 1 else ""
+    return [redact(line) for line in _lines(settings, workers)]
+
+
+def _lines(settings: GatewaySettings, workers: str) -> list[str]:
     return [f"kdgate gateway on http://{settings.host}:{settings.port}/v1  (model `{settings.served_model}`; "
             f"student: {describe_backend(settings.student)}; teacher: {describe_backend(settings.teacher)}{workers})",
             "routing: " + describe_routing(settings.routing, settings.teacher is not None),

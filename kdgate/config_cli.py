@@ -21,9 +21,11 @@ def show(config: Path | None = typer.Option(None, exists=True, dir_okay=False, h
 
     from gateway.settings import load_settings
     from kdgate.cli import settings_or_exit
+    from runtime.redact import redact_values
 
     settings = settings_or_exit(lambda: load_settings(config))
-    typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), nl=False)
+    shown = redact_values(settings.model_dump(mode="json"))  # SecretStr is masked by pydantic, URL passwords here
+    typer.echo(yaml.safe_dump(shown, sort_keys=False), nl=False)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from kdgate.admin_call import admin_call
+from runtime.redact import redact
 
 app = typer.Typer(help="Online re-distillation: the trainer service (Alertmanager webhook, jobs) and its jobs.",
                   no_args_is_help=True)
@@ -47,7 +48,7 @@ def serve(
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     settings = _settings(config, **overrides)
     configure_logging("info")
-    typer.echo(f"kdgate trainer on http://{settings.host}:{settings.port}  (store {settings.store_url.split('@')[-1]}; "
+    typer.echo(f"kdgate trainer on http://{settings.host}:{settings.port}  (store {redact(settings.store_url)}; "
                f"gateway {settings.gateway.url}; alerts with {settings.selector} start jobs; "
                f"{'tokens required' if settings.tokens_required() else 'OPEN: no tokens'})")
     uvicorn.run(create_trainer_app(settings, config), host=settings.host, port=settings.port, log_level="info",

@@ -29,6 +29,8 @@ import math
 
 import httpx
 
+from runtime.redact import redact
+
 
 class GatewayError(Exception):
     status_code = 500
@@ -172,7 +174,7 @@ def to_envelope(error: GatewayError) -> tuple[int, dict]:
     """OpenAI's error body `{"error": {"message", "type", "param", "code"}}` and the HTTP status for it."""
     body = {
         "error": {
-            "message": error.message,
+            "message": redact(error.message),
             "type": error.error_type,
             "param": error.parameter,
             "code": error.code if error.code is not None else error.status_code,
@@ -182,8 +184,9 @@ def to_envelope(error: GatewayError) -> tuple[int, dict]:
 
 
 def from_httpx(exc: httpx.HTTPError | httpx.InvalidURL | httpx.StreamError, *, backend: str, url: str) -> UpstreamError:
-    """Translate an httpx failure talking to `backend` into the tree. Every httpx exception class has a branch."""
-    where = f"backend `{backend}` at {url}"
+    """Translate an httpx failure talking to `backend` into the tree. Every httpx exception class has a branch.
+    The message goes to clients: it names the backend's role, never its internal address (`url` is unused)."""
+    where = f"backend `{backend}`"
     detail = str(exc) or type(exc).__name__  # some httpx errors carry no message: name the class instead
     if isinstance(exc, httpx.TimeoutException):
         kind = type(exc).__name__

@@ -28,6 +28,7 @@ from distill.online.gate import judge
 from distill.online.promote import Gateway
 from distill.online.runner import job_folder, read_tail
 from distill.online.settings import TrainerSettings
+from runtime.redact import redact
 from runtime.store.records import ShadowStore
 from runtime.store.train_jobs import TrainJob, TrainJobs
 from runtime.store.versions import StudentVersion, StudentVersions
@@ -50,7 +51,7 @@ def run_job(job_id: int, settings: TrainerSettings) -> str:
     try:
         job = jobs.get(job_id)
         if job is None:
-            raise SystemExit(f"no job {job_id} in {settings.store_url}")
+            raise SystemExit(f"no job {job_id} in {redact(settings.store_url)}")
         if job.state == "queued":
             jobs.start(job_id, runner_ref="run-job")  # run by hand, or by a TrainJob's container
         elif job.state != "running":

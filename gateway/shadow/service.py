@@ -15,6 +15,7 @@ from gateway.settings import GatewaySettings
 from gateway.shadow.scrub import Scrubber
 from gateway.shadow.worker import ShadowConfig, ShadowWorker
 from runtime.contract import Backend
+from runtime.redact import redact
 from runtime.store.records import ShadowStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
             store_down = True
             log.error("shadow store %s cannot be opened (%s); serving without it and trying again every 30 s; "
                       "records meanwhile are counted in kdgate_shadow_dropped_total{reason=\"store_unavailable\"}",
-                      _safe_url(shadow.store_url), error)
+                      redact(shadow.store_url), error)
     config = ShadowConfig(sample_rate=shadow.sample_rate, record_escalations=shadow.record_escalations,
                           top_logprobs=shadow.top_logprobs, queue_size=shadow.queue_size,
                           concurrency=shadow.concurrency, timeout_s=shadow.timeout_s, window=shadow.window,
@@ -57,13 +58,3 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
         await worker.aclose()
         if worker.store is not None:
             worker.store.close()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is logged as its scheme only
-        return url.split(":", 1)[0]
