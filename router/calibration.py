@@ -32,9 +32,11 @@ def calibrate_threshold(scores: np.ndarray, target_teacher_fraction: float, weig
         return float(-np.inf)
     if escalated == values.size:
         return float(np.inf)
-    # Halfway between the last escalated score and the first kept one; equal scores stay together (kept).
+    # Halfway between the last escalated score and the first kept one; equal scores stay together (kept). Between
+    # adjacent floats the halfway point rounds down to `low`, which would keep it: then the kept score itself.
     low, high = values[escalated - 1], values[escalated]
-    return float(high if low == high else (low + high) / 2)
+    halfway = (low + high) / 2
+    return float(halfway if low < halfway else high)
 
 
 def teacher_fraction(scores: np.ndarray, threshold: float, weights: np.ndarray | None = None) -> float:

@@ -68,7 +68,9 @@ def token_signals(top_logprobs: np.ndarray, sampled_logprobs: np.ndarray) -> Tok
     tail = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)  # (T,) mass outside the reported alternatives
     with np.errstate(divide="ignore"):
         tail_logprob = np.log(tail)  # -inf where the top-k hold all the mass
-    runner_up = top[:, 1] if top.shape[1] > 1 else tail_logprob  # (T,)
+    # The reported second alternative; where there is none (k = 1, or a short row padded with -inf) the tail mass
+    # stands in for it, an upper bound on any one unreported token.
+    runner_up = np.where(np.isneginf(top[:, 1]), tail_logprob, top[:, 1]) if top.shape[1] > 1 else tail_logprob
     margin = top[:, 0] - runner_up  # (T,) +inf when nothing else has any mass
     entropy = _plogp(probs).sum(axis=1) + _plogp(tail)  # (T,)
     return TokenSignals(margin=margin, entropy=entropy, sampled_logprob=sampled)

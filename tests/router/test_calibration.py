@@ -64,10 +64,8 @@ def test_tie_check_fails_when_the_threshold_sits_on_the_last_escalated_score():
             check_threshold_hits_the_target_within_ties(values, target, broken)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: calibrate_threshold puts the threshold at (low + high) / 2, "
-                                       "which rounds to `low` when the two scores are adjacent floats, so that "
-                                       "score is kept and one escalation too few is made")
 def test_adjacent_scores_are_split_at_the_target():
+    """Halfway between two adjacent floats rounds to the lower one, which then was kept: one escalation short."""
     values = np.array([1.0, np.nextafter(1.0, 2.0)])
     check_threshold_hits_the_target_within_ties(values, 0.5, calibrate_threshold(values, 0.5))
 

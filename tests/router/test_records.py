@@ -45,11 +45,10 @@ def test_signals_pad_short_rows_with_no_mass():
     check_short_rows_carry_no_mass(SHORT)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: router.signals.signals_from_rows pads a short row with -inf and "
-                                       "token_signals then takes the padding as the runner-up, so the margin is +inf "
-                                       "(no competitor) although the tail holds 18 % of the mass; the k=1 rule "
-                                       "(the tail stands in for the runner-up) gives 1.51")
 def test_a_short_rows_margin_is_the_k1_tail_bound():
+    """A row shorter than the others has no reported runner-up: the tail stands in, as for k = 1 (the -inf padding
+    used to be taken for the runner-up, a margin of +inf: the surest token there is, with 18 % of the mass
+    unreported)."""
     _, margin = k1_closed_form(-0.2)
     assert SHORT.signals().margin[1] == pytest.approx(margin)
 
