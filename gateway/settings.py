@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from runtime.connections import ConnectionLimits
 from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from runtime.settings import BackendSettings, HttpClientSettings, is_loopback
 
@@ -250,12 +251,23 @@ class LimitsSettings(BaseModel):
     redis_url: str | None = Field(default=None, description="redis://host:6379/0 shares the per-key windows "
                                   "between worker processes and replicas; null: each process counts alone. If "
                                   "Redis fails, requests are admitted and kdgate_limit_errors_total counts it")
-    max_connections: int | None = Field(default=2048, ge=1, description="open connections one process accepts "
-                                        "(uvicorn's limit_concurrency); beyond it new ones get 503. null: no cap")
-    keep_alive_s: float = Field(default=75.0, gt=0, description="how long an idle client connection is kept open. "
-                                "Keep it above every client's and load balancer's own idle timeout (httpx and the "
-                                "openai SDK: 5 s; AWS ALB: 60 s): when both sides time out alike, a client reuses a "
-                                "connection the gateway is closing and its request fails")
+    max_connections: int | None = Field(default=2048, ge=1, description="open connections one process keeps; at "
+                                        "the cap the longest-idle connection is closed for a new one, and only when "
+                                        "none is idle does the newcomer get 503 with Retry-After. null: no cap")
+    keep_alive_s: float = Field(default=75.0, gt=0, description="how long an idle client connection (before its "
+                                "first request or between requests) is kept open. Keep it above every client's "
+                                "and load balancer's own idle timeout (httpx and the openai SDK: 5 s; AWS ALB: 60 "
+                                "s): when both sides time out alike, a client reuses a connection the gateway is "
+                                "closing and its request fails")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="a request's line and headers must arrive "
+                                    "within this long of its first byte, else 408 and the connection is closed (a "
+                                    "client trickling headers holds nothing for long)")
+    max_header_bytes: int = Field(default=65536, ge=1024, description="largest request line plus headers; larger "
+                                  "gets 431 and the connection is closed before more is read")
+
+    def connections(self) -> ConnectionLimits:
+        return ConnectionLimits(idle_timeout_s=self.keep_alive_s, header_timeout_s=self.header_timeout_s,
+                                max_header_bytes=self.max_header_bytes, max_connections=self.max_connections)
 
 
 class GatewaySettings(BaseSettings):

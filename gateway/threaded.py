@@ -11,6 +11,8 @@ import time
 import httpx
 import uvicorn
 
+from runtime.connections import ConnectionLimits, uvicorn_config
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -19,12 +21,12 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    def __init__(self, app, startup_timeout: float = 60.0):
+    def __init__(self, app, startup_timeout: float = 60.0, limits: ConnectionLimits | None = None):
         self.app = app
         self.port = free_port()
         self.startup_timeout = startup_timeout
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(uvicorn_config(app, limits or ConnectionLimits(), host="127.0.0.1",
+                                                    port=self.port, log_level="warning", timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

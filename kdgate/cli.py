@@ -68,13 +68,12 @@ def serve(
     """
     import os
 
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.banner import banner
     from gateway.logs import configure_logging
     from gateway.settings import load_settings
     from gateway.workers import prepare_workers
+    from runtime.connections import serve as serve_http
 
     overrides = {key: value for key, value in {"host": host, "port": port, "workers": workers}.items()
                  if value is not None}
@@ -93,15 +92,15 @@ def serve(
     for line in lines:
         typer.echo(line)
     run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": None,
-           "access_log": False, "timeout_graceful_shutdown": 5,  # gateway.access logs each call, with its key
-           "limit_concurrency": settings.limits.max_connections, "timeout_keep_alive": settings.limits.keep_alive_s}
+           "access_log": False, "timeout_graceful_shutdown": 5}  # gateway.access logs each call, with its key
+    limits = settings.limits.connections()
     if folder is None:
-        uvicorn.run(create_app(settings), **run)
+        serve_http(create_app(settings), limits, **run)
         return
     typer.echo(f"metrics: prometheus-client multiprocess mode, files in {folder}")
     if config is not None:
         os.environ["KDGATE_CONFIG"] = str(config.resolve())  # the workers read the same file
-    uvicorn.run("gateway.app:app_from_environment", factory=True, workers=settings.workers, **run)
+    serve_http("gateway.app:app_from_environment", limits, factory=True, workers=settings.workers, **run)
 
 
 @app.command()
@@ -123,12 +122,12 @@ def engine(
 
     Example:  kdgate engine --model distill/demo/artifacts/teacher --port 8002 --served-model-name teacher
     """
-    import uvicorn
-
     from gateway.app import create_engine_app
     from gateway.chat.serving import ServingLimits
     from gateway.logs import configure_logging
     from runtime.backends.local import LocalBackend
+    from runtime.connections import ConnectionLimits
+    from runtime.connections import serve as serve_http
     from runtime.engine.engine import EngineSettings
     from runtime.settings import model_dir_problem
 
@@ -150,7 +149,8 @@ def engine(
                    "(as in vLLM)", err=True)
     app_ = create_engine_app(lambda: LocalBackend("engine", settings, model_name=name), name, limits,
                              lora_base=settings if lora else None)
-    uvicorn.run(app_, host=host, port=port, log_level="info", log_config=None, timeout_graceful_shutdown=5)
+    serve_http(app_, ConnectionLimits(), host=host, port=port, log_level="info", log_config=None,
+               timeout_graceful_shutdown=5)
 
 
 def settings_or_exit(load: Callable[[], GatewaySettings]) -> GatewaySettings:

@@ -40,10 +40,10 @@ def serve(
 
     Example:  kdgate trainer serve --port 8010 --config deploy/trainer.yaml
     """
-    import uvicorn
-
     from distill.online.app import create_trainer_app
     from gateway.logs import configure_logging
+    from runtime.connections import ConnectionLimits
+    from runtime.connections import serve as serve_http
 
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     settings = _settings(config, **overrides)
@@ -51,8 +51,8 @@ def serve(
     typer.echo(f"kdgate trainer on http://{settings.host}:{settings.port}  (store {redact(settings.store_url)}; "
                f"gateway {settings.gateway.url}; alerts with {settings.selector} start jobs; "
                f"{'tokens required' if settings.tokens_required() else 'OPEN: no tokens'})")
-    uvicorn.run(create_trainer_app(settings, config), host=settings.host, port=settings.port, log_level="info",
-                log_config=None, access_log=False)
+    serve_http(create_trainer_app(settings, config), ConnectionLimits(), host=settings.host, port=settings.port,
+               log_level="info", log_config=None, access_log=False)
 
 
 @app.command("run-job")

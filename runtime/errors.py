@@ -59,11 +59,18 @@ class InvalidRequest(GatewayError):
     error_type = "invalid_request_error"
 
 
-class PayloadTooLarge(InvalidRequest):
+class _BodyUnread:
+    def headers(self) -> dict[str, str]:
+        """Answered before the body was read whole: the connection ends with the answer (runtime.connections
+        closes it too, whatever the application said)."""
+        return {"Connection": "close"}
+
+
+class PayloadTooLarge(_BodyUnread, InvalidRequest):
     status_code = 413
 
 
-class RequestTimeout(InvalidRequest):
+class RequestTimeout(_BodyUnread, InvalidRequest):
     status_code = 408
 
 

@@ -1,0 +1,178 @@
+"""Connection-level limits for every HTTP server the project runs (the gateway, `kdgate engine`, the trainer).
+
+uvicorn bounds what an application sees, not what a connection may hold: a socket that sends nothing, or trickles
+its headers a line every few seconds, was kept for as long as it liked; headers had no size limit (300 MB of them
+were buffered whole); a connection that got an error while its body was still arriving stayed open; and at the
+connection cap every newcomer got a plain-text 503 while idle sockets kept their places. `GuardedHttpToolsProtocol`
+is uvicorn's httptools protocol with these limits (`ConnectionLimits`, defaults below):
+
+- an idle connection (no request yet, or between requests) is closed after `idle_timeout_s` (keep-alive);
+- a request's line and headers must arrive whole within `header_timeout_s` of its first byte, else 408 and close;
+- they may not exceed `max_header_bytes`, else 431 and close, before more is buffered;
+- a response sent before its request's body arrived whole (408, 413, an early error) ends the connection;
+- at `max_connections` the longest-idle connection gives way to a new one; only when none is idle does the
+  newcomer get 503 with Retry-After, in OpenAI's error envelope like every other refusal.
+
+`serve(app, limits, **uvicorn_options)` runs uvicorn with it, one process or several workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    idle_timeout_s: float = 75.0  # keep it above clients' and load balancers' own idle timeouts (AWS ALB: 60 s)
+    header_timeout_s: float = 10.0  # a request line and headers take milliseconds; slow links a second or two
+    max_header_bytes: int = 64 * 1024  # nginx's default large_client_header_buffers is 4 × 8 KiB
+    max_connections: int | None = 2048  # per process; None: no cap
+
+
+def _refusal(status: int, reason: str, message: str, code: str, retry_after: int | None = None) -> bytes:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else
+                                 "server_error", "param": None, "code": code}}).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
+            "connection: close"] + ([f"retry-after: {retry_after}"] if retry_after is not None else [])
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with `ConnectionLimits` (read from `config.kdgate_limits`)."""
+
+    def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits: ConnectionLimits = getattr(config, "kdgate_limits", None) or ConnectionLimits()
+        self.limit_concurrency = None  # the cap is kept in connection_made: idle connections give way first
+        self.reading_head = True  # between a request's first byte (or the connection's start) and its last header
+        self.head_bytes = 0
+        self.idle_since = 0.0
+        self.over_capacity = False
+        self.deadline: asyncio.TimerHandle | None = None
+
+    # -- the connection -------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # noqa: ANN001  (asyncio's)
+        super().connection_made(transport)
+        self.idle_since = self.loop.time()
+        cap = self.limits.max_connections
+        if cap is not None and len(self.connections) > cap and not self._evict_longest_idle():
+            self.over_capacity = True  # it may say what it wants, and hear 503, but not wait idle for long
+        self._arm(self.limits.header_timeout_s if self.over_capacity else self.limits.idle_timeout_s, self._close_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reading_head:
+            super().data_received(data)
+            return
+        if self.head_bytes == 0 and data:  # the request's first byte: its headers now have a deadline
+            self._arm(self.limits.header_timeout_s, self._head_too_slow)
+        allowance = self.limits.max_header_bytes - self.head_bytes
+        self.head_bytes += len(data)
+        if len(data) <= allowance:
+            super().data_received(data)
+            return
+        super().data_received(data[:allowance])  # the headers may end inside what is allowed
+        if self.reading_head:
+            if not self.transport.is_closing():
+                self._refuse(_refusal(431, "Request Header Fields Too Large", f"the request line and headers are "
+                                      f"larger than {self.limits.max_header_bytes} bytes; send fewer or smaller "
+                                      "headers", "request_header_fields_too_large"))
+            return
+        super().data_received(data[allowance:])
+
+    # -- parser callbacks -----------------------------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self.reading_head = False
+        self._disarm()
+        if self.over_capacity:
+            self._refuse(_refusal(503, "Service Unavailable", "the server has as many connections as it takes and "
+                                  "none is idle; retry after the Retry-After seconds", "too_many_connections",
+                                  retry_after=1))
+            return
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.reading_head, self.head_bytes = True, 0  # what follows is the next request
+
+    def on_response_complete(self) -> None:
+        body_unread = self.cycle is not None and self.cycle.more_body
+        super().on_response_complete()
+        self.idle_since = self.loop.time()
+        if body_unread and not self.transport.is_closing():  # answered before its body arrived: end it here
+            self.transport.close()
+
+    # -- timers and refusals --------------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback) -> None:  # noqa: ANN001
+        self._disarm()
+        self.deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _close_idle(self) -> None:
+        if self.reading_head and self.head_bytes == 0 and not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_too_slow(self) -> None:
+        if self.reading_head and not self.transport.is_closing():
+            self._refuse(_refusal(408, "Request Timeout", f"the request line and headers did not arrive within "
+                                  f"{self.limits.header_timeout_s:g} s; send them at once", "request_timeout"))
+
+    def _refuse(self, response: bytes) -> None:
+        self._disarm()
+        self.transport.write(response)
+        self.transport.close()
+
+    def is_idle(self) -> bool:
+        return (self.reading_head and self.head_bytes == 0 and not self.transport.is_closing()
+                and (self.cycle is None or self.cycle.response_complete))
+
+    def _evict_longest_idle(self) -> bool:
+        idle = [connection for connection in self.connections
+                if connection is not self and isinstance(connection, GuardedHttpToolsProtocol) and connection.is_idle()]
+        if not idle:
+            return False
+        min(idle, key=lambda connection: connection.idle_since).transport.close()
+        return True
+
+
+def uvicorn_config(app: Any, limits: ConnectionLimits, **options: Any) -> uvicorn.Config:
+    """uvicorn's Config with the guarded protocol and `limits` (a plain attribute: it travels to worker processes)."""
+    config = uvicorn.Config(app, http="runtime.connections:GuardedHttpToolsProtocol",
+                            timeout_keep_alive=limits.idle_timeout_s, **options)
+    config.kdgate_limits = limits
+    return config
+
+
+def serve(app: Any, limits: ConnectionLimits, **options: Any) -> None:
+    """`uvicorn.run`, with the guarded protocol: one process, or `workers` processes on one socket."""
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn_config(app, limits, **options)
+    server = uvicorn.Server(config=config)
+    try:
+        if config.workers > 1:
+            Multiprocess(config, target=server.run, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the application did not start
+
