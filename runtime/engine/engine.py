@@ -188,14 +188,31 @@ class LocalEngine:
                     self._prefilling = arrivals
                 try:
                     if arrivals:
-                        self._prefill(arrivals)
+                        self._prefill_or_fail_arrivals(arrivals)
                     self._prefilling = []
                     if self._running:
                         self._decode_step()
-                except Exception as exc:  # the batch is lost; fail its requests and keep serving new ones
+                except Exception as exc:  # the running batch is lost: fail its requests, serve the waiting ones
                     log.exception("engine step failed")
-                    self._fail_all(EngineFailure(f"the local engine failed: {type(exc).__name__}: {exc}"))
+                    self._fail_all(EngineFailure(f"the local engine failed: {type(exc).__name__}: {exc}"),
+                                   waiting_too=False)
         self._fail_all(EngineFailure("the engine is shutting down"))
+
+    def _prefill_or_fail_arrivals(self, arrivals: list[_Sequence]) -> None:
+        """Prefill; a failure before the arrivals joined the running batch fails them alone (the batch's cache is
+        untouched until they join), one after it loses the batch (re-raised)."""
+        try:
+            self._prefill(arrivals)
+        except Exception as exc:
+            joined = self._batch.size != len(self._running) or any(s in self._running for s in arrivals)
+            if joined:
+                raise
+            log.exception("prefill of %d requests failed", len(arrivals))
+            error = EngineFailure(f"the local engine failed: {type(exc).__name__}: {exc}")
+            for sequence in arrivals:
+                if not sequence.finished:
+                    sequence.finished = True
+                    sequence.emit(error)
 
     def _take_arrivals(self) -> list[_Sequence]:
         free = self.settings.max_batch_size - len(self._running)
@@ -306,10 +323,12 @@ class LocalEngine:
             self._running = [self._running[row] for row in keep]
             self._batch.keep(keep)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, error: Exception, waiting_too: bool = True) -> None:
+        """Fail the prefilling and running sequences, and the waiting ones unless `waiting_too` is off."""
         with self._wake:
-            doomed = list(self._prefilling) + list(self._running) + list(self._waiting)
-            self._waiting.clear()
+            doomed = list(self._prefilling) + list(self._running) + (list(self._waiting) if waiting_too else [])
+            if waiting_too:
+                self._waiting.clear()
         for sequence in doomed:
             if not sequence.finished:
                 sequence.finished = True

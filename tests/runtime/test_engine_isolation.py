@@ -97,9 +97,6 @@ def innocent(request_id: str) -> GenerationRequest:
                              SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug: LocalEngine._loop answers any exception from _prefill with _fail_all, which also fails the "
-    "sequences already in the running batch (runtime/engine/engine.py:195-197); only the arrivals should fail"))
 async def test_a_failing_prefill_fails_nothing_that_was_already_decoding(engine, monkeypatch):
     """A request that is decoding when another request's prefill fails finishes with its own greedy answer."""
     reference, _, _ = await asyncio.wait_for(run(engine, innocent("innocent-alone")), timeout=DEADLINE_S)
