@@ -13,14 +13,16 @@ is uvicorn's httptools protocol with these limits (`ConnectionLimits`, defaults 
 - at `max_connections` the longest-idle connection gives way to a new one; only when none is idle does the
   newcomer get 503 with Retry-After, in OpenAI's error envelope like every other refusal.
 
-`serve(app, limits, **uvicorn_options)` runs uvicorn with it, one process or several workers.
+`serve(app, limits, **uvicorn_options)` runs uvicorn with it, one process or several workers; `uvicorn_config`
+makes the Config for a server run in-process (gateway.threaded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import sys
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +47,12 @@ def _refusal(status: int, reason: str, message: str, code: str, retry_after: int
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with `ConnectionLimits` (read from `config.kdgate_limits`)."""
+    """uvicorn's httptools protocol with `ConnectionLimits` (`config.kdgate_limits` in-process, else from `serve`
+    through the environment)."""
 
     def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any], _loop: Any = None):
         super().__init__(config, server_state, app_state, _loop)
-        self.limits: ConnectionLimits = getattr(config, "kdgate_limits", None) or ConnectionLimits()
+        self.limits: ConnectionLimits = getattr(config, "kdgate_limits", None) or _limits_from_environment()
         self.limit_concurrency = None  # the cap is kept in connection_made: idle connections give way first
         self.reading_head = True  # between a request's first byte (or the connection's start) and its last header
         self.head_bytes = 0
@@ -153,26 +156,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def uvicorn_config(app: Any, limits: ConnectionLimits, **options: Any) -> uvicorn.Config:
-    """uvicorn's Config with the guarded protocol and `limits` (a plain attribute: it travels to worker processes)."""
+    """uvicorn's Config with the guarded protocol and `limits`, for a `uvicorn.Server` run in-process."""
     config = uvicorn.Config(app, http="runtime.connections:GuardedHttpToolsProtocol",
                             timeout_keep_alive=limits.idle_timeout_s, **options)
     config.kdgate_limits = limits
     return config
 
 
-def serve(app: Any, limits: ConnectionLimits, **options: Any) -> None:
-    """`uvicorn.run`, with the guarded protocol: one process, or `workers` processes on one socket."""
-    from uvicorn.supervisors import Multiprocess
+LIMITS_VARIABLE = "_KDGATE_CONNECTION_LIMITS"  # `serve` to its worker processes; not a setting (KDGATE_*)
 
-    config = uvicorn_config(app, limits, **options)
-    server = uvicorn.Server(config=config)
-    try:
-        if config.workers > 1:
-            Multiprocess(config, target=server.run, sockets=[config.bind_socket()]).run()
-        else:
-            server.run()
-    except KeyboardInterrupt:
-        pass
-    if config.workers == 1 and not server.started:
-        sys.exit(3)  # uvicorn's STARTUP_FAILURE: the application did not start
+
+def serve(app: Any, limits: ConnectionLimits, **options: Any) -> None:
+    """`uvicorn.run` with the guarded protocol and `limits`: one process, or `workers` processes (they inherit the
+    limits through the environment, as they inherit the rest of their configuration)."""
+    os.environ[LIMITS_VARIABLE] = json.dumps(dataclasses.asdict(limits))
+    uvicorn.run(app, http="runtime.connections:GuardedHttpToolsProtocol", timeout_keep_alive=limits.idle_timeout_s,
+                **options)
+
+
+def _limits_from_environment() -> ConnectionLimits:
+    given = os.environ.get(LIMITS_VARIABLE)
+    return ConnectionLimits(**json.loads(given)) if given else ConnectionLimits()
 
