@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 from runtime.redact import redact
@@ -63,3 +64,23 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         logger.handlers[:] = []
         logger.propagate = True
         logger.setLevel(level.upper())
+
+
+class Outage:
+    """Logs a failure that repeats (a store down, polled every second) once when it starts, with its traceback, and
+    once when it ends; the polls in between go to debug. One per thing that can fail."""
+
+    def __init__(self, logger: logging.Logger, what: str):
+        self.logger, self.what, self.since = logger, what, None
+
+    def failed(self, error: BaseException, consequence: str) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.error("%s failed: %s; %s", self.what, error, consequence, exc_info=error)
+        else:
+            self.logger.debug("%s still fails: %s", self.what, error)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            self.logger.warning("%s works again after %.0f s", self.what, time.monotonic() - self.since)
+            self.since = None

@@ -99,8 +99,12 @@ class ShadowSettings(BaseModel):
                               "tightens the KL lower bound")
     queue_size: int = Field(default=256, ge=1, description="jobs waiting; beyond it jobs are dropped and counted")
     concurrency: int = Field(default=2, ge=1, le=64, description="shadow requests in flight toward the teacher")
-    timeout_s: float = Field(default=60.0, gt=0, description="one try of a job (score + answer); a job is tried "
-                             "three times, then dropped and counted")
+    timeout_s: float = Field(default=60.0, gt=0, description="one try of a job (score + answer); a failed try is "
+                             "retried after a backoff of 1 s doubling to 60 s")
+    retry_for_s: float = Field(default=1800.0, gt=0, description="how long a stored job whose tries fail (teacher "
+                               "down or restarting) is retried, counted from when it was made; then it is dropped "
+                               "and counted (kdgate_shadow_dropped_total{reason=retries_exhausted}). Above the "
+                               "teacher's restart time")
     drain_timeout_s: float = Field(default=10.0, ge=0, description="at shutdown (SIGTERM), how long the worker "
                                    "keeps working through its jobs; stored ones left over resume at the next start")
     window: int = Field(default=200, ge=1, description="shadowed answers in the rolling KL/agreement gauges")

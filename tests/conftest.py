@@ -49,8 +49,9 @@ class EngineServer:
     process: subprocess.Popen
 
 
-def start_engine_server(model_dir: Path, name: str, *extra: str, env: dict | None = None) -> EngineServer:
-    port = free_port()
+def start_engine_server(model_dir: Path, name: str, *extra: str, env: dict | None = None,
+                        port: int | None = None) -> EngineServer:
+    port = port or free_port()
     command = [sys.executable, "-m", "kdgate.cli", "engine", "--model", str(model_dir), "--port", str(port),
                "--served-model-name", name, "--threads", "1", *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

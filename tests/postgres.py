@@ -34,38 +34,78 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+class PostgresCluster:
+    """A throwaway cluster on loopback (trust authentication, user `kdgate`, a `shadow` database) that a test can
+    stop and start again on the same port and data, as an outage and a restart."""
+
+    def __init__(self):
+        self.initdb, self.postgres = _bin("initdb"), _bin("postgres")
+        if not self.initdb or not self.postgres:
+            needs.missing("PostgreSQL's initdb and postgres", INSTALL)
+        self.root = Path(tempfile.mkdtemp(prefix="kdgate-postgres-"))  # not under pytest's tmp: postgres must reach it
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.data, self.port, self.server = self.root / "data", free_port(), None
+        done = subprocess.run(_as_postgres([self.initdb, "-D", str(self.data), "-U", "kdgate", "--auth=trust", "-E",
+                                            "UTF8"]), capture_output=True, text=True)
+        if done.returncode:
+            needs.missing(f"a working initdb (it failed: {done.stderr.strip()[-300:]})", INSTALL)
+        self.start()
+        import psycopg
+
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as db:
+            db.execute("CREATE DATABASE shadow")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://kdgate@127.0.0.1:{self.port}/shadow"
+
+    def conninfo(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=kdgate dbname={database}"
+
+    def start(self) -> None:
+        import psycopg
+
+        log = (self.root / "server.log").open("a")  # a file, not a pipe nobody reads: a full pipe stops the server
+        self.server = subprocess.Popen(_as_postgres([self.postgres, "-D", str(self.data), "-p", str(self.port), "-k",
+                                                     str(self.root), "-h", "127.0.0.1"]),
+                                       stdout=subprocess.DEVNULL, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(self.conninfo("postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    self.server.kill()
+                    tail = (self.root / "server.log").read_text()[-300:]
+                    needs.missing(f"a PostgreSQL that starts ({tail})", INSTALL)
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.server.terminate()  # a smart shutdown would wait for clients: SIGTERM is PostgreSQL's "fast" one
+        self.server.wait(timeout=30)
+
+    def remove(self) -> None:
+        if self.server.poll() is None:
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    initdb, postgres = _bin("initdb"), _bin("postgres")
-    if not initdb or not postgres:
-        needs.missing("PostgreSQL's initdb and postgres", INSTALL)
-    root = Path(tempfile.mkdtemp(prefix="kdgate-postgres-"))  # not under pytest's tmp: postgres must reach it
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
-    done = subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "kdgate", "--auth=trust", "-E", "UTF8"]),
-                          capture_output=True, text=True)
-    if done.returncode:
-        needs.missing(f"a working initdb (it failed: {done.stderr.strip()[-300:]})", INSTALL)
-    server = subprocess.Popen(_as_postgres([postgres, "-D", str(data), "-p", str(port), "-k", str(root),
-                                            "-h", "127.0.0.1"]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    import psycopg
+    cluster = PostgresCluster()
+    yield cluster.url
+    cluster.remove()
 
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with psycopg.connect(f"host=127.0.0.1 port={port} user=kdgate dbname=postgres", autocommit=True) as db:
-                db.execute("CREATE DATABASE shadow")
-            break
-        except psycopg.OperationalError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                needs.missing(f"a PostgreSQL that starts ({server.stderr.read().decode()[-300:]})", INSTALL)
-            time.sleep(0.2)
-    yield f"postgresql+psycopg://kdgate@127.0.0.1:{port}/shadow"
-    server.terminate()
-    server.wait(timeout=30)
-    shutil.rmtree(root, ignore_errors=True)
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A cluster of the test's own, to stop and start."""
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

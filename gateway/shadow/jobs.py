@@ -5,13 +5,15 @@ delay it, never lose it. Workers take jobs by *claiming* them — one UPDATE tha
 free or expired, re-checked row by row, so two processes never hold the same job — and *complete* one by writing
 its record and deleting the job in a single transaction (a crash between the two cannot duplicate the record;
 the record's unique request id refuses a second one anyway). A job whose teacher call fails is released for a
-later try, and dropped after `max_attempts`. Jobs hold the raw request (the teacher must see what the student
+later try after an exponential backoff (`retry_delay_s`: 1 s doubling to 60 s, jittered), so a teacher restart of
+a few minutes costs nothing; it is dropped only once it is older than `retry_for_s`. Jobs hold the raw request (the teacher must see what the student
 saw) and are deleted when done; the stored record holds the scrubbed prompt.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,10 +49,20 @@ class Claimed:
     job: ShadowJob
 
 
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+def retry_delay_s(attempts: int, rng: random.Random | None = None) -> float:
+    """Wait before try `attempts + 1`: 1, 2, 4 ... 60 s, each scaled by a random 0.5-1 so that the jobs a teacher
+    outage failed together do not all come back at the same instant."""
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempts, 16)) * (rng or random).uniform(0.5, 1.0)
+
+
 class JobQueue:
-    def __init__(self, store: ShadowStore, max_attempts: int = 3):
+    def __init__(self, store: ShadowStore, retry_for_s: float = 1800.0):
         self.store = store
-        self.max_attempts = max_attempts
+        self.retry_for_s = retry_for_s
 
     def enqueue(self, jobs: list[ShadowJob]) -> int:
         """Persist jobs (one transaction); a job already queued is skipped. Returns how many are now stored."""
@@ -97,14 +109,19 @@ class JobQueue:
                 session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
             return False
 
-    def release(self, claimed: Claimed) -> bool:
-        """The job failed this time: free it for a later try, or drop it after `max_attempts`. True if kept."""
+    def release(self, claimed: Claimed, now: datetime | None = None) -> bool:
+        """The job failed this time: free it for a try after `retry_delay_s` (its lease is the wait), or drop it
+        once it is older than `retry_for_s`. True if kept."""
+        now = now or datetime.now(UTC)
+        created = claimed.job.created_at if claimed.job.created_at.tzinfo else \
+            claimed.job.created_at.replace(tzinfo=UTC)
         with Session(self.store.engine) as session, session.begin():
-            if claimed.attempts + 1 >= self.max_attempts:
+            if (now - created).total_seconds() >= self.retry_for_s:
                 session.execute(delete(JobRow).where(JobRow.id == claimed.job_id))
                 return False
+            retry_at = now + timedelta(seconds=retry_delay_s(claimed.attempts))
             session.execute(update(JobRow).where(JobRow.id == claimed.job_id).values(
-                attempts=claimed.attempts + 1, claimed_until=None, claim=None))
+                attempts=claimed.attempts + 1, claimed_until=self.store._db_time(retry_at), claim=None))
             return True
 
     def drop(self, claimed: Claimed) -> None:

@@ -48,7 +48,7 @@ async def open_shadow(settings: GatewaySettings, backends: dict[str, Backend], m
                           concurrency=shadow.concurrency, timeout_s=shadow.timeout_s, window=shadow.window,
                           student_version=settings.student.version,
                           adapter_version=settings.student.adapter_version,
-                          teacher_version=settings.teacher.version, drain_timeout_s=shadow.drain_timeout_s)
+                          teacher_version=settings.teacher.version, drain_timeout_s=shadow.drain_timeout_s, retry_for_s=shadow.retry_for_s)
     worker = ShadowWorker(config, backends["teacher"], store, scrubber, metrics, store_down=store_down,
                           reopen=open_store)
     worker.start()

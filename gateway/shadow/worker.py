@@ -5,7 +5,8 @@ Serving hands a finished request over with `offer`, which never waits. With a st
 tasks (the concurrency limit toward the teacher) claim jobs from the store, each under a timeout, and complete them
 by writing the record and deleting the job together. A job survives SIGKILL as its row and is resumed by the next
 start; on SIGTERM the worker drains for `shadow.drain_timeout_s` and leaves the rest for the next start. A slow or
-dead teacher costs shadow work, never client requests: failed jobs are retried later, and dropped after three tries.
+dead teacher costs shadow work, never client requests: failed jobs are retried with backoff (1 s doubling to 60 s)
+and dropped, counted, only when older than `shadow.retry_for_s`: a teacher restart delays shadow work, loses none.
 Without a store (metrics only, or a store that could not be opened yet, which is retried in the background), jobs
 wait in a bounded memory queue. Either way the queue is bounded: beyond `shadow.queue_size` jobs are dropped and
 counted.
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cost import CostMeter
+from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
@@ -57,6 +59,7 @@ class ShadowConfig:
     adapter_version: str | None = None
     teacher_version: str | None = None
     drain_timeout_s: float = 10.0
+    retry_for_s: float = 1800.0
 
 
 class ShadowWorker:
@@ -66,7 +69,9 @@ class ShadowWorker:
         self.config = config
         self.teacher = teacher
         self.store = store
-        self.jobs = JobQueue(store) if store is not None else None
+        self.jobs = JobQueue(store, config.retry_for_s) if store is not None else None
+        self._store_outage = Outage(log, "storing offered shadow jobs")
+        self._claim_outage = Outage(log, "claiming stored shadow jobs")
         self.store_down = store_down  # configured but could not be opened: retried with `reopen`
         self._reopen = reopen
         self._writes_since_prune = 0
@@ -148,15 +153,27 @@ class ShadowWorker:
                     self.metrics.shadow_queue.dec()
 
     async def _persist(self, batch: list[ShadowJob]) -> None:
+        """Commit `batch`; while the store fails, hold it and try again with backoff (offered jobs wait in the
+        bounded memory queue meanwhile). Dropped, and counted, only if the worker is stopped first."""
+        delay = 0.5
         try:
-            async with self._writes:
-                room = self.config.queue_size - await asyncio.to_thread(self.jobs.pending)
-                kept = batch[:max(0, room)]
-                stored = await asyncio.to_thread(self.jobs.enqueue, kept) if kept else 0
-        except STORE_ERRORS as error:
+            while True:
+                try:
+                    async with self._writes:
+                        room = self.config.queue_size - await asyncio.to_thread(self.jobs.pending)
+                        kept = batch[:max(0, room)]
+                        stored = await asyncio.to_thread(self.jobs.enqueue, kept) if kept else 0
+                    break
+                except STORE_ERRORS as error:
+                    self._store_outage.failed(error, f"{len(batch)} offered shadow jobs held in memory and tried "
+                                                     "again until the store answers")
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, REOPEN_EVERY_S)
+        except asyncio.CancelledError:
             self.metrics.shadow_dropped.labels("store_error").inc(len(batch))
-            log.warning("shadow jobs could not be stored, %d dropped: %s", len(batch), error)
-            return
+            log.warning("%d offered shadow jobs dropped at shutdown: the store did not take them", len(batch))
+            raise
+        self._store_outage.recovered()
         if len(kept) < len(batch):
             self.metrics.shadow_dropped.labels("queue_full").inc(len(batch) - len(kept))
         self.metrics.shadow_acknowledged.inc(stored)
@@ -170,9 +187,10 @@ class ShadowWorker:
             try:
                 claimed = await asyncio.to_thread(self.jobs.claim, 1, self.config.timeout_s + 5.0)
             except STORE_ERRORS as error:
-                log.warning("shadow jobs could not be claimed: %s", error)
+                self._claim_outage.failed(error, "stored shadow jobs wait until the store answers")
                 await self._idle()
                 continue
+            self._claim_outage.recovered()
             if not claimed:
                 await self._idle()
                 continue
@@ -229,7 +247,8 @@ class ShadowWorker:
             return
         if not kept:
             self.metrics.shadow_dropped.labels(reason).inc()
-            log.warning("shadow job %s dropped after %d tries", claimed.job.request_id, claimed.attempts + 1)
+            log.warning("shadow job %s dropped after %d tries over %.0f s (shadow.retry_for_s)", claimed.job.request_id,
+                        claimed.attempts + 1, self.config.retry_for_s)
 
     async def _attempt(self, job: ShadowJob) -> ShadowRecord | None:
         """The record, or None (counted, logged) when the teacher failed or timed out."""
@@ -273,7 +292,7 @@ class ShadowWorker:
             except STORE_ERRORS as error:
                 log.warning("shadow store still unavailable: %s", error)
                 continue
-            self.store, self.jobs, self.store_down = store, JobQueue(store), False
+            self.store, self.jobs, self.store_down = store, JobQueue(store, self.config.retry_for_s), False
             log.info("shadow store is available again; shadow jobs are stored from now on")
             self._wake.set()
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.students.canary import VersionFigures, judge
@@ -76,6 +77,7 @@ class StudentManager:
 
     async def _watch(self) -> None:
         interval = self.settings.students.poll_interval_s
+        outage = Outage(log, "following the student slot")  # logged when it starts and ends, not every poll
         while True:
             await asyncio.sleep(interval)
             try:
@@ -86,9 +88,11 @@ class StudentManager:
                 await self._judge_canary()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a store hiccup must not stop following; the next poll tries again
-                log.exception("following the student slot failed; serving %s meanwhile",
-                              self.slot.active.version if self.slot else "nothing")
+            except Exception as error:  # a store hiccup must not stop following; the next poll tries again
+                outage.failed(error, f"serving {self.slot.active.version if self.slot else 'nothing'} meanwhile, "
+                                     f"trying again every {interval:g} s")
+            else:
+                outage.recovered()
 
     async def _apply(self, seen: Slot) -> None:
         """Serve what the slot row says (the caller holds `_applying`)."""

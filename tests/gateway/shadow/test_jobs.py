@@ -3,12 +3,13 @@ lease that expires frees a job, completing writes the record and deletes the job
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
-from gateway.shadow.jobs import JobQueue, ShadowJob
+from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s
 from router.policy import RouteDecision
 from runtime.contract import TokenLogprob, TopLogprob
 from runtime.store.records import ShadowStore
@@ -28,7 +29,7 @@ def jobs(request, tmp_path):
     url = f"sqlite:///{tmp_path}/shadow.sqlite3" if request.param == "sqlite" \
         else request.getfixturevalue("postgres_url")
     store = ShadowStore(url)
-    yield JobQueue(store, max_attempts=2)
+    yield JobQueue(store, retry_for_s=600)
     with store.engine.begin() as connection:
         connection.execute(text("DELETE FROM shadow_jobs"))
         connection.execute(text("DELETE FROM shadow_records"))
@@ -66,11 +67,26 @@ def test_complete_writes_the_record_and_deletes_the_job(jobs):
     assert jobs.pending() == 0 and jobs.store.count() == 1
 
 
-def test_a_failed_job_is_retried_then_dropped(jobs):
+def test_a_failed_job_waits_out_its_backoff_then_is_retried_until_it_is_too_old(jobs):
     jobs.enqueue([job("a")])
-    (claimed,) = jobs.claim(1, lease_s=60)
-    assert jobs.release(claimed)  # tried once: back in the queue
-    (again,) = jobs.claim(1, lease_s=60)
+    now = datetime.now(UTC)
+    (claimed,) = jobs.claim(1, lease_s=60, now=now)
+    assert jobs.release(claimed, now=now)  # tried once: back in the queue, but not at once
+    assert jobs.claim(1, lease_s=60, now=now) == []
+    (again,) = jobs.claim(1, lease_s=60, now=now + timedelta(seconds=RETRY_FIRST_S + 0.01))
     assert again.attempts == 1
-    assert not jobs.release(again)  # max_attempts=2: gone
+    for attempts in range(2, 12):  # a teacher down for many minutes: the job keeps coming back, less often
+        assert jobs.release(again, now=now)
+        assert jobs.claim(1, lease_s=60, now=now + timedelta(seconds=retry_delay_s(attempts - 1) * 0.49)) == []
+        (again,) = jobs.claim(1, lease_s=60, now=now + timedelta(seconds=RETRY_MAX_S + 0.01))
+        assert again.attempts == attempts
+    assert not jobs.release(again, now=again.job.created_at + timedelta(seconds=600))  # retry_for_s=600: gone
     assert jobs.pending() == 0
+
+
+def test_the_backoff_doubles_from_one_second_to_a_minute_with_jitter():
+    rng = random.Random(0)
+    for attempts, full in [(0, 1), (1, 2), (2, 4), (5, 32), (6, 60), (40, 60)]:
+        delays = [retry_delay_s(attempts, rng) for _ in range(200)]
+        assert full * 0.5 <= min(delays) and max(delays) <= full
+        assert max(delays) - min(delays) > full * 0.3  # jittered: jobs failed together come back spread out

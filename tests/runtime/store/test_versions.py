@@ -117,8 +117,12 @@ def test_the_race_check_fails_when_the_swap_reads_then_writes(versions, other, m
     def read_then_write(self, seen, states, **changes):
         if self.slot().revision != seen.revision:
             raise SlotChanged("the slot moved")
-        time.sleep(0.05)  # the window a real read-then-write leaves open
-        return swap(self, dataclasses.replace(seen, revision=self.slot().revision), states, **changes)
+        time.sleep(0.05)  # the window a read-then-write leaves open: both promotions have read the same slot
+        while True:  # then writes whatever the slot is now (last writer wins)
+            try:
+                return swap(self, dataclasses.replace(seen, revision=self.slot().revision), states, **changes)
+            except SlotChanged:
+                continue
 
     monkeypatch.setattr(StudentVersions, "_swap", read_then_write)
     with pytest.raises(AssertionError):
