@@ -118,8 +118,11 @@ class AuthMiddleware:
         refusal = self._refusal(path, principal)
         scope.setdefault("state", {})["principal"] = principal
         if refusal is not None:
-            self.metrics.api_requests.labels(principal.name if principal else "unknown",
-                                             str(refusal.status_code)).inc()
+            name = principal.name if principal else "unknown"
+            self.metrics.api_requests.labels(name, str(refusal.status_code)).inc()
+            client = (scope.get("client") or ("-",))[0]
+            access_log.warning("%s %s %d key=%s client=%s: %s", scope["method"], path, refusal.status_code, name,
+                               client, refusal.message)
             return await send_error(send, refusal)
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send)

@@ -181,3 +181,21 @@ def test_each_call_is_logged_with_its_key_name_not_its_key(guarded, caplog):
     lines = [record.getMessage() for record in caplog.records if record.name == "gateway.access"]
     assert any("POST /v1/chat/completions 200" in line and "key=plain" in line for line in lines)
     assert not any(made["plain"] in line for line in lines)
+
+
+def test_a_refused_call_is_logged_with_its_client_and_reason_not_the_token(guarded, caplog):
+    """Failed logins leave a line (they left none): status, path, the key name when one was recognised, the
+    client's address and why, at WARNING; never the token that was sent."""
+    server, made = guarded
+    wrong = "kdg-not-a-key-at-all-1234567890"
+    with caplog.at_level("INFO", logger="gateway.access"):
+        call(server, "/v1/chat/completions", wrong, "POST", json=CHAT)
+        call(server, "/admin/status", made["plain"])
+    refused = [record for record in caplog.records if record.name == "gateway.access" and
+               record.levelname == "WARNING"]
+    assert len(refused) == 2, [record.getMessage() for record in refused]
+    unknown, forbidden = (record.getMessage() for record in refused)
+    assert "POST /v1/chat/completions 401" in unknown and "key=unknown" in unknown and "client=127.0.0.1" in unknown
+    assert "no valid API key" in unknown
+    assert "GET /admin/status 403" in forbidden and "key=plain" in forbidden
+    assert not any(wrong in record.getMessage() or made["plain"] in record.getMessage() for record in caplog.records)
