@@ -71,9 +71,15 @@ class LocalEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{settings.model_dir} has no chat template; the engine serves chat models only")
-        self.model = AutoModelForCausalLM.from_pretrained(str(settings.model_dir), dtype=self.dtype)
-        if settings.adapter_dir is not None:
-            self.model = merged_adapter(self.model, settings.adapter_dir)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(str(settings.model_dir), dtype=self.dtype)
+            if settings.adapter_dir is not None:
+                self.model = merged_adapter(self.model, settings.adapter_dir)
+        except (OSError, ValueError):
+            raise
+        except Exception as error:  # safetensors' SafetensorError, torch's size mismatch: the files are unusable
+            raise ValueError(f"the weights in {settings.adapter_dir or settings.model_dir} cannot be loaded "
+                             f"({type(error).__name__}: {error}); copy the checkpoint again") from error
         self.model.to(self.device).eval()
         _refuse_sliding_window(self.model.config, settings.model_dir)
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)

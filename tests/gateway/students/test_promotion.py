@@ -160,6 +160,25 @@ def test_refusals_name_what_is_wrong(versioned, demo_dirs, tmp_path):
     assert nothing.status_code == 400 and "nothing to roll back to" in nothing.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_promoting_a_version_with_corrupt_weights_is_a_400_that_names_it(versioned, demo_dirs, tmp_path, damage):
+    """Weights that cannot be read (a copy cut short, bytes that are no safetensors file) were a 500 with a
+    traceback; they are the version's fault: 400 naming it and the file, and the active student keeps serving."""
+    server = versioned
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_dirs[0], broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"\x07" * 64 + data[64:])
+    assert admin(server, "POST", "", {"name": "cracked", "model_dir": str(broken)}).status_code == 201
+    promoted = admin(server, "POST", "/cracked/promote")
+    assert promoted.status_code == 400, promoted.text
+    message = promoted.json()["error"]["message"]
+    assert "version `cracked` could not be loaded" in message and "cannot be loaded" in message
+    assert admin(server, "GET", "/status").json()["active"] == "initial"
+    assert stream(server, PROMPTS[1])[1] == "initial"
+
+
 def test_of_two_promotions_at_once_one_wins_and_the_other_gets_409(versioned, demo_dirs):
     server = versioned
     for name in ("v2", "v3"):
