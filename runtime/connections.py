@@ -178,3 +178,47 @@ def _limits_from_environment() -> ConnectionLimits:
     given = os.environ.get(LIMITS_VARIABLE)
     return ConnectionLimits(**json.loads(given)) if given else ConnectionLimits()
 
+
+
+class BodyLimit:
+    """Pure ASGI, for services whose requests are small (the trainer's webhook and jobs API): the body is read up to
+    `max_bytes` before the application runs, and one past it is refused with 413 (by its Content-Length at once,
+    else as it streams in), in OpenAI's error envelope, ending the connection."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):  # noqa: ANN001  (ASGI's)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # the client left: nothing to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._refuse(send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:  # noqa: ANN001
+        body = json.dumps({"error": {"message": f"the request body is larger than {self.max_bytes} bytes",
+                                     "type": "invalid_request_error", "param": None,
+                                     "code": "request_too_large"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

@@ -6,9 +6,11 @@
                  "generatorURL": ..., "fingerprint": ...}]}
 
 A job starts for each *firing* alert whose labels carry every selector label (default `action="redistill"`, the
-label the project's drift rules carry); resolved alerts are acknowledged and ignored. Alertmanager sends a group
-again on every `repeat_interval` and retries a delivery it thinks failed, so an alert is known by its
-`groupKey` + `fingerprint` + `startsAt`: the same firing seen twice makes one job.
+label the project's drift rules carry). Alertmanager sends a group again on every `repeat_interval` and retries a
+delivery it thinks failed, so an alert is known by its `groupKey` + `fingerprint` + `startsAt`: the same firing
+seen twice makes one job. A resolved alert starts nothing; if no job was made for its firing yet (that delivery
+is late, or was lost), it is recorded as a skipped job under the same key, so that a stale firing arriving after
+its resolve finds it and starts nothing either.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ class WebhookPayload(BaseModel):
     alerts: list[Alert]
 
 
-def selected(payload: WebhookPayload, selector: dict[str, str]) -> list[Alert]:
-    """The firing alerts that carry every selector label."""
-    return [alert for alert in payload.alerts if alert.status == "firing"
+def selected(payload: WebhookPayload, selector: dict[str, str], status: str = "firing") -> list[Alert]:
+    """The alerts in `status` that carry every selector label."""
+    return [alert for alert in payload.alerts if alert.status == status
             and all(alert.labels.get(name) == value for name, value in selector.items())]
 
 

@@ -31,6 +31,7 @@ from distill.online.metrics import StoreCollector
 from distill.online.runner import LocalRunner, stop_orphan
 from distill.online.schedule import Scheduler
 from distill.online.settings import TrainerSettings
+from runtime.connections import BodyLimit
 from runtime.credentials import bearer, identify
 from runtime.store.records import ShadowStore
 from runtime.store.train_jobs import TrainJobs
@@ -89,6 +90,7 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
         tokens.append((bytes.fromhex(settings.auth.admin_sha256), "admin"))
     app.state.tokens, app.state.tokens_required = tuple(tokens), settings.tokens_required()
     app.middleware("http")(_authorize)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # outermost: before anything reads the body
     app.add_exception_handler(RequestValidationError, _invalid)
     _routes(app)
     return app
@@ -146,6 +148,9 @@ def _routes(app: FastAPI) -> None:
         for alert in selected(payload, settings.selector):
             job, created = await asyncio.to_thread(_job_for_alert, jobs, payload, alert)
             (made if created else known).append(job.id)
+        for alert in selected(payload, settings.selector, status="resolved"):  # a late firing must not start one
+            await asyncio.to_thread(jobs.close_before_start, "alert", job_options(payload, alert),
+                                    alert_key(payload, alert), "the alert was resolved before a firing was seen")
         ignored = len(payload.alerts) - len(made) - len(known)
         if made:
             log.info("alert(s) from %s queued job(s) %s", payload.receiver, made)

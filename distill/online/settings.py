@@ -129,6 +129,8 @@ class TrainerSettings(BaseSettings):
     requeue_on_restart: bool = Field(default=False, description="a job left running by a trainer that died is "
                                      "queued again (true) or failed with `trainer restarted` (false)")
     poll_interval_s: float = Field(default=1.0, gt=0, description="how often the runner and the schedules look")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body (an Alertmanager "
+                                "delivery is a few KiB per alert); larger gets 413 before it is read")
     schedule_interval_s: float | None = Field(default=None, gt=0, description="a job every this many seconds when "
                                               "`dataset.min_records` new records exist; null: no schedule")
     teacher_change: bool = Field(default=True, description="a new teacher version in the records starts a job "

@@ -81,6 +81,19 @@ class TrainJobs:
                 return _job(existing), False
         return self.get(job_id), True
 
+    def close_before_start(self, trigger: str, options: dict, key: str, reason: str) -> bool:
+        """Record that the trigger `key` needs no job (a resolved alert): a skipped job under that key, unless one
+        exists. True if it was recorded."""
+        now = datetime.now(UTC)
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(TrainJobRow(created_at=now, changed_at=now, finished_at=now, state="skipped",
+                                        trigger=trigger, trigger_key=key, options=options, progress=0.0,
+                                        reason=reason))
+            return True
+        except IntegrityError:
+            return False
+
     def get(self, job_id: int) -> TrainJob | None:
         with Session(self.engine) as session:
             row = session.get(TrainJobRow, job_id)

@@ -56,7 +56,7 @@ def trainer_config(tmp_path, **extra) -> tuple:
 
 
 def call(server, method: str, path: str, key: str | None = ADMIN_KEY, **kwargs) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = kwargs.pop("headers", {}) | ({"Authorization": f"Bearer {key}"} if key else {})
     return httpx.request(method, f"{server.url}{path}", headers=headers, timeout=30, **kwargs)
 
 
@@ -133,11 +133,37 @@ def test_a_firing_alert_queues_one_job_and_a_retry_finds_it(trainer):
     assert again.json()["already"] == [job_id]
 
 
-def test_resolved_and_unselected_alerts_are_acknowledged_and_ignored(trainer):
+def test_resolved_and_unselected_alerts_start_nothing(trainer):
     resolved = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(status="resolved"))
     other = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels={"action": "page"}))
     assert resolved.json() == other.json() == {"queued": [], "already": [], "ignored": 1}
-    assert call(trainer, "GET", "/v1/jobs").json()["jobs"] == []
+    (noted,) = call(trainer, "GET", "/v1/jobs").json()["jobs"]  # the resolve is remembered, as a job that never ran
+    assert (noted["state"], noted["started_at"]) == ("skipped", None) and "resolved before" in noted["reason"]
+
+
+def test_a_stale_firing_that_arrives_after_its_resolve_starts_nothing(trainer):
+    """Alertmanager's firing delivery was retried late and came after the resolve: it used to start a job."""
+    call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(status="resolved"))
+    stale = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook())
+    assert stale.json()["queued"] == [] and len(stale.json()["already"]) == 1
+    assert [job["state"] for job in call(trainer, "GET", "/v1/jobs").json()["jobs"]] == ["skipped"]
+    later = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(starts="2026-12-04T11:00:00Z"))
+    assert len(later.json()["queued"]) == 1  # the same alert firing again later is a new firing: a job
+
+
+def test_a_body_past_the_limit_is_413_before_it_is_read(trainer):
+    """10 MB to the webhook were accepted; the limit is `max_body_bytes` (1 MiB), by Content-Length or streamed."""
+    big = webhook() | {"padding": "x" * (2 * 1024 * 1024)}
+    declared = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=big)
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large"
+
+    def chunks():
+        for _ in range(20):
+            yield b"x" * (128 * 1024)
+    streamed = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, content=chunks(),
+                    headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook()).status_code == 200  # small ones pass
 
 
 @pytest.mark.parametrize(("body", "field"), [
