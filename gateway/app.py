@@ -68,6 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             router = Router(policy, backends, metrics,
                             handoff=HandoffRule(handoff.min_prob) if handoff.enabled else None,
                             deadlines={role: config.first_token_timeout_s for role, config in configs.items()},
+                            stalls={role: config.stall_timeout_s for role, config in configs.items()},
                             caps={role: config.max_in_flight for role, config in configs.items()},
                             breakers=breakers,
                             teacher_target=handoff.target_teacher_fraction if handoff.enabled else None)

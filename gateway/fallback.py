@@ -43,9 +43,10 @@ def is_client_error(error: GatewayError) -> bool:
     return isinstance(error, CLIENT_ERRORS)
 
 
-async def with_deadline(events: AsyncIterator[Event], seconds: float | None, backend: str
-                        ) -> AsyncIterator[Event]:
-    """`events`, failing with `UpstreamTimeout` if the first one has not arrived within `seconds`."""
+async def with_deadline(events: AsyncIterator[Event], seconds: float | None, backend: str,
+                        stall_seconds: float | None = None) -> AsyncIterator[Event]:
+    """`events`, failing with `UpstreamTimeout` if the first one has not arrived within `seconds`, or if, after it,
+    `stall_seconds` pass without the next."""
     try:
         try:
             first = await asyncio.wait_for(anext(events), seconds)
@@ -58,7 +59,20 @@ async def with_deadline(events: AsyncIterator[Event], seconds: float | None, bac
         yield first
         if isinstance(first, Finish):
             return
-        async for event in events:
+        if stall_seconds is None:
+            async for event in events:
+                yield event
+            return
+        while True:
+            try:
+                async with asyncio.timeout(stall_seconds):  # around the wait only, never around the yield
+                    event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamTimeout(f"backend `{backend}` went silent mid-answer for {stall_seconds:g} s (its "
+                                      f"stall deadline, `{backend}.stall_timeout_s`); check that it is healthy",
+                                      backend=backend) from None
             yield event
     finally:
         await events.aclose()

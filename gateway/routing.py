@@ -66,7 +66,7 @@ class Router:
     def __init__(self, policy: RoutingPolicy, backends: dict[str, Backend], metrics: GatewayMetrics | None = None,
                  handoff: HandoffRule | None = None, deadlines: dict[str, float | None] | None = None,
                  caps: dict[str, int | None] | None = None, breakers: dict[str, CircuitBreaker] | None = None,
-                 teacher_target: float | None = None):
+                 teacher_target: float | None = None, stalls: dict[str, float | None] | None = None):
         missing = set(policy.requires) - set(backends)
         if missing:
             raise ValueError(f"routing policy `{policy.name}` needs the {', '.join(sorted(missing))} backend; "
@@ -78,6 +78,7 @@ class Router:
         self.handoff = handoff
         self.metrics = metrics
         self.deadlines = deadlines or {}  # role -> first-token deadline in seconds
+        self.stalls = stalls or {}  # role -> longest silence after the first token, in seconds
         self.slots = {role: asyncio.Semaphore(cap) for role, cap in (caps or {}).items() if cap}  # in-flight caps
         self.breakers = breakers or {}
         self.share = TeacherShare()  # shared by every bound copy: one realised-fraction gauge per process
@@ -139,7 +140,7 @@ class Router:
         deadline = self.deadlines.get(role)
 
         def start() -> AsyncIterator[Event]:
-            return with_deadline(self.backends[role].generate(generation), deadline, role)
+            return with_deadline(self.backends[role].generate(generation), deadline, role, self.stalls.get(role))
 
         slots, breaker = self.slots.get(role), self.breakers.get(role)
         opened = start if slots is None else (lambda: capped(slots, deadline, role, start))

@@ -91,6 +91,11 @@ class BackendSettings(BaseModel):
         default=10.0, gt=0, description="a backend that has sent nothing this long after the request is treated as "
         "failed, and its fallback serves (the teacher for a failed student; the student's own answer for a failed "
         "teacher). Separate from `http.read_timeout_s`, which bounds silences once it streams. null: no deadline")
+    stall_timeout_s: float | None = Field(
+        default=30.0, gt=0, description="once it has sent its first token, the longest this backend may go silent "
+        "before the answer is failed as stalled (a paused or wedged server; mid-answer there is nothing to fall "
+        "back to, and the client gets an error event instead of waiting out `http.read_timeout_s`). null: only "
+        "`http.read_timeout_s`")
     max_in_flight: int | None = Field(default=None, ge=1, description="requests sent to this backend at once "
                                       "by one gateway process; one more waits within its first-token deadline, "
                                       "then is served by the fallback (the student's own answer when the teacher "
