@@ -95,6 +95,8 @@ class GatewayMetrics:
                                   multiprocess_mode="livesum", registry=r)
         self.shadow_acknowledged = Counter("kdgate_shadow_acknowledged", "Shadow jobs committed to the store: from "
                                            "here a crash delays them, never loses them", registry=r)
+        self.store_restored = Counter("kdgate_store_file_restored", "Times the SQLite store's file was found deleted "
+                                      "or replaced while open and was put back with its content", registry=r)
         self.shadow_pending = Gauge("kdgate_shadow_pending_jobs", "Shadow jobs in the store not yet completed (all "
                                     "processes)", multiprocess_mode="livemax", registry=r)
         self.shadow_sampled = Counter("kdgate_shadow_sampled", "Jobs queued for shadow work, by kind (shadow, "

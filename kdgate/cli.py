@@ -185,7 +185,12 @@ def _exit_with(message: str) -> NoReturn:
 
 
 def main() -> None:
-    """The `kdgate` entry point: the epilog is built once the commands exist."""
+    """The `kdgate` entry point: the epilog is built once the commands exist. A fatal signal (SIGBUS from a SQLite
+    `-shm` mapping that became unwritable, SIGSEGV) prints every thread's traceback before the process dies,
+    instead of nothing (faulthandler)."""
+    import faulthandler
+
+    faulthandler.enable()
     app.info.epilog = _every_command()
     app()
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import random
+import sqlite3
 import time
 import uuid
 from collections import deque
@@ -156,6 +157,7 @@ class ShadowWorker:
         """Commit `batch`; while the store fails, hold it and try again with backoff (offered jobs wait in the
         bounded memory queue meanwhile). Dropped, and counted, only if the worker is stopped first."""
         delay = 0.5
+        await self._keep_store_file()
         try:
             while True:
                 try:
@@ -200,7 +202,24 @@ class ShadowWorker:
             finally:
                 self._busy -= 1
 
+    async def _keep_store_file(self) -> None:
+        """A SQLite store file deleted or replaced while open is put back before anything else is written."""
+        if self.store is None or self.store.file is None or not self.store.file.moved():
+            return
+        async with self._writes:
+            try:
+                found = await asyncio.to_thread(self.store.keep_file)
+            except (*STORE_ERRORS, sqlite3.Error) as error:
+                log.error("the shadow store file %s was removed while open and could not be put back: %s",
+                          self.store.file.path, error)
+                return
+        if found:
+            self.metrics.store_restored.inc()
+            log.error("the shadow store file %s was %s while the gateway had it open; it was put back with every "
+                      "record and job written to it (kdgate_store_file_restored_total)", self.store.file.path, found)
+
     async def _idle(self) -> None:
+        await self._keep_store_file()
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from router.records import floor
 from runtime.contract import TokenLogprob, TopLogprob
 from runtime.store.schema import KINDS, ShadowRow
+from runtime.store.sqlite_file import FileWatch
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -78,6 +79,18 @@ class ShadowStore:
         self.max_age, self.max_rows, self.max_record_bytes = max_age, max_rows, max_record_bytes
         self.engine = _engine(url)
         self.upgrade()
+        path = sqlite_path(url)
+        self.file = FileWatch(path) if path is not None else None
+
+    def keep_file(self) -> str | None:
+        """A SQLite store whose file was deleted or replaced while open is put back at its path, with everything
+        written so far (runtime.store.sqlite_file); returns what had happened, None when the file is in place (or
+        the store is not a file)."""
+        if self.file is None or not self.file.moved():
+            return None
+        found = self.file.restore()
+        self.engine.dispose()  # pooled connections still write into the old inode: new ones open the restored file
+        return found
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (a no-op when it is there already)."""
@@ -134,6 +147,8 @@ class ShadowStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.file is not None:
+            self.file.close()
 
     def _db_time(self, moment: datetime) -> datetime:
         """Aware UTC for PostgreSQL; naive UTC for SQLite, which stores no time zone (and compares as text)."""
@@ -180,6 +195,14 @@ def _record(row: ShadowRow) -> ShadowRecord:
     if values["created_at"].tzinfo is None:
         values["created_at"] = values["created_at"].replace(tzinfo=UTC)
     return ShadowRecord(**values)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL; None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" and not path.startswith("file:") else None
 
 
 def _engine(url: str) -> Engine:

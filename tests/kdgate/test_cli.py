@@ -141,3 +141,24 @@ def test_config_show_prints_what_serve_would_use():
     assert shown["routing"]["handoff"]["min_prob"] == 0.8
     vllm = yaml.safe_load(gateway_command("config", "show", "--config", "deploy/kdgate-vllm.yaml").stdout)
     assert vllm["student"]["kind"] == "http"
+
+
+def test_a_fatal_signal_is_reported_with_a_traceback(tmp_path, demo_dirs):
+    """A SIGBUS (what a SQLite `-shm` mapping that became unwritable raises) killed the gateway with nothing logged;
+    now Python's faulthandler prints every thread's traceback first. Shown on `kdgate engine`, the same entry point."""
+    import signal
+
+    from tests.conftest import free_port, wait_until_up
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "engine", "--model", str(demo_dirs[0]), "--port",
+                                str(port), "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", process, timeout=120)
+        process.send_signal(signal.SIGBUS)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in stderr and "most recent call first" in stderr, stderr[-2000:]
