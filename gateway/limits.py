@@ -23,12 +23,14 @@ from typing import Protocol
 
 from gateway.asgi import send_error
 from gateway.auth import ANONYMOUS, Principal
+from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.settings import LimitsSettings
 from runtime.contract import Event
 from runtime.errors import BackendBusy, Overloaded, RateLimited
 
 WINDOW_S = 60.0
+LIMITER_RETRY_S = 5.0  # a failing rate limiter (Redis) is asked again after this long
 log = logging.getLogger(__name__)
 
 
@@ -175,6 +177,8 @@ class Admission:
         self.windows = windows or (RedisWindows(settings.redis_url) if settings.redis_url else MemoryWindows())
         self.in_flight = 0
         self._waiters: list[asyncio.Future] = []
+        self._limiter_down_until = 0.0  # a failing limiter is skipped until then (a breaker), then tried once again
+        self._limiter_outage = Outage(log, "the rate limiter (limits.redis_url)")
 
     async def admit(self, principal: Principal) -> Ticket:
         await self._check_rates(principal)
@@ -182,7 +186,7 @@ class Admission:
         return Ticket(self, principal)
 
     async def add_tokens(self, principal: Principal, tokens: int) -> None:
-        if self._tpm(principal) is None or tokens <= 0:
+        if self._tpm(principal) is None or tokens <= 0 or self._limiter_skipped():
             return
         try:
             await self.windows.add_tokens(principal.name, tokens, time.time())
@@ -202,7 +206,7 @@ class Admission:
 
     async def _check_rates(self, principal: Principal) -> None:
         rpm, tpm = self._rpm(principal), self._tpm(principal)
-        if rpm is None and tpm is None:
+        if rpm is None and tpm is None or self._limiter_skipped():
             return
         now = time.time()
         try:
@@ -210,6 +214,8 @@ class Admission:
         except Exception as error:  # noqa: BLE001
             self._limiter_failed(error)
             return
+        self._limiter_down_until = 0.0
+        self._limiter_outage.recovered()
         if admitted:
             return
         into = now % WINDOW_S
@@ -224,9 +230,19 @@ class Admission:
         raise RateLimited(f"rate limit reached for the key `{principal.name}`: {what} per minute; retry after "
                           f"{math.ceil(max(wait, 1))} s", retry_after=max(wait, 1.0), kind=kind)
 
+    def _limiter_skipped(self) -> bool:
+        """While the limiter's breaker is open, requests are admitted without asking it (counted)."""
+        if time.monotonic() < self._limiter_down_until:
+            self.metrics.limit_errors.inc()
+            return True
+        return False
+
     def _limiter_failed(self, error: Exception) -> None:
+        """Admit without the limiter, and skip it for LIMITER_RETRY_S: a Redis that hangs costs one request its
+        socket timeout per interval, not every request."""
         self.metrics.limit_errors.inc()
-        log.warning("rate limiter unavailable, admitting without it: %s: %s", type(error).__name__, error)
+        self._limiter_down_until = time.monotonic() + LIMITER_RETRY_S
+        self._limiter_outage.failed(error, f"admitting without it; asking again every {LIMITER_RETRY_S:g} s")
 
     # ------------------------------------------------------------------------------------------------ slots
 

@@ -326,6 +326,38 @@ async def test_a_redis_that_is_down_admits_and_counts():
     await admission.aclose()
 
 
+async def test_a_redis_that_never_answers_costs_one_request_its_timeout_not_every_request():
+    """A server that accepts connections and never answers (a hung Redis): the first request waits out the socket
+    timeout (1 s) and opens the limiter's breaker; the next ones are admitted at once, counted; after
+    LIMITER_RETRY_S one request asks again. Every request used to pay the second."""
+    import socket
+
+    from gateway.limits import LIMITER_RETRY_S
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # the kernel accepts; nobody ever reads or answers
+    metrics = GatewayMetrics()
+    admission = Admission(LimitsSettings(key_requests_per_minute=1,
+                                         redis_url=f"redis://127.0.0.1:{hung.getsockname()[1]}/0"), metrics)
+    key = Principal("app", frozenset())
+    try:
+        waits = []
+        for _ in range(20):
+            started = time.monotonic()
+            (await admission.admit(key)).release()
+            waits.append(time.monotonic() - started)
+        assert waits[0] >= 0.9 and max(waits[1:]) < 0.2, waits
+        assert metrics.limit_errors._value.get() == 20  # each admitted without the limiter, counted
+        admission._limiter_down_until = time.monotonic()  # the retry interval has passed
+        started = time.monotonic()
+        (await admission.admit(key)).release()
+        assert time.monotonic() - started >= 0.9 and LIMITER_RETRY_S > 1  # asked again once, still hung
+    finally:
+        await admission.aclose()
+        hung.close()
+
+
 def calls_by_worker(folder: Path, key_name: str) -> dict[str, dict[str, float]]:
     """{worker pid: {HTTP status: calls}} of one key, read from each worker's own metrics file."""
     from prometheus_client.multiprocess import MultiProcessCollector
