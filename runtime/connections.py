@@ -11,7 +11,8 @@ is uvicorn's httptools protocol with these limits (`ConnectionLimits`, defaults 
 - they may not exceed `max_header_bytes`, else 431 and close, before more is buffered;
 - a response sent before its request's body arrived whole (408, 413, an early error) ends the connection;
 - at `max_connections` the longest-idle connection gives way to a new one; only when none is idle does the
-  newcomer get 503 with Retry-After, in OpenAI's error envelope like every other refusal.
+  newcomer get 503 with Retry-After, in OpenAI's error envelope like every other refusal;
+- an HTTP/1.0 client's streamed answer is sent unchunked and ended by closing the connection (1.0 has no chunks).
 
 `serve(app, limits, **uvicorn_options)` runs uvicorn with it, one process or several workers; `uvicorn_config`
 makes the Config for a server run in-process (gateway.threaded).
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                                   retry_after=1))
             return
         super().on_headers_complete()
+        if self.cycle is not None and self.scope.get("http_version") == "1.0":
+            self.cycle.__class__ = _Http10Cycle  # same state, the one method below
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -153,6 +156,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         min(idle, key=lambda connection: connection.idle_since).transport.close()
         return True
+
+
+class _Http10Cycle(RequestResponseCycle):
+    """HTTP/1.0 has no chunked encoding: a response of unknown length (a stream) goes out as it is and ends when the
+    connection closes, which 1.0 always does (uvicorn chunked it, and a 1.0 client cannot read chunks)."""
+
+    close_delimited = False
+
+    async def send(self, message) -> None:  # noqa: ANN001  (ASGI's)
+        if message["type"] == "http.response.start" and not any(
+                name.lower() == b"content-length" for name, _ in message.get("headers", ())):
+            self.close_delimited = True
+            self.chunked_encoding = False  # uvicorn's checks then count against a length there is none of
+            self.expected_content_length = 1 << 62
+        elif message["type"] == "http.response.body" and self.close_delimited and not message.get("more_body"):
+            self.expected_content_length = len(message.get("body", b""))  # the last piece: nothing is missing
+        await super().send(message)
 
 
 def uvicorn_config(app: Any, limits: ConnectionLimits, **options: Any) -> uvicorn.Config:

@@ -135,3 +135,16 @@ def test_at_the_cap_with_none_idle_a_newcomer_gets_503_with_retry_after(server):
     finally:
         for sock in busy:
             sock.close()
+
+
+def test_an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closed(server):
+    with connect(server) as sock:
+        body = json.dumps({"messages": [{"role": "user", "content": "my order 12345 is late"}], "max_tokens": 8,
+                           "stream": True}).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        raw = read_until_closed(sock)  # the end of the body is the end of the connection
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+    frames = [line for line in payload.decode().split("\n") if line]
+    assert frames[0].startswith("data: {") and frames[-1] == "data: [DONE]"  # SSE frames, no chunk sizes between
