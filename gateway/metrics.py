@@ -153,11 +153,20 @@ class GatewayMetrics:
 
 
     def count_student_request(self, version: str, ok: bool, escalated: bool, ttft: float | None) -> None:
+        """Counted under its version while that version serves; a request that finishes after its version stopped
+        serving (a rejected canary's last streams) would bring the removed series back for good, so it is not."""
+        if version not in self._student_labels:
+            return
         self.student_requests.labels(version, "ok" if ok else "error").inc()
         if escalated:
             self.student_escalations.labels(version).inc()
         if ttft is not None:
             self.student_ttft.labels(version).observe(ttft)
+
+    def observe_student_kl(self, version: str, kl: float) -> None:
+        """A shadow comparison's KL under the version that answered, while it serves (shadow work finishes late)."""
+        if version in self._student_labels:
+            self.student_shadow_kl.labels(version).observe(kl)
 
     def student_serving_changed(self, serving: dict[str, str], revision: int) -> None:
         """The versions serving now (version -> role); the label children of the others are removed, so the

@@ -157,7 +157,7 @@ class StudentManager:
         if figures is not None:
             figures.kl_sum += kl
             figures.kl_count += 1
-            self.metrics.student_shadow_kl.labels(version).observe(kl)
+            self.metrics.observe_student_kl(version, kl)
 
     # ------------------------------------------------------------------------------------------------ changes
 
