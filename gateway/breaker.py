@@ -7,7 +7,10 @@
 While a backend's circuit is open its requests fail at once with `UpstreamUnavailable`, so the fallbacks
 (`gateway.fallback`) serve them without waiting for a deadline: a dead teacher costs escalations nothing but the
 student's answer. Only failures that are the backend's count (unreachable, timed out, broken protocol, engine
-failure); a client's 4xx and a full in-flight cap (`BackendBusy`) do not.
+failure); a client's 4xx and a full in-flight cap (`BackendBusy`) do not, and neither does a missed deadline while
+the backend's other streams are moving (events within the last `open_s`): that is load, not a fault, and opening
+the circuit then would turn an overload into an outage (it opened both circuits under overload). A backend that
+hangs moves no stream and fails its health check.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from enum import IntEnum
 from gateway.fallback import is_client_error
 from gateway.metrics import GatewayMetrics
 from runtime.contract import Backend, Event
-from runtime.errors import BackendBusy, GatewayError, UpstreamUnavailable
+from runtime.errors import BackendBusy, GatewayError, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,12 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self.probing = False
+        self.progressed_at = float("-inf")  # the backend's last streamed event, on `clock`
         self._set(State.CLOSED)
+
+    def busy_not_broken(self, error: GatewayError) -> bool:
+        """A missed deadline while the backend's other streams moved recently: it is loaded, not failing."""
+        return isinstance(error, UpstreamTimeout) and self.clock() - self.progressed_at < self.open_s
 
     def allow(self) -> bool:
         """May a request go to the backend now? In half-open, only one at a time (the probe)."""
@@ -106,12 +114,13 @@ async def guarded(breaker: CircuitBreaker, open_events: Callable[[], AsyncIterat
     started = False
     try:
         async for event in events:
+            breaker.progressed_at = breaker.clock()
             if not started:
                 started = True
                 breaker.succeeded()
             yield event
     except GatewayError as error:
-        if counts_against(error):
+        if counts_against(error) and not breaker.busy_not_broken(error):
             breaker.failed(f"{type(error).__name__}: {error.message}")
         elif not started:
             breaker.probing = False

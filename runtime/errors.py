@@ -154,8 +154,13 @@ class UpstreamUnavailable(UpstreamError):
     status_code = 503
 
 
-class BackendBusy(UpstreamUnavailable):
-    """The backend's in-flight cap is reached and no slot came free in time."""
+class BackendBusy(_RetryAfter, UpstreamUnavailable):
+    """The backend's in-flight cap is reached and no slot came free in time: a shed reply, with Retry-After like
+    the others."""
+
+    def __init__(self, message: str, *, backend: str, retry_after: float = 1.0):
+        super().__init__(message, backend=backend)
+        self.retry_after = retry_after
 
 
 class UpstreamRejected(UpstreamError):

@@ -24,7 +24,8 @@ from gateway.settings import (
     ShadowSettings,
 )
 from runtime.backends.retry import MIN_RETRIES, RetryBudget
-from runtime.errors import UpstreamRejected, UpstreamUnavailable
+from runtime.contract import Delta
+from runtime.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from tests.conftest import ThreadedServer, free_port, start_engine_server, stop
 from tests.gateway.test_confidence_routing import ESCALATE, write_policy
 
@@ -77,6 +78,35 @@ async def test_a_clients_error_does_not_open_the_circuit():
     with pytest.raises(UpstreamUnavailable, match="circuit is open"):
         async for _ in guarded(breaker, rejecting):
             pass
+
+
+async def test_missed_deadlines_while_other_streams_move_are_load_not_failures():
+    """Under overload a backend misses first-token deadlines while it streams other answers: those misses do not
+    open its circuit (they opened both under overload); the same misses from a backend that moves nothing do."""
+    clock = Clock()
+    breaker = CircuitBreaker("teacher", failure_threshold=2, open_s=10, clock=clock)
+
+    async def streaming():
+        yield Delta(text="a", logprobs=())
+
+    async def late():
+        raise UpstreamTimeout("sent nothing within its first-token deadline", backend="teacher")
+        yield  # pragma: no cover
+
+    async for _ in guarded(breaker, streaming):  # another request's tokens flow
+        pass
+    for _ in range(5):
+        clock.now += 1.0
+        with pytest.raises(UpstreamTimeout):
+            async for _ in guarded(breaker, late):
+                pass
+    assert breaker.state is State.CLOSED  # loaded, not failing: the fallbacks still get their chance
+    clock.now += 10.0  # nothing has moved for open_s: the misses are the backend's
+    for _ in range(2):
+        with pytest.raises(UpstreamTimeout):
+            async for _ in guarded(breaker, late):
+                pass
+    assert breaker.state is State.OPEN
 
 
 def test_the_retry_budget_is_a_share_of_requests_with_a_floor():

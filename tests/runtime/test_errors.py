@@ -51,3 +51,12 @@ def test_an_httpx_error_without_a_message_is_named_by_its_class():
     """One keep-alive race gave '503 … is unreachable ()': an empty reason. The class name stands in for it."""
     error = errors.from_httpx(httpx.ConnectError(""), backend="teacher", url="http://teacher:8002/v1/chat/completions")
     assert "(ConnectError)" in error.message and "()" not in error.message
+
+
+def test_every_shed_reply_says_when_to_retry():
+    """503s that mean "no capacity now" carry Retry-After; a full backend cap (`BackendBusy`) had none."""
+    from runtime.errors import BackendBusy, Overloaded
+
+    assert BackendBusy("teacher at its cap", backend="teacher").headers() == {"Retry-After": "1"}
+    assert BackendBusy("teacher at its cap", backend="teacher", retry_after=2.5).headers() == {"Retry-After": "3"}
+    assert Overloaded("queue full", retry_after=0.2).headers() == {"Retry-After": "1"}
