@@ -184,10 +184,12 @@ def test_a_hung_teacher_costs_shadow_work_never_client_requests(demo_dirs, tmp_p
     assert figures["kdgate_requests_total[('outcome', 'ok'), ('route', 'student'), ('stream', 'false')]"] == 8
 
 
-def test_a_broken_store_drops_records_with_a_counter(demo_dirs, engine_server, tmp_path):
+def test_a_broken_store_retries_its_job_then_drops_it_with_a_counter(demo_dirs, engine_server, tmp_path):
+    """A write that keeps failing (the table is gone) is retried with backoff until the job is older than
+    `shadow.retry_for_s`, then dropped and counted as a store error."""
     from gateway.app import create_app
 
-    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path))
+    settings = gateway_settings(demo_dirs, engine_server, shadow=shadow_settings(tmp_path, retry_for_s=3.0))
     with ThreadedServer(create_app(settings)) as server:
         with server.app.state.chat.shadow.store.engine.begin() as connection:
             connection.execute(text("DROP TABLE shadow_records"))  # the store breaks under the running gateway
