@@ -48,3 +48,26 @@ def test_every_docs_page_is_reachable_from_the_readme():
     readme = (ROOT / "README.md").read_text()
     for page in PAGES[1:]:
         assert f"docs/{page.name}" in readme, f"docs/{page.name} is not linked from the README"
+
+
+def test_every_test_the_fault_matrix_names_exists():
+    """docs/faults.md names the test that proves each row: the file exists and so does the test function (a row
+    `...::name` means the file named before it in the same cell)."""
+    missing = []
+    for cell in re.findall(r"\| [^|]*`(?:tests/|test_)[^|]*\|\s*$", (ROOT / "docs" / "faults.md").read_text(),
+                           flags=re.MULTILINE):
+        current = None
+        for reference in re.findall(r"`([^`]+)`", cell):
+            path, _, name = reference.partition("::")
+            if path.startswith("tests/") or path.startswith("test_"):
+                found = [ROOT / path] if path.startswith("tests/") else sorted((ROOT / "tests").rglob(path))
+                current = found[0] if found and found[0].is_file() else None
+                if current is None:
+                    missing.append(reference)
+                    continue
+            elif path != "...":
+                continue
+            test = name.split("[")[0]
+            if test and (current is None or f"def {test}(" not in current.read_text()):
+                missing.append(reference)
+    assert not missing, missing
