@@ -96,7 +96,9 @@ def job(job_id: int = typer.Argument(...), url: str = URL, token: str | None = T
 
 
 @app.command()
-def start(reason: str = typer.Option("started by hand"), no_promote: bool = typer.Option(False),
+def start(reason: str = typer.Option("started by hand"),
+          no_promote: bool = typer.Option(False, "--no-promote", help="train and gate, but leave the new version "
+                                          "registered, not promoted"),
           url: str = URL, token: str | None = TOKEN) -> None:
     """Queue a job by hand.
 

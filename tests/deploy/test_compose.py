@@ -325,3 +325,12 @@ def test_yaml_files_pass_yamllint(path):
                             "comments: {min-spaces-from-content: 1}}}")
     problems = list(linter.run((DEPLOY / path).read_text(), config))
     assert not problems, "\n".join(f"{path}:{p.line}:{p.column} {p.message}" for p in problems)
+
+
+def test_the_sample_trainer_settings_load_and_say_what_to_revisit():
+    """deploy/trainer.yaml (named by `kdgate trainer serve --help`) loads into the trainer's settings as written."""
+    from distill.online.settings import load_trainer_settings
+
+    settings = load_trainer_settings(ROOT / "deploy" / "trainer.yaml")
+    assert settings.selector == {"action": "redistill"} and settings.port == 8010
+    assert "REVISIT" in (ROOT / "deploy" / "trainer.yaml").read_text()

@@ -162,3 +162,25 @@ def test_a_fatal_signal_is_reported_with_a_traceback(tmp_path, demo_dirs):
         process.kill()
     assert process.returncode == -signal.SIGBUS
     assert "Fatal Python error: Bus error" in stderr and "most recent call first" in stderr, stderr[-2000:]
+
+
+def test_every_repository_file_a_help_text_names_exists():
+    """A help text's example names files a user will look for (`--config deploy/trainer.yaml` named a file that did
+    not exist); outputs of earlier commands (runs/, var/) are exempt."""
+    named = {(" ".join(path), word) for path, command in COMMANDS for word in re.findall(
+        r"(?<![\w/.])((?:deploy|distill|docs|helm|benchmarks|loadtests)/[\w./-]+\.\w+)", command.help or "")}
+    missing = sorted((where, word) for where, word in named if not (ROOT / word).exists())
+    assert named and not missing, missing
+
+
+def test_no_flag_is_offered_doubly_negated():
+    """`kdgate trainer start` offered `--no-no-promote` (typer's off switch of a flag named `no_promote`)."""
+    doubled = [(" ".join(path), option) for path, command in COMMANDS for param in command.params
+               for option in [*param.opts, *getattr(param, "secondary_opts", [])] if option.startswith("--no-no-")]
+    assert not doubled, doubled
+
+
+def test_dev_without_a_command_prints_its_usage_and_exits_2():
+    done = subprocess.run(["bash", str(ROOT / "dev")], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: ./dev serve") and "./dev test" in done.stderr and "set -e" not in done.stderr
