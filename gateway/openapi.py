@@ -60,7 +60,9 @@ def build(app: FastAPI) -> dict:
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             errors = CHAT_ERRORS if path == "/v1/chat/completions" else (
-                STUDENT_ERRORS if path.startswith("/admin/v1/students") else COMMON_ERRORS)
+                STUDENT_ERRORS if path.startswith("/admin/v1/students") else
+                COMMON_ERRORS | {404: "no model of that id (the message names the ones there are)"}
+                if path.startswith("/v1/models/") else COMMON_ERRORS)
             responses = operation.setdefault("responses", {})
             for status, description in errors.items():
                 responses.setdefault(str(status), _error_response(description))

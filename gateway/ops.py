@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.chat.protocol import ModelCard, ModelList
+from gateway.logs import escape
 from gateway.workers import multiprocess_dir, scrape_registry
-from runtime.errors import GatewayError
+from runtime.errors import GatewayError, NotFound
 
 router = APIRouter()
 
@@ -57,6 +58,17 @@ async def list_models(request: Request) -> ModelList:
                 for name in chat.model_names()[1:]]
     return ModelList(data=[ModelCard(id=chat.served_model, root=chat.served_model, max_model_len=longest),
                            *adapters])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(request: Request, model_id: str) -> ModelCard:
+    """One model of the list (the openai SDK's `models.retrieve`); 404 naming the ones there are."""
+    cards = (await list_models(request)).data
+    for card in cards:
+        if card.id == model_id:
+            return card
+    raise NotFound(f"no model `{escape(model_id)}` here; this gateway serves "
+                   f"{', '.join(f'`{card.id}`' for card in cards)} (GET /v1/models)", parameter="model")
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -75,12 +75,17 @@ class ChatMessage(BaseModel):
     @field_validator("content")
     @classmethod
     def check_not_empty(cls, value: str | list[TextContentPart]) -> str | list[TextContentPart]:
-        if not text_of(value).strip():
+        if not text_of(value).strip(JSON_SCHEMA_SPACE):  # what the document's `\S` pattern calls space, no more
             raise ValueError("content is empty; send the text of the message")
         return value
 
     def text(self) -> str:
         return text_of(self.content)
+
+
+# ECMA-262's white space and line terminators, which a JSON Schema `pattern` of `\S` means: Python's own notion
+# (str.isspace) adds the separators U+001C-001F and NEL, and content the document allows was refused as empty.
+JSON_SCHEMA_SPACE = "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def text_of(content: str | list[TextContentPart]) -> str:

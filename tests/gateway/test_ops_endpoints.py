@@ -24,6 +24,18 @@ def test_models_lists_the_served_model(gateway):
     assert body["object"] == "list" and [card["id"] for card in body["data"]] == ["kdgate-demo", "kdgate-demo@initial"]
 
 
+def test_the_sdk_retrieves_each_listed_model_and_a_missing_one_is_a_404_naming_them(gateway):
+    """`client.models.retrieve` was a 404 for a model the list has (no GET /v1/models/{id})."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    for card in client.models.list().data:
+        assert client.models.retrieve(card.id) == card
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-9")
+    assert "`kdgate-demo`" in missing.value.body["message"] and missing.value.body["param"] == "model"
+
+
 def scrape(url: str) -> dict[tuple, float]:
     """Every sample of the exposition, by (name, sorted labels); it must parse."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
