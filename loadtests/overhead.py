@@ -122,8 +122,10 @@ def start_process(command: list[str], url: str, env: dict[str, str] | None = Non
 
 def kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: dict | None = None) -> Path:
     backend = {"kind": "http", "base_url": zero_url, "model": MODEL}
+    # No student versions: the default store (var/ under the working directory) would be shared by every run, and a
+    # version an earlier run seeded names that run's zero-server port; the arm then waited for it forever.
     config = {"served_model": MODEL, "student": backend, "teacher": backend, "routing": routing,
-              "shadow": {"enabled": False}, "log_level": "warning"} | (extra or {})
+              "shadow": {"enabled": False}, "students": {"enabled": False}, "log_level": "warning"} | (extra or {})
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
