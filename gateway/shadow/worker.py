@@ -215,8 +215,8 @@ class ShadowWorker:
                 return
         if found:
             self.metrics.store_restored.inc()
-            log.error("the shadow store file %s was %s while the gateway had it open; it was put back with every "
-                      "record and job written to it (kdgate_store_file_restored_total)", self.store.file.path, found)
+            log.error("the shadow store file %s was %s while the gateway had it open "
+                      "(kdgate_store_file_restored_total)", self.store.file.path, found)
 
     async def _idle(self) -> None:
         await self._keep_store_file()

@@ -81,6 +81,9 @@ class StudentManager:
         while True:
             await asyncio.sleep(interval)
             try:
+                moved = await asyncio.to_thread(self.versions.store.keep_file)  # its own connections follow it too
+                if moved:
+                    log.error("the record store file was %s; the student slot is read from it", moved)
                 seen = await asyncio.to_thread(self.versions.slot)
                 if seen.revision != self.revision and not self._changing.locked():
                     async with self._applying:

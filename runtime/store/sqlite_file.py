@@ -5,15 +5,19 @@ acknowledged job written after a `rm` (233 in the probe) vanished at the next st
 keeps one connection of its own open on the file it found (an anchor: the inode cannot disappear under it) and
 notes the file's identity; `moved()` says when the path no longer names that file, and `restore()` copies the whole
 database, through the anchor, back to the path with SQLite's online backup (the WAL's content included), after
-moving the old name's stale `-wal`/`-shm` aside so that they cannot be replayed into the copy.
+removing the old name's stale `-wal`/`-shm` so that they cannot be replayed into the copy. A path that names another
+file is followed, never overwritten: the first store of the process to notice a deletion puts the file back, and the
+others then find it there and switch to it.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import time
+import threading
 from pathlib import Path
+
+_RESTORING = threading.Lock()
 
 
 class FileWatch:
@@ -26,8 +30,17 @@ class FileWatch:
         return _identity(self.path) != self.identity
 
     def restore(self) -> str:
-        """Put the database back at its path; returns what was found there, for the log."""
-        found = "deleted" if not self.path.exists() else "replaced by another file"
+        """Put the database back at its path if it was deleted; if another file is there (put back by another store
+        of this process, or by an operator) follow it instead. Returns what happened, for the log."""
+        with _RESTORING:  # two stores of one process noticing at once: one puts the file back, the other follows
+            return self._restore()
+
+    def _restore(self) -> str:
+        if self.path.exists():
+            self.anchor.close()
+            self.anchor = _anchor(self.path)
+            self.identity = _identity(self.path)
+            return "replaced by another file, which is used from now on"
         copy = self.path.with_name(f"{self.path.name}.restoring")
         copy.unlink(missing_ok=True)
         target = sqlite3.connect(str(copy))  # read through the anchor while the old -wal/-shm still have their names
@@ -36,14 +49,12 @@ class FileWatch:
         finally:
             target.close()
         self.anchor.close()
-        if self.path.exists():
-            self.path.rename(self.path.with_name(f"{self.path.name}.replaced-{int(time.time())}"))
         for suffix in ("-wal", "-shm", "-journal"):  # the old file's: never to be replayed into the copy
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
         copy.rename(self.path)
         self.anchor = _anchor(self.path)
         self.identity = _identity(self.path)
-        return found
+        return "deleted, and put back with everything written to it"
 
     def close(self) -> None:
         self.anchor.close()

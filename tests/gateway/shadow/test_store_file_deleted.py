@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from distill.demo import task
-from gateway.settings import HandoffSettings, RoutingSettings, ShadowSettings
+from gateway.settings import HandoffSettings, RoutingSettings, ShadowSettings, StudentsSettings
 from runtime.store.records import ShadowStore
 from tests.conftest import ThreadedServer, gateway_settings
 
@@ -39,7 +39,8 @@ def test_a_store_file_deleted_while_serving_is_put_back_with_everything(demo_dir
     path = tmp_path / "shadow.sqlite3"
     settings = gateway_settings(demo_dirs, engine_server, routing=RoutingSettings(
         policy="student_only", handoff=HandoffSettings(enabled=False)), shadow=ShadowSettings(
-        sample_rate=1.0, store_url=f"sqlite:///{path}", timeout_s=20))
+        sample_rate=1.0, store_url=f"sqlite:///{path}", timeout_s=20),
+        students=StudentsSettings(enabled=True, poll_interval_s=0.2))  # a second store on the same file
     tickets = task.take("test", BEFORE + AFTER, seed=9)
     with ThreadedServer(create_app(settings)) as gateway:
         worker = gateway.app.state.chat.shadow
@@ -54,6 +55,10 @@ def test_a_store_file_deleted_while_serving_is_put_back_with_everything(demo_dir
         while (not path.exists() or worker.store.count() < BEFORE + AFTER) and time.monotonic() < deadline:
             time.sleep(0.2)
         restored = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        time.sleep(1)  # the slot poller's store finds the file put back and follows it
+        slot = httpx.get(f"{gateway.url}/admin/v1/students/status", timeout=10).json()
     assert "kdgate_store_file_restored_total 1.0" in restored
-    assert any("was deleted while the gateway had it open" in record.getMessage() for record in caplog.records)
+    assert any("was deleted, and put back with everything written to it" in record.getMessage()
+               for record in caplog.records)
     assert records_in(path) == BEFORE + AFTER  # what a restart reads from the path
+    assert slot["active"] == "initial" and not list(path.parent.glob("*.replaced-*"))  # followed, not overwritten
