@@ -24,9 +24,13 @@ def read_two_chunks_and_leave(url: str, headers: dict | None = None) -> None:
 
 
 def cancelled_count(url: str, route: str) -> float:
+    """Cancelled requests by the route that finished them; `gateway` counts both of the gateway's routes: under the
+    session gateway's handoff routing a student answer that reaches an unsure token before the cancellation lands is
+    counted under `teacher` (the test failed that way once, on a loaded box)."""
+    routes = ("student", "teacher") if route == "gateway" else (route,)
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
     return sum(sample.value for family in families if family.name == "kdgate_requests" for sample in family.samples
-               if sample.name == "kdgate_requests_total" and sample.labels["route"] == route
+               if sample.name == "kdgate_requests_total" and sample.labels["route"] in routes
                and sample.labels["outcome"] == "cancelled")
 
 
@@ -41,10 +45,10 @@ def wait_for(condition, timeout: float = 30.0, every: float = 0.05) -> bool:
 
 def test_disconnect_cancels_local_engine_work(gateway):
     engine = gateway.app.state.chat.backends["student"].engine
-    before = cancelled_count(gateway.url, "student")
+    before = cancelled_count(gateway.url, "gateway")
     read_two_chunks_and_leave(gateway.url)
     assert wait_for(lambda: engine.stats()["running"] == 0), "the student engine kept decoding after the client left"
-    assert wait_for(lambda: cancelled_count(gateway.url, "student") == before + 1)
+    assert wait_for(lambda: cancelled_count(gateway.url, "gateway") == before + 1)
 
 
 def test_disconnect_cancels_the_http_backends_request(gateway, engine_server):
@@ -61,7 +65,7 @@ def test_non_streaming_client_timeout_cancels_the_work(gateway):
     30 ms that a loaded box may spend before the request is even admitted."""
     engine = gateway.app.state.chat.backends["student"].engine
     assert wait_for(lambda: engine.stats()["running"] == 0)
-    before, steps_before = cancelled_count(gateway.url, "student"), engine.stats()["steps"]
+    before, steps_before = cancelled_count(gateway.url, "gateway"), engine.stats()["steps"]
     body = json.dumps({"messages": [{"role": "user", "content": TICKET}], "max_tokens": 450, "ignore_eos": True,
                        "temperature": 0}).encode()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as client:
@@ -69,6 +73,6 @@ def test_non_streaming_client_timeout_cancels_the_work(gateway):
                        b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert wait_for(lambda: engine.stats()["running"] == 1, timeout=30, every=0.005), "never started decoding"
         client.shutdown(socket.SHUT_RDWR)  # the client leaves with no answer read
-    assert wait_for(lambda: cancelled_count(gateway.url, "student") == before + 1)
+    assert wait_for(lambda: cancelled_count(gateway.url, "gateway") == before + 1)
     assert wait_for(lambda: engine.stats()["running"] == 0)
     assert engine.stats()["steps"] - steps_before < 449, "the student decoded the whole answer nobody read"
