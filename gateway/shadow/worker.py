@@ -73,6 +73,7 @@ class ShadowWorker:
         self.jobs = JobQueue(store, config.retry_for_s) if store is not None else None
         self._store_outage = Outage(log, "storing offered shadow jobs")
         self._claim_outage = Outage(log, "claiming stored shadow jobs")
+        self._file_outage = Outage(log, "putting the deleted shadow store file back")
         self.store_down = store_down  # configured but could not be opened: retried with `reopen`
         self._reopen = reopen
         self._writes_since_prune = 0
@@ -210,9 +211,9 @@ class ShadowWorker:
             try:
                 found = await asyncio.to_thread(self.store.keep_file)
             except (*STORE_ERRORS, sqlite3.Error) as error:
-                log.error("the shadow store file %s was removed while open and could not be put back: %s",
-                          self.store.file.path, error)
+                self._file_outage.failed(error, f"{self.store.file.path} is tried again at the next idle poll")
                 return
+        self._file_outage.recovered()
         if found:
             self.metrics.store_restored.inc()
             log.error("the shadow store file %s was %s while the gateway had it open "
