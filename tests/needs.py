@@ -17,7 +17,7 @@ from typing import NoReturn
 import pytest
 
 GPU_REASON = "needs a CUDA GPU"
-DEV_EXTRA = "./dev setup (pip install -e '.[dev]')"
+DEV_EXTRA = "./dev setup dev (pip install -e '.[dev]')"
 
 
 def in_ci() -> bool:
