@@ -5,6 +5,7 @@ and what the shadow worker compares, with the setting that changes it. URLs pass
 from __future__ import annotations
 
 from gateway.settings import BackendSettings, GatewaySettings, RoutingSettings, ShadowSettings
+from gateway.store_default import former_default_note
 from router.policy_file import load_policy
 from runtime.redact import redact
 
@@ -23,14 +24,16 @@ def _lines(settings: GatewaySettings, workers: str) -> list[str]:
             "shadow: " + describe_shadow(settings.shadow, settings.teacher is not None),
             "cost: " + describe_cost(settings),
             "students: " + describe_students(settings),
-            "auth: " + describe_auth(settings)]
+            "auth: " + describe_auth(settings),
+            *filter(None, [former_default_note(settings.shadow.store_url, settings.student,
+                                               settings.serves_demo_models())])]
 
 
 def describe_students(settings: GatewaySettings) -> str:
     if not settings.students.enabled or not settings.shadow.store_url:
         return "the configured student only (student versions need `students.enabled` and `shadow.store_url`)"
-    return ("the store's active version (the configured one on a new store); `kdgate student list|register|promote|"
-            "rollback` through /admin/v1/students; docs/student-versions.md")
+    return (f"the active version in {settings.shadow.store_url} (the configured one on a new store); `kdgate student "
+            "list|register|promote|rollback` through /admin/v1/students; docs/student-versions.md")
 
 
 def describe_backend(backend: BackendSettings | None) -> str:

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from gateway.store_default import default_store_url
 from runtime.connections import ConnectionLimits
 from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from runtime.settings import BackendSettings, HttpClientSettings, is_loopback
@@ -108,9 +109,10 @@ class ShadowSettings(BaseModel):
     drain_timeout_s: float = Field(default=10.0, ge=0, description="at shutdown (SIGTERM), how long the worker "
                                    "keeps working through its jobs; stored ones left over resume at the next start")
     window: int = Field(default=200, ge=1, description="shadowed answers in the rolling KL/agreement gauges")
-    store_url: str | None = Field(default="sqlite:///var/kdgate-shadow.sqlite3", description="SQLAlchemy URL: "
-                                  "sqlite:///path (WAL) or postgresql+psycopg://user:pass@host/db; null: metrics "
-                                  "only")
+    store_url: str | None = Field(default=None, description="SQLAlchemy URL: sqlite:///path (WAL) or "
+                                  "postgresql+psycopg://user:pass@host/db; null: metrics only. Unset: this "
+                                  "deployment's own file, var/kdgate-demo.sqlite3 for the embedded demo, else "
+                                  "var/kdgate-<hash of the student backend>.sqlite3 (the banner names it)")
     max_age_days: float | None = Field(default=30.0, gt=0, description="records older than this are deleted")
     max_rows: int | None = Field(default=1_000_000, ge=1, description="oldest records beyond this are deleted")
     max_record_bytes: int = Field(default=1_000_000, ge=1024, description="larger records are rejected and counted")
@@ -370,6 +372,15 @@ class GatewaySettings(BaseSettings):
         if handoff.enabled is None:  # copies, so that a settings object passed in is left as it was
             handoff = handoff.model_copy(update={"enabled": self.serves_demo_models()})
             self.routing = self.routing.model_copy(update={"handoff": handoff})
+        return self
+
+    @model_validator(mode="after")
+    def store_per_deployment(self) -> GatewaySettings:
+        """An unset `shadow.store_url` becomes this deployment's own file (gateway.store_default); an explicit
+        null stays null (metrics only)."""
+        if "store_url" not in self.shadow.model_fields_set:
+            url = default_store_url(self.student, self.serves_demo_models())
+            self.shadow = self.shadow.model_copy(update={"store_url": url})
         return self
 
     def serves_demo_models(self) -> bool:

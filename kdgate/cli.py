@@ -71,6 +71,7 @@ def serve(
     from gateway.app import create_app
     from gateway.banner import banner
     from gateway.logs import configure_logging
+    from gateway.preflight import start_problem
     from gateway.settings import load_settings
     from gateway.workers import prepare_workers
     from runtime.connections import serve as serve_http
@@ -85,6 +86,9 @@ def serve(
             folder = prepare_workers(settings, settings.workers)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--workers") from None
+    problem = start_problem(settings)  # a busy port, a store of another deployment: before anything loads
+    if problem:
+        _exit_with(problem)
     try:
         lines = banner(settings)  # reads the routing policy file: a bad one stops here, before any model loads
     except ValueError as error:

@@ -115,8 +115,9 @@ class TrainerSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="listen address")
     port: int = Field(default=8010, ge=0, le=65535, description="listen port (Alertmanager's webhook URL)")
-    store_url: str = Field(default="sqlite:///var/kdgate-shadow.sqlite3", description="the record store the "
-                           "gateway writes (shadow and escalation records, versions, jobs)")
+    store_url: str = Field(default="sqlite:///var/kdgate-demo.sqlite3", description="the record store the "
+                           "gateway writes (shadow and escalation records, versions, jobs); the default is the "
+                           "embedded demo gateway's own; for any other gateway, the URL its banner names")
     work_dir: Path = Field(default=Path("var/trainer"), description="job folders: datasets, the trained student, "
                            "logs (a promoted student's weights stay here: keep it on durable storage)")
     auth: TrainerAuthSettings = Field(default_factory=TrainerAuthSettings)

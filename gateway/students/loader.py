@@ -28,7 +28,7 @@ from router.policy import RoutingPolicy
 from router.policy_file import load_policy, policy_from_file
 from runtime.backends.factory import build_backend
 from runtime.contract import Backend
-from runtime.settings import BackendSettings
+from runtime.settings import BackendSettings, model_dir_problem
 from runtime.store.versions import StudentVersion
 
 
@@ -47,6 +47,23 @@ def initial_version(settings: GatewaySettings) -> StudentVersion:
                               tokenizer_hash=_hash_or_none(student.model_dir), notes="the configured student")
     return StudentVersion(name=name, kind="endpoint", base_url=student.base_url, served_model=student.model,
                           policy_file=policy, notes="the configured student")
+
+
+def version_problem(version: StudentVersion, configured: BackendSettings) -> str | None:
+    """Why this gateway, with `configured` as its student backend, cannot serve `version`, or None. Checked before
+    anything loads (gateway.preflight) and again when a version is built."""
+    if version.kind == "endpoint":
+        return None
+    if configured.kind == "http":
+        if version.kind == "model":
+            return (f"it is a model folder ({version.model_dir}), but the student is served by {configured.base_url}: "
+                    "register a LoRA adapter (`--adapter`) or a server of its own (`--base-url`)")
+        return None
+    if version.kind == "model":
+        return model_dir_problem(Path(version.model_dir))
+    if not Path(version.adapter_path).is_dir():
+        return f"its adapter folder {version.adapter_path} does not exist"
+    return None
 
 
 class StudentLoader:
@@ -88,9 +105,7 @@ class StudentLoader:
             return self._http(config)
         if configured.kind == "http":
             if version.kind == "model":
-                raise ValueError(f"version `{version.name}` is a model folder, but the student is served by "
-                                 f"{configured.base_url}: register a LoRA adapter (`--adapter`) or a server of its "
-                                 "own (`--base-url`)")
+                raise ValueError(f"version `{version.name}`: {version_problem(version, configured)}")
             return self._http(configured.model_copy(update={"model": adapter_name(configured.model, version.name)}))
         if version.kind == "model":
             same = Path(version.model_dir).resolve() == Path(configured.model_dir).resolve()

@@ -85,7 +85,7 @@ def test_the_banner_names_the_policy_its_threshold_and_how_to_change_it(default_
     assert "mid-stream handoff" in routing and "p=0.9" in routing
     assert "KDGATE_ROUTING__HANDOFF__ENABLED=false" in routing and "docs/routing.md" in routing
     shadow = next(line for line in log.read_text().splitlines() if line.startswith("shadow: "))
-    assert "5%" in shadow and "sqlite:///var/kdgate-shadow.sqlite3" in shadow
+    assert "5%" in shadow and "sqlite:///var/kdgate-demo.sqlite3" in shadow  # the demo deployment's own store
 
 
 def test_an_idle_connection_outlives_a_clients_own_keep_alive(default_gateway):
