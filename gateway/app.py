@@ -38,7 +38,7 @@ from gateway.workers import multiprocess_dir, reap_dead_workers, worker_exited
 from router.handoff import HandoffRule
 from runtime.backends.factory import open_backends
 from runtime.contract import Backend
-from runtime.errors import GatewayError, to_envelope
+from runtime.errors import GatewayError, envelope, to_envelope
 
 if TYPE_CHECKING:
     from runtime.engine.engine import EngineSettings  # imports torch: only the engine server passes one
@@ -201,8 +201,8 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     message = {404: f"no route {escape(request.url.path)}; see /openapi.json for the API",
                405: f"method {request.method} is not allowed on {escape(request.url.path)}; use "
                     f"{(error.headers or {}).get('allow', 'another method')}"}.get(error.status_code, str(error.detail))
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                   "code": error.status_code}}, status_code=error.status_code, headers=error.headers)
+    return JSONResponse(envelope(message, "invalid_request_error"), status_code=error.status_code,
+                        headers=error.headers)
 
 
 async def _invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -210,8 +210,8 @@ async def _invalid_body(request: Request, error: RequestValidationError) -> JSON
     first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
     field = ".".join(str(part) for part in first["loc"] if part != "body") or None
     message = first["msg"].removeprefix("Value error, ")
-    return JSONResponse({"error": {"message": f"`{field}`: {message}" if field else message,
-                                   "type": "invalid_request_error", "param": field, "code": 400}}, status_code=400)
+    return JSONResponse(envelope(f"`{field}`: {message}" if field else message, "invalid_request_error", field),
+                        status_code=400)
 
 
 async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
@@ -222,9 +222,8 @@ async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unexpected error on %s", request.url.path)
-    return JSONResponse({"error": {"message": f"internal error ({type(error).__name__}); the gateway logged the "
-                                   "details", "type": "internal_error", "param": None, "code": 500}},
-                        status_code=500)
+    return JSONResponse(envelope(f"internal error ({type(error).__name__}); the gateway logged the details",
+                                 "internal_error"), status_code=500)
 
 
 def app_from_environment() -> FastAPI:

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from runtime.backends.local import LocalBackend
 from runtime.engine.engine import EngineSettings
+from runtime.errors import envelope
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["lora"])
@@ -52,8 +53,7 @@ class UnloadLoRAAdapterRequest(BaseModel):
 
 
 def _error(message: str, status: int, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                        status_code=status)
+    return JSONResponse(envelope(message, kind), status_code=status)
 
 
 @router.post("/v1/load_lora_adapter")

@@ -182,17 +182,15 @@ class EngineFailure(GatewayError):
     error_type = "engine_error"
 
 
+def envelope(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`: `code` a string or null, as OpenAI's
+    (the HTTP status is the response's own; the SDKs read `code` as a string)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def to_envelope(error: GatewayError) -> tuple[int, dict]:
-    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}` and the HTTP status for it."""
-    body = {
-        "error": {
-            "message": redact(error.message),
-            "type": error.error_type,
-            "param": error.parameter,
-            "code": error.code if error.code is not None else error.status_code,
-        }
-    }
-    return error.status_code, body
+    """The envelope and the HTTP status for an error of the tree."""
+    return error.status_code, envelope(redact(error.message), error.error_type, error.parameter, error.code)
 
 
 def from_httpx(exc: httpx.HTTPError | httpx.InvalidURL | httpx.StreamError, *, backend: str, url: str) -> UpstreamError:

@@ -33,6 +33,7 @@ from distill.online.schedule import Scheduler
 from distill.online.settings import TrainerSettings
 from runtime.connections import BodyLimit
 from runtime.credentials import bearer, identify
+from runtime.errors import envelope
 from runtime.store.records import ShadowStore
 from runtime.store.train_jobs import TrainJobs
 
@@ -124,8 +125,7 @@ async def _authorize(request: Request, call_next):
 
 def _error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
-                        status_code=status, headers=headers)
+    return JSONResponse(envelope(message, kind, param), status_code=status, headers=headers)
 
 
 async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -327,7 +327,7 @@ class ErrorBody(BaseModel):
     message: str
     type: str
     param: str | None = None
-    code: int | str | None = None
+    code: str | None = None  # a machine-readable reason (`model_not_found`, `rate_limit_exceeded`) or null, as OpenAI's
 
 
 class ErrorResponse(BaseModel):

@@ -188,3 +188,22 @@ def test_a_json_record_is_one_line_and_text_escapes_control_characters():
     line = JsonFormatter().format(record)
     assert "\n" not in line and json.loads(line)["message"] == f"fields: x\n{FORGED}"
     assert escape("a\nb\x1b[31m") == "a\\nb\\x1b[31m"
+
+
+def test_every_error_code_is_a_string_or_null_as_openais(gateway):
+    """OpenAI's `error.code` is a string or null (`model_not_found`, `rate_limit_exceeded`); the gateway sent the
+    integer status for every error without a named reason (404 route, 405, 400 body, 415, invalid request)."""
+    url = f"{gateway.url}/v1/chat/completions"
+    replies = [httpx.get(f"{gateway.url}/v1/nowhere", timeout=10), httpx.get(url, timeout=10),
+               httpx.post(url, content=b"{}", headers={"content-type": "text/plain"}, timeout=10),
+               httpx.post(url, json={"model": "kdgate-demo", "messages": [{"role": "user", "content": "hi"}], "n": 2},
+                          timeout=10),
+               httpx.post(url, json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=10),
+               httpx.post(f"{gateway.url}/admin/v1/students", json={"name": 5}, timeout=10)]
+    for reply in replies:
+        assert reply.status_code >= 400, reply.text
+        code = reply.json()["error"]["code"]
+        assert code is None or isinstance(code, str), (reply.request.url, reply.json())
+    assert replies[4].json()["error"]["code"] == "model_not_found"
+    schema = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()["components"]["schemas"]["ErrorBody"]
+    assert {option.get("type") for option in schema["properties"]["code"]["anyOf"]} == {"string", "null"}

@@ -44,7 +44,7 @@ def test_timeouts_and_connection_failures_map_to_504_and_503():
 def test_envelope_has_openai_shape():
     status, body = errors.to_envelope(errors.InvalidRequest("`n` must be 1", parameter="n"))
     assert status == 400
-    assert body == {"error": {"message": "`n` must be 1", "type": "invalid_request_error", "param": "n", "code": 400}}
+    assert body == {"error": {"message": "`n` must be 1", "type": "invalid_request_error", "param": "n", "code": None}}
 
 
 def test_an_httpx_error_without_a_message_is_named_by_its_class():
