@@ -44,7 +44,7 @@ def example_of(command) -> list[str]:
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         words.pop(0)
     for index, word in enumerate(words):  # a shell redirection or pipe ends the command's own arguments
-        if word in ("<", ">", "|"):
+        if word in ("<", ">", ">>", "|"):
             return words[:index]
     return words
 
