@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,23 +84,63 @@ def load_credentials(settings: GatewaySettings) -> Credentials:
 
 
 def _keys_from_file(path: Path | None) -> list[KeySettings]:
+    """The entries of a keys file: a YAML list of them (what `kdgate auth new-key` prints, so its outputs appended
+    with `>>` make one file), or a mapping with one `keys:` list (the format before)."""
     if path is None:
         return []
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.load(Path(path).read_text(), Loader=_RepeatRefusingLoader) or []
     except FileNotFoundError:
         raise ValueError(f"`auth.keys_file` {path} does not exist; create it or fix the path") from None
+    except OSError as error:
+        raise ValueError(f"`auth.keys_file` {path} cannot be read ({error.strerror}); fix the path or its "
+                         "permissions") from None
+    except _RepeatedKey as error:
+        hint = ("merge the lists under one `keys:`, or drop the `keys:` lines: a plain list of entries is a keys "
+                "file too") if error.key == "keys" else "keep one"
+        raise ValueError(f"`auth.keys_file` {path}: `{error.key}:` appears twice in one mapping (again on line "
+                         f"{error.line}), and the first would be lost silently; {hint}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"`auth.keys_file` {path} is not YAML: {error}") from None
-    if not isinstance(raw, dict) or set(raw) - {"keys"}:
-        raise ValueError(f"`auth.keys_file` {path} must hold one `keys:` list")
+        raise ValueError(f"`auth.keys_file` {path} is not YAML: {error}\n(entries that `kdgate auth new-key` "
+                         "appended start at column 0: a `keys:` list above them must too)") from None
+    if isinstance(raw, dict) and set(raw) == {"keys"}:
+        raw = raw["keys"] or []
+    if not isinstance(raw, list):
+        raise ValueError(f"`auth.keys_file` {path} must hold a list of key entries (as `kdgate auth new-key` "
+                         "prints them) or one `keys:` list")
     try:
-        return AuthSettings(keys=raw.get("keys") or []).keys
+        return AuthSettings(keys=raw).keys
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        problems = "; ".join(_problem(item) for item in error.errors())
         raise ValueError(f"`auth.keys_file` {path}: {problems}") from None
 
 
+def _problem(item: dict) -> str:
+    where = ".".join(map(str, item["loc"]))
+    message = item["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _RepeatRefusingLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping. PyYAML keeps the last one silently, so a file with
+    two `keys:` lists (two outputs of an older `kdgate auth new-key` appended) lost every key of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused by the base class below, with its own message
+            if key in seen:
+                raise _RepeatedKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 class AuthMiddleware:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.store_default import default_store_url
+from runtime.config_file import YamlFileSource
 from runtime.connections import ConnectionLimits
 from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from runtime.settings import BackendSettings, HttpClientSettings, is_loopback
@@ -25,6 +26,7 @@ DEMO_BACKENDS = {
     "student": {"kind": "local", "model_dir": DEMO_STUDENT_DIR, "model": "demo-student"},
     "teacher": {"kind": "local", "model_dir": DEMO_TEACHER_DIR, "model": "demo-teacher"},
 }
+RELATIVE_TO_CONFIG = ("auth.keys_file",)  # relative paths in the YAML file that are read from its folder
 OTHER_VARIABLES = {"KDGATE_CONFIG", "KDGATE_LOADTEST_API_KEY", "KDGATE_ADMIN_KEY", "KDGATE_GATEWAY_URL"}  # read by kdgate, but not gateway settings
 
 
@@ -159,8 +161,11 @@ class AuthSettings(BaseModel):
         "(the banner says so). Unset: keys when any are configured, else open on a loopback address only — the "
         "gateway refuses to listen elsewhere without keys")
     keys: list[KeySettings] = Field(default_factory=list, description="chat API keys (also from `keys_file`)")
-    keys_file: Path | None = Field(default=None, description="a YAML file with a `keys:` list of the same "
-                                   "entries, for secrets mounted from a vault or a Kubernetes Secret")
+    keys_file: Path | None = Field(default=None, description="a YAML list of the same entries (`kdgate auth "
+                                   "new-key >> FILE` appends one; a `keys:` list is read too), for secrets mounted "
+                                   "from a vault or a Kubernetes Secret. A relative path is read from the settings "
+                                   "file's folder when set there, from the working directory when set in "
+                                   "KDGATE_AUTH__KEYS_FILE")
     admin_sha256: str | None = Field(default=None, pattern=SHA256_HEX, description="SHA-256 of the admin "
                                      "credential: /admin endpoints, /metrics, and chat with every permission")
     metrics_sha256: str | None = Field(default=None, pattern=SHA256_HEX, description="SHA-256 of the bearer token "
@@ -399,7 +404,7 @@ class GatewaySettings(BaseSettings):
         if config_file:
             if not Path(config_file).is_file():
                 raise FileNotFoundError(f"the settings file {config_file} is not a file; fix --config or KDGATE_CONFIG")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(YamlFileSource(settings_cls, config_file, relative_to_file=RELATIVE_TO_CONFIG))
         return tuple(sources)
 
 

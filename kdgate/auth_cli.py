@@ -16,9 +16,11 @@ def new_key_command(
     name: str = typer.Option(..., help="who holds the key (in logs and metrics labels)"),
     permission: list[str] = typer.Option([], help="force_route and/or prompt_logprobs (repeat)"),
 ) -> None:
-    """Print a fresh random key (shown once: hand it to its holder) and the `auth.keys` entry to configure.
+    """Print a fresh random key (on stderr, shown once) and its keys-file entry (on stdout).
 
-    Example:  kdgate auth new-key --name support-app --permission force_route
+    Entries appended to one file make a keys file (`auth.keys_file`); under `auth.keys:` in settings, indent them.
+
+    Example:  kdgate auth new-key --name support-app --permission force_route >> keys.yaml
     """
     import yaml
     from pydantic import ValidationError
@@ -34,7 +36,7 @@ def new_key_command(
         option = "--permission" if problem["loc"][0] == "permissions" else "--name"
         raise typer.BadParameter(problem["msg"].removeprefix("Value error, "), param_hint=option) from None
     typer.echo(f"key (give it to {name}; it is not stored anywhere): {key}", err=True)
-    typer.echo(yaml.safe_dump({"keys": [entry.model_dump(exclude_none=True)]}, sort_keys=False), nl=False)
+    typer.echo(yaml.safe_dump([entry.model_dump(exclude_none=True)], sort_keys=False), nl=False)
 
 
 @app.command("hash")

@@ -37,8 +37,10 @@ app.add_typer(trainer_app, name="trainer")
 
 
 def _every_command() -> str:
-    """The epilog of `kdgate --help`: every command, sub-commands included, with its one-line summary."""
+    """The epilog of `kdgate --help`: every command, sub-commands included, with its one-line summary wrapped (never
+    cut) to the terminal's width, continuation lines under the summary's first."""
     import shutil
+    import textwrap
 
     def leaves(command, path: str):
         if hasattr(command, "commands"):  # a group (typer vendors its own click)
@@ -49,9 +51,11 @@ def _every_command() -> str:
 
     rows = list(leaves(typer.main.get_group(app), "kdgate"))
     width = max(len(path) for path, _ in rows)
-    room = max(30, shutil.get_terminal_size((100, 24)).columns - width - 6)
+    line = max(width + 24, shutil.get_terminal_size((80, 24)).columns - 2)  # rich pads the epilog by 1 on each side
     return "\b\nEvery command (each one's --help has an example):\n" + "\n".join(
-        f"  {path.ljust(width)}  {command.get_short_help_str(limit=room)}" for path, command in rows)
+        textwrap.fill(command.get_short_help_str(limit=10_000), line, initial_indent=f"  {path.ljust(width)}  ",
+                      subsequent_indent=" " * (width + 4), break_long_words=False, break_on_hyphens=False)
+        for path, command in rows)
 
 
 @app.command()

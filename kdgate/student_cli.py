@@ -22,44 +22,72 @@ def _call(method: str, url: str, path: str, admin_key: str | None, body: dict | 
 
 
 def _print_slot(slot: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from kdgate import tables
 
     canary = f", canary {slot['canary']} at {slot['canary_fraction']:.0%}" if slot.get("canary") else ""
-    typer.echo(f"slot revision {slot['revision']}: active {slot['active']}{canary}")
+    typer.echo(f"slot revision {slot['revision']}: active {slot['active'] or tables.MISSING}{canary}")
     figures = slot.get("this_process") or {}
     if not figures:
         return
-    table = Table("version", "role", "requests", "errors", "teacher share", "mean TTFT ms", "mean shadow KL",
-                  title="this gateway process, since each version began serving here")
+    rows = tables.table("version", "role", "requests", "error rate", "teacher share", "p99 TTFT ms",
+                        "mean shadow KL", title="this gateway process, since each version began serving here")
     for name, row in figures.items():
-        table.add_row(name, row["role"], str(row.get("requests", 0)), str(row.get("errors", 0)),
-                      f"{row.get('teacher_share', 0):.3f}", str(row.get("mean_ttft_ms")), str(row.get("mean_shadow_kl")))
-    Console().print(table)
+        tables.add_row(rows, name, row["role"], str(row.get("requests", 0)),
+                       tables.figure(row.get("error_rate"), ".3f"), tables.figure(row.get("teacher_share"), ".3f"),
+                       tables.figure(row.get("p99_ttft_ms"), ".1f"), tables.figure(row.get("mean_shadow_kl"), ".4f"))
+    judgment = slot.get("canary_judgment")
+    tables.show(rows, _canary_rules(slot["canary"], slot["active"], judgment) if judgment else [])
+
+
+def _canary_rules(canary: str, active: str, judgment: dict) -> list[tuple[str, str]]:
+    """What the gateway judges the canary on (the figures in the table above), each rule with its threshold, and the
+    verdict it reaches now."""
+    rules, over = judgment["rules"], f"above {active}'s"
+    latency, kl, promote = rules["max_ttft_p99_ratio"], rules["max_kl_increase"], rules["clean_window_s"]
+    unset = "not judged (`students.canary.{}` is null)"
+    return [
+        ("judged", f"canary {canary} against {active} once it has served {rules['min_requests']} requests; "
+                   "rolled back on any rule below"),
+        ("error rate", f"{over} + {rules['max_error_rate_increase']:g}"),
+        ("teacher share", f"{over} + {rules['max_teacher_share_increase']:g}"),
+        ("p99 TTFT", unset.format("max_ttft_p99_ratio") if latency is None else
+         f"{over} × {latency:g} + {1000 * rules['ttft_slack_s']:.0f} ms, each over {rules['min_requests']} answers"),
+        ("shadow KL", unset.format("max_kl_increase") if kl is None else
+         f"{over} + {kl:g}, once both have shadowed answers"),
+        ("promoted", f"by hand: `kdgate student promote {canary}`" if promote is None else
+         f"automatically after {promote:g} s healthy"),
+        ("verdict", f"{judgment['action']}: {judgment['reason']}"),
+    ]
 
 
 @app.command("list")
 def list_command(url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
-    """Every registered version with its state, and which one serves.
+    """Every registered version with its state, source and notes, and which one serves.
 
     Example:  kdgate student list
     """
-    from rich.console import Console
-    from rich.table import Table
+    from kdgate import tables
 
     answer = _call("GET", url, "", admin_key)
-    table = Table("name", "state", "kind", "source", "previous", "created", "notes")
+    rows, details = tables.table("name", "state", "kind", "previous", "created UTC"), []
     for version in answer["versions"]:
-        source = version["model_dir"] or version["adapter_path"] or f"{version['base_url']} {version['served_model']}"
-        table.add_row(version["name"], version["state"], version["kind"], source, version["previous"] or "",
-                      (version["created_at"] or "")[:19], (version["notes"] or "")[:60])
-    Console().print(table)
+        tables.add_row(rows, version["name"], version["state"], version["kind"], version["previous"] or "",
+                       (version["created_at"] or "")[:19].replace("T", " "))
+        details.append((version["name"], "source", _source(version)))
+        if version["notes"]:
+            details.append(("", "notes", version["notes"]))
+    tables.show(rows, details)
     _print_slot(answer["slot"])
+
+
+def _source(version: dict) -> str:
+    """Where the version's weights are: a folder (model or adapter), or a server of its own and the model it serves."""
+    return version["model_dir"] or version["adapter_path"] or f"{version['base_url']} (model {version['served_model']})"
 
 
 @app.command()
 def status(url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
-    """The slot, and per serving version its requests, errors, teacher share, TTFT and shadow KL.
+    """The slot; per serving version the figures a canary is judged on, and its rules.
 
     Example:  kdgate student status
     """

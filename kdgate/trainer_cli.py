@@ -72,18 +72,19 @@ def run_job_command(job_id: int = typer.Argument(..., help="the job's id"), conf
 
 @app.command()
 def jobs(url: str = URL, token: str | None = TOKEN, limit: int = typer.Option(20, min=1)) -> None:
-    """The newest jobs: state, step, trigger, candidate, reason.
+    """The newest jobs: state, step, trigger, candidate, and each one's reason in full below them.
 
     Example:  kdgate trainer jobs --limit 5
     """
-    from rich.console import Console
-    from rich.table import Table
+    from kdgate import tables
 
-    table = Table("id", "state", "step", "trigger", "candidate", "created", "reason")
+    rows, reasons = tables.table("id", "state", "step", "trigger", "candidate", "created UTC"), []
     for job in _call("GET", url, f"/v1/jobs?limit={limit}", token)["jobs"]:
-        table.add_row(str(job["id"]), job["state"], job["step"] or "", job["trigger"], job["candidate"] or "",
-                      job["created_at"][:19], (job["reason"] or "")[:70])
-    Console().print(table)
+        tables.add_row(rows, str(job["id"]), job["state"], job["step"] or "", job["trigger"], job["candidate"] or "",
+                       job["created_at"][:19].replace("T", " "))
+        if job["reason"]:
+            reasons.append((f"job {job['id']}", job["reason"]))
+    tables.show(rows, reasons)
 
 
 @app.command()

@@ -91,6 +91,13 @@ def judge(canary: VersionFigures, active: VersionFigures, settings: CanarySettin
     return Verdict("wait", "healthy so far")
 
 
+def judgment(canary: VersionFigures | None, active: VersionFigures | None, settings: CanarySettings) -> dict:
+    """The rules the canary is judged by and its verdict now, as `kdgate student status` shows them."""
+    served = canary is not None and active is not None
+    verdict = judge(canary, active, settings) if served else Verdict("wait", "no request served yet")
+    return {"rules": settings.model_dump(), "action": verdict.action, "reason": verdict.reason}
+
+
 def _slower(canary: VersionFigures, active: VersionFigures, settings: CanarySettings) -> str | None:
     """The canary's p99 TTFT beyond `max_ttft_p99_ratio` × the active version's, both over enough answers."""
     if settings.max_ttft_p99_ratio is None or min(len(canary.recent_ttfts), len(active.recent_ttfts)) \

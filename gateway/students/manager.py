@@ -15,7 +15,7 @@ from collections.abc import Callable
 from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from gateway.students.canary import VersionFigures, judge
+from gateway.students.canary import VersionFigures, judge, judgment
 from gateway.students.loader import StudentLoader, adapter_name, initial_version
 from gateway.students.lora import AdapterRefused, LoraReplicas
 from gateway.students.slot import Lease, ServedStudent, StudentSlot, retire
@@ -282,7 +282,14 @@ class StudentManager:
                 "canary": self.slot.canary.version if self.slot and self.slot.canary else None,
                 "canary_fraction": self.slot.canary_fraction if self.slot else 0.0,
                 "this_process": {name: {"role": role} | (self.figures[name].public() if name in self.figures else {})
-                                 for name, role in serving.items()}}
+                                 for name, role in serving.items()},
+                "canary_judgment": self._canary_judgment()}
+
+    def _canary_judgment(self) -> dict | None:
+        if self.slot is None or self.slot.canary is None:
+            return None
+        return judgment(self.figures.get(self.slot.canary.version), self.figures.get(self.slot.active.version),
+                        self.settings.students.canary)
 
 
 class _Both:

@@ -31,9 +31,9 @@ COMMANDS = list(leaves())
 IDS = [" ".join(path[1:]) for path, _ in COMMANDS]
 
 
-def kdgate(*args: str) -> subprocess.CompletedProcess:
+def kdgate(*args: str, columns: int = 200) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdgate.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env=os.environ | {"COLUMNS": "200"})
+                          timeout=60, env=os.environ | {"COLUMNS": str(columns)})
 
 
 def example_of(command) -> list[str]:
@@ -44,7 +44,7 @@ def example_of(command) -> list[str]:
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         words.pop(0)
     for index, word in enumerate(words):  # a shell redirection or pipe ends the command's own arguments
-        if word in ("<", ">", "|"):
+        if word in ("<", ">", ">>", "|"):
             return words[:index]
     return words
 
@@ -58,6 +58,16 @@ def test_top_level_help_lists_every_command():
     assert done.returncode == 0
     for path, _ in COMMANDS:
         assert " ".join(path) in done.stdout
+
+
+def test_top_level_help_shows_every_summary_whole_at_80_columns():
+    """The list of every command cut each summary to the room left beside the longest command, ending it in `...`;
+    now a summary wraps onto lines of its own, under its first."""
+    done = kdgate("--help", columns=80)
+    assert done.returncode == 0 and max(len(line) for line in done.stdout.splitlines()) <= 80, done.stdout
+    shown = " ".join(done.stdout.split())
+    for path, command in COMMANDS:
+        assert f"{' '.join(path)} {command.get_short_help_str(limit=10_000)}" in shown
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=IDS)
