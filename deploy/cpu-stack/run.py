@@ -70,7 +70,7 @@ def start(stack: Stack, student_dir: Path, teacher_dir: Path, store_url: str, th
     port = free_port()
     addresses["kdgate:8000"] = f"127.0.0.1:{port}"
     stack.urls["gateway"] = f"http://127.0.0.1:{port}"
-    gateway = {"served_model": "kdgate", "log_level": "warning",
+    gateway = {"served_model": "kdgate-demo", "log_level": "warning",  # the README's examples send it
                "student": {"kind": "http", "base_url": stack.urls["student"], "model": models["student"]},
                "teacher": {"kind": "http", "base_url": stack.urls["teacher"], "model": models["teacher"]},
                "routing": {"handoff": {"enabled": True}}, "shadow": {"enabled": True, "store_url": store_url},

@@ -58,7 +58,8 @@ def test_the_cpu_stack_answers_through_the_openai_sdk_and_stops_on_ctrl_c(demo_d
         info = wait_for(ready, 300, "the stack did not come up in 5 minutes")
         ticket = task.take("test", 1, seed=3)[0]
         client = OpenAI(base_url=info["urls"]["gateway"] + "/v1", api_key=info["keys"]["chat"], max_retries=0)
-        reply = client.chat.completions.create(model=info["served_model"], messages=ticket.messages(),
+        assert info["served_model"] == "kdgate-demo"  # the model the README's examples send
+        reply = client.chat.completions.create(model="kdgate-demo", messages=ticket.messages(),
                                                max_tokens=96, temperature=0)
         assert json.loads(reply.choices[0].message.content)["queue"] == ticket.answer["queue"]
         assert client.models.list().data[0].id == info["served_model"]

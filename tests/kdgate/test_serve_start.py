@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from gateway.settings import BackendSettings, GatewaySettings, ShadowSettings
+from gateway.settings import GatewaySettings, ShadowSettings
 from gateway.students.loader import initial_version
 from runtime.store.records import ShadowStore
 from runtime.store.versions import StudentVersions
@@ -118,6 +118,6 @@ def test_the_banner_names_the_store_and_a_former_default_left_behind(tmp_path, m
     students = next(line for line in lines if line.startswith("students: "))
     assert "sqlite:///var/kdgate-demo.sqlite3" in students
     notes = [line for line in lines if line.startswith("note: ")]
-    assert notes == ([f"note: var/kdgate-shadow.sqlite3 (the shared default store before each deployment had its "
+    assert notes == (["note: var/kdgate-shadow.sqlite3 (the shared default store before each deployment had its "
                       "own) is no longer used by default; to keep its records and student versions, set "
                       "shadow.store_url: sqlite:///var/kdgate-shadow.sqlite3"] if left_behind else [])
