@@ -104,11 +104,26 @@ def serve(
     limits = settings.limits.connections()
     if folder is None:
         serve_http(create_app(settings), limits, **run)
-        return
+        _exit_now()
     typer.echo(f"metrics: prometheus-client multiprocess mode, files in {folder}")
     if config is not None:
         os.environ["KDGATE_CONFIG"] = str(config.resolve())  # the workers read the same file
     serve_http("gateway.app:app_from_environment", limits, factory=True, workers=settings.workers, **run)
+    _exit_now()
+
+
+def _exit_now() -> NoReturn:
+    """After a clean shutdown (the lifespan closed the backends, the store and the shadow worker), exit without the
+    interpreter's final garbage collection of the models' objects: on a busy 2-core machine it held Ctrl-C for 5-7 s
+    after "Finished server process", in silence. A failed start never gets here (uvicorn exits 3 itself)."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()

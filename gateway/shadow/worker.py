@@ -117,7 +117,11 @@ class ShadowWorker:
 
     async def aclose(self) -> None:
         """Drain what can be done within `drain_timeout_s` (SIGTERM's path); durable jobs left over wait for the
-        next start."""
+        next start. Said when there is work left, so that a Ctrl-C waiting on it is not a silent pause."""
+        left = self.queue.qsize() + (await asyncio.to_thread(self.jobs.pending) if self.jobs else self._busy)
+        if left and self.config.drain_timeout_s > 0:
+            log.info("shutting down: finishing %d shadow job%s first, for at most %.0f s (shadow.drain_timeout_s)", left,
+                     "" if left == 1 else "s", self.config.drain_timeout_s)
         try:
             await self.drain(timeout=self.config.drain_timeout_s)
         except TimeoutError:

@@ -7,6 +7,7 @@ store, so a gateway started after `./dev serve` in the same folder no longer rea
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -121,3 +122,41 @@ def test_the_banner_names_the_store_and_a_former_default_left_behind(tmp_path, m
     assert notes == (["note: var/kdgate-shadow.sqlite3 (the shared default store before each deployment had its "
                       "own) is no longer used by default; to keep its records and student versions, set "
                       "shadow.store_url: sqlite:///var/kdgate-shadow.sqlite3"] if left_behind else [])
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_it_waits_for_and_exits_cleanly(tmp_path):
+    """Ctrl-C with shadow jobs still to do: the wait is named (it used to be up to 15 s of silence), the process
+    ends with code 0 once the lifespan has closed everything, and every shutdown line reached the log."""
+    import signal
+
+    import httpx
+
+    from tests.conftest import wait_until_up
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")} | {
+        "KDGATE_SHADOW__SAMPLE_RATE": "1", "KDGATE_SHADOW__CONCURRENCY": "1", "KDGATE_SHADOW__DRAIN_TIMEOUT_S": "3",
+        "KDGATE_ROUTING__HANDOFF__ENABLED": "false",  # the student answers, so each answer is a shadow job
+        "KDGATE_STUDENT__THREADS": "1", "KDGATE_TEACHER__THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
+            for text in ("Hi, my order 12345 of a StreamPlus never arrived.", "The TaskPilot app crashes on start.",
+                         "Please cancel order 55555.", "My SmartHub Pro is broken, order 77777."):
+                reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
+                    "model": "kdgate-demo", "messages": [{"role": "user", "content": text}], "temperature": 0,
+                    "max_tokens": 24})
+                assert reply.status_code == 200, reply.text
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text()
+    assert re.search(r"shutting down: finishing \d+ shadow jobs? first, for at most 3 s \(shadow.drain_timeout_s\)",
+                     text), text[-2000:]
+    assert "Finished server process" in text  # the log was flushed before the fast exit
