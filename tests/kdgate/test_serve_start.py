@@ -129,6 +129,7 @@ def test_ctrl_c_says_what_it_waits_for_and_exits_cleanly(tmp_path):
     """Ctrl-C with shadow jobs still to do: the wait is named (it used to be up to 15 s of silence), the process
     ends with code 0 once the lifespan has closed everything, and every shutdown line reached the log."""
     import signal
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     import httpx
 
@@ -145,13 +146,20 @@ def test_ctrl_c_says_what_it_waits_for_and_exits_cleanly(tmp_path):
                                    env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_until_up(f"http://127.0.0.1:{port}/readyz", process, timeout=120)
-            for text in ("Hi, my order 12345 of a StreamPlus never arrived.", "The TaskPilot app crashes on start.",
-                         "Please cancel order 55555.", "My SmartHub Pro is broken, order 77777."):
-                reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
+            texts = ["Hi, my order 12345 of a StreamPlus never arrived.", "The TaskPilot app crashes on start.",
+                     "Please cancel order 55555.", "My SmartHub Pro is broken, order 77777.",
+                     "Order 24680: the StreamPlus remote is missing.", "I was charged twice for order 13579."]
+
+            def ask(text: str) -> int:
+                return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60, json={
                     "model": "kdgate-demo", "messages": [{"role": "user", "content": text}], "temperature": 0,
-                    "max_tokens": 24})
-                assert reply.status_code == 200, reply.text
-            process.send_signal(signal.SIGINT)
+                    "max_tokens": 48}).status_code
+
+            with ThreadPoolExecutor(len(texts)) as pool:  # Ctrl-C while answers are in flight: their shadow jobs
+                answers = [pool.submit(ask, text) for text in texts]  # are still to do when the lifespan ends
+                next(as_completed(answers))
+                process.send_signal(signal.SIGINT)
+            assert [answer.result() for answer in answers] == [200] * len(texts)  # in-flight answers finish
             assert process.wait(timeout=60) == 0
         finally:
             if process.poll() is None:
