@@ -116,14 +116,18 @@ def start_process(command: list[str], url: str, env: dict[str, str] | None = Non
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
                                preexec_fn=pin, cwd=cwd)
-    wait_until_up(url, process, timeout=120)
+    try:
+        wait_until_up(url, process, timeout=120)
+    except RuntimeError as error:  # it exited: say why, from its own log ("server exited with 3" said nothing)
+        tail = "\n".join(Path(log).read_text(errors="replace").splitlines()[-5:]) if log else "(no log kept)"
+        raise RuntimeError(f"{error}; the end of its log ({log}):\n{tail}") from None
     return process
 
 
 def kdgate_config(folder: Path, name: str, zero_url: str, routing: dict, extra: dict | None = None) -> Path:
     backend = {"kind": "http", "base_url": zero_url, "model": MODEL}
-    # No student versions: the default store (var/ under the working directory) would be shared by every run, and a
-    # version an earlier run seeded names that run's zero-server port; the arm then waited for it forever.
+    # No student versions, hence no store: the default one is derived from the student backend, whose zero-server
+    # port is new every run, so each run would leave a store file of its own under var/.
     config = {"served_model": MODEL, "student": backend, "teacher": backend, "routing": routing,
               "shadow": {"enabled": False}, "students": {"enabled": False}, "log_level": "warning"} | (extra or {})
     path = folder / f"{name}.json"

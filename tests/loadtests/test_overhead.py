@@ -30,3 +30,21 @@ def test_overhead_harness_runs_every_arm(tmp_path, redis_server):
         assert row["max_sustainable_rate"] in (0.0, 5.0, 10.0)
     rates = {row["arm"]: row["max_sustainable_rate"] for row in rows}
     assert rates["direct"] >= 5.0 and rates["kdgate handoff"] >= 5.0  # a few req/s are sustained on any machine
+
+
+def test_an_arm_that_exits_at_start_is_reported_with_its_own_words(tmp_path):
+    """The benchmark used to say only "server exited with 3"; the arm's own explanation was in a log nobody named."""
+    import sys
+
+    import pytest
+
+    from loadtests.overhead import start_process
+    from tests.conftest import free_port
+
+    log = tmp_path / "arm.log"
+    port = free_port()
+    with pytest.raises(RuntimeError) as raised:
+        start_process([sys.executable, "-c", "import sys; print('kdgate: port 1 is taken; pick another'); sys.exit(2)"],
+                      f"http://127.0.0.1:{port}/health", log=log)
+    assert "server exited with 2" in str(raised.value)
+    assert "kdgate: port 1 is taken; pick another" in str(raised.value) and str(log) in str(raised.value)
