@@ -34,8 +34,14 @@ class LoraReplicas:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def load(self, name: str, path: str) -> None:
+        """Onto every replica that does not list it yet. A listed adapter is never loaded again: vLLM refuses a
+        second load of a name (400 "has already been loaded"), which made promoting a canary to full, and rolling
+        back to a version whose adapter was kept, fail with 502; and a same-name reload is what vLLM issue #42125
+        warns of. A name is one version's immutable adapter, so a listed one is the right one."""
         loaded: list[str] = []
         for url in self.urls:
+            if await self._lists(url, name):
+                continue
             problem = await self._load_one(url, name, path)
             if problem is not None:
                 for done in loaded:
@@ -49,14 +55,22 @@ class LoraReplicas:
         for url in self.urls:
             await self.unload_one(url, name)
 
+    async def _lists(self, url: str, name: str) -> bool:
+        """The replica answers /v1/models with `name` among its models (an error: not known to, so a load is tried
+        and its failure says what is wrong)."""
+        try:
+            listed = await self.client.get(f"{url}/models", headers=self.headers)
+            return listed.status_code == 200 and name in {model.get("id") for model in listed.json().get("data", [])}
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+
     async def _load_one(self, url: str, name: str, path: str) -> str | None:
         try:
             response = await self.client.post(f"{url}/load_lora_adapter", headers=self.headers,
                                               json={"lora_name": name, "lora_path": path})
             if response.status_code != 200:
                 return f"HTTP {response.status_code}: {_message(response)}"
-            listed = await self.client.get(f"{url}/models", headers=self.headers)
-            if listed.status_code != 200 or name not in {model.get("id") for model in listed.json().get("data", [])}:
+            if not await self._lists(url, name):
                 await self.unload_one(url, name)
                 return f"it answered the load but does not list `{name}` in /v1/models"
         except httpx.HTTPError as error:

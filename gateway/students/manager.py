@@ -198,6 +198,7 @@ class StudentManager:
             await self._apply(moved)
             self.metrics.student_rollbacks.labels("automatic" if automatic else "manual").inc()
             log.warning("student rollback (%s): active %s", reason, moved.active)
+            await self._unload_stale_adapters()  # the rolled-back version's adapter leaves the replicas
             return moved
 
     def _change(self):

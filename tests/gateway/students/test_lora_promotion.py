@@ -128,3 +128,36 @@ def test_a_replica_that_refuses_leaves_everything_as_it_was(demo_dirs, engine_se
     assert status["active"] == "initial" and status["revision"] == 1 and version["state"] == "candidate"
     assert served == before  # the old version answers as before
     assert status_after["active"] == "initial" and status_after["revision"] == 1
+
+
+def test_the_documented_flow_canary_full_rollback_and_again(demo_dirs, engine_server, replicas, demo_adapter,
+                                                             tmp_path):
+    """docs/student-versions.md's flow through vLLM's runtime-LoRA API: promoting a canary to full and rolling back
+    to a version whose adapter was kept both loaded an adapter that was already loaded, which vLLM (and the engine)
+    refuse with 400 "has already been loaded": a 502 at the flow's fourth line. A rolled-back version's adapter
+    stayed loaded, so promoting it again failed the same way. Now: nothing listed is loaded again, and what was
+    rolled back leaves the replicas."""
+    urls = [server.base_url for server in replicas]
+
+    def on_replicas(version: str) -> list[bool]:
+        return [f"demo-student@{version}" in listed(url) for url in urls]
+
+    with lora_gateway(demo_dirs, engine_server, tmp_path, urls) as gateway:
+        for name in ("v4", "v5"):
+            assert admin(gateway, "POST", "", {"name": name, "adapter_path": str(demo_adapter)}).status_code == 201
+        steps = [("canary v4", admin(gateway, "POST", "/v4/promote", {"canary_fraction": 0.5})),
+                 ("full v4", admin(gateway, "POST", "/v4/promote")),
+                 ("full v5", admin(gateway, "POST", "/v5/promote"))]
+        kept = on_replicas("v4")  # v5's rollback target keeps its adapter
+        steps.append(("rollback to v4", admin(gateway, "POST", "/rollback")))
+        after_rollback = {"v4": on_replicas("v4"), "v5": on_replicas("v5")}
+        steps.append(("canary v5 again", admin(gateway, "POST", "/v5/promote", {"canary_fraction": 0.5})))
+        steps.append(("canary rolled back", admin(gateway, "POST", "/rollback")))
+        after_canary = on_replicas("v5")
+        status = admin(gateway, "GET", "/status").json()
+    assert [(step, reply.status_code) for step, reply in steps] == [(step, 200) for step, _ in steps], \
+        [reply.text for _, reply in steps if reply.status_code != 200]
+    assert kept == [True, True]
+    assert after_rollback == {"v4": [True, True], "v5": [False, False]}
+    assert after_canary == [False, False]
+    assert status["active"] == "v4" and status["canary"] is None
