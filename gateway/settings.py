@@ -233,6 +233,11 @@ class StudentsSettings(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="how often each gateway process reads the "
                                    "store's student slot; a promotion reaches every process within about this long "
                                    "(plus the new version's load time)")
+    reconcile_interval_s: float = Field(default=5.0, gt=0, le=300, description="how often each gateway process "
+                                        "checks that every student replica lists the serving versions' LoRA "
+                                        "adapters (vLLM, runtime LoRA) and loads any that a restarted or new "
+                                        "replica lacks; until then such a replica's requests fall back to the "
+                                        "teacher")
     initial_version: str = Field(default="initial", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the name the "
                                  "configured student gets in the store on the first start (when `student.version` "
                                  "is unset)")

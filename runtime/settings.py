@@ -107,6 +107,10 @@ class BackendSettings(BaseModel):
                                     "ending in /v1), when it is a load-balanced Service: a student version's LoRA "
                                     "adapter is loaded on each one before the switch (each vLLM keeps its own). "
                                     "Empty: `base_url` is the one server")
+    replicas_from_dns: bool = Field(default=False, description="http: every address `base_url`'s host resolves to "
+                                    "is a replica too (a Kubernetes headless Service), looked up again at each "
+                                    "reconciliation (`students.reconcile_interval_s`), so a replica that joins or "
+                                    "restarts gets the serving versions' adapters")
     cost: CostSettings | None = Field(default=None, description="Unset: this backend is not priced, and the "
                                       "gateway exports cost only when every backend it has is priced "
                                       "(docs/shadow-and-monitoring.md).")

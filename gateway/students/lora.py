@@ -8,7 +8,10 @@ and its reason. `kdgate engine --enable-lora` speaks the same endpoints (gateway
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -28,10 +31,40 @@ class AdapterRefused(Exception):
 
 
 class LoraReplicas:
-    def __init__(self, client: httpx.AsyncClient, urls: list[str], api_key: str | None = None):
+    def __init__(self, client: httpx.AsyncClient, urls: list[str], api_key: str | None = None,
+                 from_dns: bool = False):
         self.client = client
-        self.urls = [url.rstrip("/") for url in urls]
+        self.configured = [url.rstrip("/") for url in urls]
+        self.urls = list(self.configured)
+        self.from_dns = from_dns
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def discover(self) -> list[str]:
+        """The replicas now: the configured URLs, and with `from_dns` every address their hosts resolve to (a
+        headless Service lists its ready pods), so that replicas that joined are found."""
+        if self.from_dns:
+            found = await asyncio.gather(*(replica_addresses(url) for url in self.configured))
+            self.urls = sorted({url for urls in found for url in urls})
+        return self.urls
+
+    async def reconcile(self, adapters: dict[str, str]) -> list[tuple[str, str]]:
+        """Every replica gets each of `adapters` (name → path) that it does not list: a replica that restarted,
+        or joined, has none of them. Returns what was loaded where; a replica that refuses is logged and tried
+        again at the next reconciliation (its requests meanwhile fall back to the teacher)."""
+        loaded = []
+        for url in await self.discover():
+            for name, path in adapters.items():
+                if await self._lists(url, name):
+                    continue
+                problem = await self._load_one(url, name, path)
+                if problem is None:
+                    loaded.append((url, name))
+                    log.warning("adapter %s was missing on student server %s (restarted or new); loaded it", name,
+                                url)
+                else:
+                    log.warning("adapter %s is missing on student server %s and could not be loaded: %s", name,
+                                url, problem)
+        return loaded
 
     async def load(self, name: str, path: str) -> None:
         """Onto every replica that does not list it yet. A listed adapter is never loaded again: vLLM refuses a
@@ -39,7 +72,7 @@ class LoraReplicas:
         back to a version whose adapter was kept, fail with 502; and a same-name reload is what vLLM issue #42125
         warns of. A name is one version's immutable adapter, so a listed one is the right one."""
         loaded: list[str] = []
-        for url in self.urls:
+        for url in await self.discover():
             if await self._lists(url, name):
                 continue
             problem = await self._load_one(url, name, path)
@@ -86,6 +119,21 @@ class LoraReplicas:
                             _message(response))
         except httpx.HTTPError as error:
             log.warning("unloading adapter %s from %s failed: %s", name, url, error)
+
+
+async def replica_addresses(url: str) -> list[str]:
+    """`url` once per address its host resolves to (the URL itself when the host is an address, or does not
+    resolve now: the load then fails and says so)."""
+    parts = urlsplit(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 80,
+                                                             type=socket.SOCK_STREAM)
+    except OSError:
+        return [url]
+    addresses = sorted({info[4][0] for info in infos})
+    port = f":{parts.port}" if parts.port else ""
+    return [urlunsplit(parts._replace(netloc=f"[{address}]{port}" if ":" in address else f"{address}{port}"))
+            for address in addresses]
 
 
 def _message(response: httpx.Response) -> str:

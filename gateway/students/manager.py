@@ -41,6 +41,7 @@ class StudentManager:
         self._changing = asyncio.Lock()  # one admin change at a time in this process
         self._applying = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._reconciler: asyncio.Task | None = None
 
     # ------------------------------------------------------------------------------------------------ life
 
@@ -59,11 +60,14 @@ class StudentManager:
                     f"({error}). Promote or roll back to a version it can serve (`kdgate student`), or point "
                     "`shadow.store_url` at this deployment's own store") from None
         self._task = asyncio.create_task(self._watch(), name="kdgate-students")
+        if self.lora is not None and self.settings.student.kind == "http":
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="kdgate-student-replicas")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._reconciler):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.slot is not None:
             await self.slot.aclose()
         for student in self._loaded.values():
@@ -96,6 +100,33 @@ class StudentManager:
                                      f"trying again every {interval:g} s")
             else:
                 outage.recovered()
+
+    async def _reconcile_loop(self) -> None:
+        interval = self.settings.students.reconcile_interval_s
+        outage = Outage(log, "checking the student replicas' adapters")
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile_adapters()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a replica or store hiccup: the next round tries again
+                outage.failed(error, f"trying again every {interval:g} s")
+            else:
+                outage.recovered()
+
+    async def reconcile_adapters(self) -> list[tuple[str, str]]:
+        """The serving versions' adapters onto every student replica that lacks them (vLLM keeps adapters in memory:
+        a restarted replica comes back without them, a new one never had them). Not during a promotion or rollback,
+        which loads and unloads on its own."""
+        if self.slot is None or self._changing.locked():
+            return []
+        adapters = {}
+        for student in self.slot.serving():
+            version = await asyncio.to_thread(self.versions.get, student.version)
+            if version.kind == "lora":
+                adapters[adapter_name(self.settings.student.model, version.name)] = version.adapter_path
+        return await self.lora.reconcile(adapters) if adapters else []
 
     async def _apply(self, seen: Slot) -> None:
         """Serve what the slot row says (the caller holds `_applying`)."""

@@ -31,7 +31,8 @@ async def open_students(settings: GatewaySettings, metrics: GatewayMetrics) -> A
         lora = None
         if student.kind == "http":
             api_key = student.api_key.get_secret_value() if student.api_key else None
-            lora = LoraReplicas(client, student.replica_urls or [student.base_url], api_key)
+            lora = LoraReplicas(client, student.replica_urls or [student.base_url], api_key,
+                                from_dns=student.replicas_from_dns)
         manager = StudentManager(settings, loader, metrics,
                                  StudentVersions(store) if store is not None else None, lora)
         try:

@@ -204,6 +204,10 @@ class HttpBackend:
         await response.aread()
         message, parameter = _error_message(response)
         where = f"backend `{self.info.name}` ({self.info.model})"
+        if response.status_code == 404:  # the gateway names the model, never the client: a replica that restarted
+            raise UpstreamUnavailable(  # without the version's adapter, or a wrong `model`; served around, not passed on
+                f"{where} does not serve model `{self.info.model}` (HTTP 404: {message}); a student replica that "
+                "restarted gets its adapter back within `students.reconcile_interval_s`", backend=self.info.name)
         if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
             raise UpstreamRejected(f"{where} rejected the request: {message}", backend=self.info.name,
                                    status_code=response.status_code, parameter=parameter)

@@ -161,3 +161,72 @@ def test_the_documented_flow_canary_full_rollback_and_again(demo_dirs, engine_se
     assert after_rollback == {"v4": [True, True], "v5": [False, False]}
     assert after_canary == [False, False]
     assert status["active"] == "v4" and status["canary"] is None
+
+
+def test_a_replica_that_restarts_gets_the_adapter_back_and_no_request_fails(demo_dirs, engine_server, demo_adapter,
+                                                                            tmp_path):
+    """vLLM keeps runtime adapters in memory: a student replica that restarts comes back ready on /health without
+    the active version's adapter and answers 404 for `<student>@<version>`, which the gateway passed to the client.
+    Now the gateway reconciles every `students.reconcile_interval_s` (the adapter is back within it), and until
+    then serves those requests from the teacher: under streaming load across the restart, no request fails."""
+    servers = [start_engine_server(demo_dirs[0], "demo-student", "--enable-lora", env=RUNTIME_LORA) for _ in range(2)]
+    urls = [server.base_url for server in servers]
+    port = int(urls[0].rsplit(":", 1)[1].split("/")[0])
+    try:
+        student = BackendSettings(kind="http", base_url=urls[0], model="demo-student", replica_urls=urls)
+        settings = gateway_settings(
+            demo_dirs, engine_server, routing=RoutingSettings(policy="student_only",
+                                                              handoff=HandoffSettings(enabled=False)),
+            shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
+            students=StudentsSettings(enabled=True, poll_interval_s=0.2, reconcile_interval_s=0.5))
+        with ThreadedServer(create_app(settings.model_copy(update={"student": student}))) as gateway:
+            assert admin(gateway, "POST", "", {"name": "v6", "adapter_path": str(demo_adapter)}).status_code == 201
+            assert admin(gateway, "POST", "/v6/promote").status_code == 200
+
+            def restart() -> None:
+                stop(servers[0].process)
+                servers[0] = start_engine_server(demo_dirs[0], "demo-student", "--enable-lora", env=RUNTIME_LORA,
+                                                 port=port)
+
+            seen, failures = switch_under_load(gateway, [(restart, None)])
+            back = time.monotonic()
+            while "demo-student@v6" not in listed(urls[0]) and time.monotonic() - back < 10:
+                time.sleep(0.1)
+            listed_after = time.monotonic() - back
+            served = None
+            while served != "demo-student@v6" and time.monotonic() - back < 60:  # once the breaker lets it back in
+                reply = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60,
+                                   json={"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4})
+                served = reply.json()["kdgate"]["model"]
+                time.sleep(0.2)
+    finally:
+        for server in servers:
+            stop(server.process)
+    assert failures == []
+    assert listed_after < 5  # the restarted replica has the active version's adapter again
+    assert served == "demo-student@v6" and reply.json()["kdgate"]["route"] == "student"
+
+
+def test_a_replica_without_the_adapter_is_served_around_not_passed_to_the_client(demo_dirs, engine_server, replicas,
+                                                                                 demo_adapter, tmp_path):
+    """Between a replica's restart and the next reconciliation, the replica answers 404 for `<student>@<version>`;
+    the gateway named that model, not the client, so the client gets the teacher's answer (`student_error`), never
+    the 404. (The adapter is taken off by hand here, with reconciliation slowed, so that the window stays open.)"""
+    urls = [server.base_url for server in replicas]
+    student = BackendSettings(kind="http", base_url=urls[0], model="demo-student", replica_urls=urls)
+    settings = gateway_settings(
+        demo_dirs, engine_server, routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
+        shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
+        students=StudentsSettings(enabled=True, poll_interval_s=0.2, reconcile_interval_s=300))
+    with ThreadedServer(create_app(settings.model_copy(update={"student": student}))) as gateway:
+        assert admin(gateway, "POST", "", {"name": "v7", "adapter_path": str(demo_adapter)}).status_code == 201
+        assert admin(gateway, "POST", "/v7/promote").status_code == 200
+        assert httpx.post(f"{urls[0]}/unload_lora_adapter", json={"lora_name": "demo-student@v7"},
+                          timeout=30).status_code == 200
+        reply = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60,
+                           json={"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 4})
+        streamed = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": 4, "stream": True})
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["kdgate"]["route"], reply.json()["kdgate"]["reason"]) == ("teacher", "student_error")
+    assert streamed.status_code == 200 and '"error"' not in streamed.text and streamed.text.endswith("[DONE]\n\n")
