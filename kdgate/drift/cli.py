@@ -22,6 +22,9 @@ def drift(
     gateway promotes. Prints a before/after table and draws the timeline. Needs Debian's prometheus and
     prometheus-alertmanager.
 
+    Says a status line (phase, elapsed time, the alert, the job's step and progress) whenever 20 s pass
+    without news, names the job's log when it starts, and prints the command that watches the trainer's jobs.
+
     Example:  kdgate demo drift --out runs/drift
     """
     from kdgate.drift.run import PRELAUNCH_STUDENT, DriftSettings, run
