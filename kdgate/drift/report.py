@@ -14,16 +14,20 @@ from runtime.store.records import ShadowStore
 HELD_OUT_LAUNCHED = 200
 
 
-def offline(models: dict[str, Path], golden_path: Path,
+def offline(models: dict[str, Path], golden_path: Path, threads: int | None = None,
             on_model: Callable[[str], None] = lambda name: None) -> dict[str, dict]:
-    """Exact match on held-out launched-product tickets and on the golden set, per model (greedy); `on_model(name)`
-    as each model starts."""
+    """Exact match on held-out launched-product tickets and on the golden set, per model (greedy), with `threads`
+    torch CPU threads (None: torch's default); `on_model(name)` as each model starts."""
+    import torch
+
     from distill.demo.evaluate import evaluate_model
     from distill.evaluate import load
     from distill.online.evaluate import golden_figures, read_golden
 
     tickets = drift.take(drift.launched("test", 2), HELD_OUT_LAUNCHED)
     golden = read_golden(golden_path)
+    if threads:
+        torch.set_num_threads(threads)
     results = {}
     for name, folder in models.items():
         on_model(name)

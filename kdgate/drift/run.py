@@ -49,6 +49,9 @@ class DriftSettings:
     gather_wait_s: float = 300.0  # how long the job waits for them
     golden_examples: int | None = None  # the gate's golden set, first N (None: all 500)
     offline: bool = True  # evaluate the models offline for the report (a few minutes)
+    # torch CPU threads of every process that runs a model: the teacher making the replay cache, the gateway, the
+    # job, the offline evaluation. They share the machine, so 1 each (more only helps on an otherwise idle box).
+    threads: int = 1
     status_every_s: float = 20.0  # a status line whenever nothing was said for this long
 
 
@@ -56,7 +59,7 @@ def run(settings: DriftSettings, say=print) -> dict:
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     with Ticker(say, settings.status_every_s) as ticker:
-        replay = replay_cache(out, settings.replay_prompts, ticker)
+        replay = replay_cache(out, settings.replay_prompts, settings.threads, ticker)
         ticker.say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} "
                    "...")
         ticker.enter("starting the stack")
@@ -65,7 +68,7 @@ def run(settings: DriftSettings, say=print) -> dict:
             ticker.update(lambda: f"waiting for {name} to be ready (log: {log})")
 
         stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
-                            settings.teacher_target, _trainer(settings, replay), on_start=starting)
+                            settings.teacher_target, _trainer(settings, replay), settings.threads, starting)
         ticker.say(f"watch the trainer's jobs: {stack.watch_command()}")
         previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
         try:
@@ -82,7 +85,7 @@ def run(settings: DriftSettings, say=print) -> dict:
 
 def _trainer(settings: DriftSettings, replay: Path) -> dict:
     """The trainer's settings for the scenario (beside the stack's own: store, keys, gateway)."""
-    return {"train": {"threads": 1, "overrides": [f"steps={settings.train_steps}"]},
+    return {"train": {"threads": settings.threads, "overrides": [f"steps={settings.train_steps}"]},
             "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
                         "replay_cache": str(replay)},
             "golden": {"examples": settings.golden_examples},
@@ -93,7 +96,7 @@ def _exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def replay_cache(out: Path, prompts: int, ticker: Ticker) -> Path:
+def replay_cache(out: Path, prompts: int, threads: int, ticker: Ticker) -> Path:
     """A sample of the pre-launch student's own distillation data (teacher answers to pre-launch tickets): what the
     trainer rehearses so that learning the launch does not cost what the student knew (kept between runs)."""
     cache = out / "replay-cache"
@@ -109,7 +112,7 @@ def replay_cache(out: Path, prompts: int, ticker: Ticker) -> Path:
     commands = [kdgate + ["demo", "prelaunch-prompts", "--count", str(prompts), "--out",
                           str(out / "replay-prompts.jsonl")],
                 kdgate + ["distill", "generate", "--prompts", str(out / "replay-prompts.jsonl"), "--top-k", "20",
-                          "--out", str(cache)]]
+                          "--threads", str(threads), "--out", str(cache)]]
     with log.open("w") as output:
         for command in commands:
             done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
@@ -220,8 +223,8 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
     if settings.offline:
         evaluating = {"model": ""}
         ticker.enter("offline evaluation", lambda: evaluating["model"])
-        ticker.say("evaluating the models offline on held-out tickets ...")
-        measured = offline(models, ARTIFACTS_DIR / "golden.jsonl",
+        ticker.say(f"evaluating the models offline on held-out tickets ({settings.threads} torch thread(s)) ...")
+        measured = offline(models, ARTIFACTS_DIR / "golden.jsonl", settings.threads,
                            on_model=lambda name: evaluating.update(model=name))
     ticker.enter("report")
     ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)

@@ -119,12 +119,14 @@ def fresh_folder(folder: Path) -> Path:
 
 
 def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float, teacher_target: float,
-                trainer_overrides: dict, on_start: Callable[[str, Path], None] | None = None) -> Stack:
-    """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts)."""
+                trainer_overrides: dict, threads: int | None = None,
+                on_start: Callable[[str, Path], None] | None = None) -> Stack:
+    """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts);
+    `threads`: the gateway's torch CPU threads (None: torch's default)."""
     folder = fresh_folder(folder.resolve())  # the processes run inside it
     stack = Stack(folder, on_start=on_start)
     try:
-        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides)
+        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides, threads)
     except BaseException:
         stack.stop()
         raise
@@ -132,11 +134,11 @@ def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_
 
 
 def _start_all(stack: Stack, folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
-               teacher_target: float, trainer_overrides: dict) -> None:
+               teacher_target: float, trainer_overrides: dict, threads: int | None) -> None:
     store = f"sqlite:///{folder / 'store.sqlite3'}"
     gateway_port = free_port()
-    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": 1},
-               "teacher": {"threads": 1},
+    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": threads},
+               "teacher": {"threads": threads},
                "routing": {"handoff": {"enabled": True, "target_teacher_fraction": teacher_target}},
                "shadow": {"sample_rate": sample_rate, "store_url": store, "concurrency": 2},
                "students": {"poll_interval_s": 1.0}, "log_level": "warning"}

@@ -1,5 +1,5 @@
-"""`kdgate demo drift` as a user reads it: the command it prints to watch the trainer's jobs works against a real
-trainer service, as typed."""
+"""`kdgate demo drift` as a user reads it: its help has --threads, and the command it prints to watch the
+trainer's jobs works against a real trainer service, as typed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 from kdgate.drift.stack import Stack, start_trainer
+from tests.conftest import ROOT
+
+
+def test_demo_drift_has_threads():
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "--threads" in done.stdout
 
 
 def test_the_printed_watch_command_uses_a_key_the_trainer_accepts(tmp_path):
