@@ -19,6 +19,7 @@ def offline(models: dict[str, Path], golden_path: Path, threads: int | None = No
     """Exact match on held-out launched-product tickets and on the golden set, per model (greedy), with `threads`
     torch CPU threads (None: torch's default); `on_model(name)` as each model starts."""
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from distill.demo.evaluate import evaluate_model
     from distill.evaluate import load
@@ -26,6 +27,7 @@ def offline(models: dict[str, Path], golden_path: Path, threads: int | None = No
 
     tickets = drift.take(drift.launched("test", 2), HELD_OUT_LAUNCHED)
     golden = read_golden(golden_path)
+    transformers_logging.disable_progress_bar()  # its weight-loading bars would cut into the status lines
     if threads:
         torch.set_num_threads(threads)
     results = {}

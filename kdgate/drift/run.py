@@ -201,7 +201,8 @@ def _live_status(samples: list[Sample], traffic: Traffic, stack: Stack) -> Calla
         if last is not None:
             parts.append(f"alert {last.alert} ({alert_signals(last)})")
             if last.job:
-                doing = log_progress(stack.job_log(last.job_id))
+                step = last.job.split()[-1]  # "gather: 246 of 450 records" reads once, not "gather: gather: ..."
+                doing = log_progress(stack.job_log(last.job_id)).removeprefix(f"{step}: ")
                 parts.append(f"job {last.job}" + (f": {doing}" if doing else ""))
         return "; ".join(parts)
 
