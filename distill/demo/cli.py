@@ -96,16 +96,21 @@ def evaluate(
     split: str = typer.Option("test", help="test or val"),
     seed: int = typer.Option(0),
     json_out: Path | None = typer.Option(None, help="also write the results as JSON"),
+    threads: int = typer.Option(1, min=1, help="torch CPU threads; the demo models are so small that one is the "
+                                "fastest, idle or busy (more threads mostly wait on each other)"),
 ) -> None:
-    """Whole-answer exact match and per-field accuracy on the held-out split.
+    """Whole-answer exact match and per-field accuracy on the held-out split: the committed teacher and student,
+    or the models named by --model (name each one, a model you trained too, e.g. runs/exp/sft/model).
 
-    Example:  kdgate demo eval --model distill/demo/artifacts/teacher --model distill/demo/artifacts/student
+    Example:  kdgate demo eval --examples 200 --threads 1
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill.demo import task
     from distill.demo.evaluate import evaluate_model
 
+    torch.set_num_threads(threads)
     tickets = task.take(split, examples, seed=seed)
     results = {}
     for directory in model:

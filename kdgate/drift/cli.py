@@ -15,6 +15,9 @@ def drift(
     after_s: float = typer.Option(150.0, min=0.0, help="seconds of traffic after the promotion"),
     max_wait_s: float = typer.Option(900.0, min=1.0, help="longest wait from the launch to a promotion"),
     train_steps: int = typer.Option(800, min=1, help="the re-distillation job's training steps"),
+    threads: int = typer.Option(1, min=1, help="torch CPU threads of each process that runs a model (the teacher "
+                                "making the replay cache, the gateway, the job, the offline evaluation); they share "
+                                "the CPUs, so 1 unless the machine has cores to spare"),
 ) -> None:
     """Close the re-distillation loop on a drift: launch, alert, job, gate, promotion, with no call by hand.
 
@@ -22,7 +25,10 @@ def drift(
     gateway promotes. Prints a before/after table and draws the timeline. Needs Debian's prometheus and
     prometheus-alertmanager.
 
-    Example:  kdgate demo drift --out runs/drift
+    Says a status line (phase, elapsed time, the alert, the job's step and progress) whenever 20 s pass
+    without news, names the job's log when it starts, and prints the command that watches the trainer's jobs.
+
+    Example:  kdgate demo drift --out runs/drift --threads 1
     """
     from kdgate.drift.run import PRELAUNCH_STUDENT, DriftSettings, run
     from kdgate.drift.stack import MissingTool
@@ -32,7 +38,7 @@ def drift(
         raise typer.Exit(2)
     try:
         run(DriftSettings(out=out, rate=rate, usual_s=usual_s, launch_share=launch_share, after_s=after_s,
-                          max_wait_s=max_wait_s, train_steps=train_steps), say=typer.echo)
+                          max_wait_s=max_wait_s, train_steps=train_steps, threads=threads), say=typer.echo)
     except MissingTool as error:
         typer.echo(f"kdgate: {error}", err=True)
         raise typer.Exit(2) from None

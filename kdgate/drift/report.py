@@ -4,6 +4,7 @@ and live from the run (shadow KL on launched tickets, teacher share, failed requ
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from distill.demo import drift
@@ -13,16 +14,25 @@ from runtime.store.records import ShadowStore
 HELD_OUT_LAUNCHED = 200
 
 
-def offline(models: dict[str, Path], golden_path: Path) -> dict[str, dict]:
-    """Exact match on held-out launched-product tickets and on the golden set, per model (greedy)."""
+def offline(models: dict[str, Path], golden_path: Path, threads: int | None = None,
+            on_model: Callable[[str], None] = lambda name: None) -> dict[str, dict]:
+    """Exact match on held-out launched-product tickets and on the golden set, per model (greedy), with `threads`
+    torch CPU threads (None: torch's default); `on_model(name)` as each model starts."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
     from distill.demo.evaluate import evaluate_model
     from distill.evaluate import load
     from distill.online.evaluate import golden_figures, read_golden
 
     tickets = drift.take(drift.launched("test", 2), HELD_OUT_LAUNCHED)
     golden = read_golden(golden_path)
+    transformers_logging.disable_progress_bar()  # its weight-loading bars would cut into the status lines
+    if threads:
+        torch.set_num_threads(threads)
     results = {}
     for name, folder in models.items():
+        on_model(name)
         model, tokenizer = load(folder)
         results[name] = {"launched": evaluate_model(model, tokenizer, tickets)["exact_match"],
                          "golden": golden_figures(model, tokenizer, golden, 64)}

@@ -16,13 +16,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kdgate.drift.progress import Ticker, clock_time, log_progress
 from kdgate.drift.report import live, offline, targets
-from kdgate.drift.stack import start_stack
+from kdgate.drift.stack import Stack, start_stack
 from kdgate.drift.traffic import Traffic
-from kdgate.drift.watch import plot, rows, sample
+from kdgate.drift.watch import Sample, alert_signals, plot, rows, sample
 from runtime.demo import ARTIFACTS_DIR, DEMO_TEACHER_DIR
 
 PRELAUNCH_STUDENT = ARTIFACTS_DIR / "student-prelaunch"
@@ -47,53 +49,86 @@ class DriftSettings:
     gather_wait_s: float = 300.0  # how long the job waits for them
     golden_examples: int | None = None  # the gate's golden set, first N (None: all 500)
     offline: bool = True  # evaluate the models offline for the report (a few minutes)
+    # torch CPU threads of every process that runs a model: the teacher making the replay cache, the gateway, the
+    # job, the offline evaluation. They share the machine, so 1 each (more only helps on an otherwise idle box).
+    threads: int = 1
+    status_every_s: float = 20.0  # a status line whenever nothing was said for this long
 
 
 def run(settings: DriftSettings, say=print) -> dict:
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    replay = replay_cache(out, settings.replay_prompts, say)
-    trainer = {"train": {"threads": 1, "overrides": [f"steps={settings.train_steps}"]},
-               "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
-                           "replay_cache": str(replay)},
-               "golden": {"examples": settings.golden_examples},
-               "handoff_target_teacher_fraction": settings.teacher_target}
-    say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} ...")
-    stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
-                        settings.teacher_target, trainer)
-    previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
-    try:
-        return asyncio.run(_scenario(settings, stack, say))
-    finally:
-        stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+    with Ticker(say, settings.status_every_s) as ticker:
+        replay = replay_cache(out, settings.replay_prompts, settings.threads, ticker)
+        ticker.say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} "
+                   "...")
+        ticker.enter("starting the stack")
+
+        def starting(name: str, log: Path) -> None:
+            ticker.update(lambda: f"waiting for {name} to be ready (log: {log})")
+
+        stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
+                            settings.teacher_target, _trainer(settings, replay), settings.threads, starting)
+        ticker.say(f"watch the trainer's jobs: {stack.watch_command()}")
+        previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
+        try:
+            report = asyncio.run(_scenario(settings, stack, ticker))
+        finally:
+            ticker.enter("stopping the stack")
+            stack.stop()
+            signal.signal(signal.SIGTERM, previous)
+        spent = ticker.durations()
+        ticker.say("wall time: " + ", ".join(f"{phase} {clock_time(seconds)}" for phase, seconds in spent.items())
+                   + f"; total {clock_time(sum(spent.values()))}")
+        return report
+
+
+def _trainer(settings: DriftSettings, replay: Path) -> dict:
+    """The trainer's settings for the scenario (beside the stack's own: store, keys, gateway)."""
+    return {"train": {"threads": settings.threads, "overrides": [f"steps={settings.train_steps}"]},
+            "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
+                        "replay_cache": str(replay)},
+            "golden": {"examples": settings.golden_examples},
+            "handoff_target_teacher_fraction": settings.teacher_target}
 
 
 def _exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def replay_cache(out: Path, prompts: int, say) -> Path:
+def replay_cache(out: Path, prompts: int, threads: int, ticker: Ticker) -> Path:
     """A sample of the pre-launch student's own distillation data (teacher answers to pre-launch tickets): what the
     trainer rehearses so that learning the launch does not cost what the student knew (kept between runs)."""
     cache = out / "replay-cache"
+    ticker.enter("replay cache")
     if (cache / "manifest.json").is_file():
+        ticker.say(f"reusing the replay cache {cache}")
         return cache
+    log = out / "replay-cache.log"
+    ticker.say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (80 s on an idle "
+               f"2-core machine; log: {log}) ...")
+    ticker.update(lambda: log_progress(log))
     kdgate = [sys.executable, "-m", "kdgate.cli"]
-    say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (about a minute) ...")
-    subprocess.run(kdgate + ["demo", "prelaunch-prompts", "--count", str(prompts), "--out",
-                             str(out / "replay-prompts.jsonl")], check=True, capture_output=True)
-    subprocess.run(kdgate + ["distill", "generate", "--prompts", str(out / "replay-prompts.jsonl"), "--top-k", "20",
-                             "--out", str(cache)], check=True, capture_output=True)
+    commands = [kdgate + ["demo", "prelaunch-prompts", "--count", str(prompts), "--out",
+                          str(out / "replay-prompts.jsonl")],
+                kdgate + ["distill", "generate", "--prompts", str(out / "replay-prompts.jsonl"), "--top-k", "20",
+                          "--threads", str(threads), "--out", str(cache)]]
+    with log.open("w") as output:
+        for command in commands:
+            done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                raise SystemExit(f"kdgate: making the replay cache failed (exit {done.returncode}); the end of its "
+                                 f"log, {log}:\n{log.read_text()[-2000:]}\nrun `kdgate demo drift` again to resume")
     return cache
 
 
-async def _scenario(settings: DriftSettings, stack, say) -> dict:
+async def _scenario(settings: DriftSettings, stack: Stack, ticker: Ticker) -> dict:
     traffic = Traffic(stack.urls["gateway"], settings.rate)
     started_wall = time.time()
     stop = asyncio.Event()
     load = asyncio.create_task(traffic.run(stop))
-    samples, marks = [], {}
+    samples: list[Sample] = []
+    marks: dict[str, float] = {}
     phase = "usual"
 
     async def look() -> None:
@@ -103,13 +138,31 @@ async def _scenario(settings: DriftSettings, stack, say) -> dict:
             await asyncio.sleep(settings.every_s)
 
     watcher = asyncio.create_task(look())
-    say(f"usual traffic at {settings.rate:g} req/s for {settings.usual_s:g} s")
+    live_status = _live_status(samples, traffic, stack)
+    ticker.enter("usual traffic", live_status)
+    ticker.say(f"usual traffic at {settings.rate:g} req/s for {settings.usual_s:g} s")
     await asyncio.sleep(settings.usual_s)
     launch_at = time.monotonic() - traffic.started
     marks["launch"] = launch_at
     traffic.launched_share, phase = settings.launch_share, "launched"
-    say(f"launch: {settings.launch_share:.0%} of tickets are about the launched products from now on")
-    promoted_at = None
+    ticker.enter("launched traffic, waiting for the drift alert", live_status)
+    ticker.say(f"launch: {settings.launch_share:.0%} of tickets are about the launched products from now on")
+    promoted_at = await _until_promoted(settings, stack, samples, marks, ticker, live_status)
+    phase = "after"
+    if promoted_at is not None:
+        ticker.enter("traffic after the promotion", live_status)
+        await asyncio.sleep(settings.after_s)
+    end = time.monotonic() - traffic.started
+    stop.set()
+    await load
+    watcher.cancel()
+    return await asyncio.to_thread(_report, settings, stack, traffic, samples, marks, launch_at, promoted_at, end,
+                                   started_wall, ticker)
+
+
+async def _until_promoted(settings: DriftSettings, stack: Stack, samples: list[Sample], marks: dict[str, float],
+                          ticker: Ticker, live_status: Callable[[], str]) -> float | None:
+    """From the launch: the alert, the job, then the promotion (its time) or the job's end without one (None)."""
     deadline = time.monotonic() + settings.max_wait_s
     seen_alert = seen_job = False
     while time.monotonic() < deadline:
@@ -119,31 +172,45 @@ async def _scenario(settings: DriftSettings, stack, say) -> dict:
             continue
         if last.alert == "firing" and not seen_alert:
             seen_alert, marks["alert firing"] = True, last.t
-            say(f"{last.t:.0f} s: drift alert firing (shadow KL {last.shadow_kl}, teacher share {last.teacher_share})")
+            ticker.say(f"{last.t:.0f} s: drift alert firing ({alert_signals(last)})")
         if last.job and not seen_job:
             seen_job, marks["job"] = True, last.t
-            say(f"{last.t:.0f} s: re-distillation job {last.job}")
+            ticker.enter("re-distillation job", live_status)
+            ticker.say(f"{last.t:.0f} s: re-distillation job {last.job}\n"
+                       f"    its log: {stack.job_log(last.job_id)}\n"
+                       f"    watch it: {stack.watch_command(f'job {last.job_id}')}")
         if last.active and last.active != "initial":
-            promoted_at = last.t
-            marks["promoted"] = promoted_at
-            say(f"{promoted_at:.0f} s: promoted {last.active}; {settings.after_s:g} s more traffic")
-            break
+            marks["promoted"] = last.t
+            ticker.say(f"{last.t:.0f} s: promoted {last.active}; {settings.after_s:g} s more traffic")
+            return last.t
         if last.job and any(state in last.job for state in (" rejected", " failed", " skipped")):
-            say(f"{last.t:.0f} s: the job ended without a promotion ({last.job}); see `kdgate trainer jobs`")
-            break
-    phase = "after"
-    if promoted_at is not None:
-        await asyncio.sleep(settings.after_s)
-    end = time.monotonic() - traffic.started
-    stop.set()
-    await load
-    watcher.cancel()
-    return await asyncio.to_thread(_report, settings, stack, traffic, samples, marks, launch_at, promoted_at, end,
-                                   started_wall, say)
+            ticker.say(f"{last.t:.0f} s: the job ended without a promotion ({last.job}); see "
+                       f"{stack.watch_command(f'job {last.job_id}')}")
+            return None
+    ticker.say(f"no promotion within {settings.max_wait_s:g} s of the launch; see {stack.watch_command()}")
+    return None
 
 
-def _report(settings: DriftSettings, stack, traffic: Traffic, samples, marks, launch_at, promoted_at, end,
-            started_wall, say) -> dict:
+def _live_status(samples: list[Sample], traffic: Traffic, stack: Stack) -> Callable[[], str]:
+    """The status line's detail while traffic runs: requests so far, the alert, the job and what its log says."""
+
+    def detail() -> str:
+        failed = sum(not item.ok for item in traffic.served)
+        parts = [f"{len(traffic.served)} requests ({failed} failed)"]
+        last = samples[-1] if samples else None
+        if last is not None:
+            parts.append(f"alert {last.alert} ({alert_signals(last)})")
+            if last.job:
+                step = last.job.split()[-1]  # "gather: 246 of 450 records" reads once, not "gather: gather: ..."
+                doing = log_progress(stack.job_log(last.job_id)).removeprefix(f"{step}: ")
+                parts.append(f"job {last.job}" + (f": {doing}" if doing else ""))
+        return "; ".join(parts)
+
+    return detail
+
+
+def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, marks, launch_at, promoted_at, end,
+            started_wall, ticker: Ticker) -> dict:
     import httpx
 
     out = settings.out
@@ -152,19 +219,24 @@ def _report(settings: DriftSettings, stack, traffic: Traffic, samples, marks, la
     promoted = next((job for job in jobs if job["state"] == "succeeded"), None)
     models = {"teacher": DEMO_TEACHER_DIR, "pre-launch student": PRELAUNCH_STUDENT}
     if promoted is not None:
-        models["re-distilled student"] = Path(stack.folder) / "trainer" / f"job-{promoted['id']}" / "out" / "model"
+        models["re-distilled student"] = stack.job_log(promoted["id"]).parent / "out" / "model"
     measured = {}
     if settings.offline:
-        say("evaluating the models offline on held-out tickets ...")
-        measured = offline(models, ARTIFACTS_DIR / "golden.jsonl")
+        evaluating = {"model": ""}
+        ticker.enter("offline evaluation", lambda: evaluating["model"])
+        ticker.say(f"evaluating the models offline on held-out tickets ({settings.threads} torch thread(s)) ...")
+        measured = offline(models, ARTIFACTS_DIR / "golden.jsonl", settings.threads,
+                           on_model=lambda name: evaluating.update(model=name))
+    ticker.enter("report")
     ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
     checks = targets(measured, ran, "pre-launch student", "re-distilled student") if promoted and measured else []
     plot(samples, marks, out / "drift.png")
     report = {"settings": {key: str(value) for key, value in asdict(settings).items()}, "marks": marks,
-              "offline": measured, "live": ran, "targets": checks, "jobs": jobs, "timeline": rows(samples)}
+              "offline": measured, "live": ran, "targets": checks, "jobs": jobs, "timeline": rows(samples),
+              "wall_s": ticker.durations()}
     (out / "drift.json").write_text(json.dumps(report, indent=1, default=str))
-    _print(measured, ran, checks, marks, say)
-    say(f"timeline: {out / 'drift.png'}; everything: {out / 'drift.json'}")
+    _print(measured, ran, checks, marks, ticker.say)
+    ticker.say(f"timeline: {out / 'drift.png'}; everything: {out / 'drift.json'}")
     return report
 
 

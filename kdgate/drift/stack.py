@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from runtime.credentials import new_key
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "kdgate.yml"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+KDGATE = [sys.executable, "-m", "kdgate.cli"]
 
 
 class MissingTool(RuntimeError):
@@ -55,9 +58,30 @@ class Stack:
     urls: dict[str, str] = field(default_factory=dict)
     alerts_key: str = ""
     admin_key: str = ""
+    on_start: Callable[[str, Path], None] | None = None  # told (name, log file) as each process starts
+
+    @property
+    def trainer_dir(self) -> Path:
+        """The trainer's `work_dir`: job N writes `job-N/job.log` and its model under it."""
+        return self.folder / "trainer"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.folder / "trainer-admin-key"
+
+    def job_log(self, job_id: int) -> Path:
+        return self.trainer_dir / f"job-{job_id}" / "job.log"
+
+    def watch_command(self, what: str = "jobs") -> str:
+        """What a user runs to watch the trainer (`jobs`, or `job N` for one in full): its admin key, read from
+        its file (the token Alertmanager uses is refused there, 403)."""
+        return (f"KDGATE_TRAINER_ADMIN_KEY=$(cat {shlex.quote(str(self.admin_key_file))}) kdgate trainer {what} "
+                f"--url {self.urls['trainer']}")
 
     def start(self, name: str, command: list[str], ready: str, env: dict | None = None, timeout: float = 180.0
               ) -> str:
+        if self.on_start is not None:
+            self.on_start(name, self.folder / f"{name}.log")
         log = (self.folder / f"{name}.log").open("w")
         clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
         process = subprocess.Popen(command, cwd=self.folder, env=clean | {"PYTHONUNBUFFERED": "1"} | (env or {}),
@@ -95,12 +119,14 @@ def fresh_folder(folder: Path) -> Path:
 
 
 def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float, teacher_target: float,
-                trainer_overrides: dict) -> Stack:
-    """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts)."""
+                trainer_overrides: dict, threads: int | None = None,
+                on_start: Callable[[str, Path], None] | None = None) -> Stack:
+    """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts);
+    `threads`: the gateway's torch CPU threads (None: torch's default)."""
     folder = fresh_folder(folder.resolve())  # the processes run inside it
-    stack = Stack(folder)
+    stack = Stack(folder, on_start=on_start)
     try:
-        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides)
+        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides, threads)
     except BaseException:
         stack.stop()
         raise
@@ -108,32 +134,49 @@ def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_
 
 
 def _start_all(stack: Stack, folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
-               teacher_target: float, trainer_overrides: dict) -> None:
+               teacher_target: float, trainer_overrides: dict, threads: int | None) -> None:
     store = f"sqlite:///{folder / 'store.sqlite3'}"
-    kdgate = [sys.executable, "-m", "kdgate.cli"]
-    gateway_port, trainer_port, alert_port, prom_port = (free_port() for _ in range(4))
-    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": 1},
-               "teacher": {"threads": 1},
+    gateway_port = free_port()
+    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": threads},
+               "teacher": {"threads": threads},
                "routing": {"handoff": {"enabled": True, "target_teacher_fraction": teacher_target}},
                "shadow": {"sample_rate": sample_rate, "store_url": store, "concurrency": 2},
                "students": {"poll_interval_s": 1.0}, "log_level": "warning"}
     (folder / "gateway.yaml").write_text(yaml.safe_dump(gateway))
     stack.urls["gateway"] = f"http://127.0.0.1:{gateway_port}"
-    stack.start("gateway", kdgate + ["serve", "--port", str(gateway_port), "--config", str(folder / "gateway.yaml")],
+    stack.start("gateway", KDGATE + ["serve", "--port", str(gateway_port), "--config", str(folder / "gateway.yaml")],
                 f"{stack.urls['gateway']}/readyz")
+    start_trainer(stack, store, stack.urls["gateway"], trainer_overrides)
+    _start_alerting(stack, folder, window, hold, gateway_port)
 
+
+def start_trainer(stack: Stack, store: str, gateway_url: str, overrides: dict) -> None:
+    """The trainer service with two fresh keys: Alertmanager's (the webhook only) and the admin key (the jobs API,
+    written to `stack.admin_key_file` for `Stack.watch_command`)."""
     stack.alerts_key, alerts_digest = new_key()
     stack.admin_key, admin_digest = new_key()
-    trainer = {"store_url": store, "work_dir": str(folder / "trainer"), "poll_interval_s": 1.0,
+    _secret(stack.admin_key_file, stack.admin_key)
+    port = free_port()
+    trainer = {"store_url": store, "work_dir": str(stack.trainer_dir), "poll_interval_s": 1.0,
                "auth": {"alerts_sha256": alerts_digest, "admin_sha256": admin_digest},
-               "gateway": {"url": stack.urls["gateway"]}} | trainer_overrides
-    (folder / "trainer.yaml").write_text(yaml.safe_dump(trainer))
-    stack.urls["trainer"] = f"http://127.0.0.1:{trainer_port}"
-    stack.start("trainer", kdgate + ["trainer", "serve", "--port", str(trainer_port), "--config",
-                                     str(folder / "trainer.yaml")], f"{stack.urls['trainer']}/healthz")
+               "gateway": {"url": gateway_url}} | overrides
+    (stack.folder / "trainer.yaml").write_text(yaml.safe_dump(trainer))
+    stack.urls["trainer"] = f"http://127.0.0.1:{port}"
+    stack.start("trainer", KDGATE + ["trainer", "serve", "--port", str(port), "--config",
+                                     str(stack.folder / "trainer.yaml")], f"{stack.urls['trainer']}/healthz")
 
-    token = folder / "trainer-token"
-    token.write_text(stack.alerts_key)
+
+def _secret(path: Path, key: str) -> Path:
+    """A key in a file only its owner reads."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(key)
+    return path
+
+
+def _start_alerting(stack: Stack, folder: Path, window: str, hold: str, gateway_port: int) -> None:
+    alert_port, prom_port = free_port(), free_port()
+    token = _secret(folder / "trainer-token", stack.alerts_key)  # Alertmanager's: the webhook only
     config = yaml.safe_load(ALERTMANAGER.read_text())
     config["route"] |= {"group_wait": "1s", "group_interval": "5s", "repeat_interval": "1m"}
     (hook,) = next(receiver for receiver in config["receivers"] if receiver["name"] == "kdgate-trainer")[

@@ -21,6 +21,14 @@ class Sample:
     alert: str  # inactive | pending | firing (the most advanced of the drift alerts)
     active: str | None
     job: str | None  # "<id> <state> <step>"
+    job_id: int | None = None
+
+
+def alert_signals(sample: Sample) -> str:
+    """The drift alerts' two signals, rounded: shadow KL to 3 significant digits, the teacher share in percent."""
+    kl = "—" if sample.shadow_kl is None else f"{sample.shadow_kl:.3g}"
+    share = "—" if sample.teacher_share is None else f"{100 * sample.teacher_share:.1f} %"
+    return f"shadow KL {kl}, teacher share {share}"
 
 
 def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample:
@@ -49,10 +57,11 @@ def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample
         jobs = httpx.get(f"{urls['trainer']}/v1/jobs?limit=1", timeout=5,
                          headers={"Authorization": f"Bearer {admin_key}"}).json()["jobs"]
         job = f"{jobs[0]['id']} {jobs[0]['state']} {jobs[0]['step'] or ''}".strip() if jobs else None
+        job_id = jobs[0]["id"] if jobs else None
     except (httpx.HTTPError, KeyError, ValueError):
-        job = None
+        job, job_id = None, None
     return Sample(t, phase, value("kdgate:shadow_kl:mean15m"), value("max(kdgate_teacher_fraction)"), alert,
-                  active, job)
+                  active, job, job_id)
 
 
 def plot(samples: list[Sample], marks: dict[str, float], out: Path) -> Path:

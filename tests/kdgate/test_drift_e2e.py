@@ -2,9 +2,16 @@
 shortened, nothing else), Debian's Alertmanager with deploy/alertmanager/alertmanager.yml routing
 `action="redistill"` to the trainer's webhook with a bearer token, the trainer service and the gateway, from
 shifted traffic to a promoted student — with no call made by hand. A shorter `kdgate demo drift`: fewer records
-and training steps, a smaller golden set, no offline report."""
+and training steps, a smaller golden set, no offline report. Along the way it says a line at least every 30 s,
+names the job's log, and the command it prints to watch the job works while the job runs."""
 
 from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +19,7 @@ from kdgate.drift.run import DriftSettings, run
 from runtime.store.records import ShadowStore
 from runtime.store.versions import StudentVersions
 from tests import needs
+from tests.kdgate.test_drift_cli import user_env
 
 pytestmark = pytest.mark.slow
 _needs = needs.requires("prometheus", "alertmanager")
@@ -21,7 +29,24 @@ def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_pat
     settings = DriftSettings(out=tmp_path, rate=2.0, usual_s=30.0, launch_share=0.8, after_s=0.0, max_wait_s=480.0,
                              train_steps=200, replay_prompts=300, min_records=150, gather_wait_s=180.0,
                              golden_examples=100, offline=False)
-    report = run(settings, say=print)
+    said: list[tuple[float, str]] = []
+    watched: list[subprocess.Popen] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        said.append((time.monotonic(), line))
+        if "watch it: " in line:  # typed by a user while the job runs
+            watched.append(subprocess.Popen(["bash", "-c", line.split("watch it: ", 1)[1]], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True, env=user_env()))
+
+    report = run(settings, say=say)
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(said)]
+    assert max(gaps) <= 30.0, max(gaps)
+    text = "\n".join(line for _, line in said)
+    assert Path(re.search(r"its log: (\S+)", text)[1]).is_file(), text
+    (watch,) = watched
+    stdout, stderr = watch.communicate(timeout=60)
+    assert watch.returncode == 0 and '"state"' in stdout, stderr
 
     assert "alert firing" in report["marks"] and "promoted" in report["marks"], report["marks"]
     # both drift alerts (teacher share, shadow KL) may fire, each starting a job; one job promotes

@@ -1,0 +1,46 @@
+"""`kdgate demo drift` as a user reads it: its help has --threads, and the command it prints to watch the
+trainer's jobs works against a real trainer service, as typed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kdgate.drift.stack import Stack, start_trainer
+from tests.conftest import ROOT
+
+
+def test_demo_drift_has_threads():
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "--threads" in done.stdout
+
+
+def test_the_printed_watch_command_uses_a_key_the_trainer_accepts(tmp_path):
+    stack = Stack(tmp_path)
+    try:
+        start_trainer(stack, f"sqlite:///{tmp_path / 'store.sqlite3'}", "http://127.0.0.1:9", {})
+        assert oct(stack.admin_key_file.stat().st_mode & 0o777) == "0o600"
+        watch = shell(stack.watch_command())
+        assert watch.returncode == 0, watch.stderr
+        assert "state" in watch.stdout and "trigger" in watch.stdout
+        # what the demo used to leave a user: Alertmanager's token, which the jobs API refuses
+        alerts_key = tmp_path / "alerts-key"
+        alerts_key.write_text(stack.alerts_key)
+        refused = shell(stack.watch_command().replace(str(stack.admin_key_file), str(alerts_key)))
+        assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
+    finally:
+        stack.stop()
+
+
+def shell(command: str) -> subprocess.CompletedProcess:
+    """`command` as a user types it, with the venv's `kdgate` first on PATH and no KDGATE_ settings of ours."""
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env=user_env())
+
+
+def user_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    return env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
