@@ -153,12 +153,18 @@ def quantize_command(
     cache: Path | None = typer.Option(None, exists=True, file_okay=False, help="teacher cache for calibration "
                                       "(default: demo training tickets)"),
     samples: int = typer.Option(256, min=1, help="calibration samples"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's own choice)"),
 ) -> None:
     """Quantize a student with llm-compressor for vLLM (the local engine loads the result too).
 
     Example:  kdgate distill quantize --model distill/demo/artifacts/student --scheme FP8_DYNAMIC --out runs/student-fp8
     """
+    import torch
+
     from distill.quantize import quantize
+
+    if threads:
+        torch.set_num_threads(threads)
 
     try:
         written = quantize(model, out, scheme.upper(), cache, samples)

@@ -28,6 +28,8 @@ def collect(
     seed: int = typer.Option(0),
     top_logprobs: int = typer.Option(5, min=1, max=20, help="alternatives per student token"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads of each local backend (default: the "
+                                       "settings' `threads`; 1 is fastest for the demo models)"),
 ) -> None:
     """Answer demo tickets with the student (keeping its logprobs) and the teacher; label both; write records.
 
@@ -36,7 +38,7 @@ def collect(
     from kdgate.routing.collect import collect_from_settings
     from router.records import write_records
 
-    records = asyncio.run(collect_from_settings(config, split, examples, seed, top_logprobs))
+    records = asyncio.run(collect_from_settings(config, split, examples, seed, top_logprobs, threads))
     write_records(out, records)
     student = sum(bool(record.student_correct) for record in records) / len(records)
     teacher = sum(bool(record.teacher_correct) for record in records) / len(records)

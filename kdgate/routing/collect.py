@@ -71,13 +71,17 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
         progress.close()
 
 
-async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int) -> list[RouteRecord]:
-    """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default)."""
+async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int,
+                                threads: int | None = None) -> list[RouteRecord]:
+    """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default); `threads`
+    sets each local backend's torch threads."""
     from gateway.settings import load_settings
     from runtime.backends.factory import open_backends
 
     settings = load_settings(config)
     if settings.teacher is None:
         raise ValueError("routing records need a teacher backend; set `teacher` in the settings")
-    async with open_backends(settings.backends(), settings.http) as backends:
+    backends = {role: backend.model_copy(update={"threads": threads}) if threads and backend.kind == "local"
+                else backend for role, backend in settings.backends().items()}
+    async with open_backends(backends, settings.http) as backends:
         return await collect_demo(backends["student"], backends["teacher"], split, examples, seed, top_logprobs)

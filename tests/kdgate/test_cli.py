@@ -194,3 +194,33 @@ def test_dev_without_a_command_prints_its_usage_and_exits_2():
     done = subprocess.run(["bash", str(ROOT / "dev")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr.startswith("usage: ./dev serve") and "./dev test" in done.stderr and "set -e" not in done.stderr
+
+
+# Commands that run torch models in their own process, and how their threads are set instead of a --threads flag.
+THREADS_ELSEWHERE = {
+    ("kdgate", "serve"): "student.threads / teacher.threads settings (KDGATE_STUDENT__THREADS)",
+    ("kdgate", "distill", "train"): "the config's `threads` key (threads=N override)",
+    ("kdgate", "distill", "sweep"): "the base config's `threads` key",
+    ("kdgate", "trainer", "run-job"): "the trainer settings' train.threads",
+}
+TORCH_COMMANDS = [("kdgate", "engine"), ("kdgate", "demo", "build"), ("kdgate", "demo", "eval"),
+                  ("kdgate", "demo", "drift"), ("kdgate", "router", "collect"), ("kdgate", "distill", "generate"),
+                  ("kdgate", "distill", "eval"), ("kdgate", "distill", "quantize")]
+
+
+@pytest.mark.parametrize("path", TORCH_COMMANDS, ids=[" ".join(path[1:]) for path in TORCH_COMMANDS])
+def test_every_command_that_runs_torch_takes_threads(path):
+    """On a busy 2-core machine torch's default threads made `demo eval` 4× slower than one thread; every command
+    that runs a model in its own process takes --threads (or, listed above, has its threads in its settings)."""
+    command = dict(COMMANDS)[path]
+    assert "--threads" in {opt for param in command.params for opt in param.opts}
+
+
+def test_the_torch_command_lists_cover_every_command_that_imports_models():
+    """A new command that loads models must be put in one of the two lists (read its source for the imports)."""
+    import inspect
+
+    for path, command in COMMANDS:
+        source = inspect.getsource(command.callback)
+        if re.search(r"import torch|from_pretrained|LocalBackend|collect_from_settings|run_recipe|quantize\(", source):
+            assert path in TORCH_COMMANDS or path in THREADS_ELSEWHERE, " ".join(path)
