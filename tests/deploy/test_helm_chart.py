@@ -257,15 +257,17 @@ def test_vllm_probes_wait_for_the_weights(objects, role):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
 
 
-def test_every_student_replica_gets_its_own_address_for_lora(objects):
-    """vLLM keeps runtime LoRA adapters per replica: the student (--enable-lora) is a StatefulSet and the gateway
-    is given every pod's address, through the headless Service."""
+def test_every_student_replica_is_found_through_the_headless_service_for_lora(objects):
+    """vLLM keeps runtime LoRA adapters per replica: the student (--enable-lora) has a headless Service, and the
+    gateway finds every pod by resolving it at each reconciliation (a list fixed when the chart rendered never
+    reached a replica added by scaling)."""
     student = one(objects, "StatefulSet", "kdgate-student")
     headless = one(objects, "Service", student["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
-    urls = json.loads(one(objects, "ConfigMap", "kdgate-gateway")["data"]["KDGATE_STUDENT__REPLICA_URLS"])
-    assert urls == [f"http://kdgate-student-{index}.{headless['metadata']['name']}.{NAMESPACE}.svc:8000/v1"
-                    for index in range(student["spec"]["replicas"])]
+    data = one(objects, "ConfigMap", "kdgate-gateway")["data"]
+    assert json.loads(data["KDGATE_STUDENT__REPLICA_URLS"]) == [
+        f"http://{headless['metadata']['name']}.{NAMESPACE}.svc:8000/v1"]
+    assert data["KDGATE_STUDENT__REPLICAS_FROM_DNS"] == "true"
 
 
 # --- gateway and trainer settings -----------------------------------------------------------------------------------
