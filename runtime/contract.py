@@ -2,8 +2,9 @@
 
 A backend turns a `GenerationRequest` into an async stream of `Delta` events (new text and the logprobs of the
 tokens that produced it) ending with one `Finish`. Logprobs follow vLLM's conventions exactly: raw model logprobs
-(before temperature and top-p), the sampled token first in `top_logprobs` and then the others by rank, `-inf`
-reported as -9999.0. Closing the stream early (client gone, routing switched backends) cancels the work upstream.
+(before `logit_bias`, the penalties, temperature and the top-k/top-p/min-p filters: vLLM's default
+`--logprobs-mode raw_logprobs`), the sampled token first in `top_logprobs` and then the others by rank, `-inf` reported
+as -9999.0. Closing the stream early (client gone, routing switched backends) cancels the work upstream.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from router.signals import LOGPROB_FLOOR  # noqa: F401  (declared once, with the
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How the next token is chosen, with vLLM's meaning for each field (`vllm.SamplingParams`); a field at its
+    default changes nothing. Logit processing runs in vLLM's order: `logit_bias` is added, then the repetition,
+    frequency and presence penalties apply; greedy decoding (temperature 0) takes the argmax of those logits;
+    sampling divides them by the temperature, then drops tokens by `min_p`, `top_k` and `top_p`."""
+
     max_tokens: int
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
@@ -25,6 +31,13 @@ class SamplingParams:
     top_logprobs: int | None = None  # None: no logprobs; 0: the sampled token's only; k: k alternatives
     fit_to_context: bool = False  # max_tokens was a default, not asked for: shrink it to fit the context
     ignore_eos: bool = False  # vLLM's benchmark switch: generate exactly max_tokens
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated (-2..2)
+    frequency_penalty: float = 0.0  # subtracted per occurrence from the logit of tokens already generated (-2..2)
+    repetition_penalty: float = 1.0  # tokens of the prompt or the answer: positive logits / it, negative * it (> 0)
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one (0..1)
+    top_k: int = 0  # keep the k most likely tokens; 0 (or vLLM's -1) keeps all
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), bias in -100..100
+    stop_token_ids: tuple[int, ...] = ()  # generating one ends the answer (finish "stop", stop_reason the id)
 
 
 @dataclass(frozen=True)

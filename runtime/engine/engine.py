@@ -21,7 +21,7 @@ import torch
 from runtime.contract import Delta, Event, Finish, GenerationRequest
 from runtime.engine.batch import RunningBatch
 from runtime.engine.logprobs import TokenTexts, prompt_logprobs, sampled_logprobs
-from runtime.engine.sampling import make_generator, sample_next
+from runtime.engine.sampling import RowSampling, make_generator, sample_next
 from runtime.engine.text import IncrementalDetokenizer, StopStringBuffer
 from runtime.errors import EngineFailure, InvalidRequest, Overloaded
 
@@ -83,6 +83,7 @@ class LocalEngine:
         self.model.to(self.device).eval()
         _refuse_sliding_window(self.model.config, settings.model_dir)
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = int(self.model.config.get_text_config().vocab_size)  # vLLM's bound on token ids in requests
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.texts = TokenTexts(self.tokenizer)
 
@@ -136,7 +137,19 @@ class LocalEngine:
         """No request is being generated, or about to be (closing now would fail none)."""
         return self._open == 0
 
+    def check_token_ids(self, request: GenerationRequest) -> None:
+        """Token ids a request names (`logit_bias`, `stop_token_ids`) must be in the vocabulary, as vLLM checks."""
+        sampling = request.sampling
+        for parameter, ids in (("logit_bias", [token_id for token_id, _ in sampling.logit_bias]),
+                               ("stop_token_ids", sampling.stop_token_ids)):
+            outside = sorted({token_id for token_id in ids if not 0 <= token_id < self.vocab_size})
+            if outside:
+                raise InvalidRequest(
+                    f"`{parameter}` names token ids outside this model's vocabulary: {outside[:5]} (ids run from 0 "
+                    f"to {self.vocab_size - 1}); use ids of the served model's tokenizer", parameter=parameter)
+
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self.check_token_ids(request)
         prompt_ids, max_tokens = await asyncio.to_thread(self.encode_prompt, request)
         if not self._thread.is_alive():
             raise EngineFailure("the engine thread has stopped; restart the server")
@@ -271,14 +284,15 @@ class LocalEngine:
         """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)"""
         sampling = [s.request.sampling for s in sequences]
         failures: dict[int, Exception] = {}
-        chosen = sample_next(logits, [p.temperature for p in sampling], [p.top_p for p in sampling],
-                             [s.generator for s in sequences], failures)
+        chosen = sample_next(logits, [RowSampling(s.request.sampling, s.prompt_ids, s.output_ids, s.generator)
+                                      for s in sequences], failures)
         for row, error in failures.items():  # that request's parameters broke its own sampling: it alone fails
             log.warning("request %s: sampling failed (%s: %s)", sequences[row].request.request_id,
                         type(error).__name__, error)
             sequences[row].finished = True
             sequences[row].emit(InvalidRequest(f"sampling failed with these parameters ({type(error).__name__}: "
-                                               f"{error}); check `temperature` and `top_p`", parameter="top_p"))
+                                               f"{error}); check `temperature`, `top_p` and the other sampling "
+                                               "fields", parameter="top_p"))
         raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
         entries = sampled_logprobs(raw_logprobs, chosen, [p.top_logprobs for p in sampling], self.texts)
         for row, (sequence, token_id) in enumerate(zip(sequences, chosen.tolist(), strict=True)):
@@ -297,14 +311,18 @@ class LocalEngine:
         return chosen
 
     def _advance(self, sequence: _Sequence, token_id: int, entry, prompt_entry) -> None:
-        is_eos = token_id in self.eos_ids and not sequence.request.sampling.ignore_eos
-        piece = "" if is_eos else sequence.detokenizer.push(token_id)
+        sampling = sequence.request.sampling
+        is_eos = token_id in self.eos_ids and not sampling.ignore_eos
+        is_stop_token = not is_eos and token_id in sampling.stop_token_ids  # vLLM checks the end token first
+        piece = "" if is_eos or is_stop_token else sequence.detokenizer.push(token_id)  # vLLM drops its text too
         released = sequence.stops.push(piece, entry)
         reason, stop_reason = None, None
         if released.stop is not None:
             reason, stop_reason = "stop", released.stop
         elif is_eos:
             reason = "stop"
+        elif is_stop_token:
+            reason, stop_reason = "stop", token_id
         elif len(sequence.output_ids) >= sequence.max_tokens:
             reason = "length"
         if reason is not None:

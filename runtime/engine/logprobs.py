@@ -1,7 +1,8 @@
 """Token logprobs in exactly vLLM's shape (vllm/v1/engine/logprobs.py and the chat serving layer).
 
-- values are raw model logprobs: log_softmax of the logits before temperature and top-p (vLLM's default
-  `logprobs_mode="raw_logprobs"`);
+- values are raw model logprobs: log_softmax of the logits before `logit_bias`, the penalties, temperature and the
+  top-k/top-p/min-p filters (vLLM's default `logprobs_mode="raw_logprobs"`): a token forced by a bias is reported
+  with the probability the model itself gave it;
 - for each generated token the list is the sampled token first, then the top-k by rank without repeating the
   sampled one, cut to k entries — so when sampling picked a token outside the top-k, the k-th best is dropped;
 - `-inf` is reported as -9999.0;

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from runtime.contract import Delta, GenerationRequest, SamplingParams
 from runtime.engine.engine import EngineSettings, LocalEngine
-from runtime.engine.sampling import sample_next
+from runtime.engine.sampling import RowSampling, sample_next
 from runtime.errors import GatewayError
 from tests.runtime.test_engine import PROMPTS, run
 
@@ -49,7 +49,7 @@ async def beside_innocents(engine: LocalEngine, odd: GenerationRequest) -> tuple
 def test_a_vanishing_top_p_keeps_the_most_likely_token():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
     for top_p in (7e-46, 5e-324, 1e-12):  # below float32's smallest positive number: it becomes 0 on the tensor
-        chosen = sample_next(logits, [1.0], [top_p], [None])
+        chosen = sample_next(logits, [RowSampling(SamplingParams(max_tokens=1, temperature=1.0, top_p=top_p))])
         assert chosen.tolist() == [0]
 
 
