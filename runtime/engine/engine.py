@@ -51,6 +51,7 @@ class _Sequence:
     detokenizer: IncrementalDetokenizer
     stops: StopStringBuffer
     output_ids: list[int] = field(default_factory=list)
+    prompt_entries: tuple | None = None  # its prompt logprobs, computed at prefill, sent with the Finish
     cancelled: bool = False
     finished: bool = False
 
@@ -257,14 +258,13 @@ class LocalEngine:
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=True, logits_to_keep=0 if wants_prompt_logprobs else 1)
         logits = output.logits.float()  # (B, T or 1, V)
-        prompt_entries = {}
         for row, sequence in enumerate(arrivals):
             k = sequence.request.prompt_logprobs
             if k is not None:
-                prompt_entries[row] = prompt_logprobs(logits[row, length - len(sequence.prompt_ids):],
-                                                      sequence.prompt_ids, k, self.texts)
+                sequence.prompt_entries = prompt_logprobs(logits[row, length - len(sequence.prompt_ids):],
+                                                          sequence.prompt_ids, k, self.texts)
         positions = attention_mask.sum(dim=1)  # (B,)
-        next_tokens = self._sample_and_emit(arrivals, logits[:, -1, :], prompt_entries)
+        next_tokens = self._sample_and_emit(arrivals, logits[:, -1, :])
         self._batch.add(output.past_key_values, attention_mask, positions, next_tokens)
         self._running.extend(arrivals)
         self._retire_finished()
@@ -276,11 +276,10 @@ class LocalEngine:
         output = self.model(**self._batch.step_inputs())
         self._batch.cache = output.past_key_values
         self._batch.positions = self._batch.positions + 1
-        self._batch.next_tokens = self._sample_and_emit(self._running, output.logits[:, -1, :].float(), {})
+        self._batch.next_tokens = self._sample_and_emit(self._running, output.logits[:, -1, :].float())
         self._retire_finished()
 
-    def _sample_and_emit(self, sequences: list[_Sequence], logits: torch.Tensor, prompt_entries: dict
-                         ) -> torch.Tensor:
+    def _sample_and_emit(self, sequences: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)"""
         sampling = [s.request.sampling for s in sequences]
         failures: dict[int, Exception] = {}
@@ -303,14 +302,14 @@ class LocalEngine:
                 continue
             sequence.output_ids.append(token_id)
             try:
-                self._advance(sequence, token_id, entries[row], prompt_entries.get(row))
+                self._advance(sequence, token_id, entries[row])
             except Exception as exc:  # one sequence's failure (say, detokenizing) must not fail the batch
                 log.exception("request %s failed", sequence.request.request_id)
                 sequence.finished = True
                 sequence.emit(EngineFailure(f"the local engine failed on this request: {type(exc).__name__}: {exc}"))
         return chosen
 
-    def _advance(self, sequence: _Sequence, token_id: int, entry, prompt_entry) -> None:
+    def _advance(self, sequence: _Sequence, token_id: int, entry) -> None:
         sampling = sequence.request.sampling
         is_eos = token_id in self.eos_ids and not sampling.ignore_eos
         is_stop_token = not is_eos and token_id in sampling.stop_token_ids  # vLLM checks the end token first
@@ -338,7 +337,7 @@ class LocalEngine:
                 finish_reason=reason, stop_reason=stop_reason, prompt_tokens=len(sequence.prompt_ids),
                 completion_tokens=len(sequence.output_ids),
                 prompt_token_ids=tuple(sequence.prompt_ids) if sequence.request.prompt_logprobs is not None else None,
-                prompt_logprobs=prompt_entry if sequence.request.prompt_logprobs is not None else None,
+                prompt_logprobs=sequence.prompt_entries,
             ))
 
     def _retire_finished(self) -> None:

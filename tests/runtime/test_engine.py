@@ -104,10 +104,12 @@ async def test_sampled_token_comes_first_in_top_logprobs_as_in_vllm(engine):
         assert rest == sorted(rest, reverse=True)
 
 
-async def test_prompt_logprobs_equal_a_plain_forward_pass(engine):
+@pytest.mark.parametrize("max_tokens", [1, 8])  # a longer answer lost them: they went only with a first-step Finish
+async def test_prompt_logprobs_equal_a_plain_forward_pass(engine, max_tokens):
     generation = GenerationRequest("prompt-lp", ({"role": "user", "content": PROMPTS[0]},),
-                                   SamplingParams(max_tokens=1, temperature=0.0), prompt_logprobs=3)
+                                   SamplingParams(max_tokens=max_tokens, temperature=0.0), prompt_logprobs=3)
     _, _, finish = await run(engine, generation)
+    assert finish.completion_tokens == max_tokens
     ids = list(finish.prompt_token_ids)
     assert finish.prompt_logprobs[0] is None and len(finish.prompt_logprobs) == len(ids)
     with torch.no_grad():
