@@ -7,12 +7,14 @@ request schema nor its error statuses nor its SSE stream; they are added here, w
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from gateway.chat.fields import REQUEST_FIELDS, Treatment, fields
 from gateway.chat.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorResponse
 
 REF = "#/components/schemas/{model}"
@@ -72,6 +74,14 @@ def build(app: FastAPI) -> dict:
 
 
 def _describe_chat(operation: dict) -> None:
+    refused = ", ".join(f"`{name}`" for name in fields(Treatment.REFUSED))
+    harmless = ", ".join(f"`{name}` as `{json.dumps(value)}`" for name in fields(Treatment.REFUSED)
+                         for value in REQUEST_FIELDS[name].harmless_values)
+    operation["description"] = (
+        "OpenAI's chat completions. The request schema lists every field kdgate honours, and the few it accepts and "
+        "ignores because they cannot change the answer (their descriptions say so). Any other field is a 400 that "
+        f"names it; among OpenAI's, these are refused: {refused}. A refused field is accepted with a value that asks "
+        f"for nothing: null, and {harmless}.")
     operation["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": {"$ref": REF.format(model="ChatCompletionRequest")}}}}
     ok = operation["responses"]["200"]

@@ -1,20 +1,33 @@
 """Wire models of `POST /v1/chat/completions`, in OpenAI's field order and with OpenAI's names.
 
-Unknown request fields are kept (`model_extra`) and logged by the route, never rejected. Extensions sit in marked
-blocks at the end of each model: vLLM's (which the local engine server speaks too, and the HTTP backend uses to
-score an answer) and kdgate's own. Cross-field rules are named validators whose messages name the field and say
-what to do. Limits that depend on configuration (max tokens, max top logprobs) are checked by the serving layer.
+The request declares the fields kdgate honours or accepts and ignores, as `gateway.chat.fields` classifies every
+field; any other field is refused by `check_fields` with a 400 that names it (nothing is silently dropped), and the
+OpenAPI document lists the declared ones, described from that table. Extensions sit in marked blocks at the end of
+each model: vLLM's (which the local engine server speaks too, and the HTTP backend forwards) and kdgate's own.
+Cross-field rules are named validators whose messages name the field and say what to do. Limits that depend on
+configuration (max tokens, max top logprobs) or on the model (its vocabulary) are checked by the serving layer and
+the backends.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway.chat.fields import REQUEST_FIELDS, Treatment, refusal
+
 OPENAI_MAX_STOP_SEQUENCES = 4
+LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; vLLM clamps to it, kdgate refuses beyond it
+PENALTY_RANGE = (-2.0, 2.0)  # presence and frequency penalties, OpenAI's and vLLM's
+# vLLM takes any positive repetition penalty; beyond these, float32 logits overflow (a positive logit divided by 1e-40
+# is inf, a zero one times inf is NaN) and the request fails while sampling
+REPETITION_PENALTY_RANGE = (1e-6, 1e6)
+TOKEN_ID_KEY = r"^[0-9]{1,10}$"  # a `logit_bias` key: a token id written as a decimal integer
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
 Role = Literal["system", "developer", "user", "assistant"]
 
@@ -108,25 +121,66 @@ CROSS_FIELD_RULES = [
      "then": {"properties": {"prompt_logprobs": {"anyOf": [{"type": "null"}, {"const": 0}]}}}},
     {"if": {"required": ["continue_final_message"], "properties": {"continue_final_message": {"const": True}}},
      "then": {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}}},
+    {"if": {"required": ["return_token_ids"], "properties": {"return_token_ids": {"const": True}}},
+     "then": {"required": ["prompt_logprobs"], "properties": {"prompt_logprobs": {"type": "integer"}}}},
 ]
+
+
+def _logit_bias_schema(schema: dict) -> None:
+    """Keys are token ids and values biases, for any key: JSON Schema's `propertyNames` and `additionalProperties`
+    (pydantic writes `patternProperties`, which lets a key of another shape through)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "object":
+            _, values = branch.pop("patternProperties").popitem()
+            branch.update(propertyNames={"pattern": TOKEN_ID_KEY}, additionalProperties=values)
+
+
+def _request_schema(schema: dict) -> None:
+    """The cross-field rules, and each property described from the field table (what kdgate does with it)."""
+    schema["allOf"] = CROSS_FIELD_RULES
+    for name, prop in schema["properties"].items():
+        field = REQUEST_FIELDS[name]
+        text = field.what[0].upper() + field.what[1:]
+        if field.treatment == Treatment.IGNORED:
+            text = f"Accepted and ignored: {field.what}"
+        elif field.origin == "vllm":
+            text += " (vLLM)"
+        prop["description"] = text + "."
+
+
+Penalty = Annotated[float, Field(ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1], allow_inf_nan=False)]
+Bias = Annotated[float, Field(ge=LOGIT_BIAS_RANGE[0], le=LOGIT_BIAS_RANGE[1], allow_inf_nan=False)]
+TokenIdKey = Annotated[str, Field(pattern=TOKEN_ID_KEY)]
 
 
 class ChatCompletionRequest(BaseModel):
     # strict: a number or boolean sent as a string is refused, as OpenAI's API refuses it (lax parsing accepted
-    # "5" for `max_tokens` while the documented schema says integer)
-    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": CROSS_FIELD_RULES})
+    # "5" for `max_tokens` while the documented schema says integer). forbid: `check_fields` refuses any other field
+    # first, naming it; forbidding here also tells the OpenAPI document (`additionalProperties: false`).
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_request_schema)
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[TokenIdKey, Bias] | None = Field(default=None, json_schema_extra=_logit_bias_schema)
     logprobs: bool = False
     max_completion_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(
         s, integer={"minimum": 1}))
     max_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(s, integer={"minimum": 1}))
+    metadata: dict[str, str] | None = None
     n: Integer = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    prediction: dict[str, Any] | None = None
+    presence_penalty: Penalty | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
     seed: bounded(*SEED_RANGE) | None = None
+    service_tier: str | None = None
     stop: str | list[str] | None = Field(default=None, json_schema_extra=lambda s: _branches(
         s, string={"minLength": 1}, array={"maxItems": OPENAI_MAX_STOP_SEQUENCES,
                                            "items": {"type": "string", "minLength": 1}}))
+    store: bool | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -135,19 +189,41 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
 
     # --- vLLM extensions (vllm/entrypoints/openai/chat_completion/protocol.py); the engine server speaks them ---
-    add_generation_prompt: bool = Field(
-        default=True, description="Append the assistant turn header after the messages (vLLM).")
-    continue_final_message: bool = Field(
-        default=False, description="Continue the last (assistant) message instead of starting a new one (vLLM).")
-    prompt_logprobs: bounded(0) | None = Field(
-        default=None, description="Return top-k logprobs of every prompt token, for scoring (vLLM).")
-    return_token_ids: bool = Field(
-        default=False, description="Return `prompt_token_ids` of the rendered prompt (vLLM).")
-    ignore_eos: bool = Field(
-        default=False, description="Keep generating past the end token until `max_tokens` (vLLM; for benchmarks).")
-    return_tokens_as_token_ids: bool = Field(
-        default=False, description="With `logprobs`, write each token as `token_id:<id>` (vLLM; exact ids for "
-        "distillation data).")
+    top_k: bounded(-1) | None = None
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(default=None, ge=REPETITION_PENALTY_RANGE[0],
+                                             le=REPETITION_PENALTY_RANGE[1], allow_inf_nan=False)
+    stop_token_ids: list[bounded(0)] | None = None
+    ignore_eos: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    prompt_logprobs: bounded(0) | None = None
+    return_token_ids: bool = False
+    return_tokens_as_token_ids: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_fields(cls, data: Any) -> Any:
+        """Every field is honoured or refused: a field the table refuses, or does not know, is a 400 naming it; a
+        refused field whose value asks for nothing kdgate does not do anyway (null, `tools: []`) is dropped here."""
+        if not isinstance(data, dict):
+            return data
+        refused = refusal(data)
+        if refused is not None:
+            raise ValueError(refused[1])
+        return {name: value for name, value in data.items() if REQUEST_FIELDS[name].treatment != Treatment.REFUSED}
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def check_logit_bias(cls, value: Any) -> Any:
+        low, high = LOGIT_BIAS_RANGE
+        for key, bias in (value.items() if isinstance(value, dict) else ()):
+            if not re.fullmatch(TOKEN_ID_KEY, key):
+                raise ValueError(f"keys are token ids written as decimal integers, such as \"1234\"; got {key!r}")
+            if isinstance(bias, bool) or not isinstance(bias, int | float) or not (
+                    math.isfinite(bias) and low <= bias <= high):
+                raise ValueError(f"the bias of token {key} must be a number from {low:g} to {high:g}, got {bias!r}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -165,7 +241,8 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def check_n(cls, value: int) -> int:
         if value != 1:
-            raise ValueError(f"only n=1 is supported, got {value}; send {value} separate requests instead")
+            raise ValueError(f"only n=1 is supported, got {value}: each choice would need its own routing decision "
+                             f"and shadow record; send {value} separate requests (with different `seed`s) instead")
         return value
 
     @field_validator("max_tokens", "max_completion_tokens")
@@ -188,6 +265,15 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("`stream_options` is only allowed with `stream: true`; drop it or set `stream: true`")
         if self.stream and self.prompt_logprobs:
             raise ValueError("`prompt_logprobs` cannot be streamed; set `stream: false` to get prompt logprobs")
+        return self
+
+    @model_validator(mode="after")
+    def check_return_token_ids(self) -> ChatCompletionRequest:
+        # The HTTP backend reads the prompt's ids only from a non-streamed answer, which it asks for with
+        # `prompt_logprobs`: alone, the field would be honoured on the local engine and dropped behind vLLM.
+        if self.return_token_ids and self.prompt_logprobs is None:
+            raise ValueError("`return_token_ids` is supported together with `prompt_logprobs` only; add "
+                             "`prompt_logprobs: 0` to get the prompt's token ids")
         return self
 
     @model_validator(mode="after")

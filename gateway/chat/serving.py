@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,8 +32,6 @@ from runtime.contract import TokenLogprob as EngineTokenLogprob
 from runtime.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 
 FAILED_BACKEND = {Reason.STUDENT_ERROR: "student", Reason.TEACHER_UNAVAILABLE: "teacher"}
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -267,8 +264,6 @@ class ChatServing:
         if request.model is not None and request.model not in self.model_names():
             raise ModelNotFound(f"the model `{request.model}` does not exist here; this server serves "
                                 f"`{self.served_model}` (see GET /v1/models)")
-        if request.model_extra:
-            log.info("ignoring unknown request fields: %s", _field_names(request.model_extra))
         generation = self._generation_request(request)
         route_request = RouteRequest(request_id=generation.request_id, message_count=len(request.messages),
                                      prompt_chars=sum(len(message["content"]) for message in generation.messages),
@@ -301,6 +296,13 @@ class ChatServing:
             top_logprobs=top_logprobs,
             fit_to_context=max_tokens is None,
             ignore_eos=request.ignore_eos,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+            min_p=request.min_p or 0.0,
+            top_k=max(request.top_k or 0, 0),  # vLLM's -1 and 0 both keep every token
+            logit_bias=tuple(sorted({int(token): bias for token, bias in (request.logit_bias or {}).items()}.items())),
+            stop_token_ids=tuple(dict.fromkeys(request.stop_token_ids or ())),
         )
         return GenerationRequest(
             request_id=uuid.uuid4().hex,
@@ -309,6 +311,7 @@ class ChatServing:
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             prompt_logprobs=request.prompt_logprobs,
+            token_ids=request.logprobs and request.return_tokens_as_token_ids,  # else an HTTP backend gives texts
         )
 
     # ------------------------------------------------------------------------------------------------ streaming
@@ -440,13 +443,6 @@ class ChatServing:
     def _count_failure(self, route: str, error: GatewayError, stream: bool) -> None:
         self.metrics.requests.labels(route, "error", str(stream).lower()).inc()
         self.metrics.errors.labels(route, type(error).__name__).inc()
-
-
-def _field_names(extra: dict, most: int = 10, longest: int = 40) -> str:
-    """Client-chosen names, bounded before they reach a log line (the formatter escapes control characters)."""
-    names = sorted(extra)
-    shown = [name if len(name) <= longest else name[:longest] + "…" for name in names[:most]]
-    return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:

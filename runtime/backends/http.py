@@ -71,6 +71,20 @@ class HttpBackend:
         if sampling.top_logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = sampling.top_logprobs
+        if sampling.presence_penalty:
+            body["presence_penalty"] = sampling.presence_penalty
+        if sampling.frequency_penalty:
+            body["frequency_penalty"] = sampling.frequency_penalty
+        if sampling.logit_bias:
+            body["logit_bias"] = {str(token_id): bias for token_id, bias in sampling.logit_bias}
+        if sampling.repetition_penalty != 1.0:
+            body["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.min_p:
+            body["min_p"] = sampling.min_p
+        if sampling.top_k > 0:
+            body["top_k"] = sampling.top_k
+        if sampling.stop_token_ids:
+            body["stop_token_ids"] = list(sampling.stop_token_ids)
         if sampling.ignore_eos:
             body["ignore_eos"] = True
         if not request.add_generation_prompt:

@@ -164,10 +164,13 @@ def test_bad_force_header_is_rejected(gateway):
     assert response.status_code == 400 and response.json()["error"]["param"] == "x-kdgate-force"
 
 
-def test_unknown_fields_are_accepted(gateway):
+def test_an_unknown_field_is_refused_by_name(gateway):
+    """Nothing is silently dropped (issue 26): a field kdgate does not know was accepted, logged and ignored."""
     response = chat(gateway, {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 2,
-                              "frequency_penalty": 0, "metadata": {"team": "a"}})
-    assert response.status_code == 200
+                              "frequency_penalty": 0, "metadata": {"team": "a"}, "min_tokens": 3})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "min_tokens" and error["message"].startswith("`min_tokens` is not a field")
 
 
 def test_text_content_parts_and_system_messages_are_accepted(gateway):
