@@ -10,6 +10,7 @@ import json
 import re
 
 import httpx
+import openai
 import pytest
 from openai.types.chat import completion_create_params
 
@@ -345,3 +346,27 @@ def test_a_token_id_outside_the_vocabulary_is_a_400_that_names_the_field(gateway
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == name and "outside this model's vocabulary" in error["message"]
+
+
+# ------------------------------------------------------------------------------------------- from the SDK
+
+
+def test_the_openai_client_gets_its_fields_honoured_and_refused(gateway):
+    """What a user of the official client sees: OpenAI's sampling fields as arguments and vLLM's in `extra_body`
+    change the answer, and `tools` raises `BadRequestError` naming the parameter."""
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0)
+    messages = BASE["messages"]
+
+    def content(**fields) -> str:
+        completion = client.chat.completions.create(model="kdgate-demo", messages=messages, max_tokens=12,
+                                                    **{"temperature": 0} | fields)
+        return completion.choices[0].message.content
+
+    plain = content()
+    assert content(presence_penalty=2.0) != plain and content(frequency_penalty=2.0) != plain
+    assert content(extra_body={"repetition_penalty": 1.5}) != plain
+    assert content(temperature=2.0, seed=3) != plain
+    assert content(temperature=2.0, seed=3, extra_body={"top_k": 1}) == plain
+    with pytest.raises(openai.BadRequestError) as refused:
+        content(tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}])
+    assert refused.value.param == "tools" and "not supported" in refused.value.message
