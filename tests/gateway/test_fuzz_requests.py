@@ -21,7 +21,9 @@ JSON_VALUES = st.recursive(
 )
 FIELDS = ["messages", "model", "logprobs", "max_completion_tokens", "max_tokens", "n", "seed", "stop", "stream",
           "stream_options", "temperature", "top_logprobs", "top_p", "user", "add_generation_prompt",
-          "continue_final_message", "prompt_logprobs", "return_token_ids", "ignore_eos", "unknown_field"]
+          "continue_final_message", "prompt_logprobs", "return_token_ids", "ignore_eos", "unknown_field",
+          "frequency_penalty", "presence_penalty", "logit_bias", "repetition_penalty", "min_p", "top_k",
+          "stop_token_ids", "metadata", "tools"]
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "", 3]),
                                  "content": JSON_VALUES | st.text(max_size=30)})
 VALID = {"model": "kdgate-demo", "messages": [{"role": "user", "content": "My order 12345 is late"}], "max_tokens": 4}
