@@ -41,7 +41,7 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_readme_is_short():
-    """Counted as a reader sees it: the HTML comments (the doc-test markers, tests/doc_blocks.py) are left out."""
+    """Counted as a reader sees it: the HTML comments (the doc-test markers, tests/test_docs_run.py) are left out."""
     seen = re.sub(r"<!--.*?-->\n?", "", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     assert len(seen) <= README_LIMIT
 
