@@ -30,7 +30,8 @@ checks by name, without parsing their arguments (prose names a command without i
 **Running** (tests/doc_runner.py; marked slow, one test per page so a failure names it): a page's runnable blocks run
 in order as one `bash` script under `set -euo pipefail`, under a time limit, in a copy of the repository (the tracked
 files as they are in the working tree: a fresh clone plus the edits at hand; `.venv` a link to the repository's),
-with the copy first on PYTHONPATH and without the caller's KDGATE_* variables. A line that starts the gateway
+with the copy first on PYTHONPATH, without the caller's KDGATE_* variables, and with HF_HUB_OFFLINE=1 (the demo needs
+no download, and CI may have no network). A line that starts the gateway
 (`./dev serve`, `kdgate serve`, with `&` or without: a reader runs a foreground one in another shell) is started in a
 session of its own and waited for (`/v1/models` answers) before the next line; a later one on the same port stops it
 first, and the page's end stops every server and background job. Each port a block names (`127.0.0.1:8000`,
