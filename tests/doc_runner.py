@@ -176,8 +176,8 @@ def copy_repository(root: Path, destination: Path) -> None:
 
 def venv_is_current(root: Path) -> bool:
     """`./dev` reinstalls when pyproject.toml changed since its stamp; in a copy that would install the copy into
-    the shared .venv, so the runner refuses instead."""
-    stamp = root / ".venv" / ".kdgate-installed"
+    the shared .venv, so the runner refuses instead. The `dev` stamp (`./dev test` writes it) covers every verb."""
+    stamp = root / ".venv" / ".kdgate-installed-dev"
     want = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()[:16]
     return stamp.is_file() and stamp.read_text().strip() == want
 

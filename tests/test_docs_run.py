@@ -119,9 +119,9 @@ RUNNABLE = [pytest.param(page, id=str(page.relative_to(ROOT)),
 def test_the_runnable_blocks_of_a_page_run(page, tmp_path):
     """The page's runnable blocks, in order, as one `set -euo pipefail` script in a copy of the repository."""
     if not (ROOT / ".venv" / "bin" / "kdgate").exists():
-        pytest.fail("the docs run .venv/bin/kdgate: run ./dev setup first")
+        pytest.fail("the docs run .venv/bin/kdgate: run ./dev setup dev first")
     if not doc_runner.venv_is_current(ROOT):
-        pytest.fail(".venv was installed from another pyproject.toml: run ./dev setup (./dev in the copy would "
+        pytest.fail(".venv was installed from another pyproject.toml: run ./dev setup dev (./dev in the copy would "
                     "otherwise install the copy into the shared .venv)")
     needs.binary("curl", install="apt-get install curl (the runner waits for servers with it)")
     page_blocks = blocks(page)
