@@ -48,6 +48,9 @@ def main() -> None:
     finally:
         student("rollback", "--url", args.url)
     differ = [index for index, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    if not differ:  # an empty file would leave the load test after it nothing to send, and no swap to see
+        raise SystemExit(f"{args.version} answered all {len(prompts)} demo tickets as the active version does: "
+                         "nothing would show which version served; try more --count, or a version that differs")
     agree = [index for index in range(len(prompts)) if index not in set(differ)][:len(differ)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w") as out:

@@ -17,6 +17,10 @@ Arms (one worker process each, all started once and kept up):
   baseline handoff  the handoff arm run from another checkout (--baseline DIR, e.g. a `git worktree` of the last
                     release): what a change costs, measured in the same interleaved run
   litellm           LiteLLM's proxy (optional: --litellm PATH; it lives in its own virtualenv)
+  vllm direct       a real vLLM server (CPU build) serving the demo student (optional: --vllm PYTHON, the python of
+                    the environment `./dev setup vllm` makes), on the load generator's core as the zero server is
+  kdgate handoff → vllm   the handoff arm in front of that vLLM server (student and teacher): its added latency
+                    and CPU are against `vllm direct` of the same round, not the zero server
 
 Each round visits the arms in a rotated order (machine noise hits all alike) and runs closed-loop streaming load at
 each concurrency (32-token answers). Reported per arm: added TTFT and e2e at p50/p99 against `direct` from the same
@@ -61,6 +65,8 @@ class Arm:
     url: str  # …/v1
     process: subprocess.Popen | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    baseline: str = "direct"  # the arm its added latency is measured against, in the same round
+    backend: subprocess.Popen | None = None  # a backend server the arm stands for (stopped at the end, CPU not counted)
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the arm's process tree (0 for `direct`, which is not a gateway)."""
@@ -111,13 +117,14 @@ class Cores:
 
 
 def start_process(command: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None,
-                  cores: frozenset[int] | None = None, cwd: str | None = None) -> subprocess.Popen:
+                  cores: frozenset[int] | None = None, cwd: str | None = None,
+                  timeout: float = 120) -> subprocess.Popen:
     output = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 — lives as long as the process
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
                                preexec_fn=pin, cwd=cwd)
     try:
-        wait_until_up(url, process, timeout=120)
+        wait_until_up(url, process, timeout=timeout)
     except RuntimeError as error:  # it exited: say why, from its own log ("server exited with 3" said nothing)
         tail = "\n".join(Path(log).read_text(errors="replace").splitlines()[-5:]) if log else "(no log kept)"
         raise RuntimeError(f"{error}; the end of its log ({log}):\n{tail}") from None
@@ -199,7 +206,32 @@ def start_arms(args: argparse.Namespace, folder: Path, cores: Cores) -> tuple[su
             cores=cores.gateway, cwd=args.baseline)))
     if args.litellm:
         arms.append(_start_litellm(args.litellm, folder, zero_url, cores.gateway))
+    if args.vllm:
+        arms += _start_vllm_arms(args.vllm, folder, cores, variants["kdgate handoff"])
     return zero, arms
+
+
+def _start_vllm_arms(python: str, folder: Path, cores: Cores, routing: dict) -> list[Arm]:
+    """A real vLLM server on the demo student (named MODEL, so the same requests go to it) and the handoff arm in
+    front of it. vLLM's OpenMP threads are bound to the load generator's core(s), as the zero server shares them."""
+    from runtime.demo import DEMO_STUDENT_DIR
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    bind = ",".join(str(core) for core in sorted(cores.client)) if cores.client else "auto"
+    server = start_process([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DEMO_STUDENT_DIR),
+                            "--served-model-name", MODEL, "--dtype", "float32", "--max-model-len", "512",
+                            "--max-logprobs", "20", "--host", "127.0.0.1", "--port", str(port)],
+                           f"http://127.0.0.1:{port}/health", log=folder / "vllm.log", cores=cores.client,
+                           env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": bind}, timeout=600)
+    gateway_port = free_port()
+    config = kdgate_config(folder, "handoff-vllm", url, routing)
+    gateway = start_process([sys.executable, "-m", "kdgate.cli", "serve", "--port", str(gateway_port), "--config",
+                             str(config)], f"http://127.0.0.1:{gateway_port}/readyz", log=folder / "handoff-vllm.log",
+                            cores=cores.gateway)
+    # like `direct`, `vllm direct` counts no CPU: vLLM is the backend here, as the zero server is for the others
+    return [Arm("vllm direct", url, baseline="vllm direct", backend=server),
+            Arm("kdgate handoff → vllm", f"http://127.0.0.1:{gateway_port}/v1", gateway, baseline="vllm direct")]
 
 
 def _start_litellm(binary: str, folder: Path, zero_url: str, cores: frozenset[int] | None) -> Arm:
@@ -306,14 +338,14 @@ async def benchmark(args: argparse.Namespace, arms: list[Arm]) -> dict:
     rates = await max_rates(arms, prompts, args) if args.rates else {}
     for name, found in rates.items():
         print(f"{name:17s} max sustainable ≈ {found['max_sustainable_rate']:g} req/s", flush=True)
-    return {"cells": results, "rates": rates}
+    return {"cells": results, "rates": rates, "baselines": {arm.name: arm.baseline for arm in arms}}
 
 
 def summarise(raw: dict, concurrency: list[int]) -> list[dict]:
     """Per arm and concurrency: medians over rounds of the added latency against `direct` of the same round."""
     rows = []
-    direct = raw["cells"]["direct"]
     for arm, cells in raw["cells"].items():
+        direct = raw["cells"][raw.get("baselines", {}).get(arm, "direct")]
         for c in concurrency:
             row = {"arm": arm, "concurrency": c}
             for key in ("ttft_p50", "ttft_p99", "e2e_p50", "e2e_p99"):
@@ -328,7 +360,8 @@ def summarise(raw: dict, concurrency: list[int]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> Table:
-    out = Table(title="gateway overhead vs the zero-work server (medians over rounds)", title_justify="left")
+    out = Table(title="gateway overhead vs each arm's direct server: the zero-work one, or vLLM (medians over rounds)",
+                title_justify="left")
     for column in ("arm", "conc.", "+TTFT p50", "+TTFT p99", "+e2e p50", "+e2e p99", "CPU ms/req",
                    "max req/s", "failed"):
         out.add_column(column, justify="left" if column == "arm" else "right")
@@ -340,7 +373,7 @@ def table(rows: list[dict]) -> Table:
         rate = row["max_sustainable_rate"]
         out.add_row(row["arm"], str(row["concurrency"]), ms(row["added_ttft_p50_ms"]), ms(row["added_ttft_p99_ms"]),
                     ms(row["added_e2e_p50_ms"]), ms(row["added_e2e_p99_ms"]),
-                    "—" if row["arm"] == "direct" else f"{row['cpu_ms_per_request']:.1f}",
+                    "—" if row["arm"].endswith("direct") else f"{row['cpu_ms_per_request']:.1f}",
                     "—" if rate is None else f"{rate:g}", str(row["failed"]))
     return out
 
@@ -359,6 +392,8 @@ def main() -> None:
     parser.add_argument("--litellm", help="LiteLLM's `litellm` binary (in its own virtualenv)")
     parser.add_argument("--redis", help="redis://… of a running redis-server: adds the Redis-limited arm")
     parser.add_argument("--baseline", help="another checkout (a git worktree): adds its handoff arm, to compare")
+    parser.add_argument("--vllm", help="the python of vLLM's environment (`./dev setup vllm`: .venv-vllm/bin/python): "
+                        "adds `vllm direct` and the handoff arm in front of it")
     parser.add_argument("--only", nargs="*", help="run only these arms (and `direct`), by name")
     parser.add_argument("--workers", type=int, nargs="*", default=[2],
                         help="also run the handoff arm with this many gateway workers (throughput scaling)")
@@ -377,7 +412,7 @@ def main() -> None:
         try:
             raw = asyncio.run(benchmark(args, arms))
         finally:
-            for process in [zero] + [arm.process for arm in arms if arm.process is not None]:
+            for process in [zero] + [process for arm in arms for process in (arm.process, arm.backend) if process]:
                 process.terminate()
                 process.wait(timeout=20)
     rows = summarise(raw, args.concurrency)

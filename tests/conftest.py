@@ -29,7 +29,7 @@ os.environ.setdefault("KDGATE_STUDENTS__ENABLED", "false")
 # tests.postgres: the `postgres_url` fixture, a real PostgreSQL cluster; tests.skips: skips counted by reason, and
 # refused under CI; tests.timeouts: slow tests' longer limit; pytester: tests/test_skips.py and
 # tests/test_timeouts.py run small suites through those hooks.
-pytest_plugins = ["tests.postgres", "tests.skips", "tests.timeouts", "pytester"]
+pytest_plugins = ["tests.postgres", "tests.skips", "tests.timeouts", "tests.vllm_servers", "pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

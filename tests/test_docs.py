@@ -41,7 +41,9 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_readme_is_short():
-    assert len((ROOT / "README.md").read_text()) <= README_LIMIT
+    """Counted as a reader sees it: the HTML comments (the doc-test markers, tests/test_docs_run.py) are left out."""
+    seen = re.sub(r"<!--.*?-->\n?", "", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert len(seen) <= README_LIMIT
 
 
 def test_every_docs_page_is_reachable_from_the_readme():

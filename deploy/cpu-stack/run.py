@@ -1,7 +1,9 @@
 """deploy/compose.yaml's services on one CPU machine, without Docker, all on loopback:
 
     student, teacher   two `kdgate engine` servers (the demo models by default) with the flags of
-                       deploy/vllm/launch.yaml that the engine has, and its environment
+                       deploy/vllm/launch.yaml that the engine has, and its environment; or, with --vllm PYTHON
+                       (the python of `./dev setup vllm`'s .venv-vllm), two real vLLM servers (its CPU build) with
+                       launch.yaml's flags, less the GPU memory ones
     gateway            `kdgate serve` over HTTP to them: handoff and shadow on, API keys on
     trainer            `kdgate trainer serve` (Alertmanager's webhook, the jobs)
     alertmanager       Debian's, with deploy/alertmanager/alertmanager.yml aimed at the trainer
@@ -10,6 +12,7 @@
     store              one SQLite file, or --store-url postgresql+psycopg://...
 
     .venv/bin/python deploy/cpu-stack/run.py [--out DIR] [--student DIR --teacher DIR] [--store-url URL]
+        [--vllm .venv-vllm/bin/python]
 
 Prints the URLs and keys (also in DIR/stack.json, private to you); Ctrl-C stops everything. No Grafana (Debian does
 not ship it): point one at the printed Prometheus and import deploy/grafana/kdgate.json. The processes are started
@@ -53,8 +56,20 @@ def served_name(launch_command: list[str]) -> str:
     return next(flag.split("=", 1)[1] for flag in launch_command if flag.startswith("--served-model-name="))
 
 
-def start(stack: Stack, student_dir: Path, teacher_dir: Path, store_url: str, threads: int) -> dict:
-    """Every service, each one's dependencies first; returns what a client needs (also written to stack.json)."""
+def vllm_command(python: str, model_dir: Path, port: int, launch_command: list[str]) -> list[str]:
+    """vLLM's CPU build on `model_dir` with launch.yaml's flags, less what sizes GPU memory and the context (the
+    demo models' is 512 tokens), in float32 (what the CPU build runs the demo checkpoints in)."""
+    kept = [flag for flag in launch_command
+            if flag.split("=", 1)[0] not in ("--gpu-memory-utilization", "--max-model-len")]
+    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", "float32", "--max-model-len", "512", *kept]
+
+
+def start(stack: Stack, student_dir: Path, teacher_dir: Path, store_url: str, threads: int,
+          vllm: str | None = None, serving_only: bool = False, gateway_port: int | None = None) -> dict:
+    """Every service, each one's dependencies first; returns what a client needs (also written to stack.json).
+    `serving_only`: the two model servers and the gateway alone, open on loopback like `./dev serve` (no keys, no
+    trainer, Alertmanager or Prometheus), so the README's examples run against it as written."""
     folder, launch = stack.folder, yaml.safe_load(LAUNCH.read_text())["services"]
     keys = {name: new_key() for name in ("chat", "admin", "metrics", "alerts", "trainer_admin")}
     addresses, models = {}, {}
@@ -63,11 +78,17 @@ def start(stack: Stack, student_dir: Path, teacher_dir: Path, store_url: str, th
         models[role] = served_name(service["command"])
         addresses[f"vllm-{role}:8000"] = f"127.0.0.1:{port}"
         stack.urls[role] = f"http://127.0.0.1:{port}/v1"
+        if vllm:  # cores 0 and 1 for the two servers' OpenMP threads (both bound themselves to core 0 otherwise)
+            env = (service.get("environment") or {}) | {"VLLM_CPU_KVCACHE_SPACE": "1",
+                                                        "VLLM_CPU_OMP_THREADS_BIND": "0" if role == "student" else "1"}
+            stack.start(role, vllm_command(vllm, model_dir, port, service["command"]),
+                        f"http://127.0.0.1:{port}/health", env=env, timeout=900)
+            continue
         stack.start(role, KDGATE + ["engine", "--model", str(model_dir), "--port", str(port), "--threads",
                                     str(threads), *engine_flags(service["command"])],
                     f"http://127.0.0.1:{port}/health", env=service.get("environment"))
 
-    port = free_port()
+    port = gateway_port or free_port()
     addresses["kdgate:8000"] = f"127.0.0.1:{port}"
     stack.urls["gateway"] = f"http://127.0.0.1:{port}"
     gateway = {"served_model": "kdgate-demo", "log_level": "warning",  # the README's examples send it
@@ -76,9 +97,15 @@ def start(stack: Stack, student_dir: Path, teacher_dir: Path, store_url: str, th
                "routing": {"handoff": {"enabled": True}}, "shadow": {"enabled": True, "store_url": store_url},
                "auth": {"keys": [{"name": "app", "sha256": keys["chat"][1]}], "admin_sha256": keys["admin"][1],
                         "metrics_sha256": keys["metrics"][1]}}
+    if serving_only:
+        del gateway["auth"]
     write(folder / "gateway.yaml", yaml.safe_dump(gateway))
     stack.start("gateway", KDGATE + ["serve", "--port", str(port), "--config", str(folder / "gateway.yaml")],
                 f"{stack.urls['gateway']}/readyz")
+    if serving_only:
+        return {"folder": str(folder), "urls": stack.urls, "served_model": gateway["served_model"], "keys": {},
+                "pids": {name: process.pid for name, process in zip(["student", "teacher", "gateway"],
+                                                                     stack.processes, strict=True)}}
 
     port = free_port()
     stack.urls["trainer"] = f"http://127.0.0.1:{port}"
@@ -148,6 +175,11 @@ def main() -> int:
     parser.add_argument("--teacher", type=Path, default=DEMO_TEACHER_DIR, help="the teacher's model folder")
     parser.add_argument("--store-url", help="SQLAlchemy URL of the record store (default: SQLite in --out)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per engine and per job")
+    parser.add_argument("--serving-only", action="store_true", help="the model servers and the gateway alone, "
+                        "open on loopback as `./dev serve` is (no keys, trainer, Alertmanager or Prometheus)")
+    parser.add_argument("--port", type=int, help="the gateway's port (default: a free one)")
+    parser.add_argument("--vllm", help="serve the models with real vLLM servers: the python of vLLM's CPU build "
+                        "(`./dev setup vllm` makes .venv-vllm/bin/python); about 2 minutes to start, 3 GB each")
     args = parser.parse_args()
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty; give a new or empty folder")
@@ -160,12 +192,17 @@ def main() -> int:
     stack = Stack(folder)
     try:
         info = start(stack, args.student.resolve(), args.teacher.resolve(),
-                     args.store_url or f"sqlite:///{folder / 'store.sqlite3'}", args.threads)
+                     args.store_url or f"sqlite:///{folder / 'store.sqlite3'}", args.threads, args.vllm,
+                     args.serving_only, args.port)
         write(folder / "stack.json", json.dumps(info, indent=2))
         for name, url in stack.urls.items():
             print(f"{name:<13} {url}")
-        print(f"chat key      {info['keys']['chat']}   (model `{info['served_model']}`)\n"
-              f"admin keys    in {folder / 'stack.json'}; logs in {folder}\nCtrl-C stops everything.", flush=True)
+        if info["keys"]:
+            print(f"chat key      {info['keys']['chat']}   (model `{info['served_model']}`)\n"
+                  f"admin keys    in {folder / 'stack.json'}", flush=True)
+        else:
+            print(f"model `{info['served_model']}`, no API key (loopback only)", flush=True)
+        print(f"logs in {folder}\nCtrl-C stops everything.", flush=True)
         while all(process.poll() is None for process in stack.processes):
             time.sleep(1)
         print("a service stopped on its own; see its log in " + str(folder), file=sys.stderr)

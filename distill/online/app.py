@@ -72,7 +72,7 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
         scheduler = Scheduler(settings, store, jobs)
         app.state.jobs, app.state.runner = jobs, runner
         app.state.registry.register(StoreCollector(store, jobs))
-        task = asyncio.create_task(_loop(settings, runner, scheduler), name="kdgate-trainer")
+        task = asyncio.create_task(_loop(settings, runner, scheduler, store), name="kdgate-trainer")
         try:
             yield
         finally:
@@ -97,9 +97,12 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
     return app
 
 
-async def _loop(settings: TrainerSettings, runner: LocalRunner, scheduler: Scheduler) -> None:
+async def _loop(settings: TrainerSettings, runner: LocalRunner, scheduler: Scheduler, store: ShadowStore) -> None:
     while True:
         try:
+            moved = await asyncio.to_thread(store.keep_file)  # a deleted SQLite file is put back, as the gateway does
+            if moved:
+                log.error("the record store file was %s; the trainer reads and writes the restored file", moved)
             await scheduler.tick()
             await runner.tick()
         except asyncio.CancelledError:

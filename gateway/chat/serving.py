@@ -450,8 +450,8 @@ def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> p
         return f"token_id:{token_id}" if as_ids and token_id is not None else token
 
     token = text(entry.token, entry.token_id)
-    return protocol.TokenLogprob(
-        token=token, logprob=entry.logprob, bytes=list(token.encode("utf-8")),
+    return protocol.TokenLogprob(  # bytes: the token's own text, as vLLM sends them under `token_id:<id>` tokens too
+        token=token, logprob=entry.logprob, bytes=list(entry.token.encode("utf-8")),
         top_logprobs=[protocol.TopLogprob(token=(alternative := text(top.token, top.token_id)), logprob=top.logprob,
                                           bytes=list(alternative.encode("utf-8")))
                       for top in entry.top_logprobs[:keep]],

@@ -67,6 +67,9 @@ def check_registration(registration: Registration, manager: StudentManager) -> S
         kind = "lora"
         adapter = Path(registration.adapter_path)
         if adapter.exists() or local_student:  # a vLLM server may read a path this gateway cannot see
+            if not adapter.exists():
+                raise InvalidRequest(f"{adapter} does not exist; give the folder `kdgate distill train` with "
+                                     "`lora.enabled: true` wrote (its `model/adapter`)", parameter="adapter_path")
             if not (adapter / "adapter_config.json").is_file():
                 raise InvalidRequest(f"{adapter} is not a peft adapter folder (no adapter_config.json); train one "
                                      "with `kdgate distill train` and `lora.enabled: true`", parameter="adapter_path")

@@ -84,7 +84,8 @@ def ttft_table(ttft: dict[str, dict]) -> str:
              "| TTFT p50 when escalated |", "|---|---|---|---|---|---|"]
     for name, summary in ttft.items():
         escalated = summary["ttft_p50_escalated_s"]
-        lines.append(f"| {name} | {1000 * summary['ttft_p50_s']:.0f} ms | {1000 * summary['ttft_p90_s']:.0f} ms | "
+        p90 = "—" if summary["ttft_p90_s"] is None else f"{1000 * summary['ttft_p90_s']:.0f} ms"  # one request
+        lines.append(f"| {name} | {1000 * summary['ttft_p50_s']:.0f} ms | {p90} | "
                      f"{1000 * (summary['ttft_p50_s'] - base):+.0f} ms | {100 * summary['teacher_fraction']:.0f} % | "
                      + ("" if escalated is None else f"{1000 * escalated:.0f} ms") + " |")
     return "\n".join(lines)

@@ -4,11 +4,17 @@ Completions are always streamed upstream (with `stream_options.include_usage` so
 and turned into `Delta`/`Finish` events; closing the event stream closes the upstream response, which makes vLLM
 abort the request. Prompt-logprob requests (scoring) cannot be streamed in vLLM, so they are sent non-streaming.
 vLLM's extension fields are sent only when they differ from their defaults, so plain OpenAI servers still work.
+
+Token ids come as vLLM's `return_tokens_as_token_ids` tokens, `token_id:<id>`. Each sampled token's own text then
+comes from its `bytes`, which vLLM fills with the token's decoded text (its alternatives' `bytes` spell the
+placeholder: their texts are not known). A chunk's content is never split over its tokens: a busy vLLM packs several
+tokens into one chunk, and their texts are what the shadow record keeps and what finds the answer's end token.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -38,6 +44,8 @@ from runtime.errors import (
 )
 from runtime.sse import drain
 
+log = logging.getLogger(__name__)
+
 # Failures before any response: the request was not (or not wholly) received, so sending it again is safe.
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
 
@@ -51,6 +59,7 @@ class HttpBackend:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._retries = retry_budget or RetryBudget(0.0)
         self._on_retry = on_retry
+        self._warned_textless = False
 
     def _body(self, request: GenerationRequest, stream: bool) -> dict:
         sampling = request.sampling
@@ -185,21 +194,27 @@ class HttpBackend:
         text = (choice.get("delta") or {}).get("content") or ""
         content = (choice.get("logprobs") or {}).get("content") or ()
         try:
-            logprobs = tuple(
-                TokenLogprob(token=item["token"], logprob=float(item["logprob"]), token_id=_token_id(item["token"]),
-                             top_logprobs=tuple(TopLogprob(token=top["token"], logprob=float(top["logprob"]),
-                                                           token_id=_token_id(top["token"]))
-                                                for top in item.get("top_logprobs") or ()))
-                for item in content
-            )
+            logprobs = tuple(_token_logprob(item) for item in content)
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamProtocolError(f"backend `{self.info.name}` sent malformed logprobs: {exc!r}",
                                         backend=self.info.name) from exc
         if not text and not logprobs:
             return None
-        if logprobs and logprobs[-1].token_id is not None:
-            logprobs = _texts_from_content(logprobs, text)
+        unknown = [index for index, entry in enumerate(logprobs) if entry.token is None]
+        if len(unknown) == 1 == len(logprobs):  # one token, the whole chunk: its text is the content
+            logprobs = (replace(logprobs[0], token=text),)
+        elif unknown:
+            logprobs = tuple(replace(entry, token="") if entry.token is None else entry for entry in logprobs)
+            self._warn_textless(len(logprobs))
         return Delta(text=text, logprobs=logprobs)
+
+    def _warn_textless(self, tokens: int) -> None:
+        if self._warned_textless:
+            return
+        self._warned_textless = True
+        log.warning("backend `%s` sent %d `token_id:<id>` tokens in one chunk without their texts in `bytes` (vLLM "
+                    "sends them); their texts are left empty, so shadow records of its answers cannot be aligned. "
+                    "Serve it with vLLM, or ask it for one token per chunk", self.info.name, tokens)
 
     def _parse_json(self, data: str) -> dict:
         try:
@@ -283,11 +298,21 @@ def _token_id(token: str) -> int | None:
     return None
 
 
-def _texts_from_content(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
-    """Tokens asked for as ids (`token_id:<id>`) get their text back from the chunk's content: vLLM streams one
-    token per chunk, whose text is the content; several tokens in one chunk share it (the last one carries it, so
-    the texts still add up to the answer). Alternatives' texts are not known without the tokenizer: empty."""
-    last = len(logprobs) - 1
-    return tuple(replace(entry, token=text if index == last else "",
-                         top_logprobs=tuple(replace(top, token="") for top in entry.top_logprobs))
-                 for index, entry in enumerate(logprobs))
+def _token_logprob(item: dict) -> TokenLogprob:
+    """One `logprobs.content` entry. A `token_id:<id>` token's text is its `bytes` decoded (None when they are
+    missing or spell the placeholder: the caller decides); its alternatives' texts are not sent: empty."""
+    token_id = _token_id(item["token"])
+    tops = tuple(TopLogprob(token="" if (top_id := _token_id(top["token"])) is not None else top["token"],
+                            logprob=float(top["logprob"]), token_id=top_id)
+                 for top in item.get("top_logprobs") or ())
+    token = item["token"] if token_id is None else _text_of_bytes(item.get("bytes"), item["token"])
+    return TokenLogprob(token=token, logprob=float(item["logprob"]), top_logprobs=tops, token_id=token_id)
+
+
+def _text_of_bytes(raw, placeholder: str) -> str | None:
+    """vLLM's `bytes` of a sampled `token_id:<id>` token: its decoded text as UTF-8 (vLLM encodes with
+    errors="replace", so they decode). None when there are none, or when they spell the placeholder itself."""
+    if not isinstance(raw, list):
+        return None
+    text = bytes(raw).decode("utf-8", errors="replace")
+    return None if text == placeholder else text

@@ -38,6 +38,10 @@ class EngineSettings:
     max_waiting: int = 1024  # arrivals waiting for a row; beyond it a request is refused (503) at once
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     adapter_dir: Path | None = None  # a peft LoRA adapter over `model_dir`, merged into these weights at load
+    # vLLM's --stream-interval: after the first token, what this many decode steps released goes out as one event
+    # (what is left, with the finish), as a busy vLLM packs several tokens per chunk on its own. 1 (the default):
+    # one event per step.
+    stream_interval: int = 1
 
 
 @dataclass(eq=False)
@@ -168,11 +172,13 @@ class LocalEngine:
             self._waiting.append(sequence)
             self._wake.notify()
         try:
+            packs = _Packs(self.settings.stream_interval)
             while True:
                 event = await sequence.queue.get()
                 if isinstance(event, Exception):
                     raise event
-                yield event
+                for ready in packs.push(event):
+                    yield ready
                 if isinstance(event, Finish):
                     return
         finally:
@@ -360,6 +366,32 @@ class LocalEngine:
         self._running = []
         self._batch = RunningBatch()
 
+
+
+class _Packs:
+    """vLLM's stream interval: the first token goes alone, later ones in packs of `interval` (as `Delta`s joined
+    into one), and what is held when the `Finish` comes goes just before it."""
+
+    def __init__(self, interval: int):
+        self._interval = interval
+        self._held: list[Delta] = []
+        self._sent_any = False
+
+    def push(self, event: Event) -> list[Event]:
+        if isinstance(event, Finish):
+            return [*self._flush(), event]
+        if self._interval <= 1 or not self._sent_any:
+            self._sent_any = True
+            return [event]
+        self._held.append(event)
+        return self._flush() if len(self._held) >= self._interval else []
+
+    def _flush(self) -> list[Event]:
+        held, self._held = self._held, []
+        if not held:
+            return []
+        return [Delta(text="".join(delta.text for delta in held),
+                      logprobs=tuple(entry for delta in held for entry in delta.logprobs))]
 
 
 def merged_adapter(model, adapter_dir: Path):

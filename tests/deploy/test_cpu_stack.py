@@ -81,3 +81,59 @@ def test_the_cpu_stack_answers_through_the_openai_sdk_and_stops_on_ctrl_c(demo_d
             raise
     assert code == 0, output.read_text()
     assert info is not None and not [name for name, pid in info["pids"].items() if alive(pid)]
+
+
+def load_run_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_stack_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_vllm_server_gets_launch_yamls_flags_less_the_gpu_sizing(tmp_path):
+    """`--vllm`: the real servers take deploy/vllm/launch.yaml's flags (the LoRA slots, the logprobs cap, the name),
+    less --gpu-memory-utilization and the 8k context, in float32 on the demo's 512 tokens."""
+    import yaml
+
+    run = load_run_module()
+    launch = yaml.safe_load(run.LAUNCH.read_text())["services"]["vllm-student"]["command"]
+    command = run.vllm_command("/venv/bin/python", tmp_path, 8123, launch)
+    assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert {"--served-model-name=student", "--max-logprobs=20", "--enable-lora", "--max-loras=2",
+            "--max-lora-rank=64"} <= set(command)
+    assert not [flag for flag in command if flag.startswith(("--gpu-memory-utilization", "--max-model-len="))]
+    assert command[command.index("--max-model-len") + 1] == "512" and "float32" in command
+
+
+def test_serving_only_answers_the_readmes_requests_as_written(tmp_path):
+    """`--serving-only` (what `./dev serve-vllm` runs, with real vLLM): the model servers and an open loopback
+    gateway, so the README's quick-start requests (no key, model kdgate-demo) work against it unchanged."""
+    from tests.kdgate.test_serve_defaults import held_out_ticket, quick_start_requests
+
+    out = tmp_path / "stack"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("KDGATE_")}
+    output = tmp_path / "run.log"
+    with output.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--serving-only"], stdout=sink,
+                                   stderr=subprocess.STDOUT, env=environment, cwd=tmp_path)
+    try:
+        def ready():
+            assert process.poll() is None, output.read_text()
+            return (out / "stack.json").is_file() and json.loads((out / "stack.json").read_text())
+
+        info = wait_for(ready, 300, "the serving stack did not come up in 5 minutes")
+        routes = []
+        for body in quick_start_requests():
+            reply = httpx.post(f"{info['urls']['gateway']}/v1/chat/completions", json=body, timeout=120)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == held_out_ticket(
+                body["messages"][0]["content"]).answer_json()
+            routes.append((reply.headers["x-kdgate-route"], reply.headers["x-kdgate-route-reason"]))
+        assert routes == [("student", "policy:student_only"), ("teacher", "handoff")]
+        assert set(info["pids"]) == {"student", "teacher", "gateway"}
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert "no API key (loopback only)" in output.read_text()

@@ -85,3 +85,13 @@ def test_router_eval_end_to_end_on_the_demo_models(tmp_path, demo_dirs):
     assert handoff[-1]["accuracy"] >= handoff[0]["accuracy"]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "policy-full.json").is_file() and "| random |" in (tmp_path / "tables.md").read_text()
+
+
+def test_the_ttft_table_of_a_single_request_has_no_p90():
+    """`kdgate router eval --ttft-requests 1` crashed formatting a p90 that one request does not have."""
+    from kdgate.routing.report import ttft_table
+
+    one = {"requests": 1, "ttft_p50_s": 0.012, "ttft_p90_s": None, "teacher_fraction": 0.0,
+           "ttft_p50_escalated_s": None}
+    table = ttft_table({"student_only": one})
+    assert "| student_only | 12 ms | — | +0 ms | 0 % |  |" in table

@@ -48,3 +48,21 @@ def test_an_arm_that_exits_at_start_is_reported_with_its_own_words(tmp_path):
                       f"http://127.0.0.1:{port}/health", log=log)
     assert "server exited with 2" in str(raised.value)
     assert "kdgate: port 1 is taken; pick another" in str(raised.value) and str(log) in str(raised.value)
+
+
+def test_an_arm_in_front_of_vllm_is_measured_against_vllm_direct():
+    """The gateway in front of a real vLLM adds latency to vLLM's own, not to the zero server's: each arm is
+    compared with its own baseline from the same round."""
+    from loadtests.overhead import summarise
+
+    def cell(ttft: float) -> dict:
+        return {"ttft_p50": ttft, "ttft_p99": ttft, "e2e_p50": ttft, "e2e_p99": ttft, "cpu_ms_per_request": 1.0,
+                "failed": 0}
+
+    raw = {"cells": {"direct": {1: [cell(0.001), cell(0.002)]}, "kdgate handoff": {1: [cell(0.004), cell(0.005)]},
+                     "vllm direct": {1: [cell(0.030), cell(0.040)]},
+                     "kdgate handoff → vllm": {1: [cell(0.033), cell(0.044)]}},
+           "rates": {}, "baselines": {"direct": "direct", "kdgate handoff": "direct", "vllm direct": "vllm direct",
+                                      "kdgate handoff → vllm": "vllm direct"}}
+    added = {row["arm"]: round(row["added_ttft_p50_ms"], 3) for row in summarise(raw, [1])}
+    assert added == {"direct": 0.0, "kdgate handoff": 3.0, "vllm direct": 0.0, "kdgate handoff → vllm": 3.5}

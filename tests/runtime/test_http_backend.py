@@ -122,7 +122,7 @@ async def test_server_that_is_down_is_unavailable(client):
 
 async def test_token_ids_come_through_vllm_token_id_strings(backend, local_teacher):
     """`return_tokens_as_token_ids`: the server writes `token_id:<id>`, the backend parses the ids back, and each
-    sampled token's text comes back from its chunk's content (one token per chunk), so the texts spell the answer."""
+    sampled token's text comes back from its `bytes` (vLLM's decoded token), so the texts spell the answer."""
     remote_text, remote, _ = await collect(backend.generate(greedy("ids-http", token_ids=True)))
     local_text, local, _ = await collect(local_teacher.generate(greedy("ids-local")))
     assert [entry.token_id for entry in remote] == [entry.token_id for entry in local]
@@ -152,3 +152,70 @@ async def test_streams_read_to_the_end_keep_their_upstream_connection(engine_ser
             text, _, finish = await collect(backend.generate(greedy(f"reuse-{index}")))
             assert text and finish is not None
     assert len(connects) == 1
+
+
+# One chunk of vLLM 0.32's stream (`stream_interval: 4`, `top_logprobs: 2`, `return_tokens_as_token_ids`), as sent:
+# the sampled tokens' `bytes` are their decoded texts, the alternatives' `bytes` spell the placeholder.
+VLLM_PACKED_CHUNK = {"index": 0, "delta": {"content": 'queue": "billing'}, "finish_reason": None,
+                     "token_ids": [343, 272, 265, 512], "logprobs": {"content": [
+                         {"token": f"token_id:{token_id}", "logprob": -0.01, "bytes": list(text.encode()),
+                          "top_logprobs": [{"token": f"token_id:{token_id}", "logprob": -0.01,
+                                            "bytes": list(f"token_id:{token_id}".encode())},
+                                           {"token": "token_id:7", "logprob": -9.0,
+                                            "bytes": list(b"token_id:7")}]}
+                         for token_id, text in ((343, "queue"), (272, '":'), (265, ' "'), (512, "billing"))]}}
+
+
+def test_each_token_of_a_packed_vllm_chunk_keeps_its_own_text():
+    """A busy vLLM sends several tokens in one chunk: each keeps its text, none gets the chunk's (the last token
+    used to get all of it, and the others nothing)."""
+    backend = HttpBackend(BackendInfo("student", "m", "http"), "http://unused/v1", client=None)
+    delta = backend._delta_of(VLLM_PACKED_CHUNK)
+    assert delta.text == 'queue": "billing'
+    assert [(entry.token_id, entry.token) for entry in delta.logprobs] == \
+        [(343, "queue"), (272, '":'), (265, ' "'), (512, "billing")]
+    assert all([(top.token_id, top.token) for top in entry.top_logprobs] == [(entry.token_id, ""), (7, "")]
+               for entry in delta.logprobs)  # alternatives' texts are not sent
+
+
+def test_a_packed_chunk_without_token_texts_gives_no_token_the_chunks_text(caplog):
+    """A server that packs `token_id:<id>` tokens without their texts (no `bytes`): their texts are unknown, left
+    empty, and said once; the chunk's text is given to no token. One token alone in its chunk gets the chunk's text."""
+    backend = HttpBackend(BackendInfo("student", "m", "http"), "http://unused/v1", client=None)
+    textless = {**VLLM_PACKED_CHUNK, "logprobs": {"content": [
+        {key: value for key, value in item.items() if key != "bytes"}
+        for item in VLLM_PACKED_CHUNK["logprobs"]["content"]]}}
+    with caplog.at_level("WARNING", logger="runtime.backends.http"):
+        first = backend._delta_of(textless)
+        backend._delta_of(textless)
+    assert [entry.token for entry in first.logprobs] == ["", "", "", ""]
+    assert len([record for record in caplog.records if "without their texts" in record.message]) == 1
+    alone = {**textless, "delta": {"content": "queue"},
+             "logprobs": {"content": textless["logprobs"]["content"][:1]}}
+    assert [entry.token for entry in backend._delta_of(alone).logprobs] == ["queue"]
+
+
+async def test_a_packing_server_keeps_each_tokens_text_and_the_end_token_falls_outside_the_answer(
+        packed_engine, client, demo_dirs):
+    """The project's engine packing 4 tokens per chunk, as a busy vLLM does: ids and texts per token are those the
+    engine generated in-process, and the answer's end token, packed with the answer's last tokens, is the one token
+    the divergence leaves out (it used to carry the last chunk's text, so nothing was left out: unaligned, no KL)."""
+    from gateway.shadow.divergence import answer_tokens
+
+    backend = HttpBackend(BackendInfo("student", packed_engine.served, "http"), f"{packed_engine.url}/v1", client)
+    request = GenerationRequest("packed", ({"role": "user", "content": TICKET},),
+                                SamplingParams(max_tokens=200, temperature=0.0, top_logprobs=2), token_ids=True)
+    deltas, finish = [], None
+    async for event in backend.generate(request):
+        if isinstance(event, Delta):
+            deltas.append(event)
+        else:
+            finish = event
+    tokens = [entry for delta in deltas for entry in delta.logprobs]
+    text = "".join(delta.text for delta in deltas)
+    assert finish.finish_reason == "stop" and max(len(delta.logprobs) for delta in deltas) > 1
+    (engine_backend,) = packed_engine.app.state.chat.router.backends.values()
+    engine = engine_backend.engine
+    assert [entry.token for entry in tokens] == [engine.texts(entry.token_id) for entry in tokens]
+    assert "".join(entry.token for entry in tokens[:-1]) == text
+    assert list(answer_tokens(tokens, text)) == tokens[:-1]  # the end token alone is left out

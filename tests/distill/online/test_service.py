@@ -264,3 +264,24 @@ def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_
     store = ShadowStore(settings.store_url)
     assert TrainJobs(store).counts()["running"] == 0
     store.close()
+
+
+def test_a_deleted_store_file_is_put_back_by_the_trainer_too(tmp_path):
+    """The trainer's own SQLite store had a file watch that nothing polled: a `rm` of the file under a running
+    trainer went unnoticed and its jobs were written into the deleted inode, lost at the next start. The trainer's
+    loop now puts the file back, as the gateway's does."""
+    settings, path = trainer_config(tmp_path)
+    store_file = tmp_path / "store.sqlite3"
+    with ThreadedServer(create_trainer_app(settings, path)) as server:
+        first = call(server, "POST", "/v1/jobs", json={"reason": "before the rm"})
+        assert first.status_code in (200, 201), first.text
+        store_file.unlink()
+        deadline = time.monotonic() + 30
+        while not store_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store_file.exists(), "the trainer did not put its store file back"
+        second = call(server, "POST", "/v1/jobs", json={"reason": "after the rm"})
+        assert second.status_code in (200, 201), second.text
+    with ThreadedServer(create_trainer_app(settings, path)) as server:  # a restart reads the file at the path
+        ids = {job["id"] for job in call(server, "GET", "/v1/jobs").json()["jobs"]}
+    assert {first.json()["id"], second.json()["id"]} <= ids

@@ -142,6 +142,9 @@ def test_refusals_name_what_is_wrong(versioned, demo_dirs, tmp_path):
     gone = admin(server, "POST", "", {"name": "v9", "model_dir": str(tmp_path / "absent")})
     assert gone.status_code == 400 and str(tmp_path / "absent") in gone.json()["error"]["message"]
     assert gone.json()["error"]["param"] == "model_dir"
+    no_adapter = admin(server, "POST", "", {"name": "v9", "adapter_path": str(tmp_path / "absent-adapter")})
+    assert no_adapter.status_code == 400 and no_adapter.json()["error"]["param"] == "adapter_path"
+    assert f"{tmp_path / 'absent-adapter'} does not exist" in no_adapter.json()["error"]["message"]  # not "not peft"
     both = admin(server, "POST", "", {"name": "v9", "model_dir": str(demo_dirs[1]), "base_url": "http://x/v1"})
     assert both.status_code == 400 and "exactly one of" in both.json()["error"]["message"]
     other = tmp_path / "other-tokenizer"
