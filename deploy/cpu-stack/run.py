@@ -189,7 +189,7 @@ def main() -> int:
     # Ctrl-C stops it even when it was started with SIGINT ignored (a background job of a script: `... &`), where
     # Python would install no handler of its own
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    stack = Stack(folder)
+    stack = Stack(folder, on_start=lambda name, log: print(f"starting {name} (log: {log}) ...", flush=True))
     try:
         info = start(stack, args.student.resolve(), args.teacher.resolve(),
                      args.store_url or f"sqlite:///{folder / 'store.sqlite3'}", args.threads, args.vllm,
