@@ -140,6 +140,7 @@ class HttpBackend:
             await self._raise_for_status(source.response)
             finish_reason, stop_reason, usage = None, None, None
             events = source.aiter_sse()
+            sent = False  # a token has gone out: an error event now breaks an answer, it no longer refuses a request
             try:
                 async for sse in events:
                     if sse.data == "[DONE]":
@@ -147,11 +148,12 @@ class HttpBackend:
                         break
                     chunk = self._parse_json(sse.data)
                     if "error" in chunk or chunk.get("object") == "error":  # current and pre-0.10.1 vLLM shapes
-                        raise self._rejected_midstream(chunk)
+                        raise self._rejected_midstream(chunk, sent)
                     usage = chunk.get("usage") or usage
                     for choice in chunk.get("choices") or ():
                         delta = self._delta_of(choice)
                         if delta is not None:
+                            sent = True
                             yield delta
                         if choice.get("finish_reason"):
                             finish_reason, stop_reason = choice["finish_reason"], choice.get("stop_reason")
@@ -246,9 +248,16 @@ class HttpBackend:
         raise UpstreamUnavailable(f"{where} failed with HTTP {response.status_code}: {message}",
                                   backend=self.info.name)
 
-    def _rejected_midstream(self, chunk: dict) -> GatewayError:
+    def _rejected_midstream(self, chunk: dict, sent: bool) -> GatewayError:
+        """An error event in the stream. Before any token, with a 4xx code, it is vLLM refusing the request after
+        its 200 (an out-of-vocabulary `logit_bias` id is checked only then): the client's 400 naming the field, as
+        the same request unstreamed gets. Otherwise the answer broke."""
         error = chunk.get("error") or chunk
         message = error.get("message", error) if isinstance(error, dict) else error
+        code = str(error.get("code", "")) if isinstance(error, dict) else ""
+        if not sent and code.isdigit() and 400 <= int(code) < 500 and int(code) not in (401, 403, 408, 429):
+            return UpstreamRejected(f"backend `{self.info.name}` ({self.info.model}) rejected the request: {message}",
+                                    backend=self.info.name, status_code=int(code), parameter=error.get("param"))
         return UpstreamProtocolError(f"backend `{self.info.name}` failed mid-stream: {message}", backend=self.info.name)
 
     async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:

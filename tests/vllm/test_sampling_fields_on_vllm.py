@@ -76,15 +76,11 @@ async def test_vllm_and_the_local_engine_agree_token_for_token(vllm_servers, dem
     assert changed >= 15  # the comparison is not of unchanged greedy answers (measured: 25 student, 23 teacher)
 
 
-STREAMED_REFUSAL = ("vLLM 0.32 refuses it after the stream's 200, with an error event carrying `code: 400` and "
-                    "`param`; the HTTP backend's stream parser (`_rejected_midstream`) makes that a mid-stream "
-                    "protocol error (502), not the upstream's 400: strict, so the fix there turns this red until the "
-                    "mark goes")
+# vLLM 0.32 refuses an out-of-vocabulary id after the stream's 200, with an error event carrying `code: 400` and
+# `param`: the HTTP backend takes an error event before any token, with a 4xx code, as the request's refusal.
 
 
-@pytest.mark.parametrize("streamed", [pytest.param(True, marks=pytest.mark.xfail(strict=True,
-                                                                                 reason=STREAMED_REFUSAL)), False],
-                         ids=["streamed", "not-streamed"])
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "not-streamed"])
 @pytest.mark.parametrize("field", ["logit_bias", "stop_token_ids"])
 async def test_a_token_id_outside_the_vocabulary_is_vllms_400_naming_the_field(vllm_servers, field, streamed):
     server = vllm_servers.teacher
