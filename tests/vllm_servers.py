@@ -93,10 +93,11 @@ def vllm_command(python: Path, model_dir: Path, name: str, port: int, *extra: st
 
 
 def spawn_vllm(python: Path, model_dir: Path, name: str, log: Path, cores: str, *extra: str,
-               env: dict | None = None) -> VllmServer:
+               env: dict | None = None, port: int | None = None) -> VllmServer:
     """Start one server in its own session (its engine core and worker processes are its children), its OpenMP
-    threads bound to `cores` (VLLM_CPU_OMP_THREADS_BIND: "0", "1", "0-1" or "nobind")."""
-    port = free_port()
+    threads bound to `cores` (VLLM_CPU_OMP_THREADS_BIND: "0", "1", "0-1" or "nobind"); on `port` (a restart) or a
+    free one."""
+    port = port or free_port()
     environment = os.environ | {
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; the default (0 = 4 GiB) per server is too much here
         "VLLM_CPU_OMP_THREADS_BIND": cores,
