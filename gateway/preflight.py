@@ -26,7 +26,8 @@ def port_problem(host: str, port: int) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        return f"cannot listen on {host}: {error.strerror}; set `host` (--host, KDGATE_HOST) to an address of this machine"
+        return (f"cannot listen on {host}: {error.strerror}; set `host` (--host, KDGATE_HOST) to an address of this "
+                "machine")
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,7 +37,8 @@ def port_problem(host: str, port: int) -> str | None:
             if error.errno == errno.EADDRINUSE:
                 return (f"port {port} on {host} is already in use (another kdgate? `ss -ltnp 'sport = :{port}'` "
                         "names it); stop it, or pick another port with --port or KDGATE_PORT")
-            return f"cannot listen on {host}:{port} ({error.strerror}); check --host / --port (KDGATE_HOST, KDGATE_PORT)"
+            return (f"cannot listen on {host}:{port} ({error.strerror}); check --host / --port (KDGATE_HOST, "
+                    "KDGATE_PORT)")
     return None
 
 
