@@ -54,7 +54,8 @@ NO_CACHE_HINTS = "a hint for OpenAI's prompt cache: a cache never changes the an
 # In OpenAI's order (its API reference), then vLLM's extensions in vLLM's.
 REQUEST_FIELDS: dict[str, RequestField] = {
     "messages": _honoured("the conversation: `system`, `developer`, `user` and `assistant` messages whose content is "
-                          "text (a string or text parts); other parts and other roles are refused"),
+                          "text (a string or text parts), each with its `name` if given (to the chat template, as "
+                          "vLLM does); other parts, other roles and other message keys are refused"),
     "model": _honoured("the served model id, or `<model>@<version>` for one student version; another id is a 404"),
     "audio": _refused("kdgate serves text models and cannot answer with audio; drop `audio`"),
     "frequency_penalty": _honoured("subtracted from a token's logit once for each time the answer has it (-2 to 2)"),

@@ -66,11 +66,23 @@ def _content_schema(schema: dict) -> None:
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     role: Role
     content: str | list[TextContentPart] = Field(json_schema_extra=_content_schema)
-    name: str | None = None
+    name: str | None = None  # passed to the chat template with the message, as vLLM does
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_message_fields(cls, value: Any) -> Any:
+        """A message key other than `role`, `content` and `name` is refused, never dropped: `tool_calls` and
+        `tool_call_id` belong to tool calling, which kdgate does not do yet."""
+        if isinstance(value, dict):
+            for key in value:
+                if key not in ("role", "content", "name"):
+                    raise ValueError(f"`{key}` in a message is not supported: kdgate sends each message's `role`, "
+                                     "`content` and `name` to the model and nothing else; drop it")
+        return value
 
     @field_validator("content", mode="before")
     @classmethod

@@ -306,7 +306,9 @@ class ChatServing:
         )
         return GenerationRequest(
             request_id=uuid.uuid4().hex,
-            messages=tuple({"role": message.role, "content": message.text()} for message in request.messages),
+            messages=tuple({"role": message.role, "content": message.text()} | ({"name": message.name} if message.name
+                                                                                 else {})
+                           for message in request.messages),
             sampling=sampling,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,

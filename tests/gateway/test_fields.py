@@ -370,3 +370,26 @@ def test_the_openai_client_gets_its_fields_honoured_and_refused(gateway):
     with pytest.raises(openai.BadRequestError) as refused:
         content(tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}])
     assert refused.value.param == "tools" and "not supported" in refused.value.message
+
+
+def test_a_message_key_is_honoured_or_refused_too(gateway):
+    """Inside a message: `name` was accepted and dropped, and any other key (`tool_calls`, `tool_call_id`) too. Now
+    `name` goes to the chat template with its message, as vLLM passes it, and any other key is a 400 naming it."""
+    from types import SimpleNamespace
+
+    from gateway.chat.protocol import ChatCompletionRequest
+    from gateway.chat.serving import ChatServing, ServingLimits
+
+    url = f"{gateway.url}/v1/chat/completions"
+    named = {"model": "kdgate-demo", "max_tokens": 4,
+             "messages": [{"role": "user", "content": "Hi, order 12345 never arrived.", "name": "gustav"}]}
+    assert httpx.post(url, json=named, timeout=60).status_code == 200
+    limits = ServingLimits(max_tokens_limit=4096, default_max_tokens=256, max_top_logprobs=20)
+    generation = ChatServing._generation_request(SimpleNamespace(limits=limits),
+                                                 ChatCompletionRequest.model_validate(named))
+    assert generation.messages[0] == {"role": "user", "content": "Hi, order 12345 never arrived.", "name": "gustav"}
+    for key, value in (("tool_call_id", "call_1"), ("tool_calls", []), ("refusal", None)):
+        body = named | {"messages": [named["messages"][0] | {key: value}]}
+        refused = httpx.post(url, json=body, timeout=60)
+        assert refused.status_code == 400, refused.text
+        assert f"`{key}` in a message is not supported" in refused.json()["error"]["message"]
