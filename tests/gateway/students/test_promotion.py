@@ -4,6 +4,7 @@ that splits traffic and one that is rolled back on its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -187,16 +188,23 @@ def test_of_two_promotions_at_once_one_wins_and_the_other_gets_409(versioned, de
     for name in ("v2", "v3"):
         assert admin(server, "POST", "", {"name": name, "model_dir": str(demo_dirs[1])}).status_code == 201
     manager = server.app.state.students
+    loading, release, load = threading.Event(), threading.Event(), manager.loader.load
+
+    async def held_load(version):  # v2's load waits until v3's promotion has been answered: a race, every time
+        loading.set()
+        await asyncio.to_thread(release.wait, 60)
+        return await load(version)
+
+    manager.loader.load = held_load
     first: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: first.append(admin(server, "POST", "/v2/promote")))
     thread.start()
-    deadline, saw_the_load = time.monotonic() + 30, False
-    while not saw_the_load and time.monotonic() < deadline:
-        saw_the_load = manager._changing.locked()  # v2's weights are loading
-        time.sleep(0 if saw_the_load else 0.001)
-    assert saw_the_load, "v2's promotion was never seen in progress: the second one would not race it"
-    second = admin(server, "POST", "/v3/promote")
-    thread.join(60)
+    assert loading.wait(30), "v2's promotion never reached its load: the second one would not race it"
+    try:
+        second = admin(server, "POST", "/v3/promote")
+    finally:
+        release.set()
+        thread.join(60)
     assert first[0].status_code == 200 and first[0].json()["active"] == "v2"
     assert second.status_code == 409 and second.json()["error"]["code"] == "conflict"
 
