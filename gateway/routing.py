@@ -117,7 +117,10 @@ class Router:
 
     async def start(self, generation: GenerationRequest, request: RouteRequest, forced_route: str | None) -> Routed:
         decision = self.decide(request, forced_route)
-        watch = self.handoff is not None and forced_route is None  # a forced route is served as asked, whole
+        # a forced route is served as asked, whole; an answer under a client's own grammar too, once started:
+        # no grammar of its rest can be derived for the teacher
+        watch = self.handoff is not None and forced_route is None and (
+            generation.constraint is None or generation.constraint.derivable)
         if decision is None:
             routed = await self._hold_back(self.policy.hold_back, generation, request)
         else:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from router.signals import LOGPROB_FLOOR  # noqa: F401  (declared once, with the routing signals that floor it)
+
+if TYPE_CHECKING:
+    from runtime.constraints.languages import Constraint
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class GenerationRequest:
     continue_final_message: bool = False
     prompt_logprobs: int | None = None  # vLLM's scoring extension: top-k logprobs of each prompt token
     token_ids: bool = False  # logprobs must carry token ids (an HTTP backend asks vLLM for `token_id:<id>` tokens)
+    structured_outputs: dict | None = None  # vLLM's `structured_outputs` object: the grammar the answer must follow
+    # the gateway's compiled form of that grammar (a regular language), kept so that a handoff can give the teacher
+    # the grammar of the rest of the answer; backends read `structured_outputs` only
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.chat import protocol
+from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
 from gateway.cost import Bill, CostMeter
 from gateway.fallback import RouteChange
@@ -27,6 +28,7 @@ from gateway.students.manager import StudentManager
 from gateway.students.slot import Lease
 from router.policy import RouteDecision, RouteRequest
 from router.reasons import Reason
+from runtime.constraints.languages import constraint as constraint_of
 from runtime.contract import Backend, Delta, Finish, GenerationRequest, SamplingParams
 from runtime.contract import TokenLogprob as EngineTokenLogprob
 from runtime.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
@@ -154,6 +156,7 @@ class ChatServing:
     async def _complete(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                         route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
                         ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
+        generation = await self._constrained(request, generation)
         capture, generation = Capture.plan(self.shadow, generation, forced)
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=False)
@@ -222,6 +225,7 @@ class ChatServing:
     async def _stream(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                       route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
                       ) -> PreparedStream:
+        generation = await self._constrained(request, generation)
         capture, generation = Capture.plan(self.shadow, generation, forced)
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=True)
@@ -259,6 +263,19 @@ class ChatServing:
             raise
 
     # ------------------------------------------------------------------------------------------------ preparation
+
+    async def _constrained(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest
+                           ) -> GenerationRequest:
+        """Behind the gateway, the answer's constraint as one regular language (runtime/constraints): both
+        backends get its grammar, and a handoff gives the teacher the grammar of the rest. An engine server passes
+        the client's constraint to its backend as vLLM's server does."""
+        if generation.structured_outputs is None or not isinstance(self.router, Router):
+            return generation
+        try:
+            constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
+        except InvalidRequest as error:
+            raise placed(error, response_format=request.structured_outputs is None) from None
+        return replace(generation, structured_outputs=constraint.structured_outputs, constraint=constraint)
 
     def _prepare(self, request: protocol.ChatCompletionRequest) -> tuple[GenerationRequest, RouteRequest]:
         if request.model is not None and request.model not in self.model_names():
@@ -314,6 +331,7 @@ class ChatServing:
             continue_final_message=request.continue_final_message,
             prompt_logprobs=request.prompt_logprobs,
             token_ids=request.logprobs and request.return_tokens_as_token_ids,  # else an HTTP backend gives texts
+            structured_outputs=request.structured_spec(),
         )
 
     # ------------------------------------------------------------------------------------------------ streaming
