@@ -363,6 +363,8 @@ class RouteInfo(BaseModel):
     model: str
     student_version: str | None = Field(default=None, description="the student version that served or started "
                                         "this request (also the `x-kdgate-student-version` header)")
+    handed_off_tokens: int | None = Field(default=None, description="after a mid-stream handoff: how many of the "
+                                          "answer's first tokens the student wrote (the teacher wrote the rest)")
 
 
 class PromptLogprob(BaseModel):

@@ -206,7 +206,7 @@ class ChatServing:
             prompt_logprobs=_wire_prompt_logprobs(finish) if request.prompt_logprobs is not None else None,
             prompt_token_ids=list(finish.prompt_token_ids) if request.return_token_ids and finish.prompt_token_ids
             else None,
-            kdgate=self._route_info(decision, backend, outcome.version),
+            kdgate=self._route_info(decision, backend, outcome.version, bill),
         )
         capture.finish(generation, decision, discarded, outcome.student_model(self), outcome.version)
         return response, decision
@@ -356,7 +356,7 @@ class ChatServing:
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
         model = request.model or self.served_model
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        route_info = self._route_info(decision, backend, shadow.student_version)
+        route_info = self._route_info(decision, backend, shadow.student_version, bill)
 
         frames = ChunkFrames(chunk_id, created, model)
         frame, plain = frames.frame, not request.logprobs
@@ -388,7 +388,7 @@ class ChatServing:
                 elif isinstance(event, RouteChange):
                     decision, backend = self._hand_off(event, bill)
                     lease.decision = decision
-                    route_info = self._route_info(decision, backend, shadow.student_version)
+                    route_info = self._route_info(decision, backend, shadow.student_version, bill)
                 elif isinstance(event, Finish):
                     finished = completed = lease.ok = True
                     outcome.finish = event
@@ -440,12 +440,12 @@ class ChatServing:
         as_ids = request.return_tokens_as_token_ids
         return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep, as_ids) for entry in logprobs])
 
-    def _route_info(self, decision: RouteDecision, backend: Backend, student_version: str | None
+    def _route_info(self, decision: RouteDecision, backend: Backend, student_version: str | None, bill: Bill
                     ) -> protocol.RouteInfo | None:
         if not self.announce_route:
             return None
         return protocol.RouteInfo(route=decision.route, reason=decision.reason, model=backend.info.model,
-                                  student_version=student_version)
+                                  student_version=student_version, handed_off_tokens=bill.handed_off)
 
     # ------------------------------------------------------------------------------------------------ metrics
 
