@@ -22,7 +22,7 @@ import torch
 
 from runtime.contract import Delta, Event, Finish, GenerationRequest
 from runtime.engine.batch import RunningBatch
-from runtime.engine.grammar import Grammars, SequenceGrammar, mask_logits
+from runtime.engine.grammar import Grammars, SequenceGrammar, allows_nothing, mask_logits
 from runtime.engine.logprobs import TokenTexts, prompt_logprobs, sampled_logprobs
 from runtime.engine.sampling import RowSampling, make_generator, sample_next
 from runtime.engine.structured_outputs import grammar_spec
@@ -306,13 +306,13 @@ class LocalEngine:
         """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)
 
         Constrained rows are masked first, in place: everything after (sampling, the logprobs) sees masked logits."""
-        self._mask_by_grammars(sequences, logits)
+        mask_logits(logits, [s.grammar for s in sequences])
         sampling = [s.request.sampling for s in sequences]
         failures: dict[int, Exception] = {}
         chosen = sample_next(logits, [RowSampling(s.request.sampling, s.prompt_ids, s.output_ids, s.generator)
                                       for s in sequences], failures)
         for row, error in failures.items():  # that request's parameters broke its own sampling: it alone fails
-            if sequences[row].finished:  # a grammar dead end: already told
+            if self._fail_at_grammar_dead_end(sequences[row], logits[row]):  # nothing to sample from: the grammar's
                 continue
             log.warning("request %s: sampling failed (%s: %s)", sequences[row].request.request_id,
                         type(error).__name__, error)
@@ -330,10 +330,11 @@ class LocalEngine:
                 continue
             sequence.output_ids.append(token_id)
             if sequence.grammar is not None and not sequence.grammar.accept(token_id):  # a masked token was chosen
-                log.error("request %s: its grammar rejected token %d", sequence.request.request_id, token_id)
-                sequence.finished = True
-                sequence.emit(EngineFailure("the local engine chose a token the request's grammar forbids; this is "
-                                            "a bug, please report it"))
+                if not self._fail_at_grammar_dead_end(sequence, logits[row]):
+                    log.error("request %s: its grammar rejected token %d", sequence.request.request_id, token_id)
+                    sequence.finished = True
+                    sequence.emit(EngineFailure("the local engine chose a token the request's grammar forbids; this "
+                                                "is a bug, please report it"))
                 continue
             try:
                 self._advance(sequence, token_id, entries[row])
@@ -343,14 +344,17 @@ class LocalEngine:
                 sequence.emit(EngineFailure(f"the local engine failed on this request: {type(exc).__name__}: {exc}"))
         return chosen
 
-    def _mask_by_grammars(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
-        """Mask each constrained row's logits (B, V) in place; a row whose grammar allows nothing fails alone."""
-        for row in mask_logits(logits, [s.grammar for s in sequences]):
-            sequences[row].finished = True
-            sequences[row].emit(InvalidRequest(
-                "the grammar of `structured_outputs` allows no token here: the token it needs is one of "
-                "`stop_token_ids` (those may only end the answer), or the vocabulary cannot spell it; remove that "
-                "id from `stop_token_ids` or change the grammar", parameter="structured_outputs"))
+    def _fail_at_grammar_dead_end(self, sequence: _Sequence, masked_row: torch.Tensor) -> bool:
+        """Fail the sequence, the client's fault, if its grammar allowed no token at all (V,); vLLM 0.32 samples a
+        forbidden token there and answers 500. False (nothing done) otherwise."""
+        if sequence.grammar is None or not allows_nothing(masked_row):
+            return False
+        sequence.finished = True
+        sequence.emit(InvalidRequest(
+            "the grammar of `structured_outputs` allows no token here: the token it needs is one of `stop_token_ids` "
+            "(those may only end the answer), or the vocabulary cannot spell it; remove that id from "
+            "`stop_token_ids` or change the grammar", parameter="structured_outputs"))
+        return True
 
     def _advance(self, sequence: _Sequence, token_id: int, entry) -> None:
         sampling = sequence.request.sampling

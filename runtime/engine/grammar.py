@@ -106,28 +106,28 @@ class SequenceGrammar:
         return True
 
 
-def mask_logits(logits: torch.Tensor, grammars: Sequence[SequenceGrammar | None]) -> list[int]:
+def mask_logits(logits: torch.Tensor, grammars: Sequence[SequenceGrammar | None]) -> None:
     """Set to -inf, in place, each constrained row's tokens its grammar does not allow next. Rows without a grammar,
     or whose grammar has terminated, are left as they are; with none to mask this costs nothing.
-
-    Returns the rows whose grammar allows no token at all: a dead end the request built (its `stop_token_ids`
-    name a token the grammar needs as text), which vLLM 0.32 meets by sampling a forbidden token and failing
-    with a 500.
 
     Args:
         logits: (B, V) float32 logits of the step, row b for `grammars[b]`.
     """
     rows = [row for row, grammar in enumerate(grammars) if grammar is not None and not grammar.terminated]
     if not rows:
-        return []
+        return
     import xgrammar
 
     bitmask = xgrammar.allocate_token_bitmask(logits.shape[0], logits.shape[-1])  # (B, ceil(V / 32)) int32, all set
     for row in rows:
         grammars[row].fill_mask(bitmask, row)
     xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows)
-    allowed_any = torch.isfinite(logits[rows]).any(dim=-1).tolist()  # (len(rows),)
-    return [row for row, alive in zip(rows, allowed_any, strict=True) if not alive]
+
+
+def allows_nothing(masked_row: torch.Tensor) -> bool:
+    """Whether a masked row (V,) has no token left: a dead end the request built (its `stop_token_ids` name a token
+    the grammar needs as text). Asked only when a row failed, not at every step: it costs a pass over the row."""
+    return not bool(torch.isfinite(masked_row).any())
 
 
 def _with_timeout(compile_regex, pattern: str):
