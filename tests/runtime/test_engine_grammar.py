@@ -17,6 +17,7 @@ import xgrammar
 from distill.demo import catalog
 from runtime.contract import GenerationRequest, SamplingParams
 from runtime.demo import ARTIFACTS_DIR
+from runtime.engine import grammar
 from runtime.engine.engine import EngineSettings, LocalEngine
 from runtime.engine.grammar import SequenceGrammar, mask_logits
 from runtime.engine.structured_outputs import grammar_spec
@@ -251,3 +252,12 @@ def test_rows_without_a_live_grammar_are_not_touched():
     before = logits.clone()
     mask_logits(logits, [None, ended, None])
     assert torch.equal(logits, before)
+
+
+async def test_a_regex_that_compiles_too_long_is_a_400(engine, monkeypatch):
+    """vLLM's guard against patterns whose automaton explodes: past the time limit the request is refused (this
+    pattern takes about 14 ms; the limit is lowered below that)."""
+    monkeypatch.setattr(grammar, "REGEX_TIMEOUT_S", 1e-4)
+    with pytest.raises(InvalidRequest) as refused:
+        await run(engine, ask(TICKETS[0], {"regex": "(.{1,100}){1,99}"}))
+    assert refused.value.parameter == "structured_outputs.regex" and "simplify" in refused.value.message
