@@ -74,7 +74,8 @@ async def answer(client: httpx.AsyncClient, url: str, body: dict) -> tuple[str, 
     return "".join(text), route, usage
 
 
-async def run(url: str, count: int, seed: int, concurrency: int, max_tokens: int) -> tuple[Arm, Arm]:
+async def run(url: str, count: int, seed: int, concurrency: int, max_tokens: int, temperature: float
+              ) -> tuple[Arm, Arm]:
     plain, constrained = Arm("unconstrained"), Arm("json_schema")
     validator = jsonschema_rs.validator_for(ANSWER_SCHEMA)
     gate = asyncio.Semaphore(concurrency)
@@ -86,8 +87,9 @@ async def run(url: str, count: int, seed: int, concurrency: int, max_tokens: int
         except ValueError:
             return False
 
-    async def one(client: httpx.AsyncClient, ticket, arm: Arm, extra: dict) -> None:
-        body = {"messages": ticket.messages(), "temperature": 0, "max_tokens": max_tokens} | extra
+    async def one(client: httpx.AsyncClient, index: int, ticket, arm: Arm, extra: dict) -> None:
+        body = {"messages": ticket.messages(), "temperature": temperature, "seed": index,
+                "max_tokens": max_tokens} | extra
         async with gate:
             text, route, tokens = await answer(client, url, body)
         arm.add(text, route, tokens, ticket.answer, valid(text))
@@ -95,9 +97,9 @@ async def run(url: str, count: int, seed: int, concurrency: int, max_tokens: int
 
     async with httpx.AsyncClient(timeout=300) as client:
         jobs = []
-        for ticket in take("test", count, seed=seed):
-            jobs += [one(client, ticket, plain, {}), one(client, ticket, constrained,
-                                                        {"response_format": SCHEMA_FORMAT})]
+        for index, ticket in enumerate(take("test", count, seed=seed)):
+            jobs += [one(client, index, ticket, plain, {}),
+                     one(client, index, ticket, constrained, {"response_format": SCHEMA_FORMAT})]
         await asyncio.gather(*jobs)
     progress.close()
     return plain, constrained
@@ -110,8 +112,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3, help="of the held-out `test` tickets")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=160, help="enough for every demo answer")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampled answers are seeded by ticket")
     args = parser.parse_args()
-    arms = asyncio.run(run(args.url.rstrip("/"), args.requests, args.seed, args.concurrency, args.max_tokens))
+    arms = asyncio.run(run(args.url.rstrip("/"), args.requests, args.seed, args.concurrency, args.max_tokens,
+                           args.temperature))
     print(f"{'arm':<14} {'requests':>8} {'handoffs':>9} {'escalated':>9} {'accuracy':>9} {'teacher tokens':>14} "
           f"{'invalid':>8}")
     for arm in arms:
