@@ -9,13 +9,18 @@ around the real one, which still does all the work."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
 import pytest
 
 from distill.demo.task import ANSWER_SCHEMA, take
 from gateway.settings import RoutingSettings
 from gateway.shadow.divergence import divergence
+from gateway.shadow.jobs import ShadowJob
 from gateway.shadow.masking import scores_under
+from gateway.shadow.worker import compiled, teacher_request
+from router.policy import RouteDecision
 from router.policy_file import Calibration, PolicyFile, save_policy
 from router.scorers import SignalScorer
 from runtime.constraints.automaton import NotInLanguage
@@ -59,6 +64,23 @@ def answer_requests(teacher: RecordingBackend, since: int = 0) -> list:
     """The requests for the teacher's own answers after the first `since` requests (its scoring of the student's
     answer is a prompt_logprobs request)."""
     return [request for request in teacher.requests[since:] if request.prompt_logprobs is None]
+
+
+def test_the_teachers_answer_is_asked_under_the_jobs_constraint():
+    job = ShadowJob(request_id="r", kind="shadow", messages=({"role": "user", "content": "hi"},),
+                    student_answer="billing", student_tokens=(), decision=RouteDecision("student", "policy"),
+                    student_model="s", max_tokens=16, created_at=datetime.now(UTC), constraint={"choice": ["billing"]})
+    language = compiled(job.constraint)
+    asked = teacher_request(job, list(job.messages), language, top_logprobs=5)
+    assert asked.structured_outputs == language.structured_outputs and asked.constraint is language
+    assert asked.sampling.temperature == 0.0 and asked.sampling.top_logprobs == 5 and asked.token_ids
+    assert teacher_request(job, list(job.messages), None, 5).structured_outputs is None  # free text stays free
+
+
+def test_a_constraint_that_no_longer_compiles_is_passed_on_and_scored_unmasked():
+    spec = {"json": {"type": "integer", "minimum": 3}}  # refused (numeric bounds): as if an upgrade refused it
+    language = compiled(spec)
+    assert language.automaton is None and language.structured_outputs == spec
 
 
 @pytest.fixture(scope="module")
