@@ -10,6 +10,7 @@ text), since the cancelled student never reports its own.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -18,13 +19,18 @@ from gateway.fallback import RouteChange, teacher_or_student
 from router.handoff import HandoffRule
 from router.policy import RouteDecision
 from router.reasons import Reason
+from runtime.constraints.automaton import NotInLanguage
 from runtime.contract import Backend, Delta, Event, Finish, GenerationRequest
+
+log = logging.getLogger("kdgate.handoff")
 
 
 def continuation(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest:
     """The teacher's request: the same conversation with `text` as the (start of the) assistant's reply. With
     nothing released yet (a handoff at the first token) it is the client's own request: an empty assistant message
-    to continue is one the client never sent, and servers refuse it."""
+    to continue is one the client never sent, and servers refuse it. A constrained answer's continuation is
+    constrained by the grammar of its rest (vLLM would start the grammar afresh after the text); `NotInLanguage`
+    when the text cannot start a document of it."""
     if not text:
         return replace(generation, request_id=f"{generation.request_id}-handoff")
     messages = list(generation.messages)
@@ -33,8 +39,21 @@ def continuation(generation: GenerationRequest, text: str, tokens: int) -> Gener
     else:
         messages.append({"role": "assistant", "content": text})
     sampling = replace(generation.sampling, max_tokens=max(1, generation.sampling.max_tokens - tokens))
+    structured = (generation.constraint.after(text) if generation.constraint is not None
+                  else generation.structured_outputs)
     return replace(generation, request_id=f"{generation.request_id}-handoff", messages=tuple(messages),
-                   sampling=sampling, add_generation_prompt=False, continue_final_message=True)
+                   sampling=sampling, add_generation_prompt=False, continue_final_message=True,
+                   structured_outputs=structured)
+
+
+def _continuation_or_none(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest | None:
+    """The teacher's request; None when the student's text breaks the answer's constraint (a backend that does not
+    apply grammars): the teacher could not complete it validly, so the student goes on."""
+    try:
+        return continuation(generation, text, tokens)
+    except NotInLanguage as error:
+        log.error("no handoff for request %s: %s", generation.request_id, error)
+        return None
 
 
 async def with_handoff(student_events: AsyncIterator[Event | RouteChange], generation: GenerationRequest,
@@ -57,10 +76,13 @@ async def with_handoff(student_events: AsyncIterator[Event | RouteChange], gener
             if isinstance(event, Delta):
                 collapsed_at = next((entry.logprob for entry in event.logprobs if rule.collapses(entry.logprob)),
                                     None)
+                continued_request = None
                 if collapsed_at is not None:
+                    continued_request = _continuation_or_none(generation, "".join(released_text), released_tokens)
+                if continued_request is not None:
                     decision = RouteDecision("teacher", Reason.HANDOFF, score=math.exp(collapsed_at),
                                              threshold=rule.min_prob)
-                    teacher_events = open_teacher(continuation(generation, "".join(released_text), released_tokens))
+                    teacher_events = open_teacher(continued_request)
                     async for continued in teacher_or_student(teacher_events, student, [event], student_events):
                         if isinstance(continued, RouteChange):  # the teacher could not: the student goes on
                             decision = None

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from router.signals import LOGPROB_FLOOR  # noqa: F401  (declared once, with the routing signals that floor it)
+
+if TYPE_CHECKING:
+    from runtime.constraints.languages import Constraint
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class GenerationRequest:
     # `json_object: true`. The answer is generated under that grammar from its first token, ending only where the
     # grammar can (runtime.engine.structured_outputs says what the local engine accepts). None: unconstrained.
     structured_outputs: dict | None = None
+    # the gateway's compiled form of it (a regular language), kept so that a handoff can give the teacher the
+    # grammar of the rest of the answer; backends read `structured_outputs` only
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from distill.demo import catalog
 
 ANSWER_FIELDS = ("queue", "priority", "reply")
+# The answer as a JSON schema, for clients that ask for it (`response_format`): what `format_answer` writes
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"queue": {"type": "string", "enum": list(catalog.QUEUES)},
+                   "priority": {"type": "string", "enum": list(catalog.PRIORITIES)},
+                   "reply": {"type": "string"}},
+    "required": list(ANSWER_FIELDS),
+    "additionalProperties": False,
+}
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 TWO_ORDER_SHARE = 0.6  # tickets listing two orders, where the answer must follow the broken product's own number
 RENAMED_SHARE = 0.5  # of those, the issue sentence names the product differently from the listing (alias vs name)

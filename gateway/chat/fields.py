@@ -78,8 +78,9 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "prompt_cache_options": _ignored(NO_CACHE_HINTS),
     "prompt_cache_retention": _ignored(NO_CACHE_HINTS),
     "reasoning_effort": _refused("the served models do not reason; drop `reasoning_effort`"),
-    "response_format": _refused('kdgate cannot constrain the answer to JSON or a schema yet; drop `response_format` '
-                                '(or send `{"type": "text"}`)', {"type": "text"}),
+    "response_format": _honoured("`json_schema` (`strict` or not, the answer is a document of the schema; a schema "
+                                 "keyword kdgate cannot enforce is a 400 naming it) or `json_object`; kept through "
+                                 "escalation and a mid-stream handoff"),
     "safety_identifier": _ignored("an end-user id for OpenAI's abuse detection: it does not change the answer"),
     "seed": _honoured("seeds the request's own sampler: the same seed and parameters give the same answer"),
     "service_tier": _ignored("OpenAI's processing tier (latency and price): kdgate has one, the answer is the same"),
@@ -114,6 +115,9 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "return_token_ids": _honoured("`prompt_token_ids` of the rendered prompt in the response (with "
                                   "`prompt_logprobs`, which may be 0; alone it is a 400)", "vllm"),
     "return_tokens_as_token_ids": _honoured("with `logprobs`, each token written `token_id:<id>`", "vllm"),
+    "structured_outputs": _honoured("one of `json` (a schema), `json_object`, `regex`, `choice` or `grammar` (EBNF), "
+                                    "with `whitespace_pattern`; an answer under a `grammar` is never handed over "
+                                    "mid-stream", "vllm"),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.chat.fields import REQUEST_FIELDS, Treatment, refusal
+from gateway.chat.formats import ResponseFormat, StructuredOutputs
 
 OPENAI_MAX_STOP_SEQUENCES = 4
 LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; vLLM clamps to it, kdgate refuses beyond it
@@ -186,6 +187,7 @@ class ChatCompletionRequest(BaseModel):
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
+    response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
     seed: bounded(*SEED_RANGE) | None = None
     service_tier: str | None = None
@@ -212,6 +214,7 @@ class ChatCompletionRequest(BaseModel):
     prompt_logprobs: bounded(0) | None = None
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
+    structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -297,6 +300,24 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("`continue_final_message` needs the last message to have role `assistant`")
         return self
 
+    @model_validator(mode="after")
+    def check_structured_outputs(self) -> ChatCompletionRequest:
+        self.structured_spec()  # raises for a response_format that contradicts itself
+        if self.structured_outputs is not None and self.response_format is not None and (
+                self.response_format.type != "text"):
+            raise ValueError("`structured_outputs` and `response_format` both constrain the answer; send one")
+        if self.structured_outputs is not None and self.structured_outputs.disable_additional_properties:
+            raise ValueError("`structured_outputs.disable_additional_properties` is not supported: kdgate never "
+                             "adds a property that a schema's `properties` does not list; drop it and give "
+                             "`properties` with `additionalProperties: false`")
+        return self
+
+    def structured_spec(self) -> dict | None:
+        """The answer's constraint as vLLM's `structured_outputs` object; None for free text."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs.spec()
+        return self.response_format.structured_outputs() if self.response_format is not None else None
+
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens` wins over the deprecated `max_tokens`, as in OpenAI's API."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -342,6 +363,8 @@ class RouteInfo(BaseModel):
     model: str
     student_version: str | None = Field(default=None, description="the student version that served or started "
                                         "this request (also the `x-kdgate-student-version` header)")
+    handed_off_tokens: int | None = Field(default=None, description="after a mid-stream handoff: how many of the "
+                                          "answer's first tokens the student wrote (the teacher wrote the rest)")
 
 
 class PromptLogprob(BaseModel):

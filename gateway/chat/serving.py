@@ -13,9 +13,10 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.chat import protocol
+from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
 from gateway.cost import Bill, CostMeter
 from gateway.fallback import RouteChange
@@ -27,6 +28,7 @@ from gateway.students.manager import StudentManager
 from gateway.students.slot import Lease
 from router.policy import RouteDecision, RouteRequest
 from router.reasons import Reason
+from runtime.constraints.languages import constraint as constraint_of
 from runtime.contract import Backend, Delta, Finish, GenerationRequest, SamplingParams
 from runtime.contract import TokenLogprob as EngineTokenLogprob
 from runtime.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
@@ -154,6 +156,7 @@ class ChatServing:
     async def _complete(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                         route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
                         ) -> tuple[protocol.ChatCompletionResponse, RouteDecision]:
+        generation = await self._constrained(request, generation)
         capture, generation = Capture.plan(self.shadow, generation, forced)
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=False)
@@ -203,7 +206,7 @@ class ChatServing:
             prompt_logprobs=_wire_prompt_logprobs(finish) if request.prompt_logprobs is not None else None,
             prompt_token_ids=list(finish.prompt_token_ids) if request.return_token_ids and finish.prompt_token_ids
             else None,
-            kdgate=self._route_info(decision, backend, outcome.version),
+            kdgate=self._route_info(decision, backend, outcome.version, bill),
         )
         capture.finish(generation, decision, discarded, outcome.student_model(self), outcome.version)
         return response, decision
@@ -222,6 +225,7 @@ class ChatServing:
     async def _stream(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest,
                       route_request: RouteRequest, forced: str | None, started: float, outcome: _LeaseOutcome
                       ) -> PreparedStream:
+        generation = await self._constrained(request, generation)
         capture, generation = Capture.plan(self.shadow, generation, forced)
         decision, backend, events, discarded = await self._start(outcome.router(self.router), generation,
                                                                  route_request, forced, stream=True)
@@ -259,6 +263,19 @@ class ChatServing:
             raise
 
     # ------------------------------------------------------------------------------------------------ preparation
+
+    async def _constrained(self, request: protocol.ChatCompletionRequest, generation: GenerationRequest
+                           ) -> GenerationRequest:
+        """Behind the gateway, the answer's constraint as one regular language (runtime/constraints): both
+        backends get its grammar, and a handoff gives the teacher the grammar of the rest. An engine server passes
+        the client's constraint to its backend as vLLM's server does."""
+        if generation.structured_outputs is None or not isinstance(self.router, Router):
+            return generation
+        try:
+            constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
+        except InvalidRequest as error:
+            raise placed(error, response_format=request.structured_outputs is None) from None
+        return replace(generation, structured_outputs=constraint.structured_outputs, constraint=constraint)
 
     def _prepare(self, request: protocol.ChatCompletionRequest) -> tuple[GenerationRequest, RouteRequest]:
         if request.model is not None and request.model not in self.model_names():
@@ -314,6 +331,7 @@ class ChatServing:
             continue_final_message=request.continue_final_message,
             prompt_logprobs=request.prompt_logprobs,
             token_ids=request.logprobs and request.return_tokens_as_token_ids,  # else an HTTP backend gives texts
+            structured_outputs=request.structured_spec(),
         )
 
     # ------------------------------------------------------------------------------------------------ streaming
@@ -338,7 +356,7 @@ class ChatServing:
         chunk_id, created = f"chatcmpl-{generation.request_id}", int(time.time())
         model = request.model or self.served_model
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        route_info = self._route_info(decision, backend, shadow.student_version)
+        route_info = self._route_info(decision, backend, shadow.student_version, bill)
 
         frames = ChunkFrames(chunk_id, created, model)
         frame, plain = frames.frame, not request.logprobs
@@ -370,7 +388,7 @@ class ChatServing:
                 elif isinstance(event, RouteChange):
                     decision, backend = self._hand_off(event, bill)
                     lease.decision = decision
-                    route_info = self._route_info(decision, backend, shadow.student_version)
+                    route_info = self._route_info(decision, backend, shadow.student_version, bill)
                 elif isinstance(event, Finish):
                     finished = completed = lease.ok = True
                     outcome.finish = event
@@ -422,12 +440,12 @@ class ChatServing:
         as_ids = request.return_tokens_as_token_ids
         return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep, as_ids) for entry in logprobs])
 
-    def _route_info(self, decision: RouteDecision, backend: Backend, student_version: str | None
+    def _route_info(self, decision: RouteDecision, backend: Backend, student_version: str | None, bill: Bill
                     ) -> protocol.RouteInfo | None:
         if not self.announce_route:
             return None
         return protocol.RouteInfo(route=decision.route, reason=decision.reason, model=backend.info.model,
-                                  student_version=student_version)
+                                  student_version=student_version, handed_off_tokens=bill.handed_off)
 
     # ------------------------------------------------------------------------------------------------ metrics
 

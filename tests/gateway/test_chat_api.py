@@ -41,7 +41,7 @@ def test_non_streaming_response_has_openai_shape_usage_and_route(gateway):
     assert usage["completion_tokens"] >= 1 and usage["prompt_tokens"] > 10
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert response.headers["x-kdgate-route"] == "student"
-    assert body["kdgate"] == {"route": "student", "reason": "policy:student_only", "model": "demo-student", "student_version": "initial"}
+    assert body["kdgate"] == {"route": "student", "reason": "policy:student_only", "model": "demo-student", "student_version": "initial", "handed_off_tokens": None}
 
 
 def test_stream_follows_sse_contract(gateway):
@@ -80,7 +80,7 @@ def test_force_header_routes_to_teacher_over_http(gateway):
     assert response.headers["x-kdgate-route"] == "teacher"
     assert response.headers["x-kdgate-route-reason"] == "forced:header"
     assert response.json()["kdgate"] == {"route": "teacher", "reason": "forced:header", "model": "demo-teacher",
-                                        "student_version": None}
+                                        "student_version": None, "handed_off_tokens": None}
 
 
 def test_logprobs_are_returned_in_openai_shape(gateway):

@@ -109,7 +109,7 @@ def test_confident_student_is_released_in_order_without_duplicates(client):
     assert len(tokens) == chunks[-1].usage.completion_tokens  # each held-back token sent exactly once
     assert all(len(entry.top_logprobs) == 2 for entry in tokens)  # the client's k, not the router's 5
     assert chunks[-1].model_extra["kdgate"] == {"route": "student", "reason": "confidence:high",
-                                                "model": "demo-student", "student_version": "initial"}
+                                                "model": "demo-student", "student_version": "initial", "handed_off_tokens": None}
 
 
 @escalating
@@ -231,3 +231,4 @@ def test_a_student_that_fails_during_hold_back_escalates(engine_server, tmp_path
         headers, chunks, text = streamed(client)
     assert (headers["x-kdgate-route"], headers["x-kdgate-route-reason"]) == ("teacher", "student_error")
     assert text and chunks[-1].usage.completion_tokens >= 1
+

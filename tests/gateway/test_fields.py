@@ -106,13 +106,12 @@ REFUSED_VALUES = {
     "moderation": {"model": "omni-moderation-latest"},
     "parallel_tool_calls": False,
     "reasoning_effort": "low",
-    "response_format": {"type": "json_object"},
     "tool_choice": "auto",
     "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     "verbosity": "low",
     "web_search_options": {},
 }
-HARMLESS_VALUES = [("response_format", {"type": "text"}), ("tools", []), ("tool_choice", "none"),
+HARMLESS_VALUES = [("tools", []), ("tool_choice", "none"),
                    ("modalities", ["text"])] + [(name, None) for name in REFUSED_VALUES]
 
 
@@ -303,6 +302,27 @@ def probe_return_token_ids(ask: Asker) -> None:
     body = ask({"return_token_ids": True, "prompt_logprobs": 0})
     assert len(body["prompt_token_ids"]) == body["usage"]["prompt_tokens"]
     assert "prompt_token_ids" not in ask({"prompt_logprobs": 0})
+
+
+def probe_response_format(ask: Asker) -> None:
+    """The repetitive prompt's free answer is no JSON; asked for a schema or an object, it is one."""
+    with pytest.raises(ValueError):
+        json.loads(ask.content())
+    schema = {"type": "object", "properties": {"word": {"type": "string", "enum": ["the", "a"]}},
+              "required": ["word"], "additionalProperties": False}
+    fitted = ask.content({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
+                          "max_tokens": 40})
+    assert json.loads(fitted)["word"] in ("the", "a")
+    ticket = {"messages": [{"role": "user", "content": TICKET}], "max_tokens": 160}  # an object the model can end
+    assert isinstance(json.loads(ask.content(ticket | {"response_format": {"type": "json_object"}})), dict)
+    assert ask.content({"response_format": {"type": "text"}}) == ask.content()
+
+
+def probe_structured_outputs(ask: Asker) -> None:
+    assert ask.content({"structured_outputs": {"choice": ["maybe", "certainly"]}}) in ("maybe", "certainly")
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", ask.content({"structured_outputs": {"regex": r"[0-9]{3}-[a-z]{2}"}}))
+    grammar = 'root ::= "order " [0-9] [0-9]'
+    assert re.fullmatch(r"order [0-9]{2}", ask.content({"structured_outputs": {"grammar": grammar}}))
 
 
 def probe_return_tokens_as_token_ids(ask: Asker) -> None:

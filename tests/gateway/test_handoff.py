@@ -58,7 +58,7 @@ def test_the_teacher_continues_from_the_last_sure_student_token(client, engine_s
     assert all(entry.logprob >= math.log(MIN_PROB) for entry in streamed[:cut])  # no collapsed student token sent
     assert chunks[-1].usage.completion_tokens == cut + continued["usage"]["completion_tokens"]
     assert chunks[-1].model_extra["kdgate"] == {"route": "teacher", "reason": "handoff", "model": "demo-teacher",
-                                                 "student_version": "initial"}
+                                                 "student_version": "initial", "handed_off_tokens": cut}
     assert chunks[0].choices[0].delta.role == "assistant"
 
 

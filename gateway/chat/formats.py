@@ -1,0 +1,73 @@
+"""Structured outputs on the wire: OpenAI's `response_format` and vLLM's `structured_outputs`, both turned into
+vLLM's `structured_outputs` object (as vLLM itself turns `response_format` into it) for the backends.
+
+`strict` is accepted either way: kdgate always constrains the answer by the whole schema, and refuses a schema
+keyword it cannot enforce (runtime/constraints/schema_check.py) instead of loosening it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.errors import InvalidRequest
+
+SCHEMA_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for `json_schema.name`
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = Field(pattern=SCHEMA_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`text` (the default), `json_object` (any JSON object) or `json_schema` (a document of that schema)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def structured_outputs(self) -> dict | None:
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError("`response_format.json_schema` is required with type `json_schema`; send "
+                                 '`{"name": ..., "schema": {...}}`')
+            return {"json": self.json_schema.schema_}
+        if self.json_schema is not None:
+            raise ValueError(f"`response_format.json_schema` goes with type `json_schema` only, not `{self.type}`")
+        return {"json_object": True} if self.type == "json_object" else None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` (`StructuredOutputsParams`): exactly one of `json`, `json_object`, `regex`,
+    `choice`, `grammar`, with JSON's whitespace options."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    def spec(self) -> dict:
+        return self.model_dump(by_alias=True, exclude_defaults=True)
+
+
+def placed(error: InvalidRequest, response_format: bool) -> InvalidRequest:
+    """A schema error (parameter `schema...`, from runtime/constraints) named where the client put the schema."""
+    parameter = error.parameter or ""
+    if not parameter.startswith("schema"):
+        return error
+    where = ("response_format.json_schema.schema" if response_format else "structured_outputs.json") + (
+        parameter.removeprefix("schema"))
+    return InvalidRequest(str(error).replace(f"`{parameter}`", f"`{where}`"), parameter=where)
