@@ -11,7 +11,6 @@ stop token it is terminated and no longer masks (vLLM fills a full mask); the se
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from collections.abc import Collection, Sequence
@@ -22,8 +21,6 @@ import torch
 
 from runtime.engine.structured_outputs import GrammarSpec
 from runtime.errors import InvalidRequest
-
-log = logging.getLogger(__name__)
 
 CACHE_LIMIT_BYTES = 512 * 2**20  # vLLM's VLLM_XGRAMMAR_CACHE_MB default: compiled grammars kept for reuse
 REGEX_TIMEOUT_S = 5.0  # vLLM's VLLM_REGEX_COMPILATION_TIMEOUT_S: a regex whose automaton explodes is refused
