@@ -24,12 +24,13 @@ from gateway.auth import AuthMiddleware, Credentials, load_credentials
 from gateway.banner import banner
 from gateway.breaker import CircuitBreaker, HealthChecker
 from gateway.chat import routes as chat_routes
-from gateway.chat.serving import ChatServing, ServingLimits
+from gateway.chat.serving import ChatServing
 from gateway.cost import CostMeter
 from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
+from gateway.serving import ServingLimits
 from gateway.settings import GatewaySettings, LimitsSettings
 from gateway.shadow.service import open_shadow
 from gateway.students import routes as student_routes
