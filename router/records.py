@@ -29,6 +29,7 @@ class RouteRecord:
     teacher_completion_tokens: int | None = None  # the teacher's answer length (teacher token cost)
     reference: str | None = None  # the right answer, when known (the demo's ground truth), to judge new answers
     messages: list[dict] | None = None  # the conversation the student answered, to ask again (handoff replays)
+    structured_outputs: dict | None = None  # the constraint both answered under (vLLM's shape); None: free text
 
     def signals(self) -> TokenSignals:
         return signals_from_rows(self.student_top, self.student_sampled)
@@ -36,6 +37,7 @@ class RouteRecord:
     def to_json(self) -> str:
         return json.dumps({
             "id": self.id, "group": self.group, "reference": self.reference, "messages": self.messages,
+            "structured_outputs": self.structured_outputs,
             "student": {"text": self.student_text, "correct": self.student_correct, "tokens": self.student_tokens,
                         "sampled": self.student_sampled, "top": self.student_top},
             "teacher": {"text": self.teacher_text, "correct": self.teacher_correct,
@@ -51,7 +53,7 @@ class RouteRecord:
                    student_correct=student.get("correct"), teacher_text=teacher.get("text"),
                    teacher_correct=teacher.get("correct"), student_tokens=student.get("tokens"),
                    teacher_completion_tokens=teacher.get("completion_tokens"), reference=raw.get("reference"),
-                   messages=raw.get("messages"))
+                   messages=raw.get("messages"), structured_outputs=raw.get("structured_outputs"))
 
 
 def floor(logprob: float) -> float:

@@ -4,7 +4,11 @@ A backend turns a `GenerationRequest` into an async stream of `Delta` events (ne
 tokens that produced it) ending with one `Finish`. Logprobs follow vLLM's conventions exactly: raw model logprobs
 (before `logit_bias`, the penalties, temperature and the top-k/top-p/min-p filters: vLLM's default
 `--logprobs-mode raw_logprobs`), the sampled token first in `top_logprobs` and then the others by rank, `-inf` reported
-as -9999.0. Closing the stream early (client gone, routing switched backends) cancels the work upstream.
+as -9999.0. Under a grammar (`structured_outputs`) they are those of the masked distribution, as vLLM applies the
+grammar's mask before it computes them: the tokens the grammar allows renormalised among themselves (a forced token
+has logprob 0.0), every other token -9999.0 (so `top_logprobs` lists the allowed tokens, then forbidden ones at
+-9999.0 when fewer than k are allowed). Closing the stream early (client gone, routing switched backends) cancels the
+work upstream.
 """
 
 from __future__ import annotations
@@ -52,9 +56,13 @@ class GenerationRequest:
     continue_final_message: bool = False
     prompt_logprobs: int | None = None  # vLLM's scoring extension: top-k logprobs of each prompt token
     token_ids: bool = False  # logprobs must carry token ids (an HTTP backend asks vLLM for `token_id:<id>` tokens)
-    structured_outputs: dict | None = None  # vLLM's `structured_outputs` object: the grammar the answer must follow
-    # the gateway's compiled form of that grammar (a regular language), kept so that a handoff can give the teacher
-    # the grammar of the rest of the answer; backends read `structured_outputs` only
+    # vLLM's `structured_outputs` object as its chat API takes it (vLLM 0.32 `StructuredOutputsParams`): exactly one
+    # of `json` (a JSON schema, dict or text), `regex`, `choice` (list of str), `grammar` (EBNF or Lark),
+    # `json_object: true`. The answer is generated under that grammar from its first token, ending only where the
+    # grammar can (runtime.engine.structured_outputs says what the local engine accepts). None: unconstrained.
+    structured_outputs: dict | None = None
+    # the gateway's compiled form of it (a regular language), kept so that a handoff can give the teacher the
+    # grammar of the rest of the answer; backends read `structured_outputs` only
     constraint: Constraint | None = None
     # A raw prompt (vLLM's /v1/completions): `messages` is then empty, no chat template applies, and the backend
     # tokenizes the text as vLLM's completions API does, with the special tokens its tokenizer adds (a BOS, if it has

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -54,6 +55,12 @@ def engine_flags(launch_command: list[str]) -> list[str]:
 
 def served_name(launch_command: list[str]) -> str:
     return next(flag.split("=", 1)[1] for flag in launch_command if flag.startswith("--served-model-name="))
+
+
+def absolute(python: str | None) -> str | None:
+    """The vLLM python as an absolute path: the servers run in the stack's folder, where `./dev serve-vllm`'s
+    `.venv-vllm/bin/python` named nothing. Not resolved: a venv's python is a link out of the venv."""
+    return os.path.abspath(python) if python else None
 
 
 def vllm_command(python: str, model_dir: Path, port: int, launch_command: list[str]) -> list[str]:
@@ -192,7 +199,7 @@ def main() -> int:
     stack = Stack(folder, on_start=lambda name, log: print(f"starting {name} (log: {log}) ...", flush=True))
     try:
         info = start(stack, args.student.resolve(), args.teacher.resolve(),
-                     args.store_url or f"sqlite:///{folder / 'store.sqlite3'}", args.threads, args.vllm,
+                     args.store_url or f"sqlite:///{folder / 'store.sqlite3'}", args.threads, absolute(args.vllm),
                      args.serving_only, args.port)
         write(folder / "stack.json", json.dumps(info, indent=2))
         for name, url in stack.urls.items():

@@ -20,6 +20,9 @@ def parse_prefix(value: str) -> int | None:
     return int(value)
 
 
+SCHEMA_HELP = ("answer under the demo's answer schema (`response_format: json_schema`), as a client asking for JSON "
+               "would: routing measured under the grammar, handoffs continued under the grammar of the rest")
+
 @app.command()
 def collect(
     out: Path = typer.Option(..., dir_okay=False, help="JSONL file to write"),
@@ -30,15 +33,17 @@ def collect(
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads of each local backend (default: the "
                                        "settings' `threads`; 1 is fastest for the demo models)"),
+    schema: bool = typer.Option(False, help=SCHEMA_HELP),
 ) -> None:
     """Answer demo tickets with the student (keeping its logprobs) and the teacher; label both; write records.
 
     Example:  kdgate router collect --split val --examples 1000 --out runs/records-val.jsonl
     """
-    from kdgate.routing.collect import collect_from_settings
+    from kdgate.routing.collect import answer_schema, collect_from_settings
     from router.records import write_records
 
-    records = asyncio.run(collect_from_settings(config, split, examples, seed, top_logprobs, threads))
+    records = asyncio.run(collect_from_settings(config, split, examples, seed, top_logprobs, threads,
+                                                answer_schema() if schema else None))
     write_records(out, records)
     student = sum(bool(record.student_correct) for record in records) / len(records)
     teacher = sum(bool(record.teacher_correct) for record in records) / len(records)
@@ -95,6 +100,7 @@ def evaluate(
     ttft_requests: int = typer.Option(30, min=0, help="requests per configuration for TTFT (0: skip)"),
     handoff: bool = typer.Option(True, help="also measure mid-stream handoff at equal teacher token cost"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
+    schema: bool = typer.Option(False, help=SCHEMA_HELP),
 ) -> None:
     """Accuracy vs teacher share for every prefix length and scorer, APGR/CPT, drift, TTFT: JSON, PNG, Markdown.
 
@@ -103,4 +109,4 @@ def evaluate(
     from kdgate.routing.evaluate import run_evaluation
 
     run_evaluation(out, fit, data, examples, target_teacher_fraction, [parse_prefix(p) for p in prefixes], kinds,
-                   ttft_requests, config, handoff)
+                   ttft_requests, config, handoff, schema)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from distill.demo import task
 from distill.demo.scoring import parse_answer
 from router.records import RouteRecord, floor
+from runtime.constraints.languages import constraint
 from runtime.contract import Backend, GenerationRequest, SamplingParams, collect
 
 MAX_TOKENS = 96  # the longest demo answer is well under this
@@ -35,9 +36,21 @@ async def answer(backend: Backend, request: GenerationRequest) -> Answer:
                   completion_tokens=collected.finish.completion_tokens if collected.finish else 0)
 
 
-def greedy(request_id: str, messages: list[dict], top_logprobs: int | None) -> GenerationRequest:
-    return GenerationRequest(request_id, tuple(messages),
-                             SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_logprobs=top_logprobs))
+def greedy(request_id: str, messages: list[dict], top_logprobs: int | None, structured: dict | None = None
+           ) -> GenerationRequest:
+    """The request the gateway would send; `structured`: the client's constraint, compiled as the gateway compiles
+    it (both backends get its grammar, a handoff's continuation the grammar of the rest)."""
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_logprobs=top_logprobs)
+    if structured is None:
+        return GenerationRequest(request_id, tuple(messages), sampling)
+    language = constraint(structured)
+    return GenerationRequest(request_id, tuple(messages), sampling, structured_outputs=language.structured_outputs,
+                             constraint=language)
+
+
+def answer_schema() -> dict:
+    """The demo answer's schema as a client would ask for it (`response_format: json_schema`)."""
+    return {"json": task.ANSWER_SCHEMA}
 
 
 def is_right(text: str, ticket: task.Ticket) -> bool:
@@ -45,7 +58,8 @@ def is_right(text: str, ticket: task.Ticket) -> bool:
 
 
 async def collect_demo(student: Backend, teacher: Backend, split: str, examples: int, seed: int = 0,
-                       top_logprobs: int = 5, concurrency: int = 32) -> list[RouteRecord]:
+                       top_logprobs: int = 5, concurrency: int = 32, structured: dict | None = None
+                       ) -> list[RouteRecord]:
     tickets = task.take(split, examples, seed=seed)
     gate = asyncio.Semaphore(concurrency)  # enough in flight for the engines to batch
     progress = tqdm(total=len(tickets), desc=f"records ({split})", unit="ticket")
@@ -54,8 +68,8 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
         async with gate:
             messages = ticket.messages()
             student_answer, teacher_answer = await asyncio.gather(
-                answer(student, greedy(f"{split}-{index}-s", messages, top_logprobs)),
-                answer(teacher, greedy(f"{split}-{index}-t", messages, None)))
+                answer(student, greedy(f"{split}-{index}-s", messages, top_logprobs, structured)),
+                answer(teacher, greedy(f"{split}-{index}-t", messages, None, structured)))
         progress.update()
         return RouteRecord(id=f"{split}-{seed}-{index}", group=ticket.factors.get("shape"),
                            student_text=student_answer.text, student_top=student_answer.top,
@@ -63,7 +77,7 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
                            student_correct=is_right(student_answer.text, ticket), teacher_text=teacher_answer.text,
                            teacher_correct=is_right(teacher_answer.text, ticket),
                            teacher_completion_tokens=teacher_answer.completion_tokens, reference=ticket.answer_json(),
-                           messages=messages)
+                           messages=messages, structured_outputs=structured)
 
     try:
         return list(await asyncio.gather(*(one(index, ticket) for index, ticket in enumerate(tickets))))
@@ -72,7 +86,7 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
 
 
 async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int,
-                                threads: int | None = None) -> list[RouteRecord]:
+                                threads: int | None = None, structured: dict | None = None) -> list[RouteRecord]:
     """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default); `threads`
     sets each local backend's torch threads."""
     from gateway.settings import load_settings
@@ -84,4 +98,5 @@ async def collect_from_settings(config, split: str, examples: int, seed: int, to
     backends = {role: backend.model_copy(update={"threads": threads}) if threads and backend.kind == "local"
                 else backend for role, backend in settings.backends().items()}
     async with open_backends(backends, settings.http) as backends:
-        return await collect_demo(backends["student"], backends["teacher"], split, examples, seed, top_logprobs)
+        return await collect_demo(backends["student"], backends["teacher"], split, examples, seed, top_logprobs,
+                                  structured=structured)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from kdgate.routing import report
-from kdgate.routing.collect import collect_from_settings
+from kdgate.routing.collect import answer_schema, collect_from_settings
 from kdgate.routing.handoff_eval import evaluate_handoff, handoff_table, prefix_routing_cost_curve
 from router.comparison import PolicyResult, compare
 from router.drift import drift_report
@@ -22,20 +22,24 @@ PLOT_KIND = "logistic"
 HANDOFF_TTFT_MIN_PROB = 0.9  # the handoff configuration whose TTFT is measured (its stream starts at once)
 
 
-def records(path: Path | None, default: Path, split: str, examples: int, config: Path | None):
+def records(path: Path | None, default: Path, split: str, examples: int, config: Path | None,
+            structured: dict | None = None):
+    """The given records, or the demo's (cached in `default`, one file per constraint)."""
     if path is None:
-        path = default
+        path = default.with_name(f"{default.stem}-schema{default.suffix}") if structured else default
         if not path.is_file():
-            write_records(path, asyncio.run(collect_from_settings(config, split, examples, seed=0, top_logprobs=5)))
+            write_records(path, asyncio.run(collect_from_settings(config, split, examples, seed=0, top_logprobs=5,
+                                                                  structured=structured)))
     return read_records(path), path
 
 
 def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int, target: float,
                    prefixes: list[int | None], kinds: list[str], ttft_requests: int, config: Path | None,
-                   with_handoff: bool = True) -> dict:
+                   with_handoff: bool = True, schema: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    fit_records, fit_path = records(fit, out / "records-val.jsonl", "val", examples, config)
-    held_records, held_path = records(data, out / "records-test.jsonl", "test", examples, config)
+    structured = answer_schema() if schema else None
+    fit_records, fit_path = records(fit, out / "records-val.jsonl", "val", examples, config, structured)
+    held_records, held_path = records(data, out / "records-test.jsonl", "test", examples, config, structured)
     results = compare(fit_records, held_records, prefixes, kinds, target)
     policies = save_policies(out, results, target, fit_path, len(fit_records))
     confidence = [result for result in results if result.scorer is not None]

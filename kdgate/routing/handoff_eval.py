@@ -36,7 +36,7 @@ async def teacher_continuations(teacher: Backend, records: list[RouteRecord], cu
 
     async def one(index: int, cut: int) -> tuple[tuple[int, int], tuple[str, int]]:
         record = records[index]
-        request = greedy(f"handoff-{index}-{cut}", record.messages, None)
+        request = greedy(f"handoff-{index}-{cut}", record.messages, None, record.structured_outputs)
         async with gate:
             result = await answer(teacher, continuation(request, "".join(record.student_tokens[:cut]), cut))
         progress.update()

@@ -105,6 +105,8 @@ class HttpBackend:
             body["return_token_ids"] = True
         if request.token_ids and sampling.top_logprobs is not None:
             body["return_tokens_as_token_ids"] = True
+        if request.structured_outputs is not None:
+            body["structured_outputs"] = request.structured_outputs
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:

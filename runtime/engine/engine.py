@@ -4,6 +4,8 @@ One background thread owns the model. Each loop iteration admits waiting request
 together and their cache rows join the running batch), then runs one decode step for every running sequence at once
 and routes each row's new token to its request's asyncio queue. A request that is cancelled (client gone, routing
 switched) leaves the batch at the next step. Logprobs follow vLLM's conventions (see `runtime.engine.logprobs`).
+A request with `structured_outputs` has its rows masked by its grammar before sampling, as vLLM's model runner does
+(`runtime.engine.grammar`); the others in the batch are untouched.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 
 from runtime.contract import Delta, Event, Finish, GenerationRequest
 from runtime.engine.batch import RunningBatch
+from runtime.engine.grammar import Grammars, SequenceGrammar, allows_nothing, mask_logits
 from runtime.engine.logprobs import TokenTexts, prompt_logprobs, sampled_logprobs
 from runtime.engine.sampling import RowSampling, make_generator, sample_next
+from runtime.engine.structured_outputs import grammar_spec
 from runtime.engine.text import IncrementalDetokenizer, StopStringBuffer
 from runtime.errors import EngineFailure, InvalidRequest, Overloaded
 
@@ -54,6 +58,7 @@ class _Sequence:
     generator: torch.Generator | None
     detokenizer: IncrementalDetokenizer
     stops: StopStringBuffer
+    grammar: SequenceGrammar | None = None  # its structured-outputs matcher; None: unconstrained
     output_ids: list[int] = field(default_factory=list)
     prompt_entries: tuple | None = None  # its prompt logprobs, computed at prefill, sent with the Finish
     cancelled: bool = False
@@ -91,6 +96,7 @@ class LocalEngine:
         self.vocab_size = int(self.model.config.get_text_config().vocab_size)  # vLLM's bound on token ids in requests
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.texts = TokenTexts(self.tokenizer)
+        self.grammars = Grammars(self.tokenizer, _logits_width(self.model, self.vocab_size), self.eos_ids)
 
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -162,8 +168,18 @@ class LocalEngine:
                     f"`{parameter}` names token ids outside this model's vocabulary: {outside[:5]} (ids run from 0 "
                     f"to {self.vocab_size - 1}); use ids of the served model's tokenizer", parameter=parameter)
 
+    def grammar_for(self, request: GenerationRequest) -> SequenceGrammar:
+        """The matcher of a request's `structured_outputs` (compiled, or from the compiler's cache); `InvalidRequest`
+        naming the field when the constraint is wrong. Its grammar starts at the first generated token, also under
+        `continue_final_message`, as vLLM's does."""
+        return self.grammars.matcher_for(grammar_spec(request.structured_outputs),
+                                         stop_token_ids=request.sampling.stop_token_ids)
+
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.check_token_ids(request)
+        grammar = None
+        if request.structured_outputs is not None:  # compiling can take milliseconds: off the event loop
+            grammar = await asyncio.to_thread(self.grammar_for, request)
         prompt_ids, max_tokens = await asyncio.to_thread(self.encode_prompt, request)
         if not self._thread.is_alive():
             raise EngineFailure("the engine thread has stopped; restart the server")
@@ -173,6 +189,7 @@ class LocalEngine:
             generator=make_generator(request.sampling.seed, self.device),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids[-4:]),
             stops=StopStringBuffer(request.sampling.stop),
+            grammar=grammar,
         )
         with self._wake:
             if len(self._waiting) >= self.settings.max_waiting:
@@ -295,12 +312,17 @@ class LocalEngine:
         self._retire_finished()
 
     def _sample_and_emit(self, sequences: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
-        """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)"""
+        """Choose each row's next token, stream its text and logprobs, and mark rows that are done. (B, V) -> (B,)
+
+        Constrained rows are masked first, in place: everything after (sampling, the logprobs) sees masked logits."""
+        mask_logits(logits, [s.grammar for s in sequences])
         sampling = [s.request.sampling for s in sequences]
         failures: dict[int, Exception] = {}
         chosen = sample_next(logits, [RowSampling(s.request.sampling, s.prompt_ids, s.output_ids, s.generator)
                                       for s in sequences], failures)
         for row, error in failures.items():  # that request's parameters broke its own sampling: it alone fails
+            if self._fail_at_grammar_dead_end(sequences[row], logits[row]):  # nothing to sample from: the grammar's
+                continue
             log.warning("request %s: sampling failed (%s: %s)", sequences[row].request.request_id,
                         type(error).__name__, error)
             sequences[row].finished = True
@@ -317,6 +339,13 @@ class LocalEngine:
                 sequence.finished = True
                 continue
             sequence.output_ids.append(token_id)
+            if sequence.grammar is not None and not sequence.grammar.accept(token_id):  # a masked token was chosen
+                if not self._fail_at_grammar_dead_end(sequence, logits[row]):
+                    log.error("request %s: its grammar rejected token %d", sequence.request.request_id, token_id)
+                    sequence.finished = True
+                    sequence.emit(EngineFailure("the local engine chose a token the request's grammar forbids; this "
+                                                "is a bug, please report it"))
+                continue
             try:
                 self._advance(sequence, token_id, entries[row])
             except Exception as exc:  # one sequence's failure (say, detokenizing) must not fail the batch
@@ -324,6 +353,18 @@ class LocalEngine:
                 sequence.finished = True
                 sequence.emit(EngineFailure(f"the local engine failed on this request: {type(exc).__name__}: {exc}"))
         return chosen
+
+    def _fail_at_grammar_dead_end(self, sequence: _Sequence, masked_row: torch.Tensor) -> bool:
+        """Fail the sequence, the client's fault, if its grammar allowed no token at all (V,); vLLM 0.32 samples a
+        forbidden token there and answers 500. False (nothing done) otherwise."""
+        if sequence.grammar is None or not allows_nothing(masked_row):
+            return False
+        sequence.finished = True
+        sequence.emit(InvalidRequest(
+            "the grammar of `structured_outputs` allows no token here: the token it needs is one of `stop_token_ids` "
+            "(those may only end the answer), or the vocabulary cannot spell it; remove that id from "
+            "`stop_token_ids` or change the grammar", parameter="structured_outputs"))
+        return True
 
     def _advance(self, sequence: _Sequence, token_id: int, entry) -> None:
         sampling = sequence.request.sampling
@@ -421,6 +462,12 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def _logits_width(model, vocab_size: int) -> int:
+    """How many logits the model outputs per position (its vocabulary, padded or not)."""
+    head = model.get_output_embeddings()
+    return int(getattr(head, "out_features", 0) or vocab_size)
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

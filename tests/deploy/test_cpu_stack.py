@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,6 +106,19 @@ def test_a_vllm_server_gets_launch_yamls_flags_less_the_gpu_sizing(tmp_path):
             "--max-lora-rank=64"} <= set(command)
     assert not [flag for flag in command if flag.startswith(("--gpu-memory-utilization", "--max-model-len="))]
     assert command[command.index("--max-model-len") + 1] == "512" and "float32" in command
+
+
+def test_a_relative_vllm_python_still_names_the_venvs_python_from_the_stack_folder(tmp_path, monkeypatch):
+    """`./dev serve-vllm` passes `.venv-vllm/bin/python`; the servers start in the stack's folder, where that path
+    named nothing (FileNotFoundError before any server started)."""
+    venv_python = tmp_path / "repo" / ".venv-vllm" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path / "repo")
+    run = load_run_module()
+    python = run.absolute(".venv-vllm/bin/python")
+    assert python == str(venv_python) and Path(python).is_absolute()  # the link itself: the venv stays the venv
+    assert run.absolute(None) is None
 
 
 def test_serving_only_answers_the_readmes_requests_as_written(tmp_path):

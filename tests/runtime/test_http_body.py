@@ -70,3 +70,15 @@ async def test_a_server_behind_the_http_backend_answers_as_the_local_engine(engi
     assert (over_http[2].finish_reason, over_http[2].stop_reason) == (in_process[2].finish_reason,
                                                                         in_process[2].stop_reason)
     assert over_http[0] != plain[0]
+
+
+async def test_structured_outputs_go_out_as_vllms_own_object():
+    """vLLM's chat API reads the grammar from `structured_outputs` itself; nothing is sent when there is none."""
+    constraint = {"json": {"type": "object", "properties": {"queue": {"enum": ["billing"]}}}}
+    async with httpx.AsyncClient() as client:
+        body = backend(client)._body(GenerationRequest("so", ({"role": "user", "content": "hi"},),
+                                                       SamplingParams(max_tokens=4), structured_outputs=constraint),
+                                     stream=True)
+        plain = backend(client)._body(ask("plain"), stream=True)
+    assert body["structured_outputs"] == constraint
+    assert "structured_outputs" not in plain
