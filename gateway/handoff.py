@@ -3,10 +3,10 @@ collapsing token, stop the student and stream the teacher's continuation of the 
 
 The client's stream stays one answer: the student's released text, then the teacher's continuation (vLLM's
 `continue_final_message`, which the local engine speaks too; for a completions request, the prompt and the released
-text as the teacher's raw prompt). A `RouteChange` event tells serving who finished
-the answer, for the final chunk's `kdgate` object and the metrics. Usage: completion tokens are the student's
-released tokens plus the teacher's; prompt tokens are what the teacher was sent (the prompt and the handed-off
-text), since the cancelled student never reports its own.
+text as the teacher's raw prompt). A `RouteChange` event tells serving who finished the answer, for the final
+chunk's `kdgate` object and the metrics. Usage: completion tokens are the student's released tokens plus the
+teacher's; prompt tokens are what the teacher was sent (the prompt and the handed-off text), since the cancelled
+student never reports its own.
 """
 
 from __future__ import annotations

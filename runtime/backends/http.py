@@ -357,10 +357,10 @@ def _completion_logprobs(logprobs: dict | None) -> tuple[TokenLogprob, ...]:
     for token, logprob, tops in zip(logprobs["tokens"], logprobs["token_logprobs"],
                                     logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"]), strict=True):
         token_id = _token_id(token)
-        entries.append(TokenLogprob(
-            token=token if token_id is None else None, logprob=float(logprob), token_id=token_id,
-            top_logprobs=tuple(TopLogprob(token="" if (top_id := _token_id(top)) is not None else top,
-                                          logprob=float(value), token_id=top_id) for top, value in (tops or {}).items())))
+        alternatives = tuple(TopLogprob(token="" if (top_id := _token_id(top)) is not None else top,
+                                        logprob=float(value), token_id=top_id) for top, value in (tops or {}).items())
+        entries.append(TokenLogprob(token=token if token_id is None else None, logprob=float(logprob),
+                                    top_logprobs=alternatives, token_id=token_id))
     return tuple(entries)
 
 
