@@ -29,7 +29,7 @@ from router.online import OnlineSettings
 from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, RouteRequest, RoutingPolicy, forced
 from router.policy_file import load_policy, policy_from_file
 from router.reasons import Reason
-from router.signals import TokenSignals, aggregate, signals_from_rows
+from router.signals import TokenSignals, aggregate, hold_back_window, is_forced, signals_from_rows
 from runtime.contract import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from runtime.errors import GatewayError, InvalidRequest
 
@@ -154,13 +154,15 @@ class Router:
         events = self.open("student", with_logprobs(generation, hold.top_logprobs))
         held: list[Event] = []
         logprobs: list[TokenLogprob] = []
+        chosen = 0  # tokens that had an alternative: a grammar's forced tokens tell nothing (router.signals)
         try:
             async for event in events:
                 held.append(event)
                 if isinstance(event, Finish):
                     break
                 logprobs.extend(event.logprobs)
-                if hold.tokens is not None and len(logprobs) >= hold.tokens:
+                chosen += sum(not is_forced([top.logprob for top in entry.top_logprobs]) for entry in event.logprobs)
+                if hold.tokens is not None and chosen >= hold.tokens:
                     break
         except GatewayError as error:  # the student failed before the client saw anything
             await events.aclose()
@@ -175,7 +177,7 @@ class Router:
         except BaseException:
             await events.aclose()
             raise
-        window = aggregate(signals_of(logprobs).window(0, hold.tokens))
+        window = aggregate(hold_back_window(signals_of(logprobs), hold.tokens))
         decision = self.policy.decide(request, window)
         self._count(decision, held_for=time.monotonic() - started)
         if decision.route == "student":

@@ -17,7 +17,7 @@ from router.evaluation import RoutingCurve, oracle_curve, random_curve, routing_
 from router.fitting import fit_scorer
 from router.records import RouteRecord, labelled
 from router.scorers import Scorer
-from router.signals import WindowSignals, aggregate
+from router.signals import WindowSignals, aggregate, hold_back_window
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class PolicyResult:
 
 
 def windows(records: list[RouteRecord], prefix_tokens: int | None) -> list[WindowSignals]:
-    return [aggregate(record.signals().window(0, prefix_tokens)) for record in records]
+    return [aggregate(hold_back_window(record.signals(), prefix_tokens)) for record in records]
 
 
 def scores_of(scorer: Scorer, windows_: list[WindowSignals]) -> np.ndarray:

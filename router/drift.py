@@ -17,7 +17,7 @@ from router.online import OnlineRecalibration, OnlineSettings
 from router.policy import RouteRequest
 from router.records import RouteRecord
 from router.scorers import Scorer
-from router.signals import aggregate
+from router.signals import aggregate, hold_back_window
 
 
 def drifted_traffic(records: list[RouteRecord], weights: dict[str, float], requests: int, seed: int = 0
@@ -33,7 +33,7 @@ def replay(scorer: Scorer, prefix_tokens: int | None, threshold: float, traffic:
                               online=OnlineRecalibration(online) if online is not None else None)
     escalated = []
     for index, record in enumerate(traffic):
-        window = aggregate(record.signals().window(0, prefix_tokens))
+        window = aggregate(hold_back_window(record.signals(), prefix_tokens))
         decision = policy.decide(RouteRequest(str(index), 1, 0), window)
         escalated.append(decision.route == "teacher")
     after = np.array(escalated[warm_up:], dtype=np.float64)

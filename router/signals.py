@@ -16,6 +16,11 @@ Window aggregates: mean token logprob (length-biased: one bad token among many b
 the per-token probability — minimum, p10, p25 — which the weakest tokens decide (Gupta et al., ICLR 2024, find
 token-level quantiles the better uncertainty signal). `-inf` logprobs (and vLLM's -9999.0 floor) are probability 0;
 an empty window has no evidence and aggregates to NaN with `tokens == 0`, which callers must check.
+
+Under a grammar (structured outputs) the logprobs are the masked distribution's: a token the grammar forces has
+logprob 0 and every reported alternative at the floor. Such a token says nothing about the model, and a hold-back
+window of them (`{"queue": "` before the first real choice) would find every answer certain: `hold_back_window`
+takes the first N tokens that had an alternative.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class TokenSignals:
     margin: np.ndarray
     entropy: np.ndarray
     sampled_logprob: np.ndarray
+    forced: np.ndarray | None = None  # (T,) bool: the token was the only one allowed (a grammar forced it)
 
     @property
     def sampled_prob(self) -> np.ndarray:
@@ -43,7 +49,28 @@ class TokenSignals:
         return int(self.sampled_logprob.shape[0])
 
     def window(self, start: int = 0, stop: int | None = None) -> TokenSignals:
-        return TokenSignals(self.margin[start:stop], self.entropy[start:stop], self.sampled_logprob[start:stop])
+        return self._where(slice(start, stop))
+
+    def choices(self) -> TokenSignals:
+        """The tokens that had an alternative (all of them, without a grammar)."""
+        return self if self.forced is None else self._where(~self.forced)
+
+    def _where(self, index) -> TokenSignals:
+        return TokenSignals(self.margin[index], self.entropy[index], self.sampled_logprob[index],
+                            None if self.forced is None else self.forced[index])
+
+
+def is_forced(alternatives: list[float]) -> bool:
+    """A token whose reported alternatives (the sampled one first, as vLLM lists them) are all at the floor but the
+    sampled one: the grammar allowed nothing else. Unknowable from one alternative (k = 1): not forced."""
+    return len(alternatives) > 1 and all(logprob <= LOGPROB_FLOOR for logprob in alternatives[1:])
+
+
+def hold_back_window(signals: TokenSignals, tokens: int | None) -> TokenSignals:
+    """The window a hold-back decides on: the first `tokens` tokens that had an alternative (None: all of them);
+    an answer whose every token was forced is certain, and is judged on its forced tokens."""
+    chosen = signals.choices()
+    return chosen.window(0, tokens) if len(chosen) or not len(signals) else signals.window(0, tokens)
 
 
 def token_signals(top_logprobs: np.ndarray, sampled_logprobs: np.ndarray) -> TokenSignals:
@@ -60,7 +87,7 @@ def token_signals(top_logprobs: np.ndarray, sampled_logprobs: np.ndarray) -> Tok
                          f"{sampled.shape}")
     if top.shape[0] == 0:
         empty = np.zeros(0)
-        return TokenSignals(empty, empty, empty)
+        return TokenSignals(empty, empty, empty, np.zeros(0, dtype=bool))
     if top.shape[1] == 0:
         raise ValueError("top_logprobs needs at least one alternative per token (k >= 1)")
     top = -np.sort(-top, axis=1)  # (T, k) best first
@@ -73,7 +100,9 @@ def token_signals(top_logprobs: np.ndarray, sampled_logprobs: np.ndarray) -> Tok
     runner_up = np.where(np.isneginf(top[:, 1]), tail_logprob, top[:, 1]) if top.shape[1] > 1 else tail_logprob
     margin = top[:, 0] - runner_up  # (T,) +inf when nothing else has any mass
     entropy = _plogp(probs).sum(axis=1) + _plogp(tail)  # (T,)
-    return TokenSignals(margin=margin, entropy=entropy, sampled_logprob=sampled)
+    # forced: the best alternative holds everything and a second one was reported at the floor (k = 1 cannot tell)
+    forced = np.isneginf(top[:, 1]) & (top[:, 0] == 0.0) if top.shape[1] > 1 else np.zeros(len(top), dtype=bool)
+    return TokenSignals(margin=margin, entropy=entropy, sampled_logprob=sampled, forced=forced)
 
 
 def signals_from_rows(top_rows: list[list[float]], sampled_logprobs: list[float]) -> TokenSignals:

@@ -2,9 +2,10 @@
 
 One row per (prompt, sample): the conversation (JSON text), the teacher's answer text, its token ids, and for each
 answer token the teacher's top-k token ids and logprobs (int32 and fp16, flattened to T·k; ids of -1 pad a token
-that had fewer than k alternatives), plus whether the filters kept it and why not. The manifest names the teacher,
-the tokenizer's hash (a trainer refuses a cache whose tokenizer differs from its student's), k, temperature and
-seed. Shards are written whole and atomically (temp file + rename), so a crash loses at most the shard in progress
+that had fewer than k alternatives), whether the filters kept it and why not, and the constraint the answer was
+generated under (JSON text in vLLM's `structured_outputs` shape; null for free text and in shards written before
+the column). The manifest names the teacher, the tokenizer's hash (a trainer refuses a cache whose tokenizer differs
+from its student's), k, temperature and seed. Shards are written whole and atomically (temp file + rename), so a crash loses at most the shard in progress
 and a rerun resumes after the last complete one.
 """
 
@@ -26,7 +27,7 @@ SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("sample", pa.int32()), ("messages", pa.string()), ("text", pa.string()),
     ("finish_reason", pa.string()), ("token_ids", pa.list_(pa.int32())), ("topk_ids", pa.list_(pa.int32())),
     ("topk_logprobs", pa.list_(pa.float16())), ("kept", pa.bool_()), ("drop_reason", pa.string()),
-    ("reference", pa.string()),
+    ("reference", pa.string()), ("constraint", pa.string()),
 ])
 
 
@@ -73,13 +74,15 @@ class CachedAnswer:
     kept: bool = True
     drop_reason: str | None = None
     reference: str | None = None
+    constraint: dict | None = None  # the constraint the answer was generated under (vLLM's structured_outputs shape)
 
     def row(self) -> dict:
         return {"prompt_id": self.prompt_id, "sample": self.sample, "messages": json.dumps(self.messages),
                 "text": self.text, "finish_reason": self.finish_reason, "token_ids": self.token_ids.tolist(),
                 "topk_ids": self.topk_ids.reshape(-1).tolist(),
                 "topk_logprobs": self.topk_logprobs.reshape(-1).astype(np.float16),
-                "kept": self.kept, "drop_reason": self.drop_reason, "reference": self.reference}
+                "kept": self.kept, "drop_reason": self.drop_reason, "reference": self.reference,
+                "constraint": json.dumps(self.constraint) if self.constraint is not None else None}
 
 
 def write_shard(folder: Path, index: int, answers: list[CachedAnswer]) -> Path:
@@ -108,7 +111,8 @@ def read_answers(folder: Path, top_k: int, kept_only: bool = True) -> Iterator[C
                 token_ids=np.asarray(row["token_ids"], dtype=np.int32),
                 topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(tokens, top_k),
                 topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float16).reshape(tokens, top_k),
-                kept=row["kept"], drop_reason=row["drop_reason"], reference=row["reference"])
+                kept=row["kept"], drop_reason=row["drop_reason"], reference=row["reference"],
+                constraint=json.loads(row["constraint"]) if row.get("constraint") else None)  # older shards: none
 
 
 def done_keys(folder: Path) -> set[tuple[str, int]]:

@@ -8,6 +8,9 @@
   does not cost what it knew (a student fine-tuned on a few hundred live records alone forgets: measured in
   docs/redistillation.md).
 
+Every example keeps the constraint its answer was generated under (structured outputs; `Example.constraint`,
+written to the cache's `constraint` column), so that a trainer can tell a grammar-shaped answer from a free one.
+
 Only records with token ids are used (the ids must be the ones the models saw; no re-tokenizing), only records
 scored by the current teacher version when the records name one, scrubbed prompts only (records keep no other).
 The newest `holdout_share` of the records (by time) are kept out of training; the rest are mixed to
@@ -41,6 +44,10 @@ class Example:
     topk_ids: np.ndarray  # (T, k), -1 where fewer alternatives
     topk_logprobs: np.ndarray  # (T, k)
     text: str
+    # the constraint the answer was generated under (the record's, vLLM's `structured_outputs` shape); None: free
+    # text. The teacher's top-k of an on-policy example are unconstrained scores (prompt_logprobs apply no grammar),
+    # of an off-policy one the grammar-masked distribution its answer was sampled from
+    constraint: dict | None = None
 
     def key(self) -> tuple:
         return json.dumps(self.messages, sort_keys=True), self.token_ids.tobytes()
@@ -95,7 +102,7 @@ def on_policy(record: ShadowRecord, active_version: str) -> Example | None:
         return None
     top_ids, top_logprobs = _topk(scores)
     return Example(record.request_id, record.created_at, "on", record.prompt, np.asarray(ids, dtype=np.int32),
-                   top_ids, top_logprobs, record.student_answer)
+                   top_ids, top_logprobs, record.student_answer, record.constraint)
 
 
 def off_policy(record: ShadowRecord) -> Example | None:
@@ -105,7 +112,7 @@ def off_policy(record: ShadowRecord) -> Example | None:
         return None
     top_ids, top_logprobs = _topk(tokens)
     return Example(record.request_id, record.created_at, "off", record.prompt, np.asarray(ids, dtype=np.int32),
-                   top_ids, top_logprobs, record.teacher_answer or "")
+                   top_ids, top_logprobs, record.teacher_answer or "", record.constraint)
 
 
 def mix(on: list[Example], off: list[Example], on_share: float, rng: random.Random) -> list[Example]:
@@ -135,7 +142,8 @@ def replay(cache: Path, count: int, rng: random.Random, exclude: set | None = No
     in so that what the student already knew is rehearsed while it learns the new traffic."""
     manifest = Manifest.load(cache)
     pool = [Example(f"replay-{answer.prompt_id}-{answer.sample}", datetime.min, "replay", answer.messages,
-                    answer.token_ids, answer.topk_ids, answer.topk_logprobs.astype(np.float32), answer.text)
+                    answer.token_ids, answer.topk_ids, answer.topk_logprobs.astype(np.float32), answer.text,
+                    answer.constraint)
             for answer in read_answers(cache, manifest.top_k)]
     pool = [example for example in pool if exclude is None or example.key() not in exclude]
     return rng.sample(pool, min(count, len(pool)))
@@ -158,7 +166,8 @@ def write_cache(folder: Path, examples: list[Example], teacher: str, tokenizer_d
     answers = [CachedAnswer(prompt_id=example.record_id, sample=0, messages=example.messages, text=example.text,
                             finish_reason="stop", token_ids=example.token_ids,
                             topk_ids=_pad(example.topk_ids, top_k, -1),
-                            topk_logprobs=_pad(example.topk_logprobs, top_k, -9999.0).astype(np.float16))
+                            topk_logprobs=_pad(example.topk_logprobs, top_k, -9999.0).astype(np.float16),
+                            constraint=example.constraint)
                for example in examples]
     for index in range(0, len(answers), SHARD_ROWS):
         write_shard(folder, index // SHARD_ROWS, answers[index:index + SHARD_ROWS])

@@ -97,14 +97,15 @@ def _write_jsonl(path: Path, rows) -> int:
 
 
 def _write_parquet(path: Path, rows) -> int:
-    """Scalar columns stay columns; token lists and prompts are JSON text (nested and ragged)."""
+    """Scalar columns stay columns; token lists, prompts and constraints are JSON text (nested and ragged: a
+    constraint holds a client's whole schema)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise typer.BadParameter("parquet needs pyarrow: pip install 'kdgate[export]'", param_hint="--format") \
             from None
-    nested = ("prompt", "student_tokens", "teacher_scores", "teacher_tokens")
+    nested = ("prompt", "student_tokens", "teacher_scores", "teacher_tokens", "constraint")
     rows = [row | {key: json.dumps(row[key]) if row[key] is not None else None for key in nested} for row in rows]
     pq.write_table(pa.Table.from_pylist(rows), path)
     return len(rows)

@@ -19,6 +19,10 @@ tokenizer.
 - `answers_agree` / `field_agreement`: whether the two final answers match exactly, and for JSON answers the share
   of the teacher's fields the student got the same.
 
+A constrained answer (structured outputs) is compared with the teacher's scores held to the same constraint
+(`gateway.shadow.masking`): the student's logprobs are the grammar-masked distribution's, the teacher's scoring
+applies no grammar, and every figure here is then computed from what the constraint allows.
+
 When the teacher tokenizes the student's answer differently from how the student generated it (same tokenizer,
 non-canonical generation), positions cannot be paired: KL and agreement are then NaN and `aligned` is False;
 the NLL (over the teacher's own tokenization of the same text) stays valid.

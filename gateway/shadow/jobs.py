@@ -40,6 +40,7 @@ class ShadowJob:
     max_tokens: int
     created_at: datetime
     student_version: str | None = None  # the version that produced the answer (the canary's, when it served)
+    constraint: dict | None = None  # the client's constraint on the answer (vLLM's `structured_outputs` shape)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def to_payload(job: ShadowJob) -> dict:
             "decision": {"route": decision.route, "reason": str(decision.reason), "score": _finite(decision.score),
                          "threshold": _finite(decision.threshold)},
             "student_model": job.student_model, "student_version": job.student_version, "max_tokens": job.max_tokens,
-            "created_at": job.created_at.isoformat()}
+            "created_at": job.created_at.isoformat(), "constraint": job.constraint}
 
 
 def from_payload(payload: dict) -> ShadowJob:
@@ -161,7 +162,8 @@ def from_payload(payload: dict) -> ShadowJob:
         decision=RouteDecision(decision["route"], decision["reason"], decision["score"], decision["threshold"]),
         student_model=payload["student_model"], student_version=payload.get("student_version"),
         max_tokens=payload["max_tokens"],
-        created_at=datetime.fromisoformat(payload["created_at"]))
+        created_at=datetime.fromisoformat(payload["created_at"]),
+        constraint=payload.get("constraint"))  # jobs stored before records kept constraints have none
 
 
 def _finite(value: float | None) -> float | None:

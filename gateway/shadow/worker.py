@@ -33,10 +33,13 @@ from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
+from gateway.shadow.masking import scores_under
 from gateway.shadow.scrub import Scrubber
 from router.policy import RouteDecision
+from runtime.constraints.languages import Constraint
+from runtime.constraints.languages import constraint as constraint_of
 from runtime.contract import Backend, GenerationRequest, SamplingParams, TokenLogprob, collect
-from runtime.errors import GatewayError
+from runtime.errors import GatewayError, InvalidRequest
 from runtime.store.records import RecordRejected, ShadowRecord, ShadowStore, has_token_ids, tokens_json
 
 log = logging.getLogger(__name__)
@@ -323,14 +326,16 @@ class ShadowWorker:
     async def process(self, job: ShadowJob) -> ShadowRecord:
         k = self.config.top_logprobs
         messages = list(job.messages)
-        teacher_text, teacher_tokens = await self._teacher_answer(job, messages)
-        scored, figures = None, None
+        constraint = await asyncio.to_thread(compiled, job.constraint) if job.constraint is not None else None
+        teacher_text, teacher_tokens = await self._teacher_answer(job, messages, constraint)
+        scored, figures, masked = None, None, None
         if job.kind == "shadow" and job.student_answer:
             scoring = await self.teacher.score(messages, job.student_answer, k)
             scored = scoring.tokens
             if self.cost is not None:  # one prefill over the prompt and the answer, one token generated
                 self.cost.charge_shadow(scoring.prompt_tokens + len(scored), 1)
-            figures = divergence(job.student_tokens, scored, job.student_answer, teacher_text)
+            compared, masked = scores_under(constraint, scored, job.student_answer)
+            figures = divergence(job.student_tokens, compared, job.student_answer, teacher_text)
             self._observe(figures)
             if self.on_divergence is not None and figures.aligned:
                 self.on_divergence(job.student_version, figures.mean_kl)
@@ -349,13 +354,14 @@ class ShadowWorker:
             teacher_nll=figures.teacher_nll if figures else None,
             answers_agree=figures.answers_agree if figures else None,
             field_agreement=figures.field_agreement if figures else None,
-            sample_rate=self.config.sample_rate if job.kind == "shadow" else 1.0)
+            sample_rate=self.config.sample_rate if job.kind == "shadow" else 1.0,
+            constraint=job.constraint, constraint_masked=masked)
         return record
 
-    async def _teacher_answer(self, job: ShadowJob, messages: list[dict]) -> tuple[str, tuple[TokenLogprob, ...]]:
-        request = GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
-            max_tokens=job.max_tokens, temperature=0.0, top_logprobs=self.config.top_logprobs), token_ids=True)
-        answer = await collect(self.teacher.generate(request))
+    async def _teacher_answer(self, job: ShadowJob, messages: list[dict], constraint: Constraint | None
+                              ) -> tuple[str, tuple[TokenLogprob, ...]]:
+        answer = await collect(self.teacher.generate(teacher_request(job, messages, constraint,
+                                                                     self.config.top_logprobs)))
         if self.cost is not None and answer.finish is not None:
             self.cost.charge_shadow(answer.finish.prompt_tokens, answer.finish.completion_tokens)
         return answer.text, answer.logprobs
@@ -396,12 +402,36 @@ class ShadowWorker:
                 log.info("shadow store retention removed %d records", removed)
 
 
+def teacher_request(job: ShadowJob, messages: list[dict], constraint: Constraint | None, top_logprobs: int
+                    ) -> GenerationRequest:
+    """What the teacher answers the job's request with: greedy, with top-k logprobs and token ids, and held to the
+    constraint the student's answer was (the record compares the two answers, and a trainer learns from the
+    teacher's as one the client could have been sent)."""
+    return GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
+        max_tokens=job.max_tokens, temperature=0.0, top_logprobs=top_logprobs), token_ids=True,
+        structured_outputs=constraint.structured_outputs if constraint is not None else None, constraint=constraint)
+
+
+def compiled(spec: dict) -> Constraint:
+    """A job's constraint, compiled again (cached: the request compiled the same spec). One that no longer compiles
+    (a gateway upgraded while the job waited) is passed to the teacher as the client sent it, and scored unmasked."""
+    try:
+        return constraint_of(spec)
+    except InvalidRequest as error:
+        log.warning("a shadow job's constraint no longer compiles (%s); the teacher gets it as the client sent it, "
+                    "and its divergence is not masked", error)
+        return Constraint(spec, None)
+
+
 def new_job(kind: str, generation: GenerationRequest, answer: str, tokens: tuple[TokenLogprob, ...],
             decision: RouteDecision, student_model: str, student_version: str | None = None) -> ShadowJob:
+    """The job of a finished request. Its constraint is the client's (`Constraint.spec`), not the grammar the
+    backends were sent: the record says what was asked, and the worker compiles it again."""
+    spec = generation.constraint.spec if generation.constraint is not None else generation.structured_outputs
     return ShadowJob(request_id=generation.request_id, kind=kind, messages=generation.messages, student_answer=answer,
                      student_tokens=tokens, decision=decision, student_model=student_model,
                      max_tokens=generation.sampling.max_tokens, created_at=datetime.now(UTC),
-                     student_version=student_version)
+                     student_version=student_version, constraint=spec)
 
 
 def _finite(value: float | None) -> float | None:

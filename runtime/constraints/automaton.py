@@ -41,6 +41,18 @@ class Automaton:
             state = step
         return state
 
+    def allows(self, state: int, text: str) -> bool:
+        """Whether a document of the language goes on with `text` from `state`: whether a grammar mask lets a token
+        spelling `text` through there. A token with no text can only end the answer (the end-of-sequence token, as
+        backends decode it), so it is allowed where a whole document has been read."""
+        if not text:
+            return state in self.fsm.finals
+        try:
+            self.walk(text, state)
+        except NotInLanguage:
+            return False
+        return True
+
     def accepts(self, text: str) -> bool:
         try:
             return self.walk(text) in self.fsm.finals

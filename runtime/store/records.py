@@ -63,6 +63,8 @@ class ShadowRecord:
     answers_agree: bool | None = None
     field_agreement: float | None = None
     sample_rate: float | None = None  # the chance it was kept: shadow.sample_rate, or 1 for an escalation
+    constraint: dict | None = None  # the client's constraint, vLLM's `structured_outputs` shape; None: free text
+    constraint_masked: bool | None = None  # figures from the teacher's scores held to `constraint` (schema.py)
 
     def weight(self) -> float:
         """How many requests of the traffic this record stands for (1 / the chance it was kept)."""
@@ -181,7 +183,7 @@ def record_row(store: ShadowStore, record: ShadowRecord) -> ShadowRow:
         raise RecordRejected(f"kind must be one of {KINDS}, got {record.kind!r}")
     try:
         size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
-                               record.student_answer, record.teacher_answer], allow_nan=False))
+                               record.student_answer, record.teacher_answer, record.constraint], allow_nan=False))
     except (TypeError, ValueError) as error:  # NaN, infinities, objects JSON cannot hold
         raise RecordRejected(f"record {record.request_id} is not storable as JSON: {error}") from None
     if size > store.max_record_bytes:

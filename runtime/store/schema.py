@@ -51,6 +51,12 @@ class ShadowRow(Base):
     answers_agree: Mapped[bool | None] = mapped_column(Boolean)
     field_agreement: Mapped[float | None] = mapped_column(Float)
     sample_rate: Mapped[float | None] = mapped_column(Float)
+    # the client's constraint on the answer (vLLM's `structured_outputs` shape: {"json": schema}, {"regex": ...},
+    # {"grammar": ...}); null for free text. `teacher_scores` never are constrained (vLLM's prompt_logprobs apply no
+    # grammar): `constraint_masked` says whether the figures above were computed from them held to the constraint
+    # (true), or the answer was constrained but they could not be (false: a client grammar; null: no constraint)
+    constraint: Mapped[dict | None] = mapped_column(JSON)
+    constraint_masked: Mapped[bool | None] = mapped_column(Boolean)
 
     __table_args__ = (Index("ix_shadow_records_created_at", "created_at"),
                       Index("ix_shadow_records_kind_created_at", "kind", "created_at"))

@@ -231,3 +231,4 @@ def test_a_student_that_fails_during_hold_back_escalates(engine_server, tmp_path
         headers, chunks, text = streamed(client)
     assert (headers["x-kdgate-route"], headers["x-kdgate-route-reason"]) == ("teacher", "student_error")
     assert text and chunks[-1].usage.completion_tokens >= 1
+

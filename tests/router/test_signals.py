@@ -98,3 +98,22 @@ def test_windows_slice_tokens():
 def test_bad_shapes_and_nan_are_refused(top, sampled):
     with pytest.raises(ValueError):
         token_signals(top, sampled)
+
+
+def test_a_token_a_grammar_forces_is_left_out_of_the_hold_back_window():
+    """Under a grammar a forced token comes with logprob 0 and its alternatives at vLLM's floor: it tells nothing
+    about the model, and a window of forced tokens judged every answer certain. The window is the first tokens
+    that had an alternative; an answer of forced tokens only is judged on them (certain)."""
+    from router.signals import hold_back_window, is_forced
+
+    floor = -9999.0
+    top = np.array([[0.0, floor, floor], [0.0, floor, floor], [-0.7, -0.9, -3.0], [-0.01, -5.0, -6.0]])
+    signals = token_signals(top, top[:, 0])
+    assert signals.forced.tolist() == [True, True, False, False]
+    window = aggregate(hold_back_window(signals, 2))
+    assert window.tokens == 2 and window.min_prob == pytest.approx(math.exp(-0.7))
+    assert aggregate(signals.window(0, 2)).min_prob == 1.0  # what the window was: two certain tokens
+    only_forced = token_signals(top[:2], top[:2, 0])
+    assert aggregate(hold_back_window(only_forced, 4)).tokens == 2
+    assert is_forced([0.0, floor, floor]) and not is_forced([0.0, -22.4]) and not is_forced([0.0])
+    assert not token_signals(top[:, :1], top[:, 0]).forced.any()  # one alternative cannot tell

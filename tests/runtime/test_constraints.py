@@ -144,3 +144,18 @@ def test_a_malformed_constraint_is_refused_by_name(spec, parameter):
     with pytest.raises(InvalidRequest) as refused:
         constraint(spec)
     assert refused.value.parameter == parameter
+
+
+ONE_DOCUMENT = '{"queue": "billing", "priority": "P2", "reply": "ok"}'
+
+
+def test_allows_says_which_tokens_a_grammar_mask_lets_through_at_a_state():
+    """At each point of an answer, a token is allowed when the language goes on with its text: the same judgement
+    the backends' grammar mask makes, which the shadow worker applies to the teacher's unconstrained scores."""
+    automaton = constraint({"json": ANSWER_SCHEMA}).automaton
+    start = automaton.walk("")
+    assert automaton.allows(start, "{") and automaton.allows(start, '{"') and not automaton.allows(start, "Sure")
+    inside = automaton.walk('{"queue": "bil')
+    assert automaton.allows(inside, "ling") and not automaton.allows(inside, "lion")
+    assert not automaton.allows(inside, "") and automaton.allows(automaton.walk(ONE_DOCUMENT), "")
+    assert not automaton.allows(automaton.walk(ONE_DOCUMENT), "}")  # nothing comes after a whole document

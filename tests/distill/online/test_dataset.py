@@ -1,5 +1,6 @@
 """Records into training examples: on-policy from the active version's shadowed answers, off-policy from the
-teacher's answers, a held-out slice of the newest records, the mix, duplicates, old teachers, records without ids."""
+teacher's answers, a held-out slice of the newest records, the mix, duplicates, old teachers, records without ids,
+the constraint each answer was generated under."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import random
 from collections import Counter
 from dataclasses import replace
 
+import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
 from distill.config import load_config
-from distill.data.cache import Manifest, read_answers
+from distill.data.cache import Manifest, read_answers, shards
 from distill.demo import task
 from distill.online.dataset import build, mix, off_policy, on_policy, write_cache
 from distill.recipe import Recipe
@@ -95,3 +97,22 @@ def test_the_cache_is_one_the_recipe_reads(records, tokenizer, demo_dirs, tmp_pa
     assert sorted(row.input_ids[:row.answer_start] for row in rows) == sorted(
         tokenizer(tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False),
                   add_special_tokens=False)["input_ids"] for example in dataset.train)
+
+
+def test_examples_of_constrained_answers_say_so_through_the_cache(records, demo_dirs, tmp_path):
+    """A record's constraint goes into both of its examples and comes back out of the cache the recipe reads; a
+    free-text record's examples have none, and so does a shard written before the column existed."""
+    spec = {"json": task.ANSWER_SCHEMA}
+    constrained = [replace(record, constraint=spec, constraint_masked=True) for record in records[:10]]
+    free = records[10:20]
+    on, off = on_policy(constrained[0], "initial"), off_policy(constrained[0])
+    assert on.constraint == off.constraint == spec and on_policy(free[0], "initial").constraint is None
+    dataset = build(constrained + free, "initial", 0.5, 0.0, None)
+    manifest = write_cache(tmp_path / "cache", dataset.train, "demo-teacher", demo_dirs[0], "test")
+    read = {answer.prompt_id: answer.constraint for answer in read_answers(tmp_path / "cache", manifest.top_k)}
+    assert read == {example.record_id: example.constraint for example in dataset.train}
+    assert {record.request_id for record in constrained} == {key for key, value in read.items() if value == spec}
+
+    (shard,) = shards(tmp_path / "cache")
+    pq.write_table(pq.read_table(shard).drop_columns(["constraint"]), shard)  # as written before the column
+    assert all(answer.constraint is None for answer in read_answers(tmp_path / "cache", manifest.top_k))

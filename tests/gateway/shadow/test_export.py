@@ -43,3 +43,27 @@ def test_export_jsonl_and_parquet(tmp_path):
 def test_export_refuses_a_bad_format(tmp_path):
     done = kdgate("--store-url", f"sqlite:///{tmp_path}/s.sqlite3", "--out", str(tmp_path / "x"), "--format", "csv")
     assert done.returncode == 2 and "use jsonl or parquet" in done.stderr
+
+
+def test_export_shows_the_constraint_each_answer_was_generated_under(tmp_path):
+    """In JSON lines as the client's object; in Parquet as JSON text (schemas are nested and differ per record)."""
+    url = f"sqlite:///{tmp_path}/shadow.sqlite3"
+    store = ShadowStore(url)
+    now = datetime.now(UTC)
+    schema = {"json": {"type": "object", "properties": {"queue": {"type": "string"}}, "required": ["queue"]}}
+    store.write(record("schema", now, constraint=schema, constraint_masked=True))
+    store.write(record("grammar", now, kind="escalation", constraint={"grammar": 'root ::= "ok"'}))
+    store.write(record("free", now))
+    store.close()
+
+    assert kdgate("--store-url", url, "--out", str(tmp_path / "all.jsonl")).returncode == 0
+    rows = {row["request_id"]: row for row in map(json.loads, (tmp_path / "all.jsonl").read_text().splitlines())}
+    assert (rows["schema"]["constraint"], rows["schema"]["constraint_masked"]) == (schema, True)
+    assert rows["grammar"]["constraint"] == {"grammar": 'root ::= "ok"'} and rows["grammar"]["constraint_masked"] is None
+    assert (rows["free"]["constraint"], rows["free"]["constraint_masked"]) == (None, None)
+
+    done = kdgate("--store-url", url, "--out", str(tmp_path / "all.parquet"), "--format", "parquet")
+    assert done.returncode == 0, done.stderr
+    table = {row["request_id"]: row for row in pq.read_table(tmp_path / "all.parquet").to_pylist()}
+    assert json.loads(table["schema"]["constraint"]) == schema and table["schema"]["constraint_masked"] is True
+    assert table["free"]["constraint"] is None

@@ -4,15 +4,18 @@ lease that expires frees a job, completing writes the record and deletes the job
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s
+from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s, to_payload
 from router.policy import RouteDecision
 from runtime.contract import TokenLogprob, TopLogprob
 from runtime.store.records import ShadowStore
+from runtime.store.schema import JobRow
 from tests.runtime.store.test_records import record
 
 
@@ -43,6 +46,18 @@ def test_a_job_round_trips_through_its_row(jobs):
     assert claimed.job.request_id == "a" and claimed.job.student_tokens[0].top_logprobs[1].logprob == -9999.0
     assert claimed.job.student_tokens[0].top_logprobs[0].token_id == 7
     assert claimed.job.decision.score is None  # NaN is not stored
+
+
+def test_a_jobs_constraint_round_trips_and_a_job_stored_before_constraints_has_none(jobs):
+    spec = {"json": {"type": "object", "properties": {"queue": {"enum": ["billing"]}}}, "disable_any_whitespace": True}
+    jobs.enqueue([replace(job("constrained"), constraint=spec)])
+    old = to_payload(job("old"))
+    del old["constraint"]
+    with Session(jobs.store.engine) as session, session.begin():
+        session.add(JobRow(request_id="old", created_at=jobs.store._db_time(datetime.now(UTC)), payload=old,
+                           attempts=0))
+    claimed = {item.job.request_id: item.job for item in jobs.claim(2, lease_s=60)}
+    assert claimed["constrained"].constraint == spec and claimed["old"].constraint is None
 
 
 def test_claims_do_not_overlap_and_an_expired_lease_frees_the_job(jobs):

@@ -1,13 +1,16 @@
-"""The shadow store on a real SQLite file (WAL) and a real PostgreSQL: migrations, writes, reads, retention."""
+"""The shadow store on a real SQLite file (WAL) and a real PostgreSQL: migrations (over a store written before
+them, too), writes, reads, retention, the constraint a record keeps."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, inspect, text
 
-from runtime.store.records import RecordRejected, ShadowRecord, ShadowStore
+from runtime.store.records import MIGRATIONS, RecordRejected, ShadowRecord, ShadowStore
 
 
 def record(request_id: str, created_at: datetime, kind: str = "shadow", **extra) -> ShadowRecord:
@@ -66,7 +69,50 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
     first.upgrade()  # again: a no-op
     with first.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     assert "shadow_records" in inspect(first.engine).get_table_names()
     first.close()
     ShadowStore(url).close()  # reopening an existing store works
+
+
+JSON_CONSTRAINT = {"json": {"type": "object", "properties": {"queue": {"enum": ["billing", "repairs"]}},
+                            "required": ["queue"]}, "disable_any_whitespace": True}
+
+
+def test_a_record_keeps_the_constraint_its_answer_was_generated_under(store):
+    now = datetime.now(UTC)
+    store.write(record("constrained", now, constraint=JSON_CONSTRAINT, constraint_masked=True))
+    store.write(record("grammar", now, constraint={"grammar": 'root ::= "ok"'}, constraint_masked=False))
+    store.write(record("free", now))
+    read = {item.request_id: item for item in store.iter_records()}
+    assert (read["constrained"].constraint, read["constrained"].constraint_masked) == (JSON_CONSTRAINT, True)
+    assert (read["grammar"].constraint, read["grammar"].constraint_masked) == ({"grammar": 'root ::= "ok"'}, False)
+    assert (read["free"].constraint, read["free"].constraint_masked) == (None, None)
+
+
+def test_a_store_from_before_constraints_upgrades_in_place(store_url):
+    """A 0006 store (SQLite file or PostgreSQL) with a record in it: opening it migrates to 0007, the old record
+    reads back with no constraint, and a constrained record can be written beside it."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+        connection.execute(text(
+            "INSERT INTO shadow_records (request_id, created_at, kind, student_model, teacher_model, route, "
+            "route_reason, prompt, student_answer, student_tokens, token_ids, sample_rate) VALUES ('old-1', "
+            "'2026-12-01 10:00:00', 'shadow', 's', 't', 'student', 'policy:student_only', '[]', 'ok', "
+            "'[{\"token\": \"ok\", \"id\": 7, \"logprob\": -0.1, \"top\": [[\"ok\", -0.1, 7]]}]', true, 0.5)"))
+    engine.dispose()
+    store = ShadowStore(store_url)
+    try:
+        with store.engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        store.write(record("new-1", datetime.now(UTC), constraint=JSON_CONSTRAINT, constraint_masked=True))
+        old, new = list(store.iter_records())
+        assert old.request_id == "old-1" and old.sample_rate == 0.5 and old.constraint is None
+        assert old.constraint_masked is None
+        assert new.constraint == JSON_CONSTRAINT and new.constraint_masked is True
+    finally:
+        store.close()
