@@ -1,5 +1,5 @@
 """App factories: `create_app` (the gateway: student + teacher behind a routing policy) and `create_engine_app`
-(one local engine as a standalone OpenAI-compatible server, the same chat code without routing).
+(one local engine as a standalone OpenAI-compatible server, the same chat and completions code without routing).
 
 The lifespan builds the shared `httpx.AsyncClient` and the backends, and closes them on shutdown.
 """
@@ -24,12 +24,15 @@ from gateway.auth import AuthMiddleware, Credentials, load_credentials
 from gateway.banner import banner
 from gateway.breaker import CircuitBreaker, HealthChecker
 from gateway.chat import routes as chat_routes
-from gateway.chat.serving import ChatServing, ServingLimits
+from gateway.chat.serving import ChatServing
+from gateway.completions import routes as completions_routes
+from gateway.completions.serving import CompletionServing
 from gateway.cost import CostMeter
 from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
 from gateway.routing import Router, SingleBackend, build_policy
+from gateway.serving import ServingLimits
 from gateway.settings import GatewaySettings, LimitsSettings
 from gateway.shadow.service import open_shadow
 from gateway.students import routes as student_routes
@@ -81,6 +84,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,
                                          metrics=metrics, announce_route=True, shadow=shadow, students=students,
                                          cost=cost)
+            app.state.completions = CompletionServing.beside(app.state.chat)
             app.state.students = students
             _collect_engine_metrics(app, backends)
             if resilience.health_interval_s:
@@ -109,6 +113,7 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         router = SingleBackend(backend)
         app.state.chat = ChatServing(served_model=served_model, router=router, limits=limits,
                                      metrics=app.state.metrics, announce_route=False)
+        app.state.completions = CompletionServing.beside(app.state.chat)
         _collect_engine_metrics(app, {"engine": backend})
         try:
             yield
@@ -174,6 +179,7 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, ad
     app.state.max_body_bytes = options.max_body_bytes
     app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
+    app.include_router(completions_routes.router)
     app.include_router(ops.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)

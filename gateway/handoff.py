@@ -2,10 +2,11 @@
 collapsing token, stop the student and stream the teacher's continuation of the same assistant message.
 
 The client's stream stays one answer: the student's released text, then the teacher's continuation (vLLM's
-`continue_final_message`, which the local engine speaks too). A `RouteChange` event tells serving who finished
-the answer, for the final chunk's `kdgate` object and the metrics. Usage: completion tokens are the student's
-released tokens plus the teacher's; prompt tokens are what the teacher was sent (the prompt and the handed-off
-text), since the cancelled student never reports its own.
+`continue_final_message`, which the local engine speaks too; for a completions request, the prompt and the released
+text as the teacher's raw prompt). A `RouteChange` event tells serving who finished the answer, for the final
+chunk's `kdgate` object and the metrics. Usage: completion tokens are the student's released tokens plus the
+teacher's; prompt tokens are what the teacher was sent (the prompt and the handed-off text), since the cancelled
+student never reports its own.
 """
 
 from __future__ import annotations
@@ -26,24 +27,27 @@ log = logging.getLogger("kdgate.handoff")
 
 
 def continuation(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest:
-    """The teacher's request: the same conversation with `text` as the (start of the) assistant's reply. With
+    """The teacher's request: the same conversation with `text` as the (start of the) assistant's reply; for a
+    completions request, the prompt followed by `text` as one raw prompt (there is no message to continue). With
     nothing released yet (a handoff at the first token) it is the client's own request: an empty assistant message
     to continue is one the client never sent, and servers refuse it. A constrained answer's continuation is
     constrained by the grammar of its rest (vLLM would start the grammar afresh after the text); `NotInLanguage`
     when the text cannot start a document of it."""
     if not text:
         return replace(generation, request_id=f"{generation.request_id}-handoff")
+    sampling = replace(generation.sampling, max_tokens=max(1, generation.sampling.max_tokens - tokens))
+    structured = (generation.constraint.after(text) if generation.constraint is not None
+                  else generation.structured_outputs)
+    handed = replace(generation, request_id=f"{generation.request_id}-handoff", sampling=sampling,
+                     structured_outputs=structured)
+    if generation.prompt is not None:
+        return replace(handed, prompt=generation.prompt + text)
     messages = list(generation.messages)
     if generation.continue_final_message:  # the client was already continuing an assistant message
         messages[-1] = messages[-1] | {"content": messages[-1]["content"] + text}
     else:
         messages.append({"role": "assistant", "content": text})
-    sampling = replace(generation.sampling, max_tokens=max(1, generation.sampling.max_tokens - tokens))
-    structured = (generation.constraint.after(text) if generation.constraint is not None
-                  else generation.structured_outputs)
-    return replace(generation, request_id=f"{generation.request_id}-handoff", messages=tuple(messages),
-                   sampling=sampling, add_generation_prompt=False, continue_final_message=True,
-                   structured_outputs=structured)
+    return replace(handed, messages=tuple(messages), add_generation_prompt=False, continue_final_message=True)
 
 
 def _continuation_or_none(generation: GenerationRequest, text: str, tokens: int) -> GenerationRequest | None:

@@ -294,19 +294,19 @@ class Admission:
 
 # ------------------------------------------------------------------------------------------------ the ASGI seam
 
-CHAT_PATH = "/v1/chat/completions"
+GENERATING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})  # what admission limits
 
 
 class AdmissionMiddleware:
-    """Admits chat requests before any body is read, and frees the slot when the ASGI call ends — after the last
-    byte of a stream, or when the client is gone — so no path through a response can keep a slot."""
+    """Admits chat and completions requests before any body is read, and frees the slot when the ASGI call ends —
+    after the last byte of a stream, or when the client is gone — so no path through a response can keep a slot."""
 
     def __init__(self, app, admission: Admission):
         self.app = app
         self.admission = admission
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] not in GENERATING_PATHS or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         try:

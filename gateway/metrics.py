@@ -103,6 +103,9 @@ class GatewayMetrics:
                                       "escalation)", ["kind"], registry=r)
         self.shadow_dropped = Counter("kdgate_shadow_dropped", "Shadow jobs or records dropped, by reason "
                                       "(queue_full, store_error, store_unavailable, rejected, retries_exhausted)", ["reason"], registry=r)
+        self.shadow_skipped = Counter("kdgate_shadow_skipped", "Shadow and escalation jobs not made, by reason "
+                                      "(raw_prompt: a /v1/completions request, which records as chat messages cannot "
+                                      "hold) and kind (shadow, escalation)", ["reason", "kind"], registry=r)
         self.shadow_failed = Counter("kdgate_shadow_failed", "Shadow jobs that failed, by stage (timeout, teacher, "
                                      "internal)", ["stage"], registry=r)
         self.shadow_store_write = Histogram("kdgate_shadow_store_write_seconds", "Time to write one shadow record",

@@ -1,8 +1,9 @@
 """The OpenAPI document: FastAPI's, completed with what the routes do by hand.
 
-The chat route parses its body itself (to name bad fields in OpenAI's error envelope), so FastAPI knows neither its
-request schema nor its error statuses nor its SSE stream; they are added here, with every schema they refer to in
-`components`, so that each `$ref` resolves (schemathesis and client generators stop at one that does not).
+The chat and completions routes parse their bodies themselves (to name bad fields in OpenAI's error envelope), so
+FastAPI knows neither their request schemas nor their error statuses nor their SSE streams; they are added here, with
+every schema they refer to in `components`, so that each `$ref` resolves (schemathesis and client generators stop at
+one that does not).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from gateway.chat.fields import REQUEST_FIELDS, Treatment, fields
+from gateway.chat.fields import REQUEST_FIELDS, RequestField, Treatment
 from gateway.chat.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorResponse
+from gateway.completions import fields as completion_fields
+from gateway.completions.protocol import CompletionChunk, CompletionRequest
 
 REF = "#/components/schemas/{model}"
 CHAT_ERRORS = {
@@ -29,6 +32,12 @@ CHAT_ERRORS = {
     429: "this key's rate limit is spent: retry after `Retry-After` seconds",
     503: "no capacity, or a backend is down: retry after `Retry-After` seconds",
     504: "a backend timed out",
+}
+# path -> what the API is called, its field table, its request and chunk schemas
+GENERATING = {
+    "/v1/chat/completions": ("chat completions", REQUEST_FIELDS, "ChatCompletionRequest", "ChatCompletionChunk"),
+    "/v1/completions": ("completions (text in, text out)", completion_fields.REQUEST_FIELDS, "CompletionRequest",
+                        "CompletionChunk"),
 }
 COMMON_ERRORS = {401: CHAT_ERRORS[401], 429: CHAT_ERRORS[429], 503: CHAT_ERRORS[503]}
 STUDENT_ERRORS = COMMON_ERRORS | {
@@ -54,47 +63,49 @@ def install(app: FastAPI) -> None:
 def build(app: FastAPI) -> dict:
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, ChatCompletionChunk, ErrorResponse):
+    for model in (ChatCompletionRequest, ChatCompletionChunk, CompletionRequest, CompletionChunk, ErrorResponse):
         _add_schema(schemas, model)
     limits = getattr(app.state, "served", None)
     if limits is not None:
         _this_servers_limits(schemas["ChatCompletionRequest"]["properties"], limits)
+        _this_servers_limits(schemas["CompletionRequest"]["properties"], limits)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
-            errors = CHAT_ERRORS if path == "/v1/chat/completions" else (
+            errors = CHAT_ERRORS if path in GENERATING else (
                 STUDENT_ERRORS if path.startswith("/admin/v1/students") else
                 COMMON_ERRORS | {404: "no model of that id (the message names the ones there are)"}
                 if path.startswith("/v1/models/") else COMMON_ERRORS)
             responses = operation.setdefault("responses", {})
             for status, description in errors.items():
                 responses.setdefault(str(status), _error_response(description))
-            if path == "/v1/chat/completions" and method == "post":
-                _describe_chat(operation)
+            if method == "post" and path in GENERATING:
+                _describe_generating(operation, *GENERATING[path])
     return doc
 
 
-def _describe_chat(operation: dict) -> None:
-    refused = ", ".join(f"`{name}`" for name in fields(Treatment.REFUSED))
-    harmless = ", ".join(f"`{name}` as `{json.dumps(value)}`" for name in fields(Treatment.REFUSED)
-                         for value in REQUEST_FIELDS[name].harmless_values)
+def _describe_generating(operation: dict, api: str, table: dict[str, RequestField], request: str, chunk: str
+                         ) -> None:
+    refused = ", ".join(f"`{name}`" for name, field in table.items() if field.treatment == Treatment.REFUSED)
+    harmless = ", ".join(f"`{name}` as `{json.dumps(value)}`" for name, field in table.items()
+                         if field.treatment == Treatment.REFUSED for value in field.harmless_values)
     operation["description"] = (
-        "OpenAI's chat completions. The request schema lists every field kdgate honours, and the few it accepts and "
+        f"OpenAI's {api}. The request schema lists every field kdgate honours, and the few it accepts and "
         "ignores because they cannot change the answer (their descriptions say so). Any other field is a 400 that "
         f"names it; among OpenAI's, these are refused: {refused}. A refused field is accepted with a value that asks "
         f"for nothing: null, and {harmless}.")
     operation["requestBody"] = {"required": True, "content": {"application/json": {
-        "schema": {"$ref": REF.format(model="ChatCompletionRequest")}}}}
+        "schema": {"$ref": REF.format(model=request)}}}}
     ok = operation["responses"]["200"]
     ok["description"] = ("the completion as JSON, or with `stream: true` a `text/event-stream` of "
                          "`data: <chunk JSON>` frames ending with `data: [DONE]`")
     ok["content"]["text/event-stream"] = {"schema": {  # one server-sent event (OpenAPI 3.2's SSE pattern)
-        "description": "each event's `data` is a ChatCompletionChunk, or (once, mid-stream) an error envelope; the "
+        "description": f"each event's `data` is a {chunk}, or (once, mid-stream) an error envelope; the "
                        "last is the literal `[DONE]`",
         "type": "object", "required": ["data"],
         "anyOf": [{"properties": {"data": {"const": "[DONE]"}}},
                   {"properties": {"data": {"type": "string", "contentMediaType": "application/json",
                                            "contentSchema": {"anyOf": [
-                                               {"$ref": REF.format(model="ChatCompletionChunk")},
+                                               {"$ref": REF.format(model=chunk)},
                                                {"$ref": REF.format(model="ErrorResponse")}]}}}}]}}
 
 
@@ -102,10 +113,12 @@ def _this_servers_limits(properties: dict, served: ServedLimits) -> None:
     """What this server accepts beyond the wire format: its model id, its max_tokens and logprob limits."""
     properties["model"]["anyOf"] = [{"type": "string", "enum": [served.model]}, {"type": "null"}]
     for name in ("max_tokens", "max_completion_tokens"):
-        for branch in properties[name]["anyOf"]:
+        for branch in properties.get(name, {}).get("anyOf", ()):
             if branch.get("type") == "integer":
                 branch["maximum"] = served.max_tokens
-    for name in ("top_logprobs", "prompt_logprobs"):
+    for name in ("top_logprobs", "prompt_logprobs", "logprobs"):  # chat's `logprobs` is a boolean: untouched
+        if name not in properties:
+            continue
         target = properties[name]["anyOf"] if "anyOf" in properties[name] else [properties[name]]
         for branch in target:
             if branch.get("type") == "integer":

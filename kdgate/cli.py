@@ -146,8 +146,8 @@ def engine(
     Example:  kdgate engine --model distill/demo/artifacts/teacher --port 8002 --served-model-name teacher
     """
     from gateway.app import create_engine_app
-    from gateway.chat.serving import ServingLimits
     from gateway.logs import configure_logging
+    from gateway.serving import ServingLimits
     from runtime.backends.local import LocalBackend
     from runtime.connections import ConnectionLimits
     from runtime.connections import serve as serve_http

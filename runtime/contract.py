@@ -64,6 +64,12 @@ class GenerationRequest:
     # the gateway's compiled form of it (a regular language), kept so that a handoff can give the teacher the
     # grammar of the rest of the answer; backends read `structured_outputs` only
     constraint: Constraint | None = None
+    # A raw prompt (vLLM's /v1/completions): `messages` is then empty, no chat template applies, and the backend
+    # tokenizes the text as vLLM's completions API does, with the special tokens its tokenizer adds (a BOS, if it has
+    # one). Its `sampling.top_logprobs=k` has that API's meaning: the sampled token first, then the top k by rank
+    # without repeating it (k entries, or k + 1 when the sampled token is not among the top k). `prompt_logprobs` is
+    # for chat requests only.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)

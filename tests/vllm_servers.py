@@ -32,7 +32,7 @@ def packed_engine(demo_dirs) -> Iterator[ThreadedServer]:
     """`kdgate engine` on the demo student, packing `PACKED_INTERVAL` tokens per chunk (vLLM's --stream-interval),
     with a `served` attribute: the model id it serves."""
     from gateway.app import create_engine_app
-    from gateway.chat.serving import ServingLimits
+    from gateway.serving import ServingLimits
     from runtime.backends.local import LocalBackend
     from runtime.engine.engine import EngineSettings
 

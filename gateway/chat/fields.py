@@ -132,16 +132,18 @@ def described(name: str) -> str:
     return f"Accepted and ignored: {field.what}."
 
 
-def refusal(body: dict) -> tuple[str, str] | None:
-    """The first field of `body` that kdgate refuses, and the 400's message; None when there is none."""
-    unknown = sorted(name for name in body if name not in REQUEST_FIELDS)
+def refusal(body: dict, table: dict[str, RequestField] = REQUEST_FIELDS, api: str = "chat"
+            ) -> tuple[str, str] | None:
+    """The first field of `body` that kdgate refuses, and the 400's message; None when there is none. `table` and
+    `api` name another endpoint's fields (gateway.completions.fields)."""
+    unknown = sorted(name for name in body if name not in table)
     if unknown:
         listed = ", ".join(f"`{name}`" for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        return unknown[0], (f"{listed} {'is not a field' if len(unknown) == 1 else 'are not fields'} of the chat "
+        return unknown[0], (f"{listed} {'is not a field' if len(unknown) == 1 else 'are not fields'} of the {api} "
                             f"API that kdgate knows; remove {'it' if len(unknown) == 1 else 'them'} (docs/api.md "
                             "lists every field kdgate honours, ignores or refuses)")
     for name, value in body.items():
-        field = REQUEST_FIELDS[name]
+        field = table[name]
         if field.treatment == Treatment.REFUSED and not field.harmless(value):
             return name, f"`{name}` is not supported: {field.what}"
     return None

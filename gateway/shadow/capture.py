@@ -5,6 +5,10 @@ top-k logprobs the divergence needs (the client's own logprobs are formatted fro
 difference). `observe` sees every event the client gets; the student's part ends at a handoff. `finish` runs when
 the answer is complete and offers the job: `shadow` for a sampled student answer, `escalation` for a request the
 student did not finish (escalated on confidence, or handed off mid-stream).
+
+A raw-prompt request (`POST /v1/completions`) is not shadowed nor recorded: a record keeps the conversation as chat
+messages, and the teacher's scoring, the routing records and re-distillation read it through the chat template. It
+is counted instead, as the job it would have been (`kdgate_shadow_skipped_total{reason="raw_prompt", kind}`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from router.policy import RouteDecision
 from router.reasons import ESCALATIONS, Reason
 from runtime.contract import Delta, GenerationRequest, TokenLogprob
 
+RAW_PROMPT = "raw_prompt"  # the reason a completions request is not shadowed
+
 
 class Capture:
-    def __init__(self, worker: ShadowWorker | None, sampled: bool):
+    def __init__(self, worker: ShadowWorker | None, sampled: bool, skipped: str | None = None):
         self.worker = worker
         self.sampled = sampled
+        self.skipped = skipped  # why this request's job is counted instead of offered
         self.text: list[str] = []
         self.tokens: list[TokenLogprob] = []
         self._student_part = True
@@ -31,6 +38,8 @@ class Capture:
     def plan(cls, worker: ShadowWorker | None, generation: GenerationRequest, forced: str | None
              ) -> tuple[Capture, GenerationRequest]:
         sampled = worker is not None and forced is None and worker.wants()
+        if worker is not None and generation.prompt is not None:
+            return cls(worker, sampled, skipped=RAW_PROMPT), generation
         if worker is not None and generation.sampling.top_logprobs is None:
             # records keep token ids: an HTTP student then reports `token_id:<id>` tokens, which only a client that
             # asked for no logprobs of its own may be given
@@ -59,5 +68,8 @@ class Capture:
             student = tuple(self.tokens) if decision.reason == Reason.HANDOFF else discarded
             kind, text, tokens = "escalation", "".join(entry.token for entry in student), student
         else:
+            return
+        if self.skipped is not None:
+            self.worker.metrics.shadow_skipped.labels(self.skipped, kind).inc()
             return
         self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model, student_version))

@@ -110,7 +110,7 @@ class HttpBackend:
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}/{'completions' if request.prompt is not None else 'chat/completions'}"
         try:
             if request.prompt_logprobs is not None:
                 async for event in self._generate_once(url, request):
@@ -120,6 +120,16 @@ class HttpBackend:
                     yield event
         except httpx.HTTPError as exc:
             raise from_httpx(exc, backend=self.info.name, url=url) from exc
+
+    def _completions_body(self, request: GenerationRequest, stream: bool) -> dict:
+        """A raw-prompt request for vLLM's `/v1/completions`: the chat body with `prompt` for the messages and the
+        completions API's `logprobs: k` for the chat API's `logprobs: true, top_logprobs: k`."""
+        body = self._body(request, stream)
+        for chat_only in ("messages", "add_generation_prompt", "continue_final_message", "top_logprobs"):
+            body.pop(chat_only, None)
+        if request.sampling.top_logprobs is not None:
+            body["logprobs"] = request.sampling.top_logprobs
+        return {"model": body.pop("model"), "prompt": request.prompt, **body}
 
     async def _connect(self, stack: AsyncExitStack, url: str, body: dict):
         """The event source, once the response's headers are in. A request that failed before any response (refused,
@@ -136,7 +146,7 @@ class HttpBackend:
                                                             headers=self._headers))
 
     async def _generate_streamed(self, url: str, request: GenerationRequest) -> AsyncIterator[Event]:
-        body = self._body(request, stream=True)
+        body = self._body(request, stream=True) if request.prompt is None else self._completions_body(request, True)
         async with AsyncExitStack() as stack:
             source = await self._connect(stack, url, body)
             await self._raise_for_status(source.response)
@@ -195,6 +205,10 @@ class HttpBackend:
         yield finish
 
     def _delta_of(self, choice: dict) -> Delta | None:
+        """A chat chunk's choice (`delta.content`, `logprobs.content`), or a completions chunk's (`text`, and
+        `logprobs` in that API's shape)."""
+        if "text" in choice:
+            return self._completion_delta_of(choice)
         text = (choice.get("delta") or {}).get("content") or ""
         content = (choice.get("logprobs") or {}).get("content") or ()
         try:
@@ -202,6 +216,19 @@ class HttpBackend:
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamProtocolError(f"backend `{self.info.name}` sent malformed logprobs: {exc!r}",
                                         backend=self.info.name) from exc
+        return self._delta(text, logprobs)
+
+    def _completion_delta_of(self, choice: dict) -> Delta | None:
+        try:
+            logprobs = _completion_logprobs(choice.get("logprobs"))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise UpstreamProtocolError(f"backend `{self.info.name}` sent malformed logprobs: {exc!r}",
+                                        backend=self.info.name) from exc
+        return self._delta(choice.get("text") or "", logprobs)
+
+    def _delta(self, text: str, logprobs: tuple[TokenLogprob, ...]) -> Delta | None:
+        """A chunk's event; a `token_id:<id>` token whose text is not known gets the chunk's text when it is the
+        chunk's only token."""
         if not text and not logprobs:
             return None
         unknown = [index for index, entry in enumerate(logprobs) if entry.token is None]
@@ -318,6 +345,23 @@ def _token_logprob(item: dict) -> TokenLogprob:
                  for top in item.get("top_logprobs") or ())
     token = item["token"] if token_id is None else _text_of_bytes(item.get("bytes"), item["token"])
     return TokenLogprob(token=token, logprob=float(item["logprob"]), top_logprobs=tops, token_id=token_id)
+
+
+def _completion_logprobs(logprobs: dict | None) -> tuple[TokenLogprob, ...]:
+    """The completions API's `{"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], ...}` as entries: its
+    top dicts list the sampled token first, then the top k by rank, as the contract wants them. A `token_id:<id>`
+    token's text is not sent (the API has no `bytes`): None, for the caller."""
+    if not logprobs:
+        return ()
+    entries = []
+    for token, logprob, tops in zip(logprobs["tokens"], logprobs["token_logprobs"],
+                                    logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"]), strict=True):
+        token_id = _token_id(token)
+        alternatives = tuple(TopLogprob(token="" if (top_id := _token_id(top)) is not None else top,
+                                        logprob=float(value), token_id=top_id) for top, value in (tops or {}).items())
+        entries.append(TokenLogprob(token=token if token_id is None else None, logprob=float(logprob),
+                                    top_logprobs=alternatives, token_id=token_id))
+    return tuple(entries)
 
 
 def _text_of_bytes(raw, placeholder: str) -> str | None:

@@ -115,14 +115,13 @@ class LocalEngine:
 
     def encode_prompt(self, request: GenerationRequest) -> tuple[list[int], int]:
         """The prompt's token ids and the max_tokens that applies (a default one shrinks to fit the context)."""
-        text = self.tokenizer.apply_chat_template(
-            list(request.messages), add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message, tokenize=False)
+        text, special_tokens = self.prompt_text(request)
+        field, are = ("prompt", "is") if request.prompt is not None else ("messages", "are")
         if len(text) > self.max_model_len * MAX_CHARS_PER_TOKEN:  # surely too long: refused before tokenizing it
             raise InvalidRequest(
-                f"the messages are {len(text):,} characters, far beyond this model's maximum context length of "
-                f"{self.max_model_len} tokens; shorten them", parameter="messages")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                f"the {field} {are} {len(text):,} characters, far beyond this model's maximum context length of "
+                f"{self.max_model_len} tokens; shorten {'it' if are == 'is' else 'them'}", parameter=field)
+        ids = self.tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
         max_tokens = request.sampling.max_tokens
         if request.sampling.fit_to_context:
             max_tokens = max(1, min(max_tokens, self.max_model_len - len(ids)))
@@ -130,9 +129,19 @@ class LocalEngine:
         if total > self.max_model_len:
             raise InvalidRequest(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request needs {total} "
-                f"({len(ids)} in the messages, {max_tokens} in the completion). Shorten the "
-                "messages or lower `max_tokens`.", parameter="max_tokens")
+                f"({len(ids)} in the {field}, {max_tokens} in the completion). Shorten the "
+                f"{field} or lower `max_tokens`.", parameter="max_tokens")
         return ids, max_tokens
+
+    def prompt_text(self, request: GenerationRequest) -> tuple[str, bool]:
+        """The text to tokenize, and whether the tokenizer adds its special tokens to it: a raw prompt is tokenized
+        as vLLM's completions API does (with them, so a BOS if the tokenizer has one), a rendered chat template
+        without them (the template writes its own)."""
+        if request.prompt is not None:
+            return request.prompt, True
+        return self.tokenizer.apply_chat_template(
+            list(request.messages), add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message, tokenize=False), False
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self._open += 1
@@ -321,7 +330,8 @@ class LocalEngine:
                                                f"{error}); check `temperature`, `top_p` and the other sampling "
                                                "fields", parameter="top_p"))
         raw_logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
-        entries = sampled_logprobs(raw_logprobs, chosen, [p.top_logprobs for p in sampling], self.texts)
+        entries = sampled_logprobs(raw_logprobs, chosen, [p.top_logprobs for p in sampling], self.texts,
+                                   completions=[s.request.prompt is not None for s in sequences])
         for row, (sequence, token_id) in enumerate(zip(sequences, chosen.tolist(), strict=True)):
             if sequence.finished:  # its sampling failed above
                 continue

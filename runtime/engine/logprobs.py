@@ -4,7 +4,9 @@
   top-k/top-p/min-p filters (vLLM's default `logprobs_mode="raw_logprobs"`): a token forced by a bias is reported
   with the probability the model itself gave it;
 - for each generated token the list is the sampled token first, then the top-k by rank without repeating the
-  sampled one, cut to k entries — so when sampling picked a token outside the top-k, the k-th best is dropped;
+  sampled one, cut to k entries — so when sampling picked a token outside the top-k, the k-th best is dropped
+  (the chat API's cut); for a completions request the list is not cut: the sampled token and all of the top-k,
+  k + 1 entries when the sampled token is not among them, as vLLM's completions API reports `logprobs: k`;
 - `-inf` is reported as -9999.0;
 - token strings are each id converted on its own (`convert_ids_to_tokens` then `convert_tokens_to_string`).
 """
@@ -37,13 +39,14 @@ def _clamp(value: float) -> float:
 
 
 def sampled_logprobs(logprobs: torch.Tensor, sampled: torch.Tensor, ks: list[int | None],
-                     texts: TokenTexts) -> list[TokenLogprob | None]:
+                     texts: TokenTexts, completions: list[bool] | None = None) -> list[TokenLogprob | None]:
     """One `TokenLogprob` per row (None where the request asked for no logprobs).
 
     Args:
         logprobs: (B, V) raw log-softmax of the step's logits.
         sampled: (B,) chosen token ids.
         ks: per row, the number of alternatives asked for (None: no logprobs).
+        completions: per row, whether it is a completions request (the sampled token plus the whole top-k).
     """
     wanted = [k for k in ks if k is not None]
     if not wanted:
@@ -60,9 +63,11 @@ def sampled_logprobs(logprobs: torch.Tensor, sampled: torch.Tensor, ks: list[int
             rows.append(None)
             continue
         token_id, value = sampled_ids[row], _clamp(sampled_values[row])
-        alternatives = [TopLogprob(texts(token_id), value, token_id)] if k else []
-        for other_id, other_value in zip(top_ids[row] if k else (), top_values[row] if k else (), strict=True):
-            if len(alternatives) >= k:
+        uncut = bool(completions and completions[row])
+        alternatives = [TopLogprob(texts(token_id), value, token_id)] if k or uncut else []
+        for other_id, other_value in zip(top_ids[row][:k] if k else (), top_values[row][:k] if k else (),
+                                         strict=True):
+            if len(alternatives) >= k and not uncut:
                 break
             if other_id != token_id:
                 alternatives.append(TopLogprob(texts(other_id), _clamp(other_value), other_id))

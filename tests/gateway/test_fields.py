@@ -398,7 +398,8 @@ def test_a_message_key_is_honoured_or_refused_too(gateway):
     from types import SimpleNamespace
 
     from gateway.chat.protocol import ChatCompletionRequest
-    from gateway.chat.serving import ChatServing, ServingLimits
+    from gateway.chat.serving import ChatServing
+    from gateway.serving import ServingLimits
 
     url = f"{gateway.url}/v1/chat/completions"
     named = {"model": "kdgate-demo", "max_tokens": 4,
