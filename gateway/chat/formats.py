@@ -15,6 +15,26 @@ from runtime.errors import InvalidRequest
 
 SCHEMA_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for `json_schema.name`
 
+# The validators' rules as JSON Schema, for the OpenAPI document and schema-driven tests. What no schema can state
+# (that a regex, a grammar or a JSON schema compiles, and which schema keywords are enforced) is checked on use.
+RESPONSE_FORMAT_RULE = {"anyOf": [  # `json_schema` with type `json_schema`, and only then
+    {"properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object"}}, "required": ["json_schema"]},
+    {"properties": {"type": {"enum": ["text", "json_object"]}, "json_schema": {"type": "null"}}}]}
+KIND_VALUES = {  # what each kind of constraint takes
+    "json": {"anyOf": [{"type": "object"}, {"type": "string", "minLength": 1}]},
+    "regex": {"type": "string", "minLength": 1},
+    "choice": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+    "grammar": {"type": "string", "pattern": r"\S"},
+    "json_object": {"const": True},
+}
+STRUCTURED_OUTPUTS_RULE = {
+    "anyOf": [  # exactly one kind of constraint: it, and the others absent or unset
+        {"required": [kind], "properties": {other: KIND_VALUES[kind] if other == kind else
+                                            {"enum": [False, None]} if other == "json_object" else {"type": "null"}
+                                            for other in KIND_VALUES}}
+        for kind in KIND_VALUES],
+}
+
 
 class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
@@ -28,7 +48,7 @@ class JsonSchemaFormat(BaseModel):
 class ResponseFormat(BaseModel):
     """`text` (the default), `json_object` (any JSON object) or `json_schema` (a document of that schema)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=RESPONSE_FORMAT_RULE)
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
@@ -48,7 +68,7 @@ class StructuredOutputs(BaseModel):
     """vLLM's `structured_outputs` (`StructuredOutputsParams`): exactly one of `json`, `json_object`, `regex`,
     `choice`, `grammar`, with JSON's whitespace options."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=STRUCTURED_OUTPUTS_RULE)
 
     json_: dict[str, Any] | str | None = Field(default=None, alias="json")
     regex: str | None = None
@@ -56,7 +76,7 @@ class StructuredOutputs(BaseModel):
     grammar: str | None = None
     json_object: bool | None = None
     disable_any_whitespace: bool = False
-    disable_additional_properties: bool = False
+    disable_additional_properties: bool = Field(default=False, json_schema_extra={"enum": [False]})  # refused
     whitespace_pattern: str | None = None
 
     def spec(self) -> dict:

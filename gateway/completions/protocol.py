@@ -42,11 +42,6 @@ CROSS_FIELD_RULES = [
      "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
     {"if": {"required": ["echo"], "properties": {"echo": {"const": True}}},
      "then": {"properties": {"logprobs": {"type": "null"}}}},
-    {"properties": {"response_format": {"anyOf": [  # a schema with type `json_schema`, and only then
-        {"type": "null"},
-        {"properties": {"type": {"const": "json_schema"}, "json_schema": {"type": "object"}},
-         "required": ["json_schema"]},
-        {"properties": {"type": {"enum": ["text", "json_object"]}, "json_schema": {"type": "null"}}}]}}},
 ]
 
 

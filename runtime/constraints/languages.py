@@ -25,6 +25,8 @@ KINDS = ("json", "json_object", "regex", "choice", "grammar")
 OPTIONS = ("disable_any_whitespace", "disable_additional_properties", "whitespace_pattern")
 ANY_OBJECT = {"type": "object"}  # `json_object`: outlines-core's regex for any object (nesting bounded)
 CACHED_LANGUAGES = 256
+MAX_REPETITIONS = 512  # the counts of `{m,n}` in a language's regex, summed: at most about 3,000 states, 2-3 s
+QUANTIFIER = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")  # an unescaped {m}, {m,} or {m,n}
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,14 @@ def _compiled(canonical: str) -> Constraint:
             raise InvalidRequest("`structured_outputs.grammar` must be an EBNF grammar (text)",
                                  parameter="structured_outputs.grammar")
         return Constraint({"grammar": spec["grammar"]}, None)
-    return Constraint(spec, _automaton(kind, _regex(kind, spec), f"structured_outputs.{kind}"))
+    regex = _regex(kind, spec)
+    parameter = "schema" if kind == "json" else f"structured_outputs.{kind}"
+    _check_size(regex, parameter)
+    automaton = _automaton(kind, regex, parameter)
+    if kind == "json" and (automaton.accepts("") or not automaton.grammar().count("::=") > 2):
+        raise InvalidRequest("the JSON schema admits no document (an empty `enum` or `anyOf`?); give one that "
+                             "some JSON value satisfies", parameter=parameter)
+    return Constraint(spec, automaton)
 
 
 def _regex(kind: str, spec: dict) -> str:
@@ -115,6 +124,16 @@ def _regex(kind: str, spec: dict) -> str:
                              parameter="schema") from None
 
 
+def _check_size(regex: str, parameter: str) -> None:
+    """A counted repetition becomes that many automaton states, and building the automaton grows faster than
+    that (a string of `maxLength` 3000 took 20 s, blocking a worker thread): the counts are bounded up front."""
+    counts = [int(number) for low, high in QUANTIFIER.findall(regex) for number in (low, high) if number]
+    if sum(counts) > MAX_REPETITIONS:
+        raise InvalidRequest(f"the constraint's counted repetitions (`maxLength`, `maxItems`, `{{m,n}}`, ...) add "
+                             f"up to {sum(counts)}, above kdgate's limit of {MAX_REPETITIONS}; lower them or drop "
+                             "them and check the lengths after parsing", parameter=parameter)
+
+
 def _whitespace(spec: dict) -> str | None:
     """Between JSON tokens: the client's pattern; none at all with `disable_any_whitespace`; else outlines-core's
     default, at most one space (a model cannot pad a document with endless whitespace)."""
@@ -127,9 +146,9 @@ def _automaton(kind: str, regex: str, parameter: str) -> Automaton:
     try:
         return Automaton.from_regex(regex)
     except Exception as error:  # interegular's parse errors have no common base class
-        raise InvalidRequest(f"the {'regular expression' if kind == 'regex' else kind} cannot be compiled: "
-                             f"{type(error).__name__}: {error}; kdgate takes regexes without lookaround or "
-                             "backreferences", parameter=parameter) from None
+        what = {"regex": "the regular expression", "json": "a `pattern` of the JSON schema"}.get(kind, kind)
+        raise InvalidRequest(f"{what} cannot be compiled ({type(error).__name__}: {error}); kdgate takes regexes "
+                             "without lookaround or backreferences", parameter=parameter) from None
 
 
 def _unanchored(regex: str) -> str:

@@ -128,6 +128,11 @@ def test_choice_regex_and_json_object_are_languages_too():
     ({"type": "array", "items": {"type": "string", "format": "ipv4"}}, "schema"),
     ({"$defs": {"A": {"type": "array", "uniqueItems": True}}}, "schema.$defs.A.uniqueItems"),
     ({"type": "object", "patternProperties": {"^x": {}}}, "schema.patternProperties"),
+    ({"enum": []}, "schema"),  # no document at all: the answer would have been empty
+    ({"anyOf": []}, "schema"),
+    ({"type": "string", "pattern": "(("}, "schema"),
+    # a worker thread spent 20 s building this automaton; refused up front
+    ({"type": "string", "maxLength": 3000}, "schema"),
 ])
 def test_a_schema_keyword_the_grammar_cannot_enforce_is_refused_by_name(schema, parameter):
     with pytest.raises(InvalidRequest) as refused:
@@ -139,6 +144,7 @@ def test_a_schema_keyword_the_grammar_cannot_enforce_is_refused_by_name(schema, 
     ({"regex": "(?<=a)b"}, "structured_outputs.regex"), ({"choice": []}, "structured_outputs.choice"),
     ({"json": "{nope"}, "structured_outputs.json"), ({"regex": "a", "choice": ["b"]}, "structured_outputs"),
     ({"structural_tag": "{}"}, "structured_outputs.structural_tag"), ({"grammar": " "}, "structured_outputs.grammar"),
+    ({"regex": "a{99999}"}, "structured_outputs.regex"),
 ])
 def test_a_malformed_constraint_is_refused_by_name(spec, parameter):
     with pytest.raises(InvalidRequest) as refused:
