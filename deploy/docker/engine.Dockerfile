@@ -21,7 +21,8 @@ COPY runtime/ runtime/
 COPY router/ router/
 COPY distill/ distill/
 COPY loadtests/ loadtests/
-RUN /opt/venv/bin/pip install --no-cache-dir ".[engine]"
+# triton: xgrammar's GPU kernels (1 GB), which the CPU build of torch never runs (as ./dev does)
+RUN /opt/venv/bin/pip install --no-cache-dir ".[engine]" && /opt/venv/bin/pip uninstall --yes triton
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
