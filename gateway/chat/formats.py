@@ -83,6 +83,22 @@ class StructuredOutputs(BaseModel):
         return self.model_dump(by_alias=True, exclude_defaults=True)
 
 
+def constraint_spec(response_format: ResponseFormat | None, structured_outputs: StructuredOutputs | None
+                    ) -> dict | None:
+    """A request's constraint as vLLM's `structured_outputs` object (None for free text), from whichever of the
+    two fields gives it; a ValueError (the request model's 400) for a contradiction."""
+    formatted = response_format.structured_outputs() if response_format is not None else None
+    if structured_outputs is None:
+        return formatted
+    if formatted is not None:
+        raise ValueError("`structured_outputs` and `response_format` both constrain the answer; send one")
+    if structured_outputs.disable_additional_properties:
+        raise ValueError("`structured_outputs.disable_additional_properties` is not supported: kdgate never adds a "
+                         "property that a schema's `properties` does not list; drop it and give `properties` "
+                         "with `additionalProperties: false`")
+    return structured_outputs.spec()
+
+
 def placed(error: InvalidRequest, response_format: bool) -> InvalidRequest:
     """A schema error (parameter `schema...`, from runtime/constraints) named where the client put the schema."""
     parameter = error.parameter or ""

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.chat.fields import REQUEST_FIELDS, Treatment, refusal
-from gateway.chat.formats import ResponseFormat, StructuredOutputs
+from gateway.chat.formats import ResponseFormat, StructuredOutputs, constraint_spec
 
 OPENAI_MAX_STOP_SEQUENCES = 4
 LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; vLLM clamps to it, kdgate refuses beyond it
@@ -302,21 +302,12 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def check_structured_outputs(self) -> ChatCompletionRequest:
-        self.structured_spec()  # raises for a response_format that contradicts itself
-        if self.structured_outputs is not None and self.response_format is not None and (
-                self.response_format.type != "text"):
-            raise ValueError("`structured_outputs` and `response_format` both constrain the answer; send one")
-        if self.structured_outputs is not None and self.structured_outputs.disable_additional_properties:
-            raise ValueError("`structured_outputs.disable_additional_properties` is not supported: kdgate never "
-                             "adds a property that a schema's `properties` does not list; drop it and give "
-                             "`properties` with `additionalProperties: false`")
+        self.structured_spec()  # raises for two constraints, or a format that contradicts itself
         return self
 
     def structured_spec(self) -> dict | None:
         """The answer's constraint as vLLM's `structured_outputs` object; None for free text."""
-        if self.structured_outputs is not None:
-            return self.structured_outputs.spec()
-        return self.response_format.structured_outputs() if self.response_format is not None else None
+        return constraint_spec(self.response_format, self.structured_outputs)
 
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens` wins over the deprecated `max_tokens`, as in OpenAI's API."""

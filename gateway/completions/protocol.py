@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.chat.fields import Treatment
-from gateway.chat.formats import ResponseFormat, StructuredOutputs
+from gateway.chat.formats import ResponseFormat, StructuredOutputs, constraint_spec
 from gateway.chat.protocol import (
     SEED_RANGE,
     Bias,
@@ -160,19 +160,12 @@ class CompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def check_structured_outputs(self) -> CompletionRequest:
-        self.structured_spec()  # raises for a response_format that contradicts itself
-        if self.structured_outputs is not None and self.response_format is not None and (
-                self.response_format.type != "text"):
-            raise ValueError("`structured_outputs` and `response_format` both constrain the answer; send one")
-        if self.structured_outputs is not None and self.structured_outputs.disable_additional_properties:
-            raise ValueError("`structured_outputs.disable_additional_properties` is not supported: kdgate never "
-                             "adds a property that a schema's `properties` does not list; drop it and give "
-                             "`properties` with `additionalProperties: false`")
+        self.structured_spec()  # raises for two constraints, or a format that contradicts itself
         return self
 
     def structured_spec(self) -> dict | None:
         """The answer's constraint as vLLM's `structured_outputs` object; None for free text."""
-        return ChatCompletionRequest.structured_spec(self)  # type: ignore[arg-type]  (same two fields)
+        return constraint_spec(self.response_format, self.structured_outputs)
 
     def text(self) -> str:
         """The prompt (a list of one was made that string when parsed)."""
