@@ -49,7 +49,8 @@ class InputMessage(BaseModel):
     type: Literal["message"] | None = None
     role: Role
     content: str | list[InputText] = Field(json_schema_extra=lambda s: _branches(
-        s, string={"pattern": r"\S"}, array={"minItems": 1}))
+        s, string={"pattern": r"\S"}, array={"minItems": 1, "contains": {
+            "type": "object", "required": ["text"], "properties": {"text": {"type": "string", "pattern": r"\S"}}}}))
     id: str | None = None  # an output message sent back keeps its id and status: accepted, not read
     status: str | None = None
 
@@ -59,8 +60,8 @@ class InputMessage(BaseModel):
         """Only message items: a function call, its output, a reasoning item or an item reference is refused by
         its type (they need tools or stored state), and so is a key a message does not have."""
         if isinstance(value, dict):
-            kind = value.get("type", "message")
-            if kind != "message":
+            kind = value.get("type")
+            if kind not in (None, "message"):
                 raise ValueError(f"items of type `{kind}` are not supported: kdgate takes message items (`role` and "
                                  "`content`) only, and calls no tools; drop the item")
             for key in value:
@@ -141,6 +142,12 @@ Input = Annotated[Annotated[str, Tag("str")] | Annotated[list[InputMessage], Tag
                   Discriminator(lambda value: "str" if isinstance(value, str) else "list[InputMessage]")]
 
 
+def _input_schema(schema: dict) -> None:
+    """The branches of `input` (a `oneOf`, for the discriminated union): a string with text, or some items."""
+    for branch in schema["oneOf"]:
+        branch.update({"pattern": r"\S"} if branch["type"] == "string" else {"minItems": 1})
+
+
 def _request_schema(schema: dict) -> None:
     """Each property described from the field table (what kdgate does with it)."""
     schema["allOf"] = [  # `top_logprobs` above 0 needs the logprobs included (check_logprobs)
@@ -159,8 +166,7 @@ class ResponseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_request_schema)
 
     include: list[Literal["message.output_text.logprobs"]] | None = None
-    input: Input = Field(json_schema_extra=lambda s: _branches(
-        s, string={"pattern": r"\S"}, array={"minItems": 1}))
+    input: Input = Field(json_schema_extra=_input_schema)
     instructions: str | None = None
     max_output_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(
         s, integer={"minimum": 1}))

@@ -179,6 +179,14 @@ def test_text_input_and_a_message_list_with_instructions_are_chats_messages(gate
         {"role": "assistant", "content": "Thanks."}, {"role": "user", "content": TICKET}], 24)
 
 
+def test_what_the_schema_allows_is_accepted(gateway):
+    """Found by fuzzing: an item's `type: null` is a message item as if left out; an empty text part beside one with
+    text is accepted (the schema asks for some text in the content, not in every part)."""
+    items = [{"type": None, "role": "user", "content": [{"type": "input_text", "text": ""},
+                                                        {"type": "input_text", "text": TICKET}]}]
+    assert output_text(ok(gateway, BASE | {"input": items})) == output_text(ok(gateway, BASE))
+
+
 def test_max_output_tokens_ends_an_incomplete_response(gateway):
     body = ok(gateway, BASE | {"max_output_tokens": 3})
     assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
