@@ -1,9 +1,9 @@
 """The OpenAPI document: FastAPI's, completed with what the routes do by hand.
 
-The chat, completions and responses routes parse their bodies themselves (to name bad fields in OpenAI's error envelope), so
-FastAPI knows neither their request schemas nor their error statuses nor their SSE streams; they are added here, with
-every schema they refer to in `components`, so that each `$ref` resolves (schemathesis and client generators stop at
-one that does not).
+The chat, completions and responses routes parse their bodies themselves (to name bad fields in OpenAI's error
+envelope), so FastAPI knows neither their request schemas nor their error statuses nor their SSE streams; they are
+added here, with every schema they refer to in `components`, so that each `$ref` resolves (schemathesis and client
+generators stop at one that does not).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The request path every generating endpoint shares: limits, the student version's lease, routing, the event
 loop over the backend's stream, metrics, cost and the shadow capture.
 
-An endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`) translates its wire request into one `GenerationRequest`
-and a `RouteRequest`, and gives `Serving` an `Endpoint`: how its response and its stream's frames look. Routing,
-handoff, fallback, shadow and the metrics then handle the request without knowing which endpoint it came from.
+An endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`) translates its wire request into one
+`GenerationRequest` and a `RouteRequest`, and gives `Serving` an `Endpoint`: how its response and its stream's frames
+look. Routing, handoff, fallback, shadow and the metrics then handle the request without knowing which endpoint it
+came from.
 Backends always stream; a non-streaming request is the stream collected. A stream is *primed* before the HTTP
 response starts: failures before the first token (backend down, upstream 400) become a proper error status instead
 of a broken 200 stream, and the route is known when the headers go out.

@@ -253,6 +253,7 @@ class OutputMessage(BaseModel):
 
 
 class InputTokensDetails(BaseModel):
+    cache_write_tokens: int = 0
     cached_tokens: int = 0
 
 

@@ -14,12 +14,15 @@ import time
 import httpx
 import openai
 import pytest
-from openai.types.responses import response_create_params
+from openai.types.responses import Response, ResponseStreamEvent, response_create_params
+from pydantic import TypeAdapter
 
 from gateway.chat.fields import Treatment
 from gateway.responses.fields import REQUEST_FIELDS
 from gateway.responses.protocol import ResponseRequest
+from gateway.responses.serving import ResponseEndpoint
 from gateway.settings import HandoffSettings, RoutingSettings, ShadowSettings
+from runtime.errors import UpstreamTimeout
 from tests.conftest import ROOT, ThreadedServer, gateway_settings
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. This is urgent! Thanks, Maria"
@@ -259,9 +262,27 @@ def test_a_stream_sends_openais_events_in_order_numbered(gateway):
     assert completed["status"] == "completed" and completed["usage"]["output_tokens"] > 0
     assert completed["kdgate"]["route"] == "student"
     assert streamed[0][1]["response"]["status"] == "in_progress" and streamed[0][1]["response"]["output"] == []
+    for _, data in streamed:  # each event is one of the openai package's, field for field
+        TypeAdapter(ResponseStreamEvent).validate_python(data)
+    Response.model_validate(whole)
     cut = events(post(gateway, BASE | {"stream": True, "max_output_tokens": 3}))
     assert cut[-1][0] == "response.incomplete" and cut[-1][1]["response"]["incomplete_details"] == {
         "reason": "max_output_tokens"}
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_response_failed():
+    """OpenAI's way of ending a stream that fails after it started: `error`, then `response.failed` carrying the
+    response with its error (the numbers go on from the events already sent)."""
+    stream = ResponseEndpoint(ResponseRequest.model_validate(BASE | {"stream": True}), "kdgate-demo").stream("r1", 0)
+    opening = stream.opening()
+    failure = stream.failure(UpstreamTimeout("the teacher went silent", backend="teacher"))
+    failed = [block.strip().split("\n") for block in failure]
+    assert [name for name, _ in failed] == ["event: error", "event: response.failed"]
+    error, response = (TypeAdapter(ResponseStreamEvent).validate_json(data.removeprefix("data: "))
+                       for _, data in failed)
+    assert error.message == "the teacher went silent" and error.sequence_number == len(opening)
+    assert response.response.status == "failed" and response.response.error.message == "the teacher went silent"
+    assert stream.ending() == []  # no `data: [DONE]`
 
 
 def test_a_forced_teacher_serves_and_says_so(gateway):
