@@ -24,6 +24,7 @@ from gateway.responses.serving import ResponseEndpoint
 from gateway.settings import HandoffSettings, RoutingSettings, ShadowSettings
 from runtime.errors import UpstreamTimeout
 from tests.conftest import ROOT, ThreadedServer, gateway_settings
+from tests.gateway.test_confidence_routing import ESCALATE, KEEP, ROUTE_AT, routed_by
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. This is urgent! Thanks, Maria"
 HELD_OUT = ("Dear team, Order 35533 was a Plse Camera and order 24315 was a PhotoFrge. The Plse Camera makes a "
@@ -311,6 +312,42 @@ def test_the_openai_client_creates_and_streams_responses(gateway):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="kdgate-demo", input="hi", previous_response_id="resp_1")
     assert refused.value.param == "previous_response_id"
+
+
+def test_the_engine_server_serves_responses_without_a_route(gateway, engine_server):
+    """`kdgate engine` speaks /v1/responses with the same code: the teacher's answer, forced through the gateway
+    or asked of its engine directly, is the same, and the engine names no route."""
+    direct = httpx.post(f"{engine_server.base_url}/responses", json=BASE | {"model": engine_server.model},
+                        timeout=60)
+    assert direct.status_code == 200 and "kdgate" not in direct.json() and "x-kdgate-route" not in direct.headers
+    assert output_text(direct.json()) == output_text(ok(gateway, BASE, "teacher"))
+
+
+# ------------------------------------------------------------------------------------------- routing as chat's
+
+
+@pytest.fixture(scope="module")
+def keeping_gateway(demo_dirs, engine_server, tmp_path_factory):
+    yield from routed_by(KEEP, demo_dirs, engine_server, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def escalating_gateway(demo_dirs, engine_server, tmp_path_factory):
+    yield from routed_by(ESCALATE, demo_dirs, engine_server, tmp_path_factory)
+
+
+@pytest.mark.parametrize("threshold", [KEEP, ESCALATE], ids=["keep", "escalate"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_confidence_policy_holds_back_and_decides_as_for_chat(request, threshold, stream):
+    """Hold-back on a response: kept, the student's answer; escalated, the teacher's from the start."""
+    server = request.getfixturevalue("keeping_gateway" if threshold == KEEP else "escalating_gateway")
+    route, reason = ROUTE_AT[threshold]
+    body = {"input": HELD_OUT, "max_output_tokens": 24, "temperature": 0}
+    forced = output_text(ok(server, body, route))
+    response = post(server, body | {"stream": stream})
+    assert (response.headers["x-kdgate-route"], response.headers["x-kdgate-route-reason"]) == (route, reason)
+    whole = events(response)[-1][1]["response"] if stream else response.json()
+    assert output_text(whole) == forced and whole["kdgate"]["reason"] == reason
 
 
 # ------------------------------------------------------------------------------------------- a mid-stream handoff
