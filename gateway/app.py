@@ -31,6 +31,8 @@ from gateway.cost import CostMeter
 from gateway.limits import Admission, AdmissionMiddleware
 from gateway.logs import escape
 from gateway.metrics import EngineCollector, GatewayMetrics
+from gateway.responses import routes as responses_routes
+from gateway.responses.serving import ResponseServing
 from gateway.routing import Router, SingleBackend, build_policy
 from gateway.serving import ServingLimits
 from gateway.settings import GatewaySettings, LimitsSettings
@@ -85,6 +87,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                                          metrics=metrics, announce_route=True, shadow=shadow, students=students,
                                          cost=cost)
             app.state.completions = CompletionServing.beside(app.state.chat)
+            app.state.responses = ResponseServing.beside(app.state.chat)
             app.state.students = students
             _collect_engine_metrics(app, backends)
             if resilience.health_interval_s:
@@ -114,6 +117,7 @@ def create_engine_app(backend_factory: Callable[[], Backend], served_model: str,
         app.state.chat = ChatServing(served_model=served_model, router=router, limits=limits,
                                      metrics=app.state.metrics, announce_route=False)
         app.state.completions = CompletionServing.beside(app.state.chat)
+        app.state.responses = ResponseServing.beside(app.state.chat)
         _collect_engine_metrics(app, {"engine": backend})
         try:
             yield
@@ -180,6 +184,7 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, ad
     app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
     app.include_router(completions_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(ops.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)

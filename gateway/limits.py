@@ -294,12 +294,13 @@ class Admission:
 
 # ------------------------------------------------------------------------------------------------ the ASGI seam
 
-GENERATING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})  # what admission limits
+GENERATING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})  # what admission limits
 
 
 class AdmissionMiddleware:
-    """Admits chat and completions requests before any body is read, and frees the slot when the ASGI call ends —
-    after the last byte of a stream, or when the client is gone — so no path through a response can keep a slot."""
+    """Admits generating requests (chat, completions, responses) before any body is read, and frees the slot when
+    the ASGI call ends — after the last byte of a stream, or when the client is gone — so no path through a response
+    can keep a slot."""
 
     def __init__(self, app, admission: Admission):
         self.app = app

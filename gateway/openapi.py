@@ -1,9 +1,9 @@
 """The OpenAPI document: FastAPI's, completed with what the routes do by hand.
 
-The chat and completions routes parse their bodies themselves (to name bad fields in OpenAI's error envelope), so
-FastAPI knows neither their request schemas nor their error statuses nor their SSE streams; they are added here, with
-every schema they refer to in `components`, so that each `$ref` resolves (schemathesis and client generators stop at
-one that does not).
+The chat, completions and responses routes parse their bodies themselves (to name bad fields in OpenAI's error
+envelope), so FastAPI knows neither their request schemas nor their error statuses nor their SSE streams; they are
+added here, with every schema they refer to in `components`, so that each `$ref` resolves (schemathesis and client
+generators stop at one that does not).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from gateway.chat.fields import REQUEST_FIELDS, RequestField, Treatment
 from gateway.chat.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorResponse
 from gateway.completions import fields as completion_fields
 from gateway.completions.protocol import CompletionChunk, CompletionRequest
+from gateway.responses import fields as response_fields
+from gateway.responses.protocol import ResponseRequest, ResponseStreamEvent
 
 REF = "#/components/schemas/{model}"
 CHAT_ERRORS = {
@@ -38,6 +40,8 @@ GENERATING = {
     "/v1/chat/completions": ("chat completions", REQUEST_FIELDS, "ChatCompletionRequest", "ChatCompletionChunk"),
     "/v1/completions": ("completions (text in, text out)", completion_fields.REQUEST_FIELDS, "CompletionRequest",
                         "CompletionChunk"),
+    "/v1/responses": ("Responses API (stateless: nothing is stored)", response_fields.REQUEST_FIELDS,
+                      "ResponseRequest", "ResponseStreamEvent"),
 }
 COMMON_ERRORS = {401: CHAT_ERRORS[401], 429: CHAT_ERRORS[429], 503: CHAT_ERRORS[503]}
 STUDENT_ERRORS = COMMON_ERRORS | {
@@ -63,12 +67,14 @@ def install(app: FastAPI) -> None:
 def build(app: FastAPI) -> dict:
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, ChatCompletionChunk, CompletionRequest, CompletionChunk, ErrorResponse):
+    for model in (ChatCompletionRequest, ChatCompletionChunk, CompletionRequest, CompletionChunk, ResponseRequest,
+                  ResponseStreamEvent, ErrorResponse):
         _add_schema(schemas, model)
     limits = getattr(app.state, "served", None)
     if limits is not None:
         _this_servers_limits(schemas["ChatCompletionRequest"]["properties"], limits)
         _this_servers_limits(schemas["CompletionRequest"]["properties"], limits)
+        _this_servers_limits(schemas["ResponseRequest"]["properties"], limits)
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             errors = CHAT_ERRORS if path in GENERATING else (
@@ -96,6 +102,9 @@ def _describe_generating(operation: dict, api: str, table: dict[str, RequestFiel
     operation["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": {"$ref": REF.format(model=request)}}}}
     ok = operation["responses"]["200"]
+    if chunk == "ResponseStreamEvent":
+        _describe_response_events(ok)
+        return
     ok["description"] = ("the completion as JSON, or with `stream: true` a `text/event-stream` of "
                          "`data: <chunk JSON>` frames ending with `data: [DONE]`")
     ok["content"]["text/event-stream"] = {"schema": {  # one server-sent event (OpenAPI 3.2's SSE pattern)
@@ -109,10 +118,22 @@ def _describe_generating(operation: dict, api: str, table: dict[str, RequestFiel
                                                {"$ref": REF.format(model="ErrorResponse")}]}}}}]}}
 
 
+def _describe_response_events(ok: dict) -> None:
+    ok["description"] = ("the `response` object as JSON, or with `stream: true` a `text/event-stream` of the "
+                         "Responses API's events, each an `event: <type>` line and a `data: <event JSON>` line, "
+                         "ending with `response.completed`, `response.incomplete` or `response.failed` (no `[DONE]`)")
+    ok["content"]["text/event-stream"] = {"schema": {  # one server-sent event (OpenAPI 3.2's SSE pattern)
+        "description": "each event's `data` is a ResponseStreamEvent whose `type` is the event's name",
+        "type": "object", "required": ["event", "data"],
+        "properties": {"event": {"type": "string"},
+                       "data": {"type": "string", "contentMediaType": "application/json",
+                                "contentSchema": {"$ref": REF.format(model="ResponseStreamEvent")}}}}}
+
+
 def _this_servers_limits(properties: dict, served: ServedLimits) -> None:
     """What this server accepts beyond the wire format: its model id, its max_tokens and logprob limits."""
     properties["model"]["anyOf"] = [{"type": "string", "enum": [served.model]}, {"type": "null"}]
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         for branch in properties.get(name, {}).get("anyOf", ()):
             if branch.get("type") == "integer":
                 branch["maximum"] = served.max_tokens

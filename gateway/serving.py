@@ -1,9 +1,10 @@
 """The request path every generating endpoint shares: limits, the student version's lease, routing, the event
 loop over the backend's stream, metrics, cost and the shadow capture.
 
-An endpoint (`/v1/chat/completions`, `/v1/completions`) translates its wire request into one `GenerationRequest`
-and a `RouteRequest`, and gives `Serving` an `Endpoint`: how its response and its stream's frames look. Routing,
-handoff, fallback, shadow and the metrics then handle the request without knowing which endpoint it came from.
+An endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`) translates its wire request into one
+`GenerationRequest` and a `RouteRequest`, and gives `Serving` an `Endpoint`: how its response and its stream's frames
+look. Routing, handoff, fallback, shadow and the metrics then handle the request without knowing which endpoint it
+came from.
 Backends always stream; a non-streaming request is the stream collected. A stream is *primed* before the HTTP
 response starts: failures before the first token (backend down, upstream 400) become a proper error status instead
 of a broken 200 stream, and the route is known when the headers go out.
@@ -68,6 +69,25 @@ class StreamShapes(Protocol):
     def closing(self, finish: Finish, served: Served | None) -> list[str]:
         """The finish chunk, and the usage chunk when the client asked for it."""
         ...
+
+    def failure(self, error: GatewayError) -> list[str]:
+        """What a failure after the first frame sends (chat: one `data:` error envelope)."""
+        ...
+
+    def ending(self) -> list[str]:
+        """What ends the stream, whatever happened (chat: `data: [DONE]`)."""
+        ...
+
+
+class DataFrames:
+    """The chat-style ends of a stream, which chat and completions share: a failure is one `data:` error envelope,
+    and `data: [DONE]` ends every stream."""
+
+    def failure(self, error: GatewayError) -> list[str]:
+        return [f"data: {json.dumps(to_envelope(error)[1])}\n\n"]
+
+    def ending(self) -> list[str]:
+        return ["data: [DONE]\n\n"]
 
 
 class Endpoint(Protocol):
@@ -327,7 +347,8 @@ class Serving:
     async def _frames(self, endpoint: Endpoint, generation: GenerationRequest, decision: RouteDecision,
                       backend: Backend, first, events, started: float, shadow: _ShadowHandOver,
                       outcome: StreamOutcome, lease: _LeaseOutcome, bill: Bill) -> AsyncIterator[str]:
-        """SSE frames: the endpoint's opening, content chunks, its closing (finish, optional usage), `[DONE]`."""
+        """SSE frames: the endpoint's opening, content chunks, its closing (finish, optional usage) or its failure,
+        and its ending (chat's `[DONE]`)."""
         try:
             async for frame in self._stream_frames(endpoint, generation, decision, backend, first, events, started,
                                                    shadow, outcome, lease, bill):
@@ -377,19 +398,22 @@ class Serving:
         except GatewayError as error:
             finished = True
             self._count_failure(decision.route, error, stream=True)
-            yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
+            for frame in frames.failure(error):
+                yield frame
         except StopAsyncIteration:
             finished = True
             error = UpstreamProtocolError(f"backend `{backend.info.name}` ended the stream without finishing",
                                           backend=backend.info.name)
             self._count_failure(decision.route, error, stream=True)
-            yield f"data: {json.dumps(to_envelope(error)[1])}\n\n"
+            for frame in frames.failure(error):
+                yield frame
         finally:
             self.metrics.in_flight.labels(route).dec()
             if not finished:
                 self.metrics.requests.labels(route, "cancelled", "true").inc()
             await events.aclose()  # cancels the backend's work when the client left early
-        yield "data: [DONE]\n\n"
+        for frame in frames.ending():
+            yield frame
         if completed:  # the client has its whole answer: only now is shadow work queued
             shadow.capture.finish(generation, decision, shadow.discarded, shadow.student_model,
                                   shadow.student_version)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from gateway.chat import protocol
 from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
-from gateway.serving import PreparedStream, Served, Serving, sampling_params
+from gateway.serving import DataFrames, PreparedStream, Served, Serving, sampling_params
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest
 from runtime.contract import TokenLogprob as EngineTokenLogprob
@@ -113,10 +113,10 @@ class ChatEndpoint:
             return None
         keep = request.top_logprobs or 0
         as_ids = request.return_tokens_as_token_ids
-        return protocol.ChoiceLogprobs(content=[_wire_token(entry, keep, as_ids) for entry in logprobs])
+        return protocol.ChoiceLogprobs(content=[wire_token(entry, keep, as_ids) for entry in logprobs])
 
 
-class ChatStream:
+class ChatStream(DataFrames):
     """A chat stream's frames: the role chunk, content chunks, the finish chunk, an optional usage chunk."""
 
     def __init__(self, endpoint: ChatEndpoint, frames: ChunkFrames):
@@ -155,7 +155,7 @@ def usage(finish: Finish) -> protocol.Usage:
                           total_tokens=finish.prompt_tokens + finish.completion_tokens)
 
 
-def _wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:
+def wire_token(entry: EngineTokenLogprob, keep: int, as_ids: bool = False) -> protocol.TokenLogprob:
     def text(token: str, token_id: int | None) -> str:
         return f"token_id:{token_id}" if as_ids and token_id is not None else token
 

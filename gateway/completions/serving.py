@@ -14,7 +14,7 @@ from gateway.chat.formats import placed
 from gateway.chat.serving import route_info, usage
 from gateway.completions import protocol
 from gateway.completions.frames import TextFrames
-from gateway.serving import PreparedStream, Served, Serving, sampling_params
+from gateway.serving import DataFrames, PreparedStream, Served, Serving, sampling_params
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest, TokenLogprob, TopLogprob
 from runtime.errors import InvalidRequest
@@ -112,7 +112,7 @@ class CompletionEndpoint:
         return wire, offset
 
 
-class CompletionStream:
+class CompletionStream(DataFrames):
     """A completions stream's frames: the prompt first when echoed, text chunks, the finish chunk, an optional
     usage chunk (`choices: []`)."""
 
