@@ -64,7 +64,7 @@ class Bill:
     handed_off: int | None = None  # student tokens the client got before the teacher continued; None: no handoff
 
     def observe(self, change: RouteChange) -> None:
-        if change.decision.reason == Reason.HANDOFF:
+        if change.decision.reason == Reason.HANDOFF or change.handed_off_tokens:  # a handoff, or a rescue mid-way
             self.handed_off = change.handed_off_tokens
         elif change.decision.route == "student":  # the teacher failed: the student's tokens are the answer after all
             self.discarded, self.handed_off = 0, None

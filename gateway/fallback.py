@@ -17,13 +17,16 @@ the other backend has produced its first event, so that a second failure can sti
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from router.policy import RouteDecision
 from router.reasons import Reason
-from runtime.contract import Backend, Event, Finish
+from runtime.contract import Backend, Delta, Event, Finish
 from runtime.errors import GatewayError, InvalidRequest, UpstreamProtocolError, UpstreamRejected, UpstreamTimeout
+
+log = logging.getLogger("kdgate.fallback")
 
 CLIENT_ERRORS = (InvalidRequest, UpstreamRejected)
 
@@ -103,24 +106,49 @@ async def chain(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event
 
 
 async def student_or_teacher(student_events: AsyncIterator[Event], teacher: Backend,
-                             open_teacher: Callable[[], AsyncIterator[Event]]) -> AsyncIterator[Event | RouteChange]:
+                             open_teacher: Callable[[], AsyncIterator[Event]],
+                             continue_teacher: Callable[[str, int], AsyncIterator[Event] | None] | None = None
+                             ) -> AsyncIterator[Event | RouteChange]:
     """The student's stream; if it fails before its first event (for a reason that is not the client's), the
-    teacher's, announced by a `student_error` `RouteChange`."""
+    teacher's, announced by a `student_error` `RouteChange`. If it fails mid-answer (a replica killed, wedged past
+    its stall deadline), `continue_teacher(sent text, sent tokens)` gives the teacher's continuation of what the
+    client already has, so the answer still ends whole; None from it (or no such callable): the error stands."""
     try:
         first = await first_event(student_events)
     except GatewayError as error:
         if is_client_error(error):
             raise
         yield RouteChange(RouteDecision("teacher", Reason.STUDENT_ERROR), teacher, cause=error)
-        teacher_events = open_teacher()
-        try:
-            async for event in teacher_events:
-                yield event
-        finally:
-            await teacher_events.aclose()
+        async for event in _whole(open_teacher()):
+            yield event
         return
-    async for event in chain(first, student_events):
-        yield event
+    sent: list[str] = []
+    tokens = 0
+    try:
+        async for event in chain(first, student_events):
+            if isinstance(event, Delta):
+                sent.append(event.text)
+                tokens += len(event.logprobs)
+            yield event
+    except GatewayError as error:
+        continued = None if is_client_error(error) or continue_teacher is None else continue_teacher(
+            "".join(sent), tokens)
+        if continued is None:
+            raise
+        log.warning("the student failed mid-answer after %d tokens (%s); the teacher continues it", tokens, error)
+        yield RouteChange(RouteDecision("teacher", Reason.STUDENT_ERROR), teacher, handed_off_tokens=tokens,
+                          cause=error)
+        async for event in _whole(continued):
+            yield replace(event, completion_tokens=event.completion_tokens + tokens) if isinstance(
+                event, Finish) else event
+
+
+async def _whole(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
 
 
 async def teacher_or_student(teacher_events: AsyncIterator[Event], student: Backend, held: Sequence[Event],

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from gateway.breaker import CircuitBreaker, guarded
 from gateway.fallback import is_client_error, student_or_teacher, teacher_or_student, with_deadline
-from gateway.handoff import with_handoff
+from gateway.handoff import continuation, with_handoff
 from gateway.limits import capped
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RoutingSettings
@@ -30,6 +30,7 @@ from router.policy import FixedRoute, HoldBack, RandomRoute, RouteDecision, Rout
 from router.policy_file import load_policy, policy_from_file
 from router.reasons import Reason
 from router.signals import TokenSignals, aggregate, hold_back_window, is_forced, signals_from_rows
+from runtime.constraints.automaton import NotInLanguage
 from runtime.contract import Backend, Event, Finish, GenerationRequest, TokenLogprob
 from runtime.errors import GatewayError, InvalidRequest
 
@@ -125,17 +126,31 @@ class Router:
             routed = await self._hold_back(self.policy.hold_back, generation, request)
         else:
             self._count(decision)
-            watched = with_logprobs(generation, 0) if watch and decision.route == "student" else generation
+            rescued = decision.route == "student" and forced_route is None and "teacher" in self.backends
+            # the student's tokens counted (logprobs), for a handoff and for a rescue of an answer failing mid-way
+            watched = with_logprobs(generation, 0) if (watch or rescued) and decision.route == "student" \
+                else generation
             events = self.open(decision.route, watched)
-            if decision.route == "student" and forced_route is None and "teacher" in self.backends:
+            if rescued:
                 events = student_or_teacher(events, self.backends["teacher"],
-                                            lambda: self.open("teacher", generation))
+                                            lambda: self.open("teacher", generation),
+                                            lambda text, tokens: self._continued(generation, text, tokens))
             routed = Routed(decision, self.backends[decision.route], events)
         if watch and routed.decision.route == "student":
             events = with_handoff(routed.events, generation, self.backends["student"], self.backends["teacher"],
                                   lambda continued: self.open("teacher", continued), self.handoff)
             routed = routed._replace(events=events)
         return routed
+
+    def _continued(self, generation: GenerationRequest, text: str, tokens: int) -> AsyncIterator[Event] | None:
+        """The teacher's continuation of a student answer that failed mid-way; None when the sent text cannot be
+        continued validly (it breaks the answer's constraint, or the constraint is a client's own grammar)."""
+        if generation.constraint is not None and not generation.constraint.derivable and text:
+            return None
+        try:
+            return self.open("teacher", continuation(generation, text, tokens))
+        except NotInLanguage:
+            return None
 
     def open(self, role: str, generation: GenerationRequest) -> AsyncIterator[Event]:
         """The backend's stream: refused at once while its circuit is open, then held to its first-token deadline

@@ -62,3 +62,41 @@ def test_a_teacher_paused_mid_answer_ends_the_stream_with_an_error_at_its_stall_
     again = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, headers={"x-kdgate-force": "teacher"},
                        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     assert again.status_code == 200 and again.headers["x-kdgate-route"] == "teacher"
+
+
+@pytest.fixture
+def stalling_student(demo_dirs, engine_server):
+    from gateway.app import create_app
+
+    student = start_engine_server(demo_dirs[0], "demo-student")
+    settings = gateway_settings(demo_dirs, engine_server, routing=RoutingSettings(
+        policy="student_only", handoff=HandoffSettings(enabled=False)))
+    settings.student = BackendSettings(kind="http", base_url=student.base_url, model=student.model,
+                                       first_token_timeout_s=30, stall_timeout_s=STALL_S)
+    try:
+        with ThreadedServer(create_app(settings)) as server:
+            yield server, student
+    finally:
+        os.kill(student.process.pid, signal.SIGCONT)
+        stop(student.process)
+
+
+def test_a_student_paused_mid_answer_is_finished_by_the_teacher(stalling_student):
+    """A student replica wedged mid-answer (on real vLLM: one stopping on SIGTERM while it streams; the vLLM tier's
+    replica restart test met it) ended the client's stream with an error at the stall deadline. The teacher now
+    continues the text the client already has, as a handoff would: one whole answer, no error event."""
+    server, student = stalling_student
+    body = {"messages": [{"role": "user", "content": "my order 12345 is late"}], "max_tokens": 300,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=90) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        frames = [next(lines) for _ in range(6)]  # the student is answering
+        os.kill(student.process.pid, signal.SIGSTOP)
+        frames += list(lines)
+    events = [json.loads(frame[6:]) for frame in frames if frame.startswith("data: {")]
+    assert [frame for frame in frames if frame][-1] == "data: [DONE]"
+    assert not any("error" in event for event in events), [event for event in events if "error" in event]
+    route = events[-1]["kdgate"]
+    assert route["route"] == "teacher" and route["reason"] == "student_error" and route["handed_off_tokens"] > 0
+    assert events[-1]["usage"]["completion_tokens"] == 300  # the student's part and the teacher's, to the limit
