@@ -52,7 +52,8 @@ async def with_deadline(events: AsyncIterator[Event], seconds: float | None, bac
     `stall_seconds` pass without the next."""
     try:
         try:
-            first = await asyncio.wait_for(anext(events), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can swallow the client's cancellation
+                first = await anext(events)
         except TimeoutError:
             raise UpstreamTimeout(f"backend `{backend}` sent nothing within its first-token deadline of {seconds:g} "
                                   f"s; check that it is healthy or raise `{backend}.first_token_timeout_s`",

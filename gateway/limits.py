@@ -259,7 +259,8 @@ class Admission:
         self._waiters.append(waiter)
         self.metrics.queued.inc()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), settings.queue_timeout_s)
+            async with asyncio.timeout(settings.queue_timeout_s):  # not wait_for: 3.11's can swallow a cancellation
+                await asyncio.shield(waiter)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():  # the slot came just as the wait ran out: pass it on
                 self.free_slot()
@@ -329,7 +330,8 @@ async def capped(slots: asyncio.Semaphore, wait_s: float | None, backend: str,
     """A backend's stream once one of its in-flight slots is free; `BackendBusy` when none frees within `wait_s`
     (a 503 to the client, or the fallback's answer: a saturated teacher leaves the student's answer)."""
     try:
-        await asyncio.wait_for(slots.acquire(), wait_s)
+        async with asyncio.timeout(wait_s):  # not wait_for: 3.11's can swallow the client's cancellation
+            await slots.acquire()
     except TimeoutError:
         raise BackendBusy(f"backend `{backend}` is at its in-flight cap and no slot freed within {wait_s:g} s; "
                           f"retry shortly or raise `{backend}.max_in_flight`", backend=backend) from None

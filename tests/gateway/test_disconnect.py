@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.fallback import with_deadline
+from runtime.contract import Delta
 
 TICKET = "Hello, my SmartHub Pro from order 48213 will not turn on. Thanks, Maria"
 
@@ -76,3 +81,28 @@ def test_non_streaming_client_timeout_cancels_the_work(gateway):
     assert wait_for(lambda: cancelled_count(gateway.url, "gateway") == before + 1)
     assert wait_for(lambda: engine.stats()["running"] == 0)
     assert engine.stats()["steps"] - steps_before < 449, "the student decoded the whole answer nobody read"
+
+
+async def test_a_cancellation_as_the_first_event_lands_is_not_swallowed():
+    """The client leaving in the very loop turn the student's first token arrives: the cancellation stands and the
+    student's work stops. `asyncio.wait_for` on Python 3.11 returned the event instead and the student decoded the
+    whole answer nobody read (the non-streamed timeout test above caught it, 2 runs in 5)."""
+    produced = []
+
+    async def student():
+        for number in range(1000):
+            produced.append(number)
+            yield Delta(text="x")
+            await asyncio.sleep(0)
+
+    async def read_all():
+        async for _ in with_deadline(student(), 5.0, "student"):
+            pass
+
+    consumer = asyncio.ensure_future(read_all())
+    for _ in range(2):  # the first event is produced and its waiter released in these turns
+        await asyncio.sleep(0)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert len(produced) < 10
