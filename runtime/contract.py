@@ -70,6 +70,11 @@ class GenerationRequest:
     # without repeating it (k entries, or k + 1 when the sampled token is not among the top k). `prompt_logprobs` is
     # for chat requests only.
     prompt: str | None = None
+    # The tools the chat template renders into the prompt (OpenAI's `tools`: {"type": "function", "function":
+    # {"name", "description", "parameters"}}). A backend only renders them: calls come back as text in the
+    # template's format (hermes, `<tool_call>{"name": ..., "arguments": ...}</tool_call>`) and the gateway parses it
+    # (gateway/tools), so that it can hand a call over mid-arguments. None: no tools.
+    tools: tuple[dict, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,11 @@ class HttpBackend:
             body["return_tokens_as_token_ids"] = True
         if request.structured_outputs is not None:
             body["structured_outputs"] = request.structured_outputs
+        if request.tools:
+            # rendered by the template, not parsed by vLLM: the answer comes back as text (vLLM renders `tools` under
+            # `tool_choice: none` unless launched with --exclude-tools-when-tool-choice-none)
+            body["tools"] = list(request.tools)
+            body["tool_choice"] = "none"
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:

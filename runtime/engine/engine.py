@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.chat_template import render
 from runtime.contract import Delta, Event, Finish, GenerationRequest
 from runtime.engine.batch import RunningBatch
 from runtime.engine.grammar import Grammars, SequenceGrammar, allows_nothing, mask_logits
@@ -139,9 +140,9 @@ class LocalEngine:
         without them (the template writes its own)."""
         if request.prompt is not None:
             return request.prompt, True
-        return self.tokenizer.apply_chat_template(
-            list(request.messages), add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message, tokenize=False), False
+        return render(self.tokenizer, request.messages, request.tools,
+                      add_generation_prompt=request.add_generation_prompt,
+                      continue_final_message=request.continue_final_message), False
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self._open += 1
