@@ -29,6 +29,7 @@ from gateway.shadow.capture import Capture
 from gateway.shadow.worker import ShadowWorker
 from gateway.students.manager import StudentManager
 from gateway.students.slot import Lease
+from gateway.tools.grammar import ToolChoice
 from router.policy import RouteDecision, RouteRequest
 from router.reasons import Reason
 from runtime.constraints.languages import constraint as constraint_of
@@ -95,6 +96,7 @@ class Endpoint(Protocol):
     shapes (they know the client's request: its model, its logprobs)."""
 
     model: str | None
+    tool_choice: ToolChoice | None  # the calls the answer may make, when it may make any
 
     def placed(self, error: InvalidRequest) -> InvalidRequest:
         """A constraint's error named where this request put the constraint (`response_format` or
@@ -334,10 +336,14 @@ class Serving:
         """Behind the gateway, the answer's constraint as one regular language (runtime/constraints): both
         backends get its grammar, and a handoff gives the teacher the grammar of the rest. An engine server passes
         the client's constraint to its backend as vLLM's server does."""
-        if generation.structured_outputs is None or not isinstance(self.router, Router):
+        tools = endpoint.tool_choice
+        if tools is None and (generation.structured_outputs is None or not isinstance(self.router, Router)):
             return generation
         try:
-            constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
+            if tools is not None:  # the calls' language is the gateway's own: compiled on an engine server too
+                constraint = await asyncio.to_thread(tools.constraint, generation.structured_outputs)
+            else:
+                constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
         except InvalidRequest as error:
             raise endpoint.placed(error) from None
         return replace(generation, structured_outputs=constraint.structured_outputs, constraint=constraint)

@@ -47,20 +47,21 @@ def _refused(what: str, *harmless_values: Any) -> RequestField:
     return RequestField(Treatment.REFUSED, what, harmless_values=harmless_values)
 
 
-NO_TOOLS_YET = "kdgate does not call tools yet; drop `tools`, `tool_choice` and `parallel_tool_calls`"
-NO_FUNCTIONS_YET = "kdgate does not call functions yet; drop `functions` and `function_call`"
+NO_FUNCTIONS = ("`functions` and `function_call` are OpenAI's deprecated form of tools; drop them and send `tools` and "
+                "`tool_choice`")
 NO_CACHE_HINTS = "a hint for OpenAI's prompt cache: a cache never changes the answer"
 
 # In OpenAI's order (its API reference), then vLLM's extensions in vLLM's.
 REQUEST_FIELDS: dict[str, RequestField] = {
-    "messages": _honoured("the conversation: `system`, `developer`, `user` and `assistant` messages whose content is "
-                          "text (a string or text parts), each with its `name` if given (to the chat template, as "
-                          "vLLM does); other parts, other roles and other message keys are refused"),
+    "messages": _honoured("the conversation: `system`, `developer`, `user`, `assistant` (with its `tool_calls`, if "
+                          "any) and `tool` messages (with `tool_call_id`) whose content is text (a string or text "
+                          "parts), each with its `name` if given (to the chat template, as vLLM does); other parts, "
+                          "other roles and other message keys are refused"),
     "model": _honoured("the served model id, or `<model>@<version>` for one student version; another id is a 404"),
     "audio": _refused("kdgate serves text models and cannot answer with audio; drop `audio`"),
     "frequency_penalty": _honoured("subtracted from a token's logit once for each time the answer has it (-2 to 2)"),
-    "function_call": _refused(NO_FUNCTIONS_YET),
-    "functions": _refused(NO_FUNCTIONS_YET),
+    "function_call": _refused(NO_FUNCTIONS),
+    "functions": _refused(NO_FUNCTIONS),
     "logit_bias": _honoured("added to the logits of the token ids it names (-100 to 100; ids of the served model's "
                             "tokenizer, others are a 400)"),
     "logprobs": _honoured("each answer token's raw logprob (the model's own, before bias, penalties and temperature)"),
@@ -71,7 +72,8 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "moderation": _refused("kdgate runs no moderation; drop `moderation` and moderate with a separate call"),
     "n": _honoured("1 only: more choices are a 400, since each would need its own routing decision, handoff and "
                    "shadow record; send separate requests (with different `seed`s)"),
-    "parallel_tool_calls": _refused(NO_TOOLS_YET),
+    "parallel_tool_calls": _honoured("whether the answer may call several functions at once (default true); false: "
+                                     "at most one call"),
     "prediction": _ignored("a latency hint for OpenAI's predicted outputs: the answer is the same without it"),
     "presence_penalty": _honoured("subtracted once from the logit of every token the answer already has (-2 to 2)"),
     "prompt_cache_key": _ignored(NO_CACHE_HINTS),
@@ -89,8 +91,11 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "stream": _honoured("server-sent events, ending with `data: [DONE]`"),
     "stream_options": _honoured("`include_usage`: a last chunk with the token counts (other options are ignored)"),
     "temperature": _honoured("0 to 2; below 1e-5 is greedy"),
-    "tool_choice": _refused(NO_TOOLS_YET, "none"),
-    "tools": _refused(NO_TOOLS_YET, []),
+    "tool_choice": _honoured("`none` (the answer is text), `auto` (text, or text then calls; the default with "
+                             "`tools`), `required` (one or more calls) or a named function (one call of it); every "
+                             "call is a document of its function's `parameters`, kept through a mid-call handoff"),
+    "tools": _honoured("functions the model may call (`type: function`, with a JSON schema of `parameters`; a "
+                       "schema keyword kdgate cannot enforce is a 400 naming it); the chat template renders them"),
     "top_logprobs": _honoured("alternatives per answer token, the sampled one first (with `logprobs`)"),
     "top_p": _honoured("nucleus sampling: keep the most likely tokens whose probability adds up to `top_p`"),
     "user": _ignored("an end-user id (OpenAI's, replaced by `safety_identifier` and `prompt_cache_key`): it does "

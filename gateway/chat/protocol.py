@@ -21,6 +21,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from gateway.chat.fields import REQUEST_FIELDS, Treatment, refusal
 from gateway.chat.formats import ResponseFormat, StructuredOutputs, constraint_spec
+from gateway.tools.protocol import (
+    DeltaToolCall,
+    FunctionTool,
+    NamedToolChoice,
+    RequestToolCall,
+    ToolCall,
+    ToolChoiceField,
+)
 
 OPENAI_MAX_STOP_SEQUENCES = 4
 LOGIT_BIAS_RANGE = (-100.0, 100.0)  # OpenAI's; vLLM clamps to it, kdgate refuses beyond it
@@ -30,7 +38,7 @@ PENALTY_RANGE = (-2.0, 2.0)  # presence and frequency penalties, OpenAI's and vL
 REPETITION_PENALTY_RANGE = (1e-6, 1e6)
 TOKEN_ID_KEY = r"^[0-9]{1,10}$"  # a `logit_bias` key: a token id written as a decimal integer
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 def _integral(value: Any) -> Any:
@@ -66,23 +74,37 @@ def _content_schema(schema: dict) -> None:
                                                  "properties": {"text": {"type": "string", "pattern": r"\S"}}}})
 
 
+# The message rules below as JSON Schema: a tool result answers a call by its id; an assistant message may carry
+# calls, and then its content may be left out; no other message has either key.
+MESSAGE_RULES = [
+    {"if": {"properties": {"role": {"const": "tool"}}}, "then": {"required": ["tool_call_id", "content"]},
+     "else": {"not": {"required": ["tool_call_id"]}}},
+    {"if": {"properties": {"role": {"const": "assistant"}}, "required": ["tool_calls"]},
+     "then": {"properties": {"tool_calls": {"minItems": 1}}},
+     "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}},
+                                                      "tool_calls": {"type": "null"}}}},
+]
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": MESSAGE_RULES})
 
     role: Role
-    content: str | list[TextContentPart] = Field(json_schema_extra=_content_schema)
+    content: str | list[TextContentPart] | None = Field(default=None, json_schema_extra=_content_schema)
     name: str | None = None  # passed to the chat template with the message, as vLLM does
+    tool_calls: list[RequestToolCall] | None = None  # an assistant's calls, answered by the `tool` messages after it
+    tool_call_id: str | None = None  # a `tool` message: the call it answers
 
     @model_validator(mode="before")
     @classmethod
     def check_message_fields(cls, value: Any) -> Any:
-        """A message key other than `role`, `content` and `name` is refused, never dropped: `tool_calls` and
-        `tool_call_id` belong to tool calling, which kdgate does not do yet."""
+        """A message key other than these is refused, never dropped."""
         if isinstance(value, dict):
             for key in value:
-                if key not in ("role", "content", "name"):
+                if key not in ("role", "content", "name", "tool_calls", "tool_call_id"):
                     raise ValueError(f"`{key}` in a message is not supported: kdgate sends each message's `role`, "
-                                     "`content` and `name` to the model and nothing else; drop it")
+                                     "`content`, `name`, `tool_calls` and `tool_call_id` to the model and nothing "
+                                     "else; drop it")
         return value
 
     @field_validator("content", mode="before")
@@ -94,19 +116,43 @@ class ChatMessage(BaseModel):
                 if kind != "text":
                     raise ValueError(f"part {index} has type {kind!r}; only text parts are supported, "
                                      "send images or audio to a multimodal endpoint instead")
-        if value is None:
-            raise ValueError("content is missing; send the message text as a string or as text parts")
         return value
 
     @field_validator("content")
     @classmethod
-    def check_not_empty(cls, value: str | list[TextContentPart]) -> str | list[TextContentPart]:
-        if not text_of(value).strip(JSON_SCHEMA_SPACE):  # what the document's `\S` pattern calls space, no more
+    def check_not_empty(cls, value: str | list[TextContentPart] | None) -> str | list[TextContentPart] | None:
+        if value is not None and not text_of(value).strip(JSON_SCHEMA_SPACE):  # the document's `\S`, no more
             raise ValueError("content is empty; send the text of the message")
         return value
 
+    @model_validator(mode="after")
+    def check_tool_keys(self) -> ChatMessage:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a `tool` message needs `tool_call_id`: the id of the call whose result it is")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError(f"`tool_call_id` belongs to `tool` messages; drop it from this `{self.role}` message")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"`tool_calls` belongs to `assistant` messages; drop it from this `{self.role}` "
+                             "message")
+        if self.tool_calls is not None and not self.tool_calls:
+            raise ValueError("`tool_calls` is empty; drop it, or list the calls the assistant made")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is missing; send the message text as a string or as text parts")
+        return self
+
     def text(self) -> str:
-        return text_of(self.content)
+        return "" if self.content is None else text_of(self.content)
+
+    def to_template(self) -> dict:
+        """The message as the chat template gets it (vLLM's shape)."""
+        message = {"role": self.role, "content": self.text()}
+        if self.name:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 # ECMA-262's white space and line terminators, which a JSON Schema `pattern` of `\S` means: Python's own notion
@@ -182,6 +228,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(s, integer={"minimum": 1}))
     metadata: dict[str, str] | None = None
     n: Integer = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    parallel_tool_calls: bool | None = None
     prediction: dict[str, Any] | None = None
     presence_penalty: Penalty | None = None
     prompt_cache_key: str | None = None
@@ -198,6 +245,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    tool_choice: ToolChoiceField | None = None
+    tools: list[FunctionTool] | None = None
     top_logprobs: bounded(0) | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     user: str | None = None
@@ -305,6 +354,34 @@ class ChatCompletionRequest(BaseModel):
         self.structured_spec()  # raises for two constraints, or a format that contradicts itself
         return self
 
+    @model_validator(mode="after")
+    def check_tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"`tools` names the function `{twice}` twice; give each function once")
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise ValueError("`tool_choice` needs `tools`: list the functions the model may call, or drop "
+                             "`tool_choice`")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"`tool_choice` names the function `{choice.function.name}`, which `tools` does not "
+                             f"have (it has {', '.join(f'`{name}`' for name in names)})")
+        if self.tool_choice_mode() in ("required", "function") and self.structured_spec() is not None:
+            field = "structured_outputs" if self.structured_outputs is not None else "response_format"
+            raise ValueError(f"`{field}` cannot apply: under `tool_choice` {self.tool_choice_mode()!r} the answer "
+                             f"is a tool call; drop `{field}`, or use `tool_choice: auto` (the answer is then a "
+                             "call or a document of the format)")
+        return self
+
+    def tool_choice_mode(self) -> str:
+        """`none` (no tools, or calls not asked for: the answer is text), `auto`, `required` or `function`."""
+        if not self.tools:
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function"
+        return self.tool_choice or "auto"
+
     def structured_spec(self) -> dict | None:
         """The answer's constraint as vLLM's `structured_outputs` object; None for free text."""
         return constraint_spec(self.response_format, self.structured_outputs)
@@ -344,6 +421,7 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class RouteInfo(BaseModel):
@@ -397,6 +475,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_none)
     content: str | None = Field(default=None, exclude_if=_none)
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_none)
 
 
 class ChatCompletionChunkChoice(BaseModel):

@@ -7,6 +7,7 @@ no routing).
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import asdict
 
@@ -14,6 +15,9 @@ from gateway.chat import protocol
 from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
 from gateway.serving import DataFrames, PreparedStream, Served, Serving, sampling_params
+from gateway.tools.calls import ArgumentsPiece, CallStart, CallStream, ContentPiece, Piece, parse
+from gateway.tools.grammar import ToolChoice, cached_call_regex
+from gateway.tools.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest
 from runtime.contract import TokenLogprob as EngineTokenLogprob
@@ -62,15 +66,14 @@ class ChatServing(Serving):
                                    fit_to_context=max_tokens is None, top_logprobs=top_logprobs)
         return GenerationRequest(
             request_id=uuid.uuid4().hex,
-            messages=tuple({"role": message.role, "content": message.text()} | ({"name": message.name} if message.name
-                                                                                 else {})
-                           for message in request.messages),
+            messages=tuple(message.to_template() for message in request.messages),
             sampling=sampling,
             add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message,
             prompt_logprobs=request.prompt_logprobs,
             token_ids=request.logprobs and request.return_tokens_as_token_ids,  # else an HTTP backend gives texts
             structured_outputs=request.structured_spec(),
+            tools=tuple(tool.model_dump(exclude_none=True) for tool in request.tools) if request.tools else None,
         )
 
 
@@ -81,20 +84,30 @@ class ChatEndpoint:
         self.request = request
         self.model = request.model
         self.response_model = request.model or served_model
+        self.tool_choice = tool_choice(request)
 
     def placed(self, error: InvalidRequest) -> InvalidRequest:
         return placed(error, response_format=self.request.structured_outputs is None)
 
+    def finish_reason(self, finish: Finish, called: bool) -> str:
+        """`tool_calls` when the answer called tools (OpenAI's and vLLM's), but not for a named function's call
+        (OpenAI's `stop` there)."""
+        if called and finish.finish_reason == "stop" and self.tool_choice.choice != "function":
+            return "tool_calls"
+        return finish.finish_reason
+
     def response(self, request_id: str, text: str, logprobs: list[EngineTokenLogprob], finish: Finish,
                  served: Served | None) -> protocol.ChatCompletionResponse:
         request = self.request
+        content, calls = parse(text) if self.tool_choice is not None else (text, [])
         return protocol.ChatCompletionResponse(
             id=f"chatcmpl-{request_id}",
             model=self.response_model,
             choices=[protocol.ChatCompletionChoice(
-                message=protocol.AssistantMessage(content=text),
+                message=protocol.AssistantMessage(content=content, tool_calls=[ToolCall(
+                    id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments)) for call in calls]),
                 logprobs=self.wire_logprobs(logprobs),
-                finish_reason=finish.finish_reason,
+                finish_reason=self.finish_reason(finish, bool(calls)),
                 stop_reason=finish.stop_reason,
             )],
             usage=usage(finish),
@@ -125,25 +138,61 @@ class ChatStream(DataFrames):
         self.plain = not endpoint.request.logprobs
         options = endpoint.request.stream_options
         self.include_usage = bool(options and options.include_usage)
+        self.calls = CallStream() if endpoint.tool_choice is not None else None
 
     def opening(self) -> list[str]:
         return [self.frames.frame([protocol.ChatCompletionChunkChoice(
             delta=protocol.DeltaMessage(role="assistant", content=""))])]
 
     def delta(self, delta: Delta) -> str:
+        if self.calls is not None:
+            return self._pieces(self.calls.feed(delta.text), delta.logprobs)
         if self.plain:  # nearly every chunk of a stream: the template, not a model per token
             return self.frames.content(delta.text)
         return self.frames.frame([protocol.ChatCompletionChunkChoice(
             delta=protocol.DeltaMessage(content=delta.text), logprobs=self.endpoint.wire_logprobs(delta.logprobs))])
 
+    def _pieces(self, pieces: list[Piece], logprobs=()) -> str:
+        """The chunks of an answer that may call tools: content, a call's start (id and name), its arguments. The
+        delta's logprobs go with its first chunk; a delta that makes none (text that may be a tag) has its
+        logprobs sent alone, so none are lost."""
+        deltas = [protocol.DeltaMessage(content=piece.text) if isinstance(piece, ContentPiece)
+                  else protocol.DeltaMessage(tool_calls=[_delta_call(piece)]) for piece in pieces]
+        if not deltas and logprobs and not self.plain:
+            deltas = [protocol.DeltaMessage()]
+        wire = self.endpoint.wire_logprobs(logprobs) if logprobs else None
+        return "".join(self.frames.frame([protocol.ChatCompletionChunkChoice(
+            delta=delta, logprobs=wire if index == 0 else None)]) for index, delta in enumerate(deltas))
+
     def closing(self, finish: Finish, served: Served | None) -> list[str]:
         kdgate = route_info(served)
-        frames = [self.frames.frame([protocol.ChatCompletionChunkChoice(
-            delta=protocol.DeltaMessage(), finish_reason=finish.finish_reason, stop_reason=finish.stop_reason)],
-            kdgate=kdgate)]
+        held = [self._pieces(self.calls.close())] if self.calls is not None else []
+        called = self.calls is not None and self.calls.called
+        frames = [*filter(None, held), self.frames.frame([protocol.ChatCompletionChunkChoice(
+            delta=protocol.DeltaMessage(), finish_reason=self.endpoint.finish_reason(finish, called),
+            stop_reason=finish.stop_reason)], kdgate=kdgate)]
         if self.include_usage:
             frames.append(self.frames.frame([], usage=usage(finish), kdgate=kdgate))
         return frames
+
+
+def tool_choice(request: protocol.ChatCompletionRequest) -> ToolChoice | None:
+    """The calls a request's answer may make; None when it makes none (no tools, or `tool_choice: none`)."""
+    mode = request.tool_choice_mode()
+    if mode == "none":
+        return None
+    calls = tuple((tool.function.name, cached_call_regex(
+        tool.function.name, None if tool.function.parameters is None else json.dumps(tool.function.parameters),
+        f"tools[{index}].function.parameters")) for index, tool in enumerate(request.tools))
+    function = request.tool_choice.function.name if mode == "function" else None
+    return ToolChoice(calls, mode, function, parallel=request.parallel_tool_calls is not False)
+
+
+def _delta_call(piece: CallStart | ArgumentsPiece) -> DeltaToolCall:
+    if isinstance(piece, CallStart):
+        return DeltaToolCall(index=piece.index, id=piece.id, type="function",
+                             function=DeltaFunctionCall(name=piece.name, arguments=""))
+    return DeltaToolCall(index=piece.index, function=DeltaFunctionCall(arguments=piece.text))
 
 
 def route_info(served: Served | None) -> protocol.RouteInfo | None:

@@ -67,6 +67,8 @@ class CompletionServing(Serving):
 class CompletionEndpoint:
     """One completions request's response shapes: `text_completion`, streamed or not."""
 
+    tool_choice = None  # no tools here
+
     def __init__(self, request: protocol.CompletionRequest, served_model: str):
         self.request = request
         self.model = request.model

@@ -64,6 +64,8 @@ class ResponseServing(Serving):
 class ResponseEndpoint:
     """One Responses request's shapes: the `response` object, and its stream of events."""
 
+    tool_choice = None  # no tools here
+
     def __init__(self, request: protocol.ResponseRequest, served_model: str):
         self.request = request
         self.model = request.model

@@ -104,15 +104,11 @@ REFUSED_VALUES = {
     "functions": [{"name": "lookup", "parameters": {"type": "object"}}],
     "modalities": ["text", "audio"],
     "moderation": {"model": "omni-moderation-latest"},
-    "parallel_tool_calls": False,
     "reasoning_effort": "low",
-    "tool_choice": "auto",
-    "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
     "verbosity": "low",
     "web_search_options": {},
 }
-HARMLESS_VALUES = [("tools", []), ("tool_choice", "none"),
-                   ("modalities", ["text"])] + [(name, None) for name in REFUSED_VALUES]
+HARMLESS_VALUES = [("modalities", ["text"])] + [(name, None) for name in REFUSED_VALUES]
 
 
 def test_every_refused_field_has_a_test_value():
@@ -325,6 +321,42 @@ def probe_structured_outputs(ask: Asker) -> None:
     assert re.fullmatch(r"order [0-9]{2}", ask.content({"structured_outputs": {"grammar": grammar}}))
 
 
+ORDER = {"type": "object", "properties": {"order_number": {"type": "string", "pattern": "^[0-9]{5}$"}},
+         "required": ["order_number"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "lookup_order", "parameters": ORDER}},
+         {"type": "function", "function": {"name": "ping"}}]
+NEWLINE = 204  # the demo tokenizer's "\n": after a call, the grammar lets the answer end or start the next one
+
+
+def calls(body: dict) -> list[tuple[str, dict]]:
+    return [(call["function"]["name"], json.loads(call["function"]["arguments"]))
+            for call in body["choices"][0]["message"]["tool_calls"]]
+
+
+def probe_tools(ask: Asker) -> None:
+    """The answer calls one of the tools, with arguments that are a document of its parameters."""
+    body = ask({"tools": TOOLS, "tool_choice": "required", "max_tokens": 80})
+    name, arguments = calls(body)[0]
+    assert body["choices"][0]["finish_reason"] == "tool_calls" and body["choices"][0]["message"]["content"] is None
+    assert (name, set(arguments)) in (("lookup_order", {"order_number"}), ("ping", set()))
+    assert re.fullmatch(r"[0-9]{5}", arguments.get("order_number", "00000"))
+
+
+def probe_tool_choice(ask: Asker) -> None:
+    named = ask({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "ping"}}, "max_tokens": 80})
+    assert calls(named) == [("ping", {})] and named["choices"][0]["finish_reason"] == "stop"
+    assert ask({"tools": TOOLS, "tool_choice": "none"})["choices"][0]["message"]["tool_calls"] == []
+
+
+def probe_parallel_tool_calls(ask: Asker) -> None:
+    """Pushed to go on after each call, the answer makes call after call (until `max_tokens` cuts one, and the text
+    that does not parse comes back as content, as vLLM returns it), unless calls may not come together."""
+    pushed = {"tools": TOOLS, "tool_choice": "required", "max_tokens": 200, "logit_bias": {str(NEWLINE): 100}}
+    message = ask(pushed)["choices"][0]["message"]
+    assert len(message["tool_calls"]) + (message["content"] or "").count("<tool_call>") >= 2
+    assert len(calls(ask(pushed | {"parallel_tool_calls": False}))) == 1
+
+
 def probe_return_tokens_as_token_ids(ask: Asker) -> None:
     content = ask({"logprobs": True, "return_tokens_as_token_ids": True})["choices"][0]["logprobs"]["content"]
     assert all(re.fullmatch(r"token_id:\d+", entry["token"]) for entry in content)
@@ -373,7 +405,7 @@ def test_a_token_id_outside_the_vocabulary_is_a_400_that_names_the_field(gateway
 
 def test_the_openai_client_gets_its_fields_honoured_and_refused(gateway):
     """What a user of the official client sees: OpenAI's sampling fields as arguments and vLLM's in `extra_body`
-    change the answer, and `tools` raises `BadRequestError` naming the parameter."""
+    change the answer, and `functions` raises `BadRequestError` naming the parameter."""
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0)
     messages = BASE["messages"]
 
@@ -388,8 +420,8 @@ def test_the_openai_client_gets_its_fields_honoured_and_refused(gateway):
     assert content(temperature=2.0, seed=3) != plain
     assert content(temperature=2.0, seed=3, extra_body={"top_k": 1}) == plain
     with pytest.raises(openai.BadRequestError) as refused:
-        content(tools=[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}])
-    assert refused.value.param == "tools" and "not supported" in refused.value.message
+        content(functions=[{"name": "lookup", "parameters": {"type": "object"}}])
+    assert refused.value.param == "functions" and "not supported" in refused.value.message
 
 
 def test_a_message_key_is_honoured_or_refused_too(gateway):
@@ -409,8 +441,10 @@ def test_a_message_key_is_honoured_or_refused_too(gateway):
     generation = ChatServing._generation_request(SimpleNamespace(limits=limits),
                                                  ChatCompletionRequest.model_validate(named))
     assert generation.messages[0] == {"role": "user", "content": "Hi, order 12345 never arrived.", "name": "gustav"}
-    for key, value in (("tool_call_id", "call_1"), ("tool_calls", []), ("refusal", None)):
+    for key, value, says in (("tool_call_id", "call_1", "`tool_call_id` belongs to `tool` messages"),
+                             ("tool_calls", [], "`tool_calls` belongs to `assistant` messages"),
+                             ("refusal", None, "`refusal` in a message is not supported")):
         body = named | {"messages": [named["messages"][0] | {key: value}]}
         refused = httpx.post(url, json=body, timeout=60)
         assert refused.status_code == 400, refused.text
-        assert f"`{key}` in a message is not supported" in refused.json()["error"]["message"]
+        assert says in refused.json()["error"]["message"]

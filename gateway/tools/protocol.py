@@ -1,0 +1,114 @@
+"""Tools on the chat API's wire, in OpenAI's shapes: the request's `tools` and `tool_choice`, the calls of an
+assistant message (in a request's history and in an answer), and their streamed deltas.
+
+Function tools only: OpenAI's `custom` tools (free-form text input) and `allowed_tools` choices are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for a function's name
+
+
+def _none(value: Any) -> bool:
+    return value is None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: a function without parameters
+    strict: bool | None = None  # accepted either way: every call kdgate returns is a document of `parameters`
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_type(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") != "function":
+            raise ValueError(f"tools of type {value.get('type')!r} are not supported: kdgate calls functions "
+                             '(`{"type": "function", "function": {"name": ..., "parameters": {...}}}`)')
+        return value
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """Call this function (and only it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionName
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_type(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") != "function":
+            raise ValueError(f"a `tool_choice` of type {value.get('type')!r} is not supported; use `none`, `auto`, "
+                             '`required` or `{"type": "function", "function": {"name": ...}}`')
+        return value
+
+
+ToolChoiceField = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class RequestFunctionCall(FunctionCall):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("arguments")
+    @classmethod
+    def check_arguments(cls, value: str) -> str:
+        try:
+            json.loads(value)
+        except ValueError:
+            raise ValueError("the arguments of a call must be JSON text, as the model wrote them (the chat "
+                             "template is given them parsed)") from None
+        return value
+
+
+class RequestToolCall(ToolCall):
+    """A call in the history of a request (an earlier assistant message)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: RequestFunctionCall
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_none)
+    arguments: str | None = Field(default=None, exclude_if=_none)
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = Field(default=None, exclude_if=_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_none)
+    function: DeltaFunctionCall
