@@ -25,6 +25,7 @@ from tests import needs
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKED_INTERVAL = 4  # tokens per chunk after the first
+TOOL_FLAGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")  # as deploy/vllm/launch.yaml
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +171,9 @@ def vllm_servers(demo_dirs, tmp_path_factory, request) -> Iterator[VllmServers]:
     logs = tmp_path_factory.mktemp("vllm")
     cores = ("0", "1") if (os.cpu_count() or 1) >= 2 else ("nobind", "nobind")
     student = spawn_vllm(python, demo_dirs[0], "demo-student", logs / "student.log", cores[0],
-                         "--enable-lora", "--max-loras", "2", "--max-lora-rank", "64",
+                         "--enable-lora", "--max-loras", "2", "--max-lora-rank", "64", *TOOL_FLAGS,
                          env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
-    teacher = spawn_vllm(python, demo_dirs[1], "demo-teacher", logs / "teacher.log", cores[1],
+    teacher = spawn_vllm(python, demo_dirs[1], "demo-teacher", logs / "teacher.log", cores[1], *TOOL_FLAGS,
                          "--optimization-level", "0")  # no torch.compile: ready in a third of the time
     servers = VllmServers(student=student, teacher=teacher, started=[student, teacher])
     request.config.stash[STARTED] = servers.started
