@@ -24,6 +24,10 @@ from runtime.constraints.schema_check import check_schema
 from runtime.errors import InvalidRequest
 
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
+# A bound of n calls (`max_tool_calls`) is n copies of one call's automaton, and building the automaton grows faster
+# than its size (2 small tools: 16 copies, 2,300 states, 1.3 s; 32 copies, 6 s): the copies' states are bounded up
+# front, to about 2-3 s, as runtime.constraints.languages bounds a schema's counted repetitions.
+MAX_BOUNDED_STATES = 3000
 
 
 def call_regex(name: str, parameters: dict | None, where: str) -> str:
@@ -39,10 +43,14 @@ def call_regex(name: str, parameters: dict | None, where: str) -> str:
     return f"<tool_call>\\n{head}(?:{arguments})\\}}\\n</tool_call>"
 
 
-def calls_regex(calls: list[str], parallel: bool) -> str:
-    """One call of any of `calls` (their regexes), or with `parallel` one or more, a newline apart."""
-    one = "|".join(f"(?:{call})" for call in calls)
-    return f"(?:{one})(?:\\n(?:{one}))*" if parallel else f"(?:{one})"
+def calls_regex(calls: list[str], parallel: bool, max_calls: int | None = None) -> str:
+    """One call of any of `calls` (their regexes), or with `parallel` one or more (at most `max_calls`), a newline
+    apart."""
+    one = _one_of(calls)
+    if not parallel or max_calls == 1:
+        return f"(?:{one})"
+    more = "*" if max_calls is None else f"{{0,{max_calls - 1}}}"
+    return f"(?:{one})(?:\\n(?:{one})){more}"
 
 
 def text_then_calls(calls: str) -> FSM:
@@ -55,12 +63,26 @@ def text_then_calls(calls: str) -> FSM:
 @dataclass(frozen=True)
 class ToolChoice:
     """What a request asks of its tools: their calls' regexes (in `tools` order), `auto`, `required` or the name of
-    the one function to call, and whether calls may come several at once."""
+    the one function to call, whether calls may come several at once, and how many at most."""
 
     calls: tuple[tuple[str, str], ...]  # (name, regex of one call)
     choice: str  # "auto", "required" or "function"
     function: str | None = None
     parallel: bool = True
+    max_calls: int | None = None  # the Responses API's `max_tool_calls` (1 or more); None: no bound
+
+    @classmethod
+    def of(cls, mode: str, tools: list[tuple[str, dict | None]], where: str, function: str | None = None,
+           parallel: bool = True, max_calls: int | None = None) -> ToolChoice | None:
+        """A request's choice from its mode (`none`, `auto`, `required` or `function`) and its tools' names and
+        parameters; None when the answer makes no calls. `where` places a tool's parameters in the request, with
+        `{index}` for its place in `tools` (`tools[{index}].function.parameters` on chat)."""
+        if mode == "none":
+            return None
+        calls = tuple((name, cached_call_regex(name, None if parameters is None else json.dumps(parameters),
+                                               where.format(index=index)))
+                      for index, (name, parameters) in enumerate(tools))
+        return cls(calls, mode, function, parallel, max_calls)
 
     def constraint(self, answer: dict | None = None) -> Constraint:
         """The answer's language; under `auto` with a format for the answer (`answer`, a `structured_outputs`
@@ -73,7 +95,10 @@ def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
     if choice.choice == "function":
         fsm = _fsm(next(regex for name, regex in choice.calls if name == choice.function))
     else:
-        calls = calls_regex([regex for _, regex in choice.calls], choice.parallel)
+        regexes = [regex for _, regex in choice.calls]
+        if choice.parallel and choice.max_calls is not None and choice.max_calls > 1:
+            _check_bound(regexes, choice.max_calls)
+        calls = calls_regex(regexes, choice.parallel, choice.max_calls)
         if choice.choice == "required":
             fsm = _fsm(calls)
         elif answer is not None:
@@ -82,6 +107,15 @@ def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
             fsm = text_then_calls(calls)
     automaton = Automaton(fsm.reduce())
     return Constraint({"grammar": automaton.grammar()}, automaton)
+
+
+def _check_bound(calls: list[str], max_calls: int) -> None:
+    states = len(_fsm(_one_of(calls)).reduce().states)
+    if states * max_calls > MAX_BOUNDED_STATES:
+        raise InvalidRequest(f"`max_tool_calls` of {max_calls} makes the grammar of the calls too big for kdgate "
+                             f"({states} states a call, {MAX_BOUNDED_STATES} in all); lower it to at most "
+                             f"{max(MAX_BOUNDED_STATES // states, 1)}, or leave it out (the answer's token limit "
+                             "still bounds the calls)", parameter="max_tool_calls")
 
 
 def _answer_fsm(spec: dict) -> FSM:
@@ -97,6 +131,10 @@ def _answer_fsm(spec: dict) -> FSM:
 def cached_call_regex(name: str, parameters: str | None, where: str) -> str:
     """`call_regex`, for `parameters` as JSON text (clients send the same tools again and again)."""
     return call_regex(name, None if parameters is None else json.loads(parameters), where)
+
+
+def _one_of(calls: list[str]) -> str:
+    return "|".join(f"(?:{call})" for call in calls)
 
 
 def _fsm(regex: str) -> FSM:

@@ -85,12 +85,36 @@ class RequestFunctionCall(FunctionCall):
     @field_validator("arguments")
     @classmethod
     def check_arguments(cls, value: str) -> str:
-        try:
-            json.loads(value)
-        except ValueError:
-            raise ValueError("the arguments of a call must be JSON text, as the model wrote them (the chat "
-                             "template is given them parsed)") from None
-        return value
+        return json_arguments(value)
+
+
+def json_arguments(value: str) -> str:
+    """A call's arguments sent back: JSON text (the chat template is given them parsed)."""
+    try:
+        json.loads(value)
+    except ValueError:
+        raise ValueError("the arguments of a call must be JSON text, as the model wrote them (the chat template is "
+                         "given them parsed)") from None
+    return value
+
+
+def check_tool_rules(names: list[str], asked: str | None, named: str | None, format_field: str | None) -> None:
+    """The rules across a request's tool fields, a `ValueError` naming the field for the first one broken: each
+    function named once in `tools`; a `tool_choice` (`asked`: its mode, None when not sent) other than `none` only
+    with tools; a named function (`named`) among them; no format for the answer (`format_field`: the field that
+    gives it one, if any) when the answer is a call."""
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"`tools` names the function `{twice}` twice; give each function once")
+    if asked not in (None, "none") and not names:
+        raise ValueError("`tool_choice` needs `tools`: list the functions the model may call, or drop `tool_choice`")
+    if named is not None and named not in names:
+        raise ValueError(f"`tool_choice` names the function `{named}`, which `tools` does not have (it has "
+                         f"{', '.join(f'`{name}`' for name in names)})")
+    if asked in ("required", "function") and format_field is not None:
+        raise ValueError(f"`{format_field}` cannot apply: under `tool_choice` {asked!r} the answer is a tool call; "
+                         f"drop `{format_field}`, or use `tool_choice: auto` (the answer is then a call or a "
+                         "document of the format)")
 
 
 class RequestToolCall(ToolCall):

@@ -29,6 +29,21 @@ def test_what_each_choice_lets_the_answer_be(choice, function, parallel, accepte
     assert [text for text in refused if language.accepts(text)] == []
 
 
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_max_calls_bounds_the_calls(choice):
+    language = ToolChoice(CALLS, choice, max_calls=2).constraint()
+    assert language.accepts(LOOKUP) and language.accepts(LOOKUP + "\n" + PING)
+    assert not language.accepts("\n".join([LOOKUP, PING, PING]))
+    assert ToolChoice(CALLS, choice, max_calls=1).constraint().structured_outputs == \
+        ToolChoice(CALLS, choice, parallel=False).constraint().structured_outputs
+
+
+def test_a_bound_whose_grammar_is_too_big_is_refused_saying_how_far_to_lower_it():
+    with pytest.raises(InvalidRequest, match=r"lower it to at most \d+") as raised:
+        ToolChoice(CALLS, "required", max_calls=1000).constraint()
+    assert raised.value.parameter == "max_tool_calls"
+
+
 def test_a_handoff_inside_the_arguments_gives_the_teacher_only_the_rest_of_the_call():
     language = ToolChoice(CALLS, "auto").constraint()
     cut = LOOKUP.index("36010") + 2
