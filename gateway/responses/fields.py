@@ -31,7 +31,6 @@ def _refused(what: str, *harmless_values: Any) -> RequestField:
 
 STATELESS = ("kdgate's Responses API is stateless and keeps no responses or conversations; drop `{name}` and send "
              "the whole conversation in `input`")
-NO_TOOLS_YET = "kdgate does not call tools yet; drop `tools`, `tool_choice` and `parallel_tool_calls`"
 
 # In the `openai` package's order (`response_create_params`), with `stream` (its streaming variant's) in OpenAI's
 # API reference place.
@@ -46,19 +45,24 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "include": _honoured('`["message.output_text.logprobs"]` only: each answer token\'s raw logprob in the '
                          "`output_text` part and the delta events (with `top_logprobs` alternatives); other values "
                          "are a 400 naming them"),
-    "input": _honoured("a string (one user message), or a list of message items: `role` `user`, `system`, "
-                       "`developer` or `assistant`, `content` a string or `input_text`/`output_text` parts; other "
-                       "items (function calls and outputs, reasoning) and parts (images, files, audio) are a 400 "
-                       "naming them"),
+    "input": _honoured("a string (one user message), or a list of items: messages (`role` `user`, `system`, "
+                       "`developer` or `assistant`, `content` a string or `input_text`/`output_text` parts), "
+                       "`function_call` items (an earlier answer's calls: the assistant's `tool_calls`, joined to "
+                       "the assistant message before them) and `function_call_output` items (`call_id` and the "
+                       "`output` string: `tool` messages); other items (reasoning, item references, hosted tools' "
+                       "calls) and parts (images, files, audio) are a 400 naming them"),
     "instructions": _honoured("a system message put before `input`"),
     "max_output_tokens": _honoured("the answer's token limit (at most `KDGATE_MAX_TOKENS_LIMIT`); an answer that "
                                    "reaches it has `status: \"incomplete\"`, `incomplete_details.reason: "
                                    "\"max_output_tokens\"`"),
-    "max_tool_calls": _refused(NO_TOOLS_YET.replace("`parallel_tool_calls`", "`max_tool_calls`")),
+    "max_tool_calls": _honoured("at most this many calls in the answer (1 or more; the calls' grammar allows no "
+                                "more); a bound whose grammar would be too big for the tools' parameters is a 400 "
+                                "that says how far to lower it"),
     "metadata": _ignored("tags for OpenAI's stored responses; kdgate stores none, it echoes them in the response"),
     "model": CHAT_FIELDS["model"],
     "moderation": _refused("kdgate runs no moderation; drop `moderation` and moderate with a separate call"),
-    "parallel_tool_calls": _refused(NO_TOOLS_YET, False),
+    "parallel_tool_calls": _honoured("whether the answer may call several functions at once (default true); "
+                                     "false: at most one call"),
     "previous_response_id": _refused(STATELESS.format(name="previous_response_id")),
     "prompt": _refused("kdgate has no stored prompt templates; drop `prompt` and send the text in `instructions` "
                        "and `input`"),
@@ -82,8 +86,13 @@ REQUEST_FIELDS: dict[str, RequestField] = {
     "text": _honoured("`format`: `text`, `json_object` or `json_schema` (`name`, `schema`, `strict`: the answer is a "
                       "document of the schema, kept through escalation and a mid-stream handoff, as chat's "
                       "`response_format`); `verbosity` only `medium`"),
-    "tool_choice": _refused(NO_TOOLS_YET, "none"),
-    "tools": _refused(NO_TOOLS_YET, []),
+    "tool_choice": _honoured('`none`, `auto` (the default: text, or text then calls), `required` (one or more '
+                             'calls) or `{"type": "function", "name": ...}` (one call of it), as on chat; other forms '
+                             "(`allowed_tools`, hosted tools, MCP, custom) are a 400"),
+    "tools": _honoured('function tools, `{"type": "function", "name", "description", "parameters", "strict"}`: '
+                       "rendered by the chat template, and every call the answer makes is a document of its "
+                       "function's `parameters`, as on chat; other tool types (web search, file search, MCP, code "
+                       "interpreter, custom, ...) are a 400 naming `tools[i].type`: kdgate runs no tools"),
     "top_logprobs": _honoured("0 to `KDGATE_MAX_TOP_LOGPROBS` alternatives per token, with `include: "
                               "[\"message.output_text.logprobs\"]`"),
     "top_p": CHAT_FIELDS["top_p"],

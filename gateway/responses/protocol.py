@@ -2,10 +2,11 @@
 `openai.types.responses`).
 
 The request declares the fields kdgate honours or accepts and ignores, as `gateway.responses.fields` classifies
-every field; any other field is refused by `check_fields` with a 400 that names it. `input` is message items only
-(text in, text out); `text.format` is chat's `response_format` flattened as the Responses API writes it, and becomes
-the same constraint. Responses are OpenAI's `response` object (one `message` output item of one `output_text` part)
-with kdgate's `kdgate` route object.
+every field; any other field is refused by `check_fields` with a 400 that names it. `input` is message items, and
+the `function_call` and `function_call_output` items of a tool conversation (gateway.responses.tools), which become
+chat messages; `text.format` is chat's `response_format` flattened as the Responses API writes it, and becomes the
+same constraint. Responses are OpenAI's `response` object (a `message` output item of one `output_text` part, then
+a `function_call` item per call) with kdgate's `kdgate` route object.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from gateway.chat.formats import SCHEMA_NAME
 from gateway.chat.protocol import (
     JSON_SCHEMA_SPACE,
     Integer,
-    Role,
     RouteInfo,
     TokenLogprob,
     _branches,
@@ -27,10 +27,21 @@ from gateway.chat.protocol import (
     bounded,
 )
 from gateway.responses.fields import REQUEST_FIELDS, refusal
+from gateway.responses.tools import (
+    FunctionCall,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    NamedToolChoice,
+    ToolChoiceField,
+)
+from gateway.tools.protocol import check_tool_rules
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text")
 MESSAGE_KEYS = ("type", "role", "content", "id", "status")  # an easy input message, or an output message sent back
+ITEM_TYPES = ("message", "function_call", "function_call_output")
+Role = Literal["system", "developer", "user", "assistant"]  # a message item's (a tool's output is its own item)
 
 
 class InputText(BaseModel):
@@ -57,13 +68,14 @@ class InputMessage(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def check_item(cls, value: Any) -> Any:
-        """Only message items: a function call, its output, a reasoning item or an item reference is refused by
-        its type (they need tools or stored state), and so is a key a message does not have."""
+        """Message items (function calls and their outputs are items of their own): a reasoning item, an item
+        reference or a hosted tool's call is refused by its type (they need stored state or tools kdgate does not
+        run), and so is a key a message does not have."""
         if isinstance(value, dict):
             kind = value.get("type")
-            if kind not in (None, "message"):
-                raise ValueError(f"items of type `{kind}` are not supported: kdgate takes message items (`role` and "
-                                 "`content`) only, and calls no tools; drop the item")
+            if kind not in (None, *ITEM_TYPES):
+                raise ValueError(f"items of type `{kind}` are not supported: kdgate takes message, `function_call` "
+                                 "and `function_call_output` items; drop the item")
             for key in value:
                 if key not in MESSAGE_KEYS:
                     raise ValueError(f"`{key}` in a message item is not supported: kdgate reads `role` and "
@@ -136,10 +148,19 @@ class TextConfig(BaseModel):
                                                 "in the input, or set `max_output_tokens`")
 
 
-# A string or message items, told apart by the value's type: a bad item is then named where it is (`input[2].role`)
-# instead of by the string branch's "Input should be a valid string". The tags are names `dotted` leaves out.
-Input = Annotated[Annotated[str, Tag("str")] | Annotated[list[InputMessage], Tag("list[InputMessage]")],
-                  Discriminator(lambda value: "str" if isinstance(value, str) else "list[InputMessage]")]
+def _item_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else None
+    return f"item[{kind}]" if kind in ("function_call", "function_call_output") else "item[message]"
+
+
+# An item by its type: a message (its type may be left out), a call sent back, or a call's output.
+InputItem = Annotated[Annotated[InputMessage, Tag("item[message]")]
+                      | Annotated[FunctionCallItem, Tag("item[function_call]")]
+                      | Annotated[FunctionCallOutputItem, Tag("item[function_call_output]")], Discriminator(_item_kind)]
+# A string or items, told apart by the value's type: a bad item is then named where it is (`input[2].role`) instead
+# of by the string branch's "Input should be a valid string". The tags are names `dotted` leaves out.
+Input = Annotated[Annotated[str, Tag("str")] | Annotated[list[InputItem], Tag("list[InputItem]")],
+                  Discriminator(lambda value: "str" if isinstance(value, str) else "list[InputItem]")]
 
 
 def _input_schema(schema: dict) -> None:
@@ -148,11 +169,26 @@ def _input_schema(schema: dict) -> None:
         branch.update({"pattern": r"\S"} if branch["type"] == "string" else {"minItems": 1})
 
 
+ANSWER_FORMAT = {"required": ["text"], "properties": {"text": {
+    "type": "object", "required": ["format"], "properties": {"format": {
+        "type": "object", "required": ["type"], "properties": {"type": {"enum": ["json_object", "json_schema"]}}}}}}}
+# The cross-field rules of the validators below, as JSON Schema (for the OpenAPI document and schema-driven tests).
+# That a named function is among `tools`, and that no function is named twice, no JSON Schema can state.
+CROSS_FIELD_RULES = [
+    # `top_logprobs` above 0 needs the logprobs included (check_logprobs)
+    {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+     "then": {"required": ["include"], "properties": {"include": {"minItems": 1}}}},
+    # a `tool_choice` other than `none` needs tools; a call for an answer leaves no room for a format (check_tools)
+    {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": ["none", None]}}}},
+     "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
+    {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"anyOf": [
+        {"const": "required"}, {"type": "object"}]}}}, "then": {"not": ANSWER_FORMAT}},
+]
+
+
 def _request_schema(schema: dict) -> None:
-    """Each property described from the field table (what kdgate does with it)."""
-    schema["allOf"] = [  # `top_logprobs` above 0 needs the logprobs included (check_logprobs)
-        {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
-         "then": {"required": ["include"], "properties": {"include": {"minItems": 1}}}}]
+    """The cross-field rules, and each property described from the field table (what kdgate does with it)."""
+    schema["allOf"] = CROSS_FIELD_RULES
     for name, prop in schema["properties"].items():
         field = REQUEST_FIELDS[name]
         text = field.what[0].upper() + field.what[1:]
@@ -170,8 +206,10 @@ class ResponseRequest(BaseModel):
     instructions: str | None = None
     max_output_tokens: Integer | None = Field(default=None, json_schema_extra=lambda s: _branches(
         s, integer={"minimum": 1}))
+    max_tool_calls: bounded(1) | None = None
     metadata: dict[str, str] | None = None
     model: str | None = None
+    parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     prompt_cache_retention: str | None = None
@@ -181,6 +219,8 @@ class ResponseRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     text: TextConfig | None = None
+    tool_choice: ToolChoiceField | None = None
+    tools: list[FunctionTool] | None = None
     top_logprobs: bounded(0) | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     user: str | None = None
@@ -218,14 +258,46 @@ class ResponseRequest(BaseModel):
                              "or drop `top_logprobs`")
         return self
 
+    @model_validator(mode="after")
+    def check_tools(self) -> ResponseRequest:
+        named = self.tool_choice.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        check_tool_rules([tool.name for tool in self.tools or ()], "function" if named else self.tool_choice, named,
+                         "text.format" if self.structured_spec() is not None else None)
+        return self
+
     def logprobs(self) -> bool:
         return LOGPROBS_INCLUDE in (self.include or ())
 
+    def tool_choice_mode(self) -> str:
+        """`none` (no tools, or calls not asked for: the answer is text), `auto`, `required` or `function`."""
+        if not self.tools:
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function"
+        return self.tool_choice or "auto"
+
     def messages(self) -> list[dict]:
-        """The conversation as chat messages: the instructions as a system message first, then the input."""
-        items = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
-            {"role": item.role, "content": item.text()} for item in self.input]
-        return ([{"role": "system", "content": self.instructions}] if self.instructions else []) + items
+        """The conversation as chat messages (vLLM's shapes): the instructions as a system message first, then the
+        input. A call sent back joins the assistant message before it (the text it came with, or the calls before
+        it), as vLLM's Responses API merges them; a call's output is a `tool` message."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        if isinstance(self.input, str):
+            return [*messages, {"role": "user", "content": self.input}]
+        for item in self.input:
+            if isinstance(item, FunctionCallItem):
+                if messages and messages[-1]["role"] == "assistant":
+                    messages[-1].setdefault("tool_calls", []).append(item.template_call())
+                else:
+                    messages.append({"role": "assistant", "content": "", "tool_calls": [item.template_call()]})
+            elif isinstance(item, FunctionCallOutputItem):
+                messages.append({"role": "tool", "content": item.output, "tool_call_id": item.call_id})
+            else:
+                messages.append({"role": item.role, "content": item.text()})
+        return messages
+
+    def template_tools(self) -> tuple[dict, ...] | None:
+        """The tools as the chat template gets them (chat's shape); None without any."""
+        return tuple(tool.template_tool() for tool in self.tools) if self.tools else None
 
     def structured_spec(self) -> dict | None:
         """The answer's constraint as vLLM's `structured_outputs` object; None for free text."""
@@ -289,15 +361,16 @@ class ResponseObject(BaseModel):
     incomplete_details: IncompleteDetails | None = None
     instructions: str | None = None
     max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
     model: str
-    output: list[OutputMessage] = Field(default_factory=list)
-    parallel_tool_calls: bool = False
+    output: list[OutputMessage | FunctionCall] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
     previous_response_id: None = None
     store: bool = Field(default=False, description="always false: kdgate stores no response")
     temperature: float | None = None
     text: dict = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: Literal["none"] = "none"
-    tools: list = Field(default_factory=list)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = "auto"
+    tools: list[FunctionTool] = Field(default_factory=list)
     top_logprobs: int | None = None
     top_p: float | None = None
     truncation: Literal["disabled"] = "disabled"
