@@ -177,7 +177,7 @@ ANSWER_FORMAT = {"required": ["text"], "properties": {"text": {
 CROSS_FIELD_RULES = [
     # `top_logprobs` above 0 needs the logprobs included (check_logprobs)
     {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
-     "then": {"required": ["include"], "properties": {"include": {"minItems": 1}}}},
+     "then": {"required": ["include"], "properties": {"include": {"type": "array", "minItems": 1}}}},
     # a `tool_choice` other than `none` needs tools; a call for an answer leaves no room for a format (check_tools)
     {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": ["none", None]}}}},
      "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
@@ -239,9 +239,11 @@ class ResponseRequest(BaseModel):
 
     @field_validator("input")
     @classmethod
-    def check_input(cls, value: str | list[InputMessage]) -> str | list[InputMessage]:
+    def check_input(cls, value: str | list) -> str | list:
         if isinstance(value, str) and not value.strip(JSON_SCHEMA_SPACE):
             raise ValueError("the input is empty; send the text to answer")
+        if not value:
+            raise ValueError("the input has no items; send the conversation to answer")
         return value
 
     @field_validator("max_output_tokens")

@@ -12,10 +12,11 @@ import re
 import time
 
 import httpx
+import jsonschema_rs
 import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent, response_create_params
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.chat.fields import Treatment
 from gateway.responses.fields import REQUEST_FIELDS
@@ -150,6 +151,7 @@ REFUSED_REQUESTS = [
      "input[0].content", "part 0 has type 'input_image'"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", ""),
     ({"input": ""}, "input", "the input is empty"),
+    ({"input": []}, "input", "the input has no items"),  # found by fuzzing: it was answered, with no messages
     ({"include": ["file_search_call.results"]}, "include[0]", ""),
     ({"top_logprobs": 2}, "top_logprobs", "needs the logprobs included"),
     ({"max_output_tokens": 0}, "max_output_tokens", "must be at least 1"),
@@ -165,6 +167,20 @@ def test_a_request_kdgate_cannot_serve_is_refused_naming_the_field(gateway, chan
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and says in error["message"], error
+
+
+SCHEMA_REFUSES = [  # found by fuzzing: the document allowed the first two, which the validators refuse
+    {"input": []}, {"input": "hi", "top_logprobs": 2, "include": None},
+    {"input": "hi", "tool_choice": "required"}, {"input": "hi", "tool_choice": "auto", "tools": []},
+    {"input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "f"},
+     "text": {"format": {"type": "json_object"}}}]
+
+
+@pytest.mark.parametrize("body", SCHEMA_REFUSES, ids=lambda value: json.dumps(value)[:60])
+def test_the_request_schema_states_the_rules_the_validators_hold(body):
+    assert not jsonschema_rs.validator_for(ResponseRequest.model_json_schema()).is_valid(body)
+    with pytest.raises(ValidationError):
+        ResponseRequest.model_validate(body)
 
 
 # ------------------------------------------------------------------------------------------- honoured fields
