@@ -1,8 +1,8 @@
 """Tool calling on real vLLM (0.32 CPU): a tool conversation (tools, an assistant's `tool_calls`, a `tool` message)
 under the gateway's grammar of calls gives the same tokens and logprobs on vLLM as on the local engine, both
 rendering it through the model's chat template; the openai SDK's tool loop runs through the gateway in front of the
-two vLLM servers; and a client that calls vLLM directly (launched with deploy/vllm/launch.yaml's tool flags) gets
-calls of the same shape."""
+two vLLM servers, on the chat API and on the Responses API; and a client that calls vLLM directly (launched with
+deploy/vllm/launch.yaml's tool flags) gets calls of the same shape."""
 
 from __future__ import annotations
 
@@ -75,6 +75,31 @@ def test_the_sdks_tool_loop_runs_through_the_gateway_on_vllm(gateway):
     final = client.chat.completions.create(model="kdgate-demo", messages=messages, tools=[LOOKUP],
                                            tool_choice="none", temperature=0, max_tokens=60)
     assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+
+
+def test_the_responses_tool_loop_runs_through_the_gateway_on_vllm(gateway):
+    """The same loop through /v1/responses: a `function_call` item (the same one streamed), then the answer to its
+    `function_call_output`, the conversation sent back as the SDK's items."""
+    client = OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    tool = {"type": "function", "name": "lookup_order", "description": LOOKUP["function"]["description"],
+            "parameters": ORDER, "strict": True}
+    conversation = list(GOLDEN[1])
+    asked = dict(model="kdgate-demo", tools=[tool], tool_choice="required", parallel_tool_calls=False, temperature=0,
+                 max_output_tokens=100)
+    first = client.responses.create(input=conversation, **asked)
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "lookup_order" and call.status == "completed"
+    assert jsonschema_rs.validator_for(ORDER).is_valid(json.loads(call.arguments))
+    with client.responses.stream(input=conversation, **asked) as stream:
+        kinds = [event.type for event in stream]
+        streamed = stream.get_final_response()
+    assert [(item.name, item.parsed_arguments) for item in streamed.output] == [(call.name, json.loads(call.arguments))]
+    assert kinds.count("response.output_item.added") == 1 and "response.function_call_arguments.delta" in kinds
+    conversation += [*first.output, {"type": "function_call_output", "call_id": call.call_id,
+                                     "output": '{"status": "active"}'}]
+    final = client.responses.create(model="kdgate-demo", input=conversation, tools=[tool], tool_choice="none",
+                                    temperature=0, max_output_tokens=60)
+    assert final.output_text and [item.type for item in final.output] == ["message"]
 
 
 def test_vllm_itself_answers_a_required_call_in_the_same_shape(vllm_servers):
