@@ -19,7 +19,7 @@ from interegular.fsm import FSM
 from outlines_core.json_schema import build_regex_from_schema
 
 from runtime.constraints.automaton import Automaton
-from runtime.constraints.languages import CACHED_LANGUAGES, Constraint, constraint
+from runtime.constraints.languages import CACHED_LANGUAGES, Constraint, check_size, constraint
 from runtime.constraints.schema_check import check_schema
 from runtime.errors import InvalidRequest
 
@@ -35,6 +35,7 @@ def call_regex(name: str, parameters: dict | None, where: str) -> str:
     except (ValueError, TypeError) as error:
         raise InvalidRequest(f"`{where}` cannot be turned into a grammar: {str(error).splitlines()[0]}",
                              parameter=where) from None
+    check_size(arguments, where)
     head = re.escape('{"name": ' + json.dumps(name) + ', "arguments": ')
     return f"<tool_call>\\n{head}(?:{arguments})\\}}\\n</tool_call>"
 
@@ -70,18 +71,30 @@ class ToolChoice:
 
 @lru_cache(maxsize=CACHED_LANGUAGES)
 def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
+    try:
+        fsm = _language(choice, answer)
+    except InvalidRequest:
+        raise
+    except Exception as error:  # interegular's parse errors have no common base class
+        raise InvalidRequest(f"a `pattern` in `tools` cannot be compiled ({type(error).__name__}: {error}); kdgate "
+                             "takes regexes without lookaround or backreferences", parameter="tools") from None
+    automaton = Automaton(fsm.reduce())
+    return Constraint({"grammar": automaton.grammar()}, automaton)
+
+
+def _language(choice: ToolChoice, answer: str | None) -> FSM:
     if choice.choice == "function":
         fsm = _fsm(next(regex for name, regex in choice.calls if name == choice.function))
     else:
         calls = calls_regex([regex for _, regex in choice.calls], choice.parallel)
+        check_size(calls, "tools")  # each tool's is bounded; together they are too
         if choice.choice == "required":
             fsm = _fsm(calls)
         elif answer is not None:
             fsm = _fsm(calls) | _answer_fsm(json.loads(answer))
         else:
             fsm = text_then_calls(calls)
-    automaton = Automaton(fsm.reduce())
-    return Constraint({"grammar": automaton.grammar()}, automaton)
+    return fsm
 
 
 def _answer_fsm(spec: dict) -> FSM:

@@ -89,7 +89,7 @@ def _compiled(canonical: str) -> Constraint:
         return Constraint({"grammar": spec["grammar"]}, None)
     regex = _regex(kind, spec)
     parameter = "schema" if kind == "json" else f"structured_outputs.{kind}"
-    _check_size(regex, parameter)
+    check_size(regex, parameter)
     automaton = _automaton(kind, regex, parameter)
     if kind == "json" and (automaton.accepts("") or not automaton.grammar().count("::=") > 2):
         raise InvalidRequest("the JSON schema admits no document (an empty `enum` or `anyOf`?); give one that "
@@ -124,7 +124,7 @@ def _regex(kind: str, spec: dict) -> str:
                              parameter="schema") from None
 
 
-def _check_size(regex: str, parameter: str) -> None:
+def check_size(regex: str, parameter: str) -> None:
     """A counted repetition becomes that many automaton states, and building the automaton grows faster than
     that (a string of `maxLength` 3000 took 20 s, blocking a worker thread): the counts are bounded up front."""
     counts = [int(number) for low, high in QUANTIFIER.findall(regex) for number in (low, high) if number]

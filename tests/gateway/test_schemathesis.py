@@ -5,8 +5,8 @@ One check is narrowed, not dropped: `positive_data_acceptance` (a schema-valid r
 and forgiven only for the rules JSON Schema cannot state — that the message to continue is the last one and is
 the assistant's, that the prompt plus `max_tokens` fits the model's context in *tokens*, and that the token ids of
 `logit_bias` and `stop_token_ids` are in the vocabulary of the backend that serves, and that a structured-output
-constraint (a regex, a grammar, a JSON schema) compiles to a grammar kdgate can enforce — recognised by their own
-error messages. Everything the schema can state, it states (gateway.chat.protocol, gateway.openapi).
+constraint (a regex, a grammar, a JSON schema) compiles to a grammar kdgate can enforce, and that a named tool
+choice names one of the tools (given once each) — recognised by their own error messages. Everything the schema can state, it states (gateway.chat.protocol, gateway.openapi).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ UNSTATEABLE = ("maximum context length", "far beyond this model's maximum contex
                "cannot be compiled", "cannot enforce", "cannot be turned into a grammar", "admits no document",
                "counted repetitions", "is not valid JSON", "is not a valid", "s to compile (nested",
                # stateable (an `anyOf` over both fields), but schemathesis 4 cannot generate from that rule
-               "both constrain the answer")
+               "both constrain the answer",
+               # stateable too (`tool_choice` other than none needs `tools`), but with the other cross-field rules
+               # schemathesis' canonicaliser gives up on the whole request schema
+               "`tool_choice` needs `tools`",
+               # tools: a named choice among the tools' names, names given once, a format with calls, JSON text
+               "which `tools` does not have", "twice; give each function once", "the answer is a tool call",
+               "cannot be combined", "must be JSON text")
 # The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
 STATEFUL = "/admin/v1/students"
 
