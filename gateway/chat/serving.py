@@ -7,7 +7,6 @@ no routing).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import asdict
 
@@ -16,7 +15,7 @@ from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
 from gateway.serving import DataFrames, PreparedStream, Served, Serving, sampling_params
 from gateway.tools.calls import ArgumentsPiece, CallStart, CallStream, ContentPiece, Piece, parse
-from gateway.tools.grammar import ToolChoice, cached_call_regex
+from gateway.tools.grammar import ToolChoice, tool_choice_of
 from gateway.tools.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest
@@ -181,11 +180,9 @@ def tool_choice(request: protocol.ChatCompletionRequest) -> ToolChoice | None:
     mode = request.tool_choice_mode()
     if mode == "none":
         return None
-    calls = tuple((tool.function.name, cached_call_regex(
-        tool.function.name, None if tool.function.parameters is None else json.dumps(tool.function.parameters),
-        f"tools[{index}].function.parameters")) for index, tool in enumerate(request.tools))
-    function = request.tool_choice.function.name if mode == "function" else None
-    return ToolChoice(calls, mode, function, parallel=request.parallel_tool_calls is not False)
+    return tool_choice_of([tool.model_dump() for tool in request.tools], mode,
+                          request.tool_choice.function.name if mode == "function" else None,
+                          parallel=request.parallel_tool_calls is not False)
 
 
 def _delta_call(piece: CallStart | ArgumentsPiece) -> DeltaToolCall:

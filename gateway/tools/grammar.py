@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -104,6 +105,17 @@ def _answer_fsm(spec: dict) -> FSM:
                              "the language of tool calls; use a JSON schema, a regex or a choice, or set "
                              "`tool_choice: none`", parameter="structured_outputs.grammar")
     return answer.automaton.fsm
+
+
+def tool_choice_of(tools: Sequence[dict], mode: str = "auto", function: str | None = None,
+                   parallel: bool = True) -> ToolChoice:
+    """The `ToolChoice` of OpenAI tool dicts (`{"type": "function", "function": {"name", "parameters"}}`)."""
+    calls = []
+    for index, tool in enumerate(tools):
+        name, parameters = tool["function"]["name"], tool["function"].get("parameters")
+        calls.append((name, cached_call_regex(name, None if parameters is None else json.dumps(parameters),
+                                              f"tools[{index}].function.parameters")))
+    return ToolChoice(tuple(calls), mode, function, parallel)
 
 
 @lru_cache(maxsize=CACHED_LANGUAGES)
