@@ -180,7 +180,7 @@ def tool_choice(request: protocol.ChatCompletionRequest) -> ToolChoice | None:
     mode = request.tool_choice_mode()
     if mode == "none":
         return None
-    return tool_choice_of([tool.model_dump() for tool in request.tools], mode,
+    return tool_choice_of([tool.model_dump(exclude_none=True) for tool in request.tools], mode,
                           request.tool_choice.function.name if mode == "function" else None,
                           parallel=request.parallel_tool_calls is not False)
 

@@ -63,6 +63,7 @@ class ToolChoice:
     choice: str  # "auto", "required" or "function"
     function: str | None = None
     parallel: bool = True
+    tools: str = "[]"  # the tools (OpenAI's dicts) as JSON text: the constraint's spec, to compile it again from
 
     def constraint(self, answer: dict | None = None) -> Constraint:
         """The answer's language; under `auto` with a format for the answer (`answer`, a `structured_outputs`
@@ -79,8 +80,9 @@ def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
     except Exception as error:  # interegular's parse errors have no common base class
         raise InvalidRequest(f"a `pattern` in `tools` cannot be compiled ({type(error).__name__}: {error}); kdgate "
                              "takes regexes without lookaround or backreferences", parameter="tools") from None
-    automaton = Automaton(fsm.reduce())
-    return Constraint({"grammar": automaton.grammar()}, automaton)
+    spec = {"tools": json.loads(choice.tools), "tool_choice": choice.choice, "function": choice.function,
+            "parallel_tool_calls": choice.parallel, "answer": None if answer is None else json.loads(answer)}
+    return Constraint(spec, Automaton(fsm.reduce()))
 
 
 def _language(choice: ToolChoice, answer: str | None) -> FSM:
@@ -115,7 +117,13 @@ def tool_choice_of(tools: Sequence[dict], mode: str = "auto", function: str | No
         name, parameters = tool["function"]["name"], tool["function"].get("parameters")
         calls.append((name, cached_call_regex(name, None if parameters is None else json.dumps(parameters),
                                               f"tools[{index}].function.parameters")))
-    return ToolChoice(tuple(calls), mode, function, parallel)
+    return ToolChoice(tuple(calls), mode, function, parallel, json.dumps(list(tools)))
+
+
+def tool_constraint(spec: dict) -> Constraint:
+    """A tool constraint compiled again from its spec (`Constraint.spec` of one: a shadow job's, a record's)."""
+    choice = tool_choice_of(spec["tools"], spec["tool_choice"], spec.get("function"), spec["parallel_tool_calls"])
+    return choice.constraint(spec.get("answer"))
 
 
 @lru_cache(maxsize=CACHED_LANGUAGES)
