@@ -412,6 +412,19 @@ def test_the_gateway_scales_and_keeps_replicas(objects):
     assert gateway["startupProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):
+    """The grace period covers the preStop sleep, the drain the gateway is told to give its answers in flight
+    (tests/gateway/test_graceful_shutdown.py shows the drain on a real process) and 15 s to shut down."""
+    drain = values_of(name)["gateway"]["drain"]
+    deployment = one(objects, "Deployment", "kdgate-gateway")
+    gateway = container(deployment)
+    environment = {item["name"]: item.get("value") for item in gateway["env"]}
+    assert environment["KDGATE_DRAIN_TIMEOUT_S"] == str(drain["seconds"])
+    assert gateway["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(drain["preStopSeconds"])]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == \
+        drain["preStopSeconds"] + drain["seconds"] + 15 > 300  # the longest stream the ingress allows
+
+
 def test_in_flight_autoscaling_uses_the_gateway_gauge():
     source = (ROOT / "gateway" / "metrics.py").read_text()
     hpa = one(render({"gateway": {"autoscaling": {"inFlight": {"enabled": True}}}}), "HorizontalPodAutoscaler",
