@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -410,6 +411,19 @@ def test_the_gateway_scales_and_keeps_replicas(objects):
     gateway = container(one(objects, "Deployment", "kdgate-gateway"))
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["startupProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("release", ["k", "a" * 47, "b" * 53])  # 53: Helm's longest release name
+def test_every_name_is_valid_whatever_the_release_name(release):
+    """Names within Kubernetes' limits (a Service's is a DNS label; a StatefulSet's pods add an 11-character
+    revision hash to a 63-character label), and distinct: 47+ character releases rendered invalid ones."""
+    objects = render(production_values(), name=release)
+    names = [(item["kind"], item["metadata"]["name"]) for item in objects]
+    assert len(set(names)) == len(names)
+    for kind, name in names:
+        assert len(name) <= (52 if kind == "StatefulSet" else 63), (kind, name)
+        if kind == "Service":
+            assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
 
 
 def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):

@@ -1,9 +1,11 @@
-{{/* Names: <release>-<component> ("kdgate-gateway"); <release>-kdgate-<component> when the release lacks "kdgate". */}}
+{{/* Names: <release>-<component> ("kdgate-gateway"); <release>-kdgate-<component> when the release lacks "kdgate".
+Cut to 44 characters: the longest name, <fullname>-student-headless (a Service: a DNS label), stays within 63, and the
+student StatefulSet's within 52 (its pods' controller-revision-hash label adds 11 and must stay within 63). */}}
 {{- define "kdgate.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 44 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 44 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
