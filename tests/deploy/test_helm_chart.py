@@ -426,6 +426,19 @@ def test_every_name_is_valid_whatever_the_release_name(release):
             assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
 
 
+@pytest.mark.parametrize("component", ["gateway", "trainer"])
+def test_secret_bearing_settings_come_from_a_secret(component):
+    """`settingsSecret` names a Secret of more settings, after the ConfigMap (a key in both takes the Secret's
+    value); none by default, so nothing secret has to go into the ConfigMap."""
+    values = production_values()
+    values[component]["settingsSecret"] = f"{component}-secrets"
+    sources = container(one(render(values), "Deployment", f"kdgate-{component}"))["envFrom"]
+    assert sources == [{"configMapRef": {"name": f"kdgate-{component}"}},
+                       {"secretRef": {"name": f"{component}-secrets"}}]
+    plain = container(one(render(production_values()), "Deployment", f"kdgate-{component}"))["envFrom"]
+    assert plain == [{"configMapRef": {"name": f"kdgate-{component}"}}]
+
+
 def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):
     """The grace period covers the preStop sleep, the drain the gateway is told to give its answers in flight
     (tests/gateway/test_graceful_shutdown.py shows the drain on a real process) and 15 s to shut down."""
