@@ -439,6 +439,38 @@ def test_secret_bearing_settings_come_from_a_secret(component):
     assert plain == [{"configMapRef": {"name": f"kdgate-{component}"}}]
 
 
+def test_gateway_replicas_share_their_rate_limits_through_the_charts_redis(objects):
+    """More than one gateway replica (the HPA's 2 to 10): one Redis, the gateways' limits pointed at it, only the
+    gateway let in. Without it each replica counted its own windows (tests/gateway/test_limits.py shows the shared
+    windows on a real Redis)."""
+    redis = one(objects, "Deployment", "kdgate-redis")
+    settings = one(objects, "ConfigMap", "kdgate-gateway")["data"]
+    assert settings["KDGATE_LIMITS__REDIS_URL"] == "redis://kdgate-redis.kdgate.svc:6379/0"
+    assert selects(one(objects, "Service", "kdgate-redis")["spec"]["selector"], pod_labels(objects)["kdgate-redis"])
+    policy = one(objects, "NetworkPolicy", "kdgate-redis")["spec"]
+    assert selects(policy["podSelector"], pod_labels(objects)["kdgate-redis"])
+    [rule] = policy["ingress"]
+    assert [selects(peer["podSelector"], pod_labels(objects)["kdgate-gateway"]) for peer in rule["from"]] == [True]
+    assert container(redis)["securityContext"]["readOnlyRootFilesystem"]
+
+
+@pytest.mark.parametrize(("changes", "deployed"), [
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 1}}, False),
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 3}}, True),
+    ({"redis": {"deploy": "never"}}, False),
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 1}, "redis": {"deploy": "always"}}, True),
+])
+def test_redis_runs_when_more_than_one_gateway_may(changes, deployed):
+    values = production_values()
+    for key, value in changes.items():
+        values[key] = {**values.get(key, {}), **value}
+        if "autoscaling" in value:
+            values[key]["autoscaling"] = {**production_values()[key].get("autoscaling", {}), **value["autoscaling"]}
+    objects = render(values)
+    assert any(item["metadata"]["name"] == "kdgate-redis" for item in objects) is deployed
+    assert ("KDGATE_LIMITS__REDIS_URL" in one(objects, "ConfigMap", "kdgate-gateway")["data"]) is deployed
+
+
 def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):
     """The grace period covers the preStop sleep, the drain the gateway is told to give its answers in flight
     (tests/gateway/test_graceful_shutdown.py shows the drain on a real process) and 15 s to shut down."""

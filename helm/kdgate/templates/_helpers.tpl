@@ -82,3 +82,10 @@ One service of files/vllm-launch.yaml (a link to deploy/vllm/launch.yaml, the on
 {{- define "kdgate.envValue" -}}
 {{- if kindIs "string" . -}}{{- . -}}{{- else -}}{{- toJson . -}}{{- end -}}
 {{- end -}}
+
+{{/* "true" when the chart runs the rate limits' Redis: `always`, or `auto` with more than one gateway replica possible. */}}
+{{- define "kdgate.redis" -}}
+{{- $redis := .Values.redis -}}
+{{- $gateway := .Values.gateway -}}
+{{- if or (eq $redis.deploy "always") (and (eq $redis.deploy "auto") (or $gateway.autoscaling.enabled (gt (int $gateway.replicaCount) 1))) -}}true{{- end -}}
+{{- end -}}
