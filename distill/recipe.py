@@ -36,6 +36,7 @@ from distill.data.cache import Manifest, read_answers
 from distill.losses import IGNORE_INDEX, ChunkedKD, HiddenStateMSE, SampledKD, SparseKD
 from distill.sampling import sample_targets
 from distill.step import DistillStep
+from runtime.chat_template import render
 from runtime.tokenizer_hash import tokenizer_hash
 
 CHECKPOINT = "checkpoint"
@@ -43,7 +44,7 @@ CHECKPOINT = "checkpoint"
 
 @dataclass(frozen=True)
 class Row:
-    input_ids: list[int]  # prompt (the student's chat template) + the teacher's answer token ids
+    input_ids: list[int]  # prompt (the student's chat template, with the prompt's tools) + the teacher's answer ids
     answer_start: int
     topk_ids: np.ndarray  # (A, k) the teacher's top-k at each answer token
     topk_logprobs: np.ndarray  # (A, k)
@@ -169,7 +170,7 @@ class Recipe:
     def _rows(self) -> list[Row]:
         rows = []
         for answer in read_answers(self.config.cache, self.manifest.top_k):
-            prompt = self.tokenizer.apply_chat_template(answer.messages, add_generation_prompt=True, tokenize=False)
+            prompt = render(self.tokenizer, answer.messages, answer.tools, add_generation_prompt=True)
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             rows.append(Row(prompt_ids + answer.token_ids.tolist(), len(prompt_ids),
                             answer.topk_ids[:, :self.top_k], answer.topk_logprobs[:, :self.top_k]))

@@ -292,6 +292,10 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="listen address; 0.0.0.0 to accept outside connections")
     port: int = Field(default=8000, ge=0, le=65535, description="listen port; 0 picks a free one")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="at SIGTERM (a rollout, a scale-in, a drain) "
+                                   "the gateway stops accepting connections and lets the answers in flight, streams "
+                                   "included, finish for up to this long; then it cuts what is left. Size it to the "
+                                   "longest answer you allow (the chart's grace period is sized from it)")
     workers: int = Field(default=1, ge=1, le=64, description="worker processes on the one port (uvicorn workers); "
                          "above 1 the backends must be http, metrics switch to prometheus-client's multiprocess "
                          "mode, and each worker keeps its own routing and shadow state. About one per core")

@@ -100,7 +100,8 @@ def serve(
     for line in lines:
         typer.echo(line)
     run = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": None,
-           "access_log": False, "timeout_graceful_shutdown": 5}  # gateway.access logs each call, with its key
+           "access_log": False,  # gateway.access logs each call, with its key
+           "timeout_graceful_shutdown": settings.drain_timeout_s}  # in-flight streams finish, up to the deadline
     limits = settings.limits.connections()
     if folder is None:
         serve_http(create_app(settings), limits, **run)

@@ -30,6 +30,7 @@ class RouteRecord:
     reference: str | None = None  # the right answer, when known (the demo's ground truth), to judge new answers
     messages: list[dict] | None = None  # the conversation the student answered, to ask again (handoff replays)
     structured_outputs: dict | None = None  # the constraint both answered under (vLLM's shape); None: free text
+    tools: list[dict] | None = None  # the tools offered (OpenAI's shape): the answer may call them (`tool_choice: auto`)
 
     def signals(self) -> TokenSignals:
         return signals_from_rows(self.student_top, self.student_sampled)
@@ -37,7 +38,7 @@ class RouteRecord:
     def to_json(self) -> str:
         return json.dumps({
             "id": self.id, "group": self.group, "reference": self.reference, "messages": self.messages,
-            "structured_outputs": self.structured_outputs,
+            "structured_outputs": self.structured_outputs, "tools": self.tools,
             "student": {"text": self.student_text, "correct": self.student_correct, "tokens": self.student_tokens,
                         "sampled": self.student_sampled, "top": self.student_top},
             "teacher": {"text": self.teacher_text, "correct": self.teacher_correct,
@@ -53,7 +54,8 @@ class RouteRecord:
                    student_correct=student.get("correct"), teacher_text=teacher.get("text"),
                    teacher_correct=teacher.get("correct"), student_tokens=student.get("tokens"),
                    teacher_completion_tokens=teacher.get("completion_tokens"), reference=raw.get("reference"),
-                   messages=raw.get("messages"), structured_outputs=raw.get("structured_outputs"))
+                   messages=raw.get("messages"), structured_outputs=raw.get("structured_outputs"),
+                   tools=raw.get("tools"))
 
 
 def floor(logprob: float) -> float:

@@ -156,7 +156,7 @@ class Backend(Protocol):
         """Stream the completion. Raises a `runtime.errors.GatewayError` on failure, before or during the stream."""
         ...
 
-    async def score(self, messages: list[dict], answer: str, top_logprobs: int):
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int, tools: tuple[dict, ...] | None = None):
         """Teacher-forced logprobs of `answer` as the assistant's reply (`runtime.backends.scoring.ScoredAnswer`)."""
         ...
 

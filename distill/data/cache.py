@@ -4,7 +4,8 @@ One row per (prompt, sample): the conversation (JSON text), the teacher's answer
 answer token the teacher's top-k token ids and logprobs (int32 and fp16, flattened to T·k; ids of -1 pad a token
 that had fewer than k alternatives), whether the filters kept it and why not, and the constraint the answer was
 generated under (JSON text in vLLM's `structured_outputs` shape; null for free text and in shards written before
-the column). The manifest names the teacher, the tokenizer's hash (a trainer refuses a cache whose tokenizer differs
+the column), and the tools the prompt offered (JSON text, OpenAI's `tools` list, rendered by the chat template; null
+for none and in shards written before the column). The manifest names the teacher, the tokenizer's hash (a trainer refuses a cache whose tokenizer differs
 from its student's), k, temperature and seed. Shards are written whole and atomically (temp file + rename), so a crash loses at most the shard in progress
 and a rerun resumes after the last complete one.
 """
@@ -27,7 +28,7 @@ SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("sample", pa.int32()), ("messages", pa.string()), ("text", pa.string()),
     ("finish_reason", pa.string()), ("token_ids", pa.list_(pa.int32())), ("topk_ids", pa.list_(pa.int32())),
     ("topk_logprobs", pa.list_(pa.float16())), ("kept", pa.bool_()), ("drop_reason", pa.string()),
-    ("reference", pa.string()), ("constraint", pa.string()),
+    ("reference", pa.string()), ("constraint", pa.string()), ("tools", pa.string()),
 ])
 
 
@@ -75,6 +76,7 @@ class CachedAnswer:
     drop_reason: str | None = None
     reference: str | None = None
     constraint: dict | None = None  # the constraint the answer was generated under (vLLM's structured_outputs shape)
+    tools: list[dict] | None = None  # the tools the prompt offered (OpenAI's `tools`); the prompt renders with them
 
     def row(self) -> dict:
         return {"prompt_id": self.prompt_id, "sample": self.sample, "messages": json.dumps(self.messages),
@@ -82,7 +84,8 @@ class CachedAnswer:
                 "topk_ids": self.topk_ids.reshape(-1).tolist(),
                 "topk_logprobs": self.topk_logprobs.reshape(-1).astype(np.float16),
                 "kept": self.kept, "drop_reason": self.drop_reason, "reference": self.reference,
-                "constraint": json.dumps(self.constraint) if self.constraint is not None else None}
+                "constraint": json.dumps(self.constraint) if self.constraint is not None else None,
+                "tools": json.dumps(self.tools) if self.tools else None}
 
 
 def write_shard(folder: Path, index: int, answers: list[CachedAnswer]) -> Path:
@@ -112,7 +115,8 @@ def read_answers(folder: Path, top_k: int, kept_only: bool = True) -> Iterator[C
                 topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(tokens, top_k),
                 topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float16).reshape(tokens, top_k),
                 kept=row["kept"], drop_reason=row["drop_reason"], reference=row["reference"],
-                constraint=json.loads(row["constraint"]) if row.get("constraint") else None)  # older shards: none
+                constraint=json.loads(row["constraint"]) if row.get("constraint") else None,  # older shards: none
+                tools=json.loads(row["tools"]) if row.get("tools") else None)
 
 
 def done_keys(folder: Path) -> set[tuple[str, int]]:

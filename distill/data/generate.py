@@ -30,6 +30,7 @@ class Prompt:
     id: str
     messages: list[dict]
     reference: str | None = None  # a known right answer (the demo's ground truth), for the reference filter
+    tools: list[dict] | None = None  # OpenAI's `tools` the prompt offers; the chat template renders them
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class GenerateSettings:
 
 
 def load_prompts(path: Path) -> list[Prompt]:
-    """JSON lines with `messages` (or a `prompt` string), optional `id` and `reference`."""
+    """JSON lines with `messages` (or a `prompt` string), optional `id`, `reference` and `tools`."""
     prompts = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -60,7 +61,7 @@ def load_prompts(path: Path) -> list[Prompt]:
             messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
         except (json.JSONDecodeError, KeyError, AttributeError) as error:
             raise ValueError(f"{path}:{number}: a prompt line needs `messages` or `prompt` ({error!r})") from None
-        prompts.append(Prompt(str(raw.get("id", number)), messages, raw.get("reference")))
+        prompts.append(Prompt(str(raw.get("id", number)), messages, raw.get("reference"), raw.get("tools") or None))
     if not prompts:
         raise ValueError(f"{path} holds no prompts")
     if len({prompt.id for prompt in prompts}) != len(prompts):
@@ -73,7 +74,8 @@ async def teacher_answer(backend: Backend, prompt: Prompt, sample: int, settings
     request = GenerationRequest(
         f"distill-{prompt.id}-{sample}", tuple(prompt.messages),
         SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, seed=seed,
-                       top_logprobs=settings.top_k), token_ids=True)
+                       top_logprobs=settings.top_k), token_ids=True,
+        tools=tuple(prompt.tools) if prompt.tools else None)
     answer = await collect(backend.generate(request))
     ids, top_ids, top_logprobs = [], [], []
     for entry in answer.logprobs:
@@ -90,7 +92,8 @@ async def teacher_answer(backend: Backend, prompt: Prompt, sample: int, settings
     return CachedAnswer(prompt.id, sample, prompt.messages, answer.text, finish_reason,
                         np.asarray(ids, dtype=np.int32),
                         np.asarray(top_ids, dtype=np.int32).reshape(shape),
-                        np.asarray(top_logprobs, dtype=np.float16).reshape(shape), reference=prompt.reference)
+                        np.asarray(top_logprobs, dtype=np.float16).reshape(shape), reference=prompt.reference,
+                        tools=prompt.tools)
 
 
 async def generate(backend: Backend, prompts: Sequence[Prompt], out: Path, settings: GenerateSettings,

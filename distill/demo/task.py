@@ -29,6 +29,7 @@ ANSWER_SCHEMA = {
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 TWO_ORDER_SHARE = 0.6  # tickets listing two orders, where the answer must follow the broken product's own number
 RENAMED_SHARE = 0.5  # of those, the issue sentence names the product differently from the listing (alias vs name)
+ORDER_DIGITS = (5, 6)  # an order number has 5 or 6 digits (and so do the distractor orders next to it)
 
 FIRST_NAMES = (
     "Maria", "James", "Aisha", "Chen", "Olga", "Pedro", "Fatima", "Liam", "Yuki", "Noah", "Sofia", "Omar", "Emma",
@@ -162,7 +163,7 @@ def make_ticket(rng: random.Random, two_order_share: float = TWO_ORDER_SHARE) ->
     issue = rng.choice(catalog.ISSUE_KINDS)
     tier = rng.choice(catalog.TIERS)
     first_name = rng.choice(FIRST_NAMES)
-    order_digits = rng.choice((5, 6))
+    order_digits = rng.choice(ORDER_DIGITS)
     order = _number(rng, order_digits)
     issue_phrase = rng.choice(catalog.ISSUE_PHRASES[issue])
 
@@ -179,9 +180,11 @@ def make_ticket(rng: random.Random, two_order_share: float = TWO_ORDER_SHARE) ->
             named = rng.choice([form for form in (product.name, *product.aliases) if form != named])
         body = _two_order_sentences(rng, mentions, orders, named, issue_phrase)
         shape = "two_orders_renamed" if named != mentions[broken] else "two_orders"
+        listed = {"other_order": other_order, "other_product": other.name}
     else:
         body = [_order_sentence(rng, _mention(rng, product), issue_phrase, order)]
         shape = "one_order"
+        listed = {}
     extras = _distractor_sentences(rng, order_digits) + urgency
     tier_sentence = rng.choice(catalog.TIER_PHRASES[tier])
     if tier_sentence:
@@ -203,8 +206,9 @@ def make_ticket(rng: random.Random, two_order_share: float = TWO_ORDER_SHARE) ->
         "priority": catalog.priority_for(cue_level, tier, issue),
         "reply": catalog.reply_for(first_name, order, product.name, queue),
     }
+    # `order` (the broken product's) and the other listed order, if any, are what the demo's order-lookup tool knows
     factors = {"product": product.name, "group": product.group, "issue": issue, "tier": tier, "cue": cue_level,
-               "shape": shape}
+               "shape": shape, "order": order, **listed}
     return Ticket(text=text, answer=answer, factors=factors)
 
 

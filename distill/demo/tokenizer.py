@@ -31,6 +31,43 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
+# The template of the tool-capable demo models (`kdgate demo build --tools`): CHAT_TEMPLATE plus tools, and byte for
+# byte CHAT_TEMPLATE's text for a conversation without them. Three additions:
+# - `tools` given: `<|system|>Tools:\nname(param, ...)<|end|>` right after bos, one line per tool, names only (the
+#   models' context is 512 tokens, and the demo tool explains itself);
+# - an assistant message's `tool_calls`, after its content (null content renders nothing), hermes-style, calls
+#   separated by a newline: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (vLLM's `hermes`
+#   parser reads it; arguments as the dict that `runtime.chat_template.render` and vLLM hand over, or a JSON string
+#   written as it is). No separator after the content, so a call the gateway hands over mid-way as assistant content
+#   (`continue_final_message`) renders exactly like the first part of the whole call;
+# - a `tool` message is `<|tool|>result<|end|>` like any other role (`<|tool|>` is plain text, not a special token).
+TOOL_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>Tools:' }}"
+    "{% for tool in tools %}{% set function = tool['function'] if tool['function'] is defined else tool %}"
+    "{{ '\\n' + function['name'] + '(' }}"
+    "{% if function['parameters'] is defined and function['parameters'] "
+    "and function['parameters']['properties'] is defined and function['parameters']['properties'] %}"
+    "{{ function['parameters']['properties'] | list | join(', ') }}{% endif %}"
+    "{{ ')' }}{% endfor %}{{ eos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% elif message['content'] is not none %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set function = call['function'] if call['function'] is defined else call %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": ' + (function['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if function['arguments'] is string %}{{ function['arguments'] }}{% else %}{{ function['arguments'] | tojson }}"
+    "{% endif %}{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Train the BPE tokenizer and wrap it as a `PreTrainedTokenizerFast` with the chat template set."""

@@ -77,12 +77,13 @@ def _content_schema(schema: dict) -> None:
 # The message rules below as JSON Schema: a tool result answers a call by its id; an assistant message may carry
 # calls, and then its content may be left out; no other message has either key.
 MESSAGE_RULES = [
-    {"if": {"properties": {"role": {"const": "tool"}}}, "then": {"required": ["tool_call_id", "content"]},
-     "else": {"not": {"required": ["tool_call_id"]}}},
-    {"if": {"properties": {"role": {"const": "assistant"}}, "required": ["tool_calls"]},
-     "then": {"properties": {"tool_calls": {"minItems": 1}}},
-     "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}},
-                                                      "tool_calls": {"type": "null"}}}},
+    {"if": {"properties": {"role": {"const": "tool"}}},
+     "then": {"required": ["tool_call_id", "content"], "properties": {"tool_call_id": {"type": "string"}}},
+     "else": {"properties": {"tool_call_id": {"type": "null"}}}},
+    {"if": {"properties": {"role": {"const": "assistant"}}},
+     "else": {"properties": {"tool_calls": {"type": "null"}}}},
+    {"if": {"properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array"}}, "required": ["tool_calls"]},
+     "else": {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}},
 ]
 
 
@@ -92,7 +93,8 @@ class ChatMessage(BaseModel):
     role: Role
     content: str | list[TextContentPart] | None = Field(default=None, json_schema_extra=_content_schema)
     name: str | None = None  # passed to the chat template with the message, as vLLM does
-    tool_calls: list[RequestToolCall] | None = None  # an assistant's calls, answered by the `tool` messages after it
+    tool_calls: list[RequestToolCall] | None = Field(default=None, json_schema_extra=lambda s: _branches(
+        s, array={"minItems": 1}))  # an assistant's calls, answered by the `tool` messages after it
     tool_call_id: str | None = None  # a `tool` message: the call it answers
 
     @model_validator(mode="before")

@@ -15,7 +15,7 @@ from gateway.chat.formats import placed
 from gateway.chat.frames import ChunkFrames
 from gateway.serving import DataFrames, PreparedStream, Served, Serving, sampling_params
 from gateway.tools.calls import ArgumentsPiece, CallStart, CallStream, ContentPiece, Piece, parse
-from gateway.tools.grammar import ToolChoice
+from gateway.tools.grammar import ToolChoice, tool_choice_of
 from gateway.tools.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest
@@ -178,10 +178,11 @@ class ChatStream(DataFrames):
 def tool_choice(request: protocol.ChatCompletionRequest) -> ToolChoice | None:
     """The calls a request's answer may make; None when it makes none (no tools, or `tool_choice: none`)."""
     mode = request.tool_choice_mode()
-    return ToolChoice.of(mode, [(tool.function.name, tool.function.parameters) for tool in request.tools or ()],
-                         "tools[{index}].function.parameters",
-                         request.tool_choice.function.name if mode == "function" else None,
-                         parallel=request.parallel_tool_calls is not False)
+    if mode == "none":
+        return None
+    return tool_choice_of([tool.model_dump(exclude_none=True) for tool in request.tools], mode,
+                          request.tool_choice.function.name if mode == "function" else None,
+                          parallel=request.parallel_tool_calls is not False)
 
 
 def _delta_call(piece: CallStart | ArgumentsPiece) -> DeltaToolCall:

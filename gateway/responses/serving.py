@@ -19,7 +19,7 @@ from gateway.responses.frames import EventFrames
 from gateway.responses.tools import FunctionCall
 from gateway.serving import PreparedStream, Served, Serving
 from gateway.tools.calls import CallStart, CallStream, ContentPiece, Piece, parse
-from gateway.tools.grammar import ToolChoice
+from gateway.tools.grammar import ToolChoice, tool_choice_of
 from router.policy import RouteDecision, RouteRequest
 from runtime.contract import Delta, Finish, GenerationRequest, SamplingParams, TokenLogprob
 from runtime.errors import GatewayError, InvalidRequest, to_envelope
@@ -264,9 +264,11 @@ class ResponseStream:
 def tool_choice(request: protocol.ResponseRequest) -> ToolChoice | None:
     """The calls a request's answer may make, as chat builds them; None when it makes none."""
     mode = request.tool_choice_mode()
-    return ToolChoice.of(mode, [(tool.name, tool.parameters) for tool in request.tools or ()],
-                         "tools[{index}].parameters", request.tool_choice.name if mode == "function" else None,
-                         parallel=request.parallel_tool_calls is not False, max_calls=request.max_tool_calls)
+    if mode == "none":
+        return None
+    return tool_choice_of(request.template_tools(), mode, request.tool_choice.name if mode == "function" else None,
+                          parallel=request.parallel_tool_calls is not False, max_calls=request.max_tool_calls,
+                          where="tools[{index}].parameters")
 
 
 def message(request_id: str, text: str, logprobs: list, status: str) -> protocol.OutputMessage:

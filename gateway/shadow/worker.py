@@ -35,6 +35,7 @@ from gateway.shadow.divergence import Divergence, divergence
 from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
 from gateway.shadow.masking import scores_under
 from gateway.shadow.scrub import Scrubber
+from gateway.tools.grammar import tool_constraint
 from router.policy import RouteDecision
 from runtime.constraints.languages import Constraint
 from runtime.constraints.languages import constraint as constraint_of
@@ -330,7 +331,8 @@ class ShadowWorker:
         teacher_text, teacher_tokens = await self._teacher_answer(job, messages, constraint)
         scored, figures, masked = None, None, None
         if job.kind == "shadow" and job.student_answer:
-            scoring = await self.teacher.score(messages, job.student_answer, k)
+            scoring = await self.teacher.score(messages, job.student_answer, k,
+                                               constraint.tools if constraint is not None else None)
             scored = scoring.tokens
             if self.cost is not None:  # one prefill over the prompt and the answer, one token generated
                 self.cost.charge_shadow(scoring.prompt_tokens + len(scored), 1)
@@ -409,14 +411,15 @@ def teacher_request(job: ShadowJob, messages: list[dict], constraint: Constraint
     teacher's as one the client could have been sent)."""
     return GenerationRequest(f"shadow-{uuid.uuid4().hex}", tuple(messages), SamplingParams(
         max_tokens=job.max_tokens, temperature=0.0, top_logprobs=top_logprobs), token_ids=True,
-        structured_outputs=constraint.structured_outputs if constraint is not None else None, constraint=constraint)
+        structured_outputs=constraint.structured_outputs if constraint is not None else None, constraint=constraint,
+        tools=constraint.tools if constraint is not None else None)
 
 
 def compiled(spec: dict) -> Constraint:
     """A job's constraint, compiled again (cached: the request compiled the same spec). One that no longer compiles
     (a gateway upgraded while the job waited) is passed to the teacher as the client sent it, and scored unmasked."""
     try:
-        return constraint_of(spec)
+        return tool_constraint(spec) if "tools" in spec else constraint_of(spec)
     except InvalidRequest as error:
         log.warning("a shadow job's constraint no longer compiles (%s); the teacher gets it as the client sent it, "
                     "and its divergence is not masked", error)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,7 +20,7 @@ from interegular.fsm import FSM
 from outlines_core.json_schema import build_regex_from_schema
 
 from runtime.constraints.automaton import Automaton
-from runtime.constraints.languages import CACHED_LANGUAGES, Constraint, constraint
+from runtime.constraints.languages import CACHED_LANGUAGES, Constraint, check_size, constraint
 from runtime.constraints.schema_check import check_schema
 from runtime.errors import InvalidRequest
 
@@ -39,6 +40,7 @@ def call_regex(name: str, parameters: dict | None, where: str) -> str:
     except (ValueError, TypeError) as error:
         raise InvalidRequest(f"`{where}` cannot be turned into a grammar: {str(error).splitlines()[0]}",
                              parameter=where) from None
+    check_size(arguments, where)
     head = re.escape('{"name": ' + json.dumps(name) + ', "arguments": ')
     return f"<tool_call>\\n{head}(?:{arguments})\\}}\\n</tool_call>"
 
@@ -73,20 +75,8 @@ class ToolChoice:
     choice: str  # "auto", "required" or "function"
     function: str | None = None
     parallel: bool = True
+    tools: str = "[]"  # the tools (OpenAI's dicts) as JSON text: the constraint's spec, to compile it again from
     max_calls: int | None = None  # the Responses API's `max_tool_calls` (1 or more); None: no bound
-
-    @classmethod
-    def of(cls, mode: str, tools: list[tuple[str, dict | None]], where: str, function: str | None = None,
-           parallel: bool = True, max_calls: int | None = None) -> ToolChoice | None:
-        """A request's choice from its mode (`none`, `auto`, `required` or `function`) and its tools' names and
-        parameters; None when the answer makes no calls. `where` places a tool's parameters in the request, with
-        `{index}` for its place in `tools` (`tools[{index}].function.parameters` on chat)."""
-        if mode == "none":
-            return None
-        calls = tuple((name, cached_call_regex(name, None if parameters is None else json.dumps(parameters),
-                                               where.format(index=index)))
-                      for index, (name, parameters) in enumerate(tools))
-        return cls(calls, mode, function, parallel, max_calls)
 
     def constraint(self, answer: dict | None = None) -> Constraint:
         """The answer's language; under `auto` with a format for the answer (`answer`, a `structured_outputs`
@@ -96,10 +86,26 @@ class ToolChoice:
 
 @lru_cache(maxsize=CACHED_LANGUAGES)
 def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
+    try:
+        fsm = _language(choice, answer)
+    except InvalidRequest:
+        raise
+    except Exception as error:  # interegular's parse errors have no common base class
+        raise InvalidRequest(f"a `pattern` in `tools` cannot be compiled ({type(error).__name__}: {error}); kdgate "
+                             "takes regexes without lookaround or backreferences", parameter="tools") from None
+    spec = {"tools": json.loads(choice.tools), "tool_choice": choice.choice, "function": choice.function,
+            "parallel_tool_calls": choice.parallel, "answer": None if answer is None else json.loads(answer)}
+    if choice.max_calls is not None:  # the Responses API's bound, kept for the shadow worker's compile
+        spec["max_tool_calls"] = choice.max_calls
+    return Constraint(spec, Automaton(fsm.reduce()))
+
+
+def _language(choice: ToolChoice, answer: str | None) -> FSM:
     if choice.choice == "function":
         fsm = _call_fsm(next(regex for name, regex in choice.calls if name == choice.function))
     else:
         regexes = [regex for _, regex in choice.calls]
+        check_size("|".join(regexes), "tools")  # each tool's is bounded; together they are too
         if choice.parallel and choice.max_calls is not None and choice.max_calls > 1:
             _check_bound(regexes, choice.max_calls)
         calls = calls_fsm(regexes, choice.parallel, choice.max_calls)
@@ -109,8 +115,7 @@ def _constraint(choice: ToolChoice, answer: str | None) -> Constraint:
             fsm = calls | _answer_fsm(json.loads(answer))
         else:
             fsm = text_then_calls(calls)
-    automaton = Automaton(fsm.reduce())
-    return Constraint({"grammar": automaton.grammar()}, automaton)
+    return fsm
 
 
 def _check_bound(calls: list[str], max_calls: int) -> None:
@@ -129,6 +134,27 @@ def _answer_fsm(spec: dict) -> FSM:
                              "the language of tool calls; use a JSON schema, a regex or a choice, or set "
                              "`tool_choice: none`", parameter="structured_outputs.grammar")
     return answer.automaton.fsm
+
+
+def tool_choice_of(tools: Sequence[dict], mode: str = "auto", function: str | None = None,
+                   parallel: bool = True, max_calls: int | None = None,
+                   where: str = "tools[{index}].function.parameters") -> ToolChoice:
+    """The `ToolChoice` of OpenAI tool dicts (`{"type": "function", "function": {"name", "parameters"}}`); `where`
+    places a tool's parameters in the request, `{index}` its place in `tools` (the Responses API's are flat:
+    `tools[{index}].parameters`)."""
+    calls = []
+    for index, tool in enumerate(tools):
+        name, parameters = tool["function"]["name"], tool["function"].get("parameters")
+        calls.append((name, cached_call_regex(name, None if parameters is None else json.dumps(parameters),
+                                              where.format(index=index))))
+    return ToolChoice(tuple(calls), mode, function, parallel, json.dumps(list(tools)), max_calls)
+
+
+def tool_constraint(spec: dict) -> Constraint:
+    """A tool constraint compiled again from its spec (`Constraint.spec` of one: a shadow job's, a record's)."""
+    choice = tool_choice_of(spec["tools"], spec["tool_choice"], spec.get("function"), spec["parallel_tool_calls"],
+                            spec.get("max_tool_calls"))
+    return choice.constraint(spec.get("answer"))
 
 
 @lru_cache(maxsize=CACHED_LANGUAGES)

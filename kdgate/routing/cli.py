@@ -20,6 +20,8 @@ def parse_prefix(value: str) -> int | None:
     return int(value)
 
 
+TOOLS_HELP = ("the demo's tool task: each ticket's first turn with the `lookup_order` tool offered (`tool_choice: "
+              "auto`), judged by tool-call exact match (name and arguments); needs tool-calling models")
 SCHEMA_HELP = ("answer under the demo's answer schema (`response_format: json_schema`), as a client asking for JSON "
                "would: routing measured under the grammar, handoffs continued under the grammar of the rest")
 
@@ -34,6 +36,7 @@ def collect(
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads of each local backend (default: the "
                                        "settings' `threads`; 1 is fastest for the demo models)"),
     schema: bool = typer.Option(False, help=SCHEMA_HELP),
+    tools: bool = typer.Option(False, help=TOOLS_HELP),
 ) -> None:
     """Answer demo tickets with the student (keeping its logprobs) and the teacher; label both; write records.
 
@@ -43,7 +46,7 @@ def collect(
     from router.records import write_records
 
     records = asyncio.run(collect_from_settings(config, split, examples, seed, top_logprobs, threads,
-                                                answer_schema() if schema else None))
+                                                answer_schema() if schema else None, tools))
     write_records(out, records)
     student = sum(bool(record.student_correct) for record in records) / len(records)
     teacher = sum(bool(record.teacher_correct) for record in records) / len(records)
@@ -101,6 +104,7 @@ def evaluate(
     handoff: bool = typer.Option(True, help="also measure mid-stream handoff at equal teacher token cost"),
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="gateway YAML settings (backends)"),
     schema: bool = typer.Option(False, help=SCHEMA_HELP),
+    tools: bool = typer.Option(False, help=TOOLS_HELP),
 ) -> None:
     """Accuracy vs teacher share for every prefix length and scorer, APGR/CPT, drift, TTFT: JSON, PNG, Markdown.
 
@@ -109,4 +113,4 @@ def evaluate(
     from kdgate.routing.evaluate import run_evaluation
 
     run_evaluation(out, fit, data, examples, target_teacher_fraction, [parse_prefix(p) for p in prefixes], kinds,
-                   ttft_requests, config, handoff, schema)
+                   ttft_requests, config, handoff, schema, tools)

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from distill.demo import task
+from distill.demo import task, tools
 from distill.demo.scoring import parse_answer
+from distill.demo.tools import parse_tool_calls
+from gateway.tools.grammar import tool_choice_of
 from router.records import RouteRecord, floor
 from runtime.constraints.languages import constraint
 from runtime.contract import Backend, GenerationRequest, SamplingParams, collect
@@ -36,16 +38,17 @@ async def answer(backend: Backend, request: GenerationRequest) -> Answer:
                   completion_tokens=collected.finish.completion_tokens if collected.finish else 0)
 
 
-def greedy(request_id: str, messages: list[dict], top_logprobs: int | None, structured: dict | None = None
-           ) -> GenerationRequest:
+def greedy(request_id: str, messages: list[dict], top_logprobs: int | None, structured: dict | None = None,
+           tools: list[dict] | None = None) -> GenerationRequest:
     """The request the gateway would send; `structured`: the client's constraint, compiled as the gateway compiles
-    it (both backends get its grammar, a handoff's continuation the grammar of the rest)."""
+    it (both backends get its grammar, a handoff's continuation the grammar of the rest); `tools`: offered with
+    `tool_choice: auto`, the answer held to the language of text or calls, as the gateway holds it."""
     sampling = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_logprobs=top_logprobs)
-    if structured is None:
+    if structured is None and not tools:
         return GenerationRequest(request_id, tuple(messages), sampling)
-    language = constraint(structured)
+    language = tool_choice_of(tools).constraint(structured) if tools else constraint(structured)
     return GenerationRequest(request_id, tuple(messages), sampling, structured_outputs=language.structured_outputs,
-                             constraint=language)
+                             constraint=language, tools=tuple(tools) if tools else None)
 
 
 def answer_schema() -> dict:
@@ -53,40 +56,54 @@ def answer_schema() -> dict:
     return {"json": task.ANSWER_SCHEMA}
 
 
-def is_right(text: str, ticket: task.Ticket) -> bool:
-    return parse_answer(text) == ticket.answer
+def is_right(text: str, reference: str, tools: list[dict] | None = None) -> bool:
+    """The answer matches the reference: the same answer object, or with tools the same calls (names and parsed
+    arguments: tool-call exact match)."""
+    if tools:
+        return parse_tool_calls(text) is not None and parse_tool_calls(text) == parse_tool_calls(reference)
+    return parse_answer(text) == parse_answer(reference)
+
+
+def demo_prompts(split: str, examples: int, seed: int, with_tools: bool) -> list[tuple[task.Ticket, list, str]]:
+    """(ticket, messages, reference): the plain task's answer, or with tools its call turn (`lookup_order` of the
+    broken product's order)."""
+    if with_tools:
+        return [(conversation.ticket, *conversation.call_turn()) for conversation in tools.take(split, examples, seed)]
+    return [(ticket, ticket.messages(), ticket.answer_json()) for ticket in task.take(split, examples, seed=seed)]
 
 
 async def collect_demo(student: Backend, teacher: Backend, split: str, examples: int, seed: int = 0,
-                       top_logprobs: int = 5, concurrency: int = 32, structured: dict | None = None
-                       ) -> list[RouteRecord]:
-    tickets = task.take(split, examples, seed=seed)
+                       top_logprobs: int = 5, concurrency: int = 32, structured: dict | None = None,
+                       with_tools: bool = False) -> list[RouteRecord]:
+    prompts = demo_prompts(split, examples, seed, with_tools)
+    offered = list(tools.TOOLS) if with_tools else None
     gate = asyncio.Semaphore(concurrency)  # enough in flight for the engines to batch
-    progress = tqdm(total=len(tickets), desc=f"records ({split})", unit="ticket")
+    progress = tqdm(total=len(prompts), desc=f"records ({split})", unit="ticket")
 
-    async def one(index: int, ticket: task.Ticket) -> RouteRecord:
+    async def one(index: int, ticket: task.Ticket, messages: list[dict], reference: str) -> RouteRecord:
         async with gate:
-            messages = ticket.messages()
             student_answer, teacher_answer = await asyncio.gather(
-                answer(student, greedy(f"{split}-{index}-s", messages, top_logprobs, structured)),
-                answer(teacher, greedy(f"{split}-{index}-t", messages, None, structured)))
+                answer(student, greedy(f"{split}-{index}-s", messages, top_logprobs, structured, offered)),
+                answer(teacher, greedy(f"{split}-{index}-t", messages, None, structured, offered)))
         progress.update()
         return RouteRecord(id=f"{split}-{seed}-{index}", group=ticket.factors.get("shape"),
                            student_text=student_answer.text, student_top=student_answer.top,
                            student_sampled=student_answer.sampled, student_tokens=student_answer.tokens,
-                           student_correct=is_right(student_answer.text, ticket), teacher_text=teacher_answer.text,
-                           teacher_correct=is_right(teacher_answer.text, ticket),
-                           teacher_completion_tokens=teacher_answer.completion_tokens, reference=ticket.answer_json(),
-                           messages=messages, structured_outputs=structured)
+                           student_correct=is_right(student_answer.text, reference, offered),
+                           teacher_text=teacher_answer.text,
+                           teacher_correct=is_right(teacher_answer.text, reference, offered),
+                           teacher_completion_tokens=teacher_answer.completion_tokens, reference=reference,
+                           messages=messages, structured_outputs=structured, tools=offered)
 
     try:
-        return list(await asyncio.gather(*(one(index, ticket) for index, ticket in enumerate(tickets))))
+        return list(await asyncio.gather(*(one(index, *prompt) for index, prompt in enumerate(prompts))))
     finally:
         progress.close()
 
 
 async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int,
-                                threads: int | None = None, structured: dict | None = None) -> list[RouteRecord]:
+                                threads: int | None = None, structured: dict | None = None,
+                                with_tools: bool = False) -> list[RouteRecord]:
     """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default); `threads`
     sets each local backend's torch threads."""
     from gateway.settings import load_settings
@@ -99,4 +116,4 @@ async def collect_from_settings(config, split: str, examples: int, seed: int, to
                 else backend for role, backend in settings.backends().items()}
     async with open_backends(backends, settings.http) as backends:
         return await collect_demo(backends["student"], backends["teacher"], split, examples, seed, top_logprobs,
-                                  structured=structured)
+                                  structured=structured, with_tools=with_tools)

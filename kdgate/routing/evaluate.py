@@ -23,23 +23,25 @@ HANDOFF_TTFT_MIN_PROB = 0.9  # the handoff configuration whose TTFT is measured 
 
 
 def records(path: Path | None, default: Path, split: str, examples: int, config: Path | None,
-            structured: dict | None = None):
-    """The given records, or the demo's (cached in `default`, one file per constraint)."""
+            structured: dict | None = None, with_tools: bool = False):
+    """The given records, or the demo's (cached in `default`, one file per constraint and task)."""
     if path is None:
-        path = default.with_name(f"{default.stem}-schema{default.suffix}") if structured else default
+        suffix = ("-schema" if structured else "") + ("-tools" if with_tools else "")
+        path = default.with_name(f"{default.stem}{suffix}{default.suffix}")
         if not path.is_file():
             write_records(path, asyncio.run(collect_from_settings(config, split, examples, seed=0, top_logprobs=5,
-                                                                  structured=structured)))
+                                                                  structured=structured, with_tools=with_tools)))
     return read_records(path), path
 
 
 def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int, target: float,
                    prefixes: list[int | None], kinds: list[str], ttft_requests: int, config: Path | None,
-                   with_handoff: bool = True, schema: bool = False) -> dict:
+                   with_handoff: bool = True, schema: bool = False, with_tools: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     structured = answer_schema() if schema else None
-    fit_records, fit_path = records(fit, out / "records-val.jsonl", "val", examples, config, structured)
-    held_records, held_path = records(data, out / "records-test.jsonl", "test", examples, config, structured)
+    fit_records, fit_path = records(fit, out / "records-val.jsonl", "val", examples, config, structured, with_tools)
+    held_records, held_path = records(data, out / "records-test.jsonl", "test", examples, config, structured,
+                                      with_tools)
     results = compare(fit_records, held_records, prefixes, kinds, target)
     policies = save_policies(out, results, target, fit_path, len(fit_records))
     confidence = [result for result in results if result.scorer is not None]
@@ -58,7 +60,7 @@ def run_evaluation(out: Path, fit: Path | None, data: Path | None, examples: int
     if ttft:
         tables.append(report.ttft_table(ttft))
     if handoff:
-        tables.append(handoff_table(handoff))
+        tables.append(handoff_table(handoff, calls=any(record.tools for record in held_records)))
     (out / "tables.md").write_text("\n\n".join(tables) + "\n")
     console = Console(width=160)
     for table in tables:

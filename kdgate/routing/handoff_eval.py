@@ -14,18 +14,14 @@ import asyncio
 import numpy as np
 from tqdm import tqdm
 
-from distill.demo.scoring import parse_answer
+from distill.demo.tools import parse_tool_calls
 from gateway.handoff import continuation
-from kdgate.routing.collect import answer, greedy
+from kdgate.routing.collect import answer, greedy, is_right
 from router.handoff import HandoffRule, handoff_point
 from router.records import RouteRecord
 from runtime.contract import Backend
 
 MIN_PROBS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-
-
-def right(text: str, reference: str) -> bool:
-    return parse_answer(text) == parse_answer(reference)
 
 
 async def teacher_continuations(teacher: Backend, records: list[RouteRecord], cuts: set[tuple[int, int]],
@@ -36,7 +32,7 @@ async def teacher_continuations(teacher: Backend, records: list[RouteRecord], cu
 
     async def one(index: int, cut: int) -> tuple[tuple[int, int], tuple[str, int]]:
         record = records[index]
-        request = greedy(f"handoff-{index}-{cut}", record.messages, None, record.structured_outputs)
+        request = greedy(f"handoff-{index}-{cut}", record.messages, None, record.structured_outputs, record.tools)
         async with gate:
             result = await answer(teacher, continuation(request, "".join(record.student_tokens[:cut]), cut))
         progress.update()
@@ -74,7 +70,7 @@ async def evaluate_handoff(teacher: Backend, records: list[RouteRecord], prefix_
     curves = {name: prefix_routing_cost_curve(scores, records) for name, scores in prefix_scores.items()}
     rows = []
     for rule in min_probs:
-        correct, tokens, handoffs = 0, 0, 0
+        correct, tokens, handoffs, malformed = 0, 0, 0, 0
         for index, record in enumerate(records):
             cut = cuts[index][rule]
             if cut is None:
@@ -83,24 +79,30 @@ async def evaluate_handoff(teacher: Backend, records: list[RouteRecord], prefix_
             text, generated = continued[(index, cut)]
             handoffs += 1
             tokens += generated
-            correct += right("".join(record.student_tokens[:cut]) + text, record.reference)
-        row = {"min_prob": rule, "handoff_share": handoffs / len(records), "teacher_tokens": tokens,
-               "teacher_token_share": tokens / all_teacher_tokens, "accuracy": correct / len(records)}
+            joined = "".join(record.student_tokens[:cut]) + text
+            correct += is_right(joined, record.reference, record.tools)
+            malformed += bool(record.tools) and "<tool_call>" in joined and parse_tool_calls(joined) is None
+        row = {"min_prob": rule, "handoff_share": handoffs / len(records), "handoffs": handoffs,
+               "teacher_tokens": tokens, "teacher_token_share": tokens / all_teacher_tokens,
+               "accuracy": correct / len(records), "malformed_calls": malformed}
         for name, (cost, accuracy) in curves.items():
             row[f"accuracy {name} at equal teacher tokens"] = float(np.interp(tokens, cost, accuracy))
         rows.append(row)
     return rows
 
 
-def handoff_table(rows: list[dict]) -> str:
+def handoff_table(rows: list[dict], calls: bool = False) -> str:
+    """The rows as Markdown; `calls`: the records are tool calls, and the handed-off calls that do not parse are
+    counted."""
     names = [key.removeprefix("accuracy ").removesuffix(" at equal teacher tokens") for key in rows[0]
              if key.endswith("at equal teacher tokens")]
     header = ["handoff below p", "handed off", "teacher tokens (share of all-teacher)", "accuracy with handoff",
-              *(f"{name} at equal teacher tokens" for name in names)]
+              *(f"{name} at equal teacher tokens" for name in names), *(["malformed calls"] if calls else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"{row['min_prob']:.2f}", f"{100 * row['handoff_share']:.1f} %",
                  f"{100 * row['teacher_token_share']:.1f} %", f"{100 * row['accuracy']:.1f} %",
-                 *(f"{100 * row[f'accuracy {name} at equal teacher tokens']:.1f} %" for name in names)]
+                 *(f"{100 * row[f'accuracy {name} at equal teacher tokens']:.1f} %" for name in names),
+                 *([f"{row['malformed_calls']} of {row['handoffs']}"] if calls else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

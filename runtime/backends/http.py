@@ -294,8 +294,9 @@ class HttpBackend:
                                     backend=self.info.name, status_code=int(code), parameter=error.get("param"))
         return UpstreamProtocolError(f"backend `{self.info.name}` failed mid-stream: {message}", backend=self.info.name)
 
-    async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
-        return await score_answer(self, messages, answer, top_logprobs)
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int,
+                    tools: tuple[dict, ...] | None = None) -> ScoredAnswer:
+        return await score_answer(self, messages, answer, top_logprobs, tools)
 
     async def check_ready(self) -> None:
         url = f"{self.base_url}/models"

@@ -22,8 +22,9 @@ class LocalBackend:
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         return self.engine.generate(request)
 
-    async def score(self, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
-        return await score_answer(self, messages, answer, top_logprobs)
+    async def score(self, messages: list[dict], answer: str, top_logprobs: int,
+                    tools: tuple[dict, ...] | None = None) -> ScoredAnswer:
+        return await score_answer(self, messages, answer, top_logprobs, tools)
 
     async def check_ready(self) -> None:
         if not self.engine.is_alive():

@@ -34,7 +34,8 @@ class ScoredAnswer:
         return sum(token.logprob for token in self.tokens)
 
 
-async def score_answer(backend: Backend, messages: list[dict], answer: str, top_logprobs: int) -> ScoredAnswer:
+async def score_answer(backend: Backend, messages: list[dict], answer: str, top_logprobs: int,
+                       tools: tuple[dict, ...] | None = None) -> ScoredAnswer:
     if not answer:
         raise InvalidRequest("cannot score an empty answer", parameter="answer")
     request = GenerationRequest(
@@ -44,6 +45,7 @@ async def score_answer(backend: Backend, messages: list[dict], answer: str, top_
         add_generation_prompt=False,
         continue_final_message=True,
         prompt_logprobs=top_logprobs,
+        tools=tools,  # the template renders them before the conversation, as the answer was generated
     )
     finish = (await collect(backend.generate(request))).finish
     if finish is None or finish.prompt_token_ids is None or finish.prompt_logprobs is None:

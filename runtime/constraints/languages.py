@@ -39,7 +39,14 @@ class Constraint:
 
     @property
     def kind(self) -> str:
-        return next(key for key in KINDS if key in self.spec)
+        """The client's kind of constraint, or `tools`: the language of an answer that may call tools, whose spec
+        holds the tools and the choice (gateway/tools/grammar.py)."""
+        return next((key for key in KINDS if key in self.spec), "tools")
+
+    @property
+    def tools(self) -> tuple[dict, ...] | None:
+        """The tools the template renders for an answer under this constraint."""
+        return tuple(self.spec["tools"]) if self.kind == "tools" else None
 
     @property
     def derivable(self) -> bool:
@@ -49,7 +56,9 @@ class Constraint:
     def structured_outputs(self) -> dict:
         """What a backend is sent: the language as a grammar, so both backends and every continuation read the
         same one; a client's own grammar as it came."""
-        return {"grammar": self.automaton.grammar()} if self.automaton is not None else dict(self.spec)
+        if self.automaton is not None:
+            return {"grammar": self.automaton.grammar()}
+        return None if self.kind == "tools" else dict(self.spec)
 
     def after(self, text: str) -> dict:
         """The backend's `structured_outputs` for the rest of an answer that starts with `text` (raises
@@ -89,7 +98,7 @@ def _compiled(canonical: str) -> Constraint:
         return Constraint({"grammar": spec["grammar"]}, None)
     regex = _regex(kind, spec)
     parameter = "schema" if kind == "json" else f"structured_outputs.{kind}"
-    _check_size(regex, parameter)
+    check_size(regex, parameter)
     automaton = _automaton(kind, regex, parameter)
     if kind == "json" and (automaton.accepts("") or not automaton.grammar().count("::=") > 2):
         raise InvalidRequest("the JSON schema admits no document (an empty `enum` or `anyOf`?); give one that "
@@ -124,7 +133,7 @@ def _regex(kind: str, spec: dict) -> str:
                              parameter="schema") from None
 
 
-def _check_size(regex: str, parameter: str) -> None:
+def check_size(regex: str, parameter: str) -> None:
     """A counted repetition becomes that many automaton states, and building the automaton grows faster than
     that (a string of `maxLength` 3000 took 20 s, blocking a worker thread): the counts are bounded up front."""
     counts = [int(number) for low, high in QUANTIFIER.findall(regex) for number in (low, high) if number]

@@ -80,11 +80,12 @@ class StopStringBuffer:
         return released
 
     def _release_before(self, cut: int, stop: str) -> Released:
+        """The text before the stop string, and the logprobs of every token held, the stop string's own included:
+        vLLM cuts the text but reports every token it generated (and counts them in `completion_tokens`)."""
         released = Released(stop=stop)
         for piece, logprob in self._pending:
-            if len(released.text) >= cut:
-                break
-            released.text += piece[: cut - len(released.text)]
+            if len(released.text) < cut:
+                released.text += piece[: cut - len(released.text)]
             if logprob is not None:
                 released.logprobs.append(logprob)
         self._pending.clear()

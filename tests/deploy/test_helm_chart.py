@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -410,6 +411,77 @@ def test_the_gateway_scales_and_keeps_replicas(objects):
     gateway = container(one(objects, "Deployment", "kdgate-gateway"))
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["startupProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("release", ["k", "a" * 47, "b" * 53])  # 53: Helm's longest release name
+def test_every_name_is_valid_whatever_the_release_name(release):
+    """Names within Kubernetes' limits (a Service's is a DNS label; a StatefulSet's pods add an 11-character
+    revision hash to a 63-character label), and distinct: 47+ character releases rendered invalid ones."""
+    objects = render(production_values(), name=release)
+    names = [(item["kind"], item["metadata"]["name"]) for item in objects]
+    assert len(set(names)) == len(names)
+    for kind, name in names:
+        assert len(name) <= (52 if kind == "StatefulSet" else 63), (kind, name)
+        if kind == "Service":
+            assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
+@pytest.mark.parametrize("component", ["gateway", "trainer"])
+def test_secret_bearing_settings_come_from_a_secret(component):
+    """`settingsSecret` names a Secret of more settings, after the ConfigMap (a key in both takes the Secret's
+    value); none by default, so nothing secret has to go into the ConfigMap."""
+    values = production_values()
+    values[component]["settingsSecret"] = f"{component}-secrets"
+    sources = container(one(render(values), "Deployment", f"kdgate-{component}"))["envFrom"]
+    assert sources == [{"configMapRef": {"name": f"kdgate-{component}"}},
+                       {"secretRef": {"name": f"{component}-secrets"}}]
+    plain = container(one(render(production_values()), "Deployment", f"kdgate-{component}"))["envFrom"]
+    assert plain == [{"configMapRef": {"name": f"kdgate-{component}"}}]
+
+
+def test_gateway_replicas_share_their_rate_limits_through_the_charts_redis(objects):
+    """More than one gateway replica (the HPA's 2 to 10): one Redis, the gateways' limits pointed at it, only the
+    gateway let in. Without it each replica counted its own windows (tests/gateway/test_limits.py shows the shared
+    windows on a real Redis)."""
+    redis = one(objects, "Deployment", "kdgate-redis")
+    settings = one(objects, "ConfigMap", "kdgate-gateway")["data"]
+    assert settings["KDGATE_LIMITS__REDIS_URL"] == "redis://kdgate-redis.kdgate.svc:6379/0"
+    assert selects(one(objects, "Service", "kdgate-redis")["spec"]["selector"], pod_labels(objects)["kdgate-redis"])
+    policy = one(objects, "NetworkPolicy", "kdgate-redis")["spec"]
+    assert selects(policy["podSelector"], pod_labels(objects)["kdgate-redis"])
+    [rule] = policy["ingress"]
+    assert [selects(peer["podSelector"], pod_labels(objects)["kdgate-gateway"]) for peer in rule["from"]] == [True]
+    assert container(redis)["securityContext"]["readOnlyRootFilesystem"]
+
+
+@pytest.mark.parametrize(("changes", "deployed"), [
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 1}}, False),
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 3}}, True),
+    ({"redis": {"deploy": "never"}}, False),
+    ({"gateway": {"autoscaling": {"enabled": False}, "replicaCount": 1}, "redis": {"deploy": "always"}}, True),
+])
+def test_redis_runs_when_more_than_one_gateway_may(changes, deployed):
+    values = production_values()
+    for key, value in changes.items():
+        values[key] = {**values.get(key, {}), **value}
+        if "autoscaling" in value:
+            values[key]["autoscaling"] = {**production_values()[key].get("autoscaling", {}), **value["autoscaling"]}
+    objects = render(values)
+    assert any(item["metadata"]["name"] == "kdgate-redis" for item in objects) is deployed
+    assert ("KDGATE_LIMITS__REDIS_URL" in one(objects, "ConfigMap", "kdgate-gateway")["data"]) is deployed
+
+
+def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):
+    """The grace period covers the preStop sleep, the drain the gateway is told to give its answers in flight
+    (tests/gateway/test_graceful_shutdown.py shows the drain on a real process) and 15 s to shut down."""
+    drain = values_of(name)["gateway"]["drain"]
+    deployment = one(objects, "Deployment", "kdgate-gateway")
+    gateway = container(deployment)
+    environment = {item["name"]: item.get("value") for item in gateway["env"]}
+    assert environment["KDGATE_DRAIN_TIMEOUT_S"] == str(drain["seconds"])
+    assert gateway["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(drain["preStopSeconds"])]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == \
+        drain["preStopSeconds"] + drain["seconds"] + 15 > 300  # the longest stream the ingress allows
 
 
 def test_in_flight_autoscaling_uses_the_gateway_gauge():

@@ -209,3 +209,37 @@ def test_hidden_state_loss_errors_name_the_setting(demo_dirs, cache, tmp_path):
     with pytest.raises(ValueError, match=r"the student has layers 0\.\.2"):
         Recipe(config(demo_dirs, cache, tmp_path, f"loss.hidden.teacher={demo_dirs[1]}",
                       "loss.hidden.layers=[[3,6]]")).setup()
+
+
+def test_prompts_render_with_the_tools_they_offered(demo_dirs, cache, tmp_path):
+    """A cached answer's tools reach the student's prompt through its chat template: the tools demo's student learns
+    its call turns behind the same tool list the teacher answered them behind."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from distill.data.cache import read_answers, write_shard
+    from distill.demo.tokenizer import TOOL_CHAT_TEMPLATE
+    from distill.demo.tools import TOOLS
+
+    student = tmp_path / "student"
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_dirs[0]))
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE
+    AutoModelForCausalLM.from_pretrained(str(demo_dirs[0])).save_pretrained(student)
+    tokenizer.save_pretrained(student)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    answers = list(read_answers(cache, K))
+    write_shard(folder, 0, [replace(item, tools=list(TOOLS)) if index % 2 else item
+                            for index, item in enumerate(answers)])
+    manifest = Manifest.load(cache)
+    manifest.tokenizer_hash = tokenizer_hash(student)
+    manifest.save(folder)
+    recipe = Recipe(config(demo_dirs, folder, tmp_path / "run", f"student.init={student}"))
+    recipe.setup()
+    prompts = [recipe.tokenizer.decode(row.input_ids[:row.answer_start])
+               for row in recipe.train_rows + recipe.eval_rows]
+    offered = [prompt for prompt in prompts if prompt.startswith("<|bos|><|system|>Tools:\nlookup_order(order_number)"
+                                                                 "<|end|><|user|>")]
+    assert len(offered) == len(answers) // 2 and len(prompts) == len(answers)
+    assert all(prompt.startswith("<|bos|><|user|>") for prompt in set(prompts) - set(offered))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -161,3 +162,23 @@ def test_tokenizer_hash_tells_tokenizers_apart(demo_dirs, tmp_path):
     assert tokenizer_hash(resaved) == tokenizer_hash(demo_dirs[1])
     with pytest.raises(ValueError, match="no tokenizer files"):
         tokenizer_hash(tmp_path)
+
+
+def test_a_prompts_tools_are_cached_with_its_answer_and_older_shards_read_without_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    from distill.data.cache import write_shard
+    from distill.demo.tools import TOOLS
+
+    offered = replace(answer('<tool_call>\n{"name": "lookup_order", "arguments": {"order_number": "36010"}}\n'
+                             '</tool_call>'), tools=list(TOOLS))
+    write_shard(tmp_path, 0, [offered, answer('{"x": "1"}')])
+    assert [item.tools for item in read_answers(tmp_path, 2)] == [list(TOOLS), None]
+    older = tmp_path / "older"
+    older.mkdir()
+    pq.write_table(pq.read_table(shards(tmp_path)[0]).drop_columns(["constraint", "tools"]),
+                   older / "shard-00000.parquet")
+    assert [(item.text, item.tools) for item in read_answers(older, 2)] == [(offered.text, None), ('{"x": "1"}', None)]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                                  "tools": list(TOOLS)}) + '\n{"prompt": "plain"}\n')
+    assert [prompt.tools for prompt in load_prompts(tmp_path / "p.jsonl")] == [list(TOOLS), None]

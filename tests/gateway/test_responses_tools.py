@@ -9,6 +9,7 @@ The demo models were not trained to call tools: calls are forced with `required`
 from __future__ import annotations
 
 import json
+import time
 
 import jsonschema_rs
 import openai
@@ -172,6 +173,32 @@ def test_the_sdk_raises_the_refusal_with_its_field(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="kdgate-demo", input="hi", tools=[{"type": "web_search"}])
     assert refused.value.param == "tools[0].type"
+
+
+def test_a_call_is_shadowed_with_its_tools_and_its_bound(demo_dirs, engine_server, tmp_path):
+    """A response's calls are recorded as a chat request's: the tools as the template saw them, the choice, and the
+    bound on the calls, which the shadow worker compiles again into the language the student answered in."""
+    from gateway.app import create_app
+    from gateway.settings import ShadowSettings
+    from gateway.shadow.worker import compiled
+    from tests.conftest import ThreadedServer, gateway_settings
+
+    shadow = ShadowSettings(enabled=True, sample_rate=1.0, store_url=f"sqlite:///{tmp_path}/shadow.sqlite3")
+    with ThreadedServer(create_app(gateway_settings(demo_dirs, engine_server, shadow=shadow))) as server:
+        body = ok_json(server, {"input": take("test", 1, seed=9)[0].text, "tools": [LOOKUP, PING],
+                                "tool_choice": "required", "max_tool_calls": 2, "max_output_tokens": 100,
+                                "temperature": 0})
+        store = server.app.state.responses.shadow.store
+        deadline = time.monotonic() + 60
+        while not list(store.iter_records()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [record] = store.iter_records()
+    assert record.constraint["tools"] == [{"type": "function", "function": {
+        key: value for key, value in tool.items() if key != "type" and value is not None}} for tool in (LOOKUP, PING)]
+    assert (record.constraint["tool_choice"], record.constraint["max_tool_calls"]) == ("required", 2)
+    assert record.student_answer.startswith("<tool_call>") and compiled(record.constraint).accepts(
+        record.student_answer)
+    assert [item["type"] for item in body["output"]] == ["function_call"] * len(body["output"])
 
 
 # ------------------------------------------------------------------------------------------- the event stream

@@ -5,8 +5,8 @@ One check is narrowed, not dropped: `positive_data_acceptance` (a schema-valid r
 and forgiven only for the rules JSON Schema cannot state — that the message to continue is the last one and is
 the assistant's, that the prompt plus `max_tokens` fits the model's context in *tokens*, and that the token ids of
 `logit_bias` and `stop_token_ids` are in the vocabulary of the backend that serves, and that a structured-output
-constraint (a regex, a grammar, a JSON schema) compiles to a grammar kdgate can enforce — recognised by their own
-error messages. Everything the schema can state, it states (gateway.chat.protocol, gateway.openapi).
+constraint (a regex, a grammar, a JSON schema) compiles to a grammar kdgate can enforce, and that a named tool
+choice names one of the tools (given once each) — recognised by their own error messages. Everything the schema can state, it states (gateway.chat.protocol, gateway.openapi).
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ UNSTATEABLE = ("maximum context length", "far beyond this model's maximum contex
                "counted repetitions", "is not valid JSON", "is not a valid", "s to compile (nested",
                # stateable (an `anyOf` over both fields), but schemathesis 4 cannot generate from that rule
                "both constrain the answer",
-               # tools: that no function is named twice and a named one is among them, that a call's arguments
-               # are JSON text, and how big a bound on the calls makes their grammar
-               "twice; give each function once", "which `tools` does not have", "must be JSON text",
-               "makes the grammar of the calls too big")
+               # stateable too (`tool_choice` other than none needs `tools`), but with the other cross-field rules
+               # schemathesis' canonicaliser gives up on the whole request schema
+               "`tool_choice` needs `tools`",
+               # tools: a named choice among the tools' names, names given once, a format with calls, JSON text, and
+               # how big a bound on the calls makes their grammar
+               "which `tools` does not have", "twice; give each function once", "the answer is a tool call",
+               "cannot be combined", "must be JSON text", "makes the grammar of the calls too big")
 # The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
 STATEFUL = "/admin/v1/students"
 

@@ -128,7 +128,8 @@ async def test_stop_string_trims_text_and_keeps_logprobs_aligned(engine):
     text, logprobs, finish = await run(engine, request(PROMPTS[0], "stop-cut", max_tokens=30, stop=(stop,)))
     assert text == full[: full.index(stop)]
     assert finish.finish_reason == "stop" and finish.stop_reason == stop
-    assert "".join(entry.token for entry in logprobs).startswith(text)
+    assert "".join(entry.token for entry in logprobs).startswith(text + stop)  # the stop string's tokens too
+    assert len(logprobs) == finish.completion_tokens  # every generated token has its logprob, as on vLLM
 
 
 async def test_max_tokens_ends_with_length(engine):

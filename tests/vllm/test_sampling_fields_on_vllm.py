@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from runtime.backends.http import HttpBackend
-from runtime.contract import BackendInfo, Delta, GenerationRequest, SamplingParams
+from runtime.contract import BackendInfo, Delta, GenerationRequest, SamplingParams, collect
 from runtime.engine.engine import EngineSettings, LocalEngine
 from runtime.errors import UpstreamRejected
 
@@ -74,6 +74,26 @@ async def test_vllm_and_the_local_engine_agree_token_for_token(vllm_servers, dem
     finally:
         engine.shutdown()
     assert changed >= 15  # the comparison is not of unchanged greedy answers (measured: 25 student, 23 teacher)
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+async def test_a_stop_string_cuts_the_text_and_keeps_every_tokens_logprob_as_on_vllm(vllm_servers, demo_dirs, role):
+    """The token that completes a stop string is reported with its logprob, as vLLM reports it (the local engine
+    dropped it: its logprobs ended a token short)."""
+    server = getattr(vllm_servers, role)
+    engine = LocalEngine(EngineSettings(model_dir=demo_dirs[0 if role == "student" else 1], threads=1))
+    try:
+        async with httpx.AsyncClient(timeout=120) as client:
+            vllm = HttpBackend(BackendInfo(role, server.name, "http"), server.base_url, client)
+            for prompt in PROMPTS:
+                text = (await collect(engine.generate(ask(prompt)))).text
+                for stop in (text[6:9], text[10:11]):
+                    local = await answer(engine, ask(prompt, stop=(stop,)))
+                    remote = await answer(vllm, ask(prompt, stop=(stop,)))
+                    assert (remote[0], remote[2]) == (local[0], local[2]), (prompt, stop)
+                    assert max(abs(a - b) for a, b in zip(local[1], remote[1], strict=True)) < LOGPROB_TOLERANCE
+    finally:
+        engine.shutdown()
 
 
 # vLLM 0.32 refuses an out-of-vocabulary id after the stream's 200, with an error event carrying `code: 400` and

@@ -1,9 +1,11 @@
-{{/* Names: <release>-<component> ("kdgate-gateway"); <release>-kdgate-<component> when the release lacks "kdgate". */}}
+{{/* Names: <release>-<component> ("kdgate-gateway"); <release>-kdgate-<component> when the release lacks "kdgate".
+Cut to 44 characters: the longest name, <fullname>-student-headless (a Service: a DNS label), stays within 63, and the
+student StatefulSet's within 52 (its pods' controller-revision-hash label adds 11 and must stay within 63). */}}
 {{- define "kdgate.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 44 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 44 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
@@ -79,4 +81,11 @@ One service of files/vllm-launch.yaml (a link to deploy/vllm/launch.yaml, the on
 {{/* One ConfigMap value from a values map entry: strings as they are, numbers and booleans as JSON (no 1e+06). */}}
 {{- define "kdgate.envValue" -}}
 {{- if kindIs "string" . -}}{{- . -}}{{- else -}}{{- toJson . -}}{{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart runs the rate limits' Redis: `always`, or `auto` with more than one gateway replica possible. */}}
+{{- define "kdgate.redis" -}}
+{{- $redis := .Values.redis -}}
+{{- $gateway := .Values.gateway -}}
+{{- if or (eq $redis.deploy "always") (and (eq $redis.deploy "auto") (or $gateway.autoscaling.enabled (gt (int $gateway.replicaCount) 1))) -}}true{{- end -}}
 {{- end -}}

@@ -116,3 +116,18 @@ def test_examples_of_constrained_answers_say_so_through_the_cache(records, demo_
     (shard,) = shards(tmp_path / "cache")
     pq.write_table(pq.read_table(shard).drop_columns(["constraint"]), shard)  # as written before the column
     assert all(answer.constraint is None for answer in read_answers(tmp_path / "cache", manifest.top_k))
+
+
+def test_escalated_tool_calls_train_with_their_tools(records, demo_dirs, tmp_path):
+    """A tool call's record keeps its tools in its constraint: the cache the recipe reads carries them, so the
+    prompt is rendered with the tools the student and the teacher answered behind."""
+    from distill.demo.tools import TOOLS
+
+    spec = {"tools": list(TOOLS), "tool_choice": "auto", "function": None, "parallel_tool_calls": True,
+            "answer": None}
+    called = [replace(record, constraint=spec, constraint_masked=True) for record in records[:6]]
+    dataset = build(called + records[6:12], "initial", 0.5, 0.0, None)
+    manifest = write_cache(tmp_path / "cache", dataset.train, "demo-teacher", demo_dirs[0], "test")
+    read = {answer.prompt_id: answer.tools for answer in read_answers(tmp_path / "cache", manifest.top_k)}
+    assert {key for key, tools in read.items() if tools == list(TOOLS)} == {record.request_id for record in called}
+    assert all(tools is None for key, tools in read.items() if key not in {r.request_id for r in called})

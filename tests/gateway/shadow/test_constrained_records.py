@@ -159,3 +159,38 @@ def test_an_escalated_constrained_request_is_recorded_with_its_constraint(demo_d
     assert record.constraint_masked is None  # nothing was scored: the student did not finish
     (asked,) = answer_requests(worker.teacher)
     assert asked.structured_outputs == constraint({"json": ANSWER_SCHEMA}).structured_outputs
+
+
+LOOKUP = {"type": "function", "function": {"name": "lookup_order", "parameters": {
+    "type": "object", "properties": {"order_number": {"type": "string", "pattern": "^[0-9]{5}$"}},
+    "required": ["order_number"], "additionalProperties": False}}}
+
+
+def test_a_tool_call_is_recorded_with_its_tools_and_the_teacher_asked_and_scored_with_them(shadowing):
+    """The record keeps the tools and the choice (the call's language, compiled again by the worker); the teacher's
+    answer and its scoring of the student's see the tools the student saw, and the figures are masked."""
+    worker = shadowing.app.state.chat.shadow
+    before = len(worker.teacher.requests)
+    request_id, _ = answered(shadowing, {"tools": [LOOKUP], "tool_choice": "required",
+                                         "parallel_tool_calls": False})
+    record = record_of(worker.store, request_id)
+    assert record.constraint["tools"] == [LOOKUP] and record.constraint["tool_choice"] == "required"
+    assert record.student_answer.startswith("<tool_call>") and record.constraint_masked is True
+    language = compiled(record.constraint)
+    assert language.accepts(record.student_answer) and language.accepts(record.teacher_answer)
+    (answer_request,) = answer_requests(worker.teacher, before)
+    assert answer_request.structured_outputs == language.structured_outputs and answer_request.tools == (LOOKUP,)
+
+
+async def test_the_teachers_scoring_of_an_answer_renders_its_tools(engine_server):
+    from runtime.backends.http import HttpBackend
+    from runtime.backends.scoring import score_answer
+    from runtime.contract import BackendInfo
+
+    call = '<tool_call>\n{"name": "lookup_order", "arguments": {"order_number": "12345"}}\n</tool_call>'
+    async with httpx.AsyncClient(timeout=60) as client:
+        teacher = RecordingBackend(HttpBackend(BackendInfo("teacher", engine_server.model, "http"),
+                                               engine_server.base_url, client))
+        scored = await score_answer(teacher, [{"role": "user", "content": "Where is order 12345?"}], call, 5,
+                                    (LOOKUP,))
+    assert [request.tools for request in teacher.requests] == [(LOOKUP,)] and scored.tokens

@@ -85,3 +85,14 @@ def test_a_parameters_keyword_that_cannot_be_enforced_is_refused_at_its_place():
     with pytest.raises(InvalidRequest) as raised:
         call_regex("refund", schema, "tools[2].function.parameters")
     assert raised.value.parameter == "tools[2].function.parameters.properties.amount.minimum"
+
+
+def test_counted_repetitions_are_bounded_per_tool_and_over_all_tools():
+    with pytest.raises(InvalidRequest, match="counted repetitions") as raised:
+        call_regex("f", {"type": "string", "maxLength": 100_000}, "tools[0].function.parameters")
+    assert raised.value.parameter == "tools[0].function.parameters"
+    wide = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 300}}}
+    calls = tuple((f"f{index}", call_regex(f"f{index}", wide, f"tools[{index}]")) for index in range(3))
+    with pytest.raises(InvalidRequest, match="counted repetitions") as raised:
+        ToolChoice(calls, "required").constraint()
+    assert raised.value.parameter == "tools"
