@@ -28,12 +28,12 @@ from gateway.chat.protocol import (
 )
 from gateway.responses.fields import REQUEST_FIELDS, refusal
 from gateway.responses.tools import (
-    FunctionCall,
     FunctionCallItem,
     FunctionCallOutputItem,
-    FunctionTool,
-    NamedToolChoice,
+    FunctionToolParam,
+    ResponseFunctionToolCall,
     ToolChoiceField,
+    ToolChoiceFunction,
 )
 from gateway.tools.protocol import check_tool_rules
 
@@ -220,7 +220,7 @@ class ResponseRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     text: TextConfig | None = None
     tool_choice: ToolChoiceField | None = None
-    tools: list[FunctionTool] | None = None
+    tools: list[FunctionToolParam] | None = None
     top_logprobs: bounded(0) | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     user: str | None = None
@@ -262,7 +262,7 @@ class ResponseRequest(BaseModel):
 
     @model_validator(mode="after")
     def check_tools(self) -> ResponseRequest:
-        named = self.tool_choice.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        named = self.tool_choice.name if isinstance(self.tool_choice, ToolChoiceFunction) else None
         check_tool_rules([tool.name for tool in self.tools or ()], "function" if named else self.tool_choice, named,
                          "text.format" if self.structured_spec() is not None else None)
         return self
@@ -274,7 +274,7 @@ class ResponseRequest(BaseModel):
         """`none` (no tools, or calls not asked for: the answer is text), `auto`, `required` or `function`."""
         if not self.tools:
             return "none"
-        if isinstance(self.tool_choice, NamedToolChoice):
+        if isinstance(self.tool_choice, ToolChoiceFunction):
             return "function"
         return self.tool_choice or "auto"
 
@@ -365,14 +365,16 @@ class ResponseObject(BaseModel):
     max_output_tokens: int | None = None
     max_tool_calls: int | None = None
     model: str
-    output: list[OutputMessage | FunctionCall] = Field(default_factory=list)
+    output: list[OutputMessage | ResponseFunctionToolCall] = Field(default_factory=list)
     parallel_tool_calls: bool = True
     previous_response_id: None = None
     store: bool = Field(default=False, description="always false: kdgate stores no response")
     temperature: float | None = None
     text: dict = Field(default_factory=lambda: {"format": {"type": "text"}})
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = "auto"
-    tools: list[FunctionTool] = Field(default_factory=list)
+    # the request's tools and choice as it sent them (dicts: the request's models are its own in the OpenAPI
+    # document, where a response's serialisation of them would take their names)
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
     top_logprobs: int | None = None
     top_p: float | None = None
     truncation: Literal["disabled"] = "disabled"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 
+from pydantic import BaseModel
+
 from gateway.chat.formats import placed as placed_in_response_format
 from gateway.chat.serving import route_info, wire_token
 from gateway.responses import protocol
 from gateway.responses.frames import EventFrames
-from gateway.responses.tools import FunctionCall
+from gateway.responses.tools import ResponseFunctionToolCall
 from gateway.serving import PreparedStream, Served, Serving
 from gateway.tools.calls import CallStart, CallStream, ContentPiece, Piece, parse
 from gateway.tools.grammar import ToolChoice, tool_choice_of
@@ -84,7 +86,7 @@ class ResponseEndpoint:
         where = moved.parameter.replace("response_format.json_schema.schema", "text.format.schema", 1)
         return InvalidRequest(str(moved).replace(f"`{moved.parameter}`", f"`{where}`"), parameter=where)
 
-    def shell(self, request_id: str, status: str, output: list[protocol.OutputMessage | FunctionCall],
+    def shell(self, request_id: str, status: str, output: list[protocol.OutputMessage | ResponseFunctionToolCall],
               **fields) -> protocol.ResponseObject:
         """The response object with the request's settings echoed, as OpenAI returns them."""
         request = self.request
@@ -94,10 +96,11 @@ class ResponseEndpoint:
             model=self.response_model, output=output, parallel_tool_calls=request.parallel_tool_calls is not False,
             temperature=request.temperature, top_p=request.top_p, top_logprobs=request.top_logprobs,
             text=request.text.model_dump(by_alias=True, exclude_none=True) if request.text and request.text.format
-            else {"format": {"type": "text"}}, tool_choice=request.tool_choice or "auto", tools=request.tools or [],
+            else {"format": {"type": "text"}}, tool_choice=_dumped(request.tool_choice) or "auto",
+            tools=[tool.model_dump() for tool in request.tools or ()],
             metadata=request.metadata or {}, **fields)
 
-    def finished(self, request_id: str, output: list[protocol.OutputMessage | FunctionCall], finish: Finish,
+    def finished(self, request_id: str, output: list[protocol.OutputMessage | ResponseFunctionToolCall], finish: Finish,
                  served: Served | None) -> protocol.ResponseObject:
         incomplete = finish.finish_reason == "length"
         return self.shell(request_id, "incomplete" if incomplete else "completed", output, usage=usage(finish),
@@ -114,8 +117,9 @@ class ResponseEndpoint:
         content, calls = parse(text)
         output: list = [message(request_id, content, wire[:_tokens_within(logprobs, len(content))],
                                 "completed" if calls else status)] if content else []
-        output += [FunctionCall(id=call_item_id(request_id, index), call_id=call.id, name=call.name,
-                                arguments=call.arguments, status="completed") for index, call in enumerate(calls)]
+        output += [ResponseFunctionToolCall(id=call_item_id(request_id, index), call_id=call.id, name=call.name,
+                                            arguments=call.arguments, status="completed")
+                   for index, call in enumerate(calls)]
         return self.finished(request_id, output, finish, served)
 
     def stream(self, request_id: str, created: int) -> ResponseStream:
@@ -144,7 +148,7 @@ class ResponseStream:
         self.frames = EventFrames(self.item_id)
         self.plain = not endpoint.request.logprobs()
         self.calls = CallStream() if endpoint.tool_choice is not None else None
-        self.output: list[protocol.OutputMessage | FunctionCall] = []  # the items added so far, in order
+        self.output: list[protocol.OutputMessage | ResponseFunctionToolCall] = []  # the items added so far, in order
         self.open = False  # whether the last of them is still open
         self.text: list[str] = []
         self.logprobs: list = []
@@ -206,7 +210,7 @@ class ResponseStream:
         item, index = self.output[-1], len(self.output) - 1
         item.status = status
         self.open = False
-        if isinstance(item, FunctionCall):
+        if isinstance(item, ResponseFunctionToolCall):
             return [self.frames.event("response.function_call_arguments.done", item_id=item.id, output_index=index,
                                       arguments=item.arguments),
                     self.frames.event("response.output_item.done", output_index=index, item=self._dump(item))]
@@ -231,8 +235,8 @@ class ResponseStream:
                 frames.append(self._text(piece.text))
             elif isinstance(piece, CallStart):
                 frames += self._close("completed") if self.open else []
-                call = FunctionCall(id=call_item_id(self.request_id, piece.index), call_id=piece.id, name=piece.name,
-                                    arguments="", status="in_progress")
+                call = ResponseFunctionToolCall(id=call_item_id(self.request_id, piece.index), call_id=piece.id,
+                                                name=piece.name, arguments="", status="in_progress")
                 self.call_at.append(len(self.output))
                 self.output.append(call)
                 self.open = True
@@ -269,6 +273,10 @@ def tool_choice(request: protocol.ResponseRequest) -> ToolChoice | None:
     return tool_choice_of(request.template_tools(), mode, request.tool_choice.name if mode == "function" else None,
                           parallel=request.parallel_tool_calls is not False, max_calls=request.max_tool_calls,
                           where="tools[{index}].parameters")
+
+
+def _dumped(value: BaseModel | str | None) -> dict | str | None:
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def message(request_id: str, text: str, logprobs: list, status: str) -> protocol.OutputMessage:

@@ -20,7 +20,7 @@ CHOICE_MODES = ("none", "auto", "required")
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-class FunctionTool(BaseModel):
+class FunctionToolParam(BaseModel):
     """`{"type": "function", "name", "description", "parameters", "strict"}`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -55,7 +55,7 @@ class FunctionTool(BaseModel):
         return {"type": "function", "function": self.model_dump(exclude={"type"}, exclude_none=True)}
 
 
-class NamedToolChoice(BaseModel):
+class ToolChoiceFunction(BaseModel):
     """`{"type": "function", "name": ...}`: call this function, and only it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -76,7 +76,7 @@ class NamedToolChoice(BaseModel):
 # The tags are names `dotted` leaves out.
 ToolChoiceField = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("choice[mode]")]
-    | Annotated[NamedToolChoice, Tag("choice[function]")],
+    | Annotated[ToolChoiceFunction, Tag("choice[function]")],
     Discriminator(lambda value: "choice[mode]" if isinstance(value, str) else "choice[function]")]
 
 
@@ -121,7 +121,7 @@ class FunctionCallOutputItem(BaseModel):
         return value
 
 
-class FunctionCall(BaseModel):
+class ResponseFunctionToolCall(BaseModel):
     """A `function_call` output item: one call of the answer."""
 
     type: Literal["function_call"] = "function_call"

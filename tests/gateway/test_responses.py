@@ -19,6 +19,9 @@ from openai.types.responses import Response, ResponseStreamEvent, response_creat
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.chat.fields import Treatment
+from gateway.chat.protocol import ChatCompletionRequest
+from gateway.completions.protocol import CompletionRequest
+from gateway.openapi import REF
 from gateway.responses.fields import REQUEST_FIELDS
 from gateway.responses.protocol import ResponseRequest
 from gateway.responses.serving import ResponseEndpoint
@@ -104,6 +107,16 @@ def test_the_openapi_document_lists_exactly_the_honoured_and_ignored_fields(gate
     operation = document["paths"]["/v1/responses"]["post"]
     assert all(f"`{name}`" in operation["description"] for name in fields(Treatment.REFUSED))
     assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ResponseRequest")
+
+
+def test_each_schema_of_the_openapi_document_is_its_own_models(gateway):
+    """Found by fuzzing chat: the Responses API's flat function tool and named `tool_choice` were named as chat's
+    (`FunctionTool`, `NamedToolChoice`), so the document's one schema of each name gave chat the Responses shapes
+    (and the fuzzer a flat `tool_choice` that chat refuses). Every request model's definitions are the document's."""
+    schemas = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()["components"]["schemas"]
+    for model in (ChatCompletionRequest, CompletionRequest, ResponseRequest):
+        for name, definition in model.model_json_schema(ref_template=REF).get("$defs", {}).items():
+            assert schemas[name] == definition, (model.__name__, name)
 
 
 def test_docs_api_lists_every_field_and_what_kdgate_does_with_it():
