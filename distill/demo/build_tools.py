@@ -68,7 +68,8 @@ def build_tools(settings: ToolBuildSettings, log: Callable[[str], None] = print)
         torch.set_num_threads(settings.threads)
     settings.models.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    report: dict = {"settings": _jsonable(asdict(settings))}
+    report: dict = {"settings": _jsonable({key: _relative(value) if isinstance(value, Path) else value
+                                           for key, value in asdict(settings).items()})}
 
     if settings.teacher_dir is None:
         tokenizer = AutoTokenizer.from_pretrained(str(settings.base_teacher))
@@ -154,7 +155,7 @@ def _teacher_cache(teacher_dir: Path, cache: Path, settings: ToolBuildSettings) 
     manifest = make_cache(cache, prompts, source, Teacher(teacher_dir, threads=settings.threads),
                           GenerateSettings(top_k=settings.top_k, seed=settings.seed, max_tokens=160),
                           Filters(json_fields=()))
-    return {"dir": str(cache), "rows": manifest.rows, "kept": manifest.kept, "dropped": manifest.dropped}
+    return {"dir": str(_relative(cache)), "rows": manifest.rows, "kept": manifest.kept, "dropped": manifest.dropped}
 
 
 def _distill_student(tokenizer, cache: Path, settings: ToolBuildSettings) -> list[dict]:
@@ -167,11 +168,11 @@ def _distill_student(tokenizer, cache: Path, settings: ToolBuildSettings) -> lis
     from distill.config import load_config
     from distill.recipe import run
 
-    work = settings.out / "cache"
+    work = _relative(settings.out / "cache")  # the paths the student's saved config names
     init = work / "tools-student-init"
     _save(AutoModelForCausalLM.from_pretrained(str(settings.base_student)), tokenizer, init, [])
     overrides = [f"student.init={init}", f"student.from_scratch={str(settings.student_from_scratch).lower()}",
-                 f"cache={cache}", f"out={work / 'tools-student-run'}", f"steps={settings.student_steps}",
+                 f"cache={_relative(cache)}", f"out={work / 'tools-student-run'}", f"steps={settings.student_steps}",
                  f"batch_size={settings.batch_size}", f"seed={settings.seed}",
                  f"eval_every={max(settings.student_steps // 5, 1)}",
                  f"checkpoint_every={max(settings.student_steps // 5, 1)}"]
@@ -183,6 +184,15 @@ def _distill_student(tokenizer, cache: Path, settings: ToolBuildSettings) -> lis
     shutil.rmtree(settings.models / "student", ignore_errors=True)
     shutil.copytree(trained, settings.models / "student")
     return json.loads((trained / "training_log.json").read_text())
+
+
+def _relative(path: Path) -> Path:
+    """`path` relative to the working directory when it is inside it: the committed report and config then name
+    repository paths, not the machine's."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd())
+    except ValueError:
+        return Path(path)
 
 
 def _shares(shares: dict[str, float]) -> str:
