@@ -84,6 +84,10 @@ def build_tools(settings: ToolBuildSettings, log: Callable[[str], None] = print)
         log(f"[1/4] reusing the tools teacher in {settings.teacher_dir}")
         teacher_dir = settings.teacher_dir
         tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
+        if tokenizer.chat_template != TOOL_CHAT_TEMPLATE:
+            raise ValueError(f"{teacher_dir} is no tools teacher: its chat template is not TOOL_CHAT_TEMPLATE, so it "
+                             "never saw a tool; leave --teacher out to fine-tune one, or name a tools build's teacher "
+                             "(e.g. distill/demo/artifacts/tools/teacher)")
         teacher = AutoModelForCausalLM.from_pretrained(str(teacher_dir))
 
     cache = settings.cache or settings.out / "cache" / "tools-teacher-cache"

@@ -68,3 +68,10 @@ def test_tools_build_fine_tunes_the_teacher_and_distills_a_student_that_sees_the
     offered = [answer.tools for answer in read_answers(cache, Manifest.load(cache).top_k, kept_only=False)]
     assert list(tools.TOOLS) in offered and None in offered
     assert "from_scratch: false" in (tmp_path / "tools" / "student" / "distill_config.yaml").read_text()
+
+
+def test_a_tools_build_refuses_a_teacher_that_never_saw_a_tool(tmp_path):
+    from distill.demo.build_tools import ToolBuildSettings, build_tools
+
+    with pytest.raises(ValueError, match="no tools teacher"):
+        build_tools(ToolBuildSettings(out=tmp_path, teacher_dir=DEMO_TEACHER_DIR), **QUIET)
