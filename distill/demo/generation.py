@@ -9,14 +9,17 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from runtime.chat_template import render
+
 
 def greedy_answers(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 64,
-                   max_new_tokens: int = 96, progress: str | None = None) -> list[str]:
-    """The model's greedy answer to each conversation, decoded without special tokens."""
+                   max_new_tokens: int = 96, progress: str | None = None,
+                   tools: Sequence[dict] | None = None) -> list[str]:
+    """The model's greedy answer to each conversation (offered `tools`, when given), decoded without special
+    tokens."""
     import torch
 
-    prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-               for messages in conversations]
+    prompts = [render(tokenizer, messages, tools, add_generation_prompt=True) for messages in conversations]
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))  # similar lengths pad less
     answers: list[str] = [""] * len(prompts)
     model.eval()

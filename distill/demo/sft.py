@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from runtime.chat_template import render
+
 IGNORE_INDEX = -100
 
 
@@ -21,10 +23,13 @@ class EncodedExample:
     answer_start: int  # index of the first answer token; loss is taken from here on
 
 
-def encode_examples(tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str]) -> list[EncodedExample]:
-    """Prompt (chat template with generation prompt) + answer + eos, as one token sequence per example."""
-    prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-               for messages in conversations]
+def encode_examples(tokenizer, conversations: Sequence[list[dict]], answers: Sequence[str],
+                    tools: Sequence[Sequence[dict] | None] | None = None) -> list[EncodedExample]:
+    """Prompt (chat template with generation prompt, and each conversation's `tools` when given) + answer + eos,
+    as one token sequence per example."""
+    tools = tools or [None] * len(conversations)
+    prompts = [render(tokenizer, messages, offered, add_generation_prompt=True)
+               for messages, offered in zip(conversations, tools, strict=True)]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     return [EncodedExample(prompt + answer + [tokenizer.eos_token_id], len(prompt))
@@ -58,6 +63,9 @@ class SftSettings:
     max_grad_norm: float = 1.0
     bf16: bool = False  # autocast; 3x slower than fp32 on CPUs without AMX/avx512_bf16, so off by default
     seed: int = 0
+    # batches of similar lengths (sorted within windows of 64 batches, the batches shuffled): less padding where
+    # lengths differ a lot, as the tools mix's turns do (answer turns are twice as long as the rest)
+    group_by_length: bool = False
 
 
 def cosine_lr(step: int, settings: SftSettings) -> float:
@@ -90,6 +98,9 @@ def train(model, examples: Sequence[EncodedExample], settings: SftSettings, pad_
         if len(order) < settings.batch_size:
             refill = list(range(len(examples)))
             rng.shuffle(refill)
+            if settings.group_by_length:
+                order.clear()  # whole batches only, so that each stays one length group
+                refill = _grouped_by_length(refill, examples, settings.batch_size, rng)
             order.extend(refill)
         batch = [examples[order.pop()] for _ in range(settings.batch_size)]
         input_ids, attention_mask, labels = collate(batch, pad_token_id)
@@ -111,3 +122,15 @@ def train(model, examples: Sequence[EncodedExample], settings: SftSettings, pad_
             log(" ".join(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
                          for key, value in record.items()))
     return history
+
+
+def _grouped_by_length(indices: list[int], examples: Sequence[EncodedExample], batch_size: int,
+                       rng: random.Random) -> list[int]:
+    """`indices` reordered so that each run of `batch_size` (popped from the end) holds examples of similar length."""
+    window = batch_size * 64
+    batches = []
+    for start in range(0, len(indices) - batch_size + 1, window):
+        chunk = sorted(indices[start:start + window], key=lambda index: len(examples[index].input_ids))
+        batches += [chunk[at:at + batch_size] for at in range(0, len(chunk) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return [index for batch in batches for index in batch]

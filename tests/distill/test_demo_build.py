@@ -47,3 +47,31 @@ def test_student_build_distills_from_the_teacher_cache_and_reuses_it(tmp_path):
                                 student=TINY, student_config=CONFIGS_DIR / "demo_sft.yaml"), **QUIET)
     assert [shard.stat().st_mtime_ns for shard in shards] == stamps and again["teacher_cache"]["kept"] >= 36
     assert "kind: sft" in (tmp_path / "sft" / "student" / "distill_config.yaml").read_text()
+
+
+def test_tools_build_fine_tunes_the_teacher_and_distills_a_student_that_sees_the_tools(tmp_path):
+    from distill.data.cache import Manifest, read_answers
+    from distill.demo import tools
+    from distill.demo.build_tools import ToolBuildSettings, build_tools
+    from distill.demo.tokenizer import TOOL_CHAT_TEMPLATE
+
+    settings = ToolBuildSettings(out=tmp_path, teacher_steps=2, teacher_batch_size=4, student_steps=2,
+                                 label_examples=24, eval_examples=2, test_examples=6, batch_size=4, threads=1)
+    report = build_tools(settings, **QUIET)
+    for name in ("teacher", "student"):
+        assert AutoTokenizer.from_pretrained(str(tmp_path / "tools" / name)).chat_template == TOOL_CHAT_TEMPLATE
+        assert set(report["test"][name]) == {"plain", "call", "answer"} and report["test"][name]["call"]["n"] == 6
+    assert report["teacher_training"][-1]["step"] == 2 and "call_exact_match" in report["teacher_training"][-1]
+    assert json.loads((tmp_path / "tools" / "build_report.json").read_text())["teacher_cache"]["rows"] == 24
+    # the cache's prompts carry their tools, and the student came out of the KD recipe from the committed student
+    cache = tmp_path / "cache" / "tools-teacher-cache"
+    offered = [answer.tools for answer in read_answers(cache, Manifest.load(cache).top_k, kept_only=False)]
+    assert list(tools.TOOLS) in offered and None in offered
+    assert "from_scratch: false" in (tmp_path / "tools" / "student" / "distill_config.yaml").read_text()
+
+
+def test_a_tools_build_refuses_a_teacher_that_never_saw_a_tool(tmp_path):
+    from distill.demo.build_tools import ToolBuildSettings, build_tools
+
+    with pytest.raises(ValueError, match="no tools teacher"):
+        build_tools(ToolBuildSettings(out=tmp_path, teacher_dir=DEMO_TEACHER_DIR), **QUIET)
