@@ -19,9 +19,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway.store_default import default_store_url
 from runtime.config_file import YamlFileSource
 from runtime.connections import ConnectionLimits
-from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
+from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR, DEMO_TOOLS_DIR
 from runtime.settings import BackendSettings, HttpClientSettings, is_loopback
 
+DEMO_TOOLS_BACKENDS = {  # `kdgate serve --demo tools`
+    "student": {"kind": "local", "model_dir": DEMO_TOOLS_DIR / "student", "model": "demo-tools-student"},
+    "teacher": {"kind": "local", "model_dir": DEMO_TOOLS_DIR / "teacher", "model": "demo-tools-teacher"},
+}
 DEMO_BACKENDS = {
     "student": {"kind": "local", "model_dir": DEMO_STUDENT_DIR, "model": "demo-student"},
     "teacher": {"kind": "local", "model_dir": DEMO_TEACHER_DIR, "model": "demo-teacher"},
@@ -384,7 +388,7 @@ class GatewaySettings(BaseSettings):
         start without it until someone chooses theirs."""
         handoff = self.routing.handoff
         if handoff.enabled is None:  # copies, so that a settings object passed in is left as it was
-            handoff = handoff.model_copy(update={"enabled": self.serves_demo_models()})
+            handoff = handoff.model_copy(update={"enabled": self.serves_demo_models(tools=None)})
             self.routing = self.routing.model_copy(update={"handoff": handoff})
         return self
 
@@ -397,12 +401,16 @@ class GatewaySettings(BaseSettings):
             self.shadow = self.shadow.model_copy(update={"store_url": url})
         return self
 
-    def serves_demo_models(self) -> bool:
-        """Both backends are the embedded demo's local models (whatever else about them is set)."""
+    def serves_demo_models(self, tools: bool | None = False) -> bool:
+        """Both backends are the embedded demo's local models (whatever else about them is set): its plain pair,
+        with `tools` its tool-calling pair (`kdgate serve --demo tools`), with None either."""
         def is_demo(backend: BackendSettings | None, demo_dir: Path) -> bool:
             return (backend is not None and backend.kind == "local"
                     and Path(backend.model_dir).resolve() == Path(demo_dir).resolve())
-        return is_demo(self.student, DEMO_STUDENT_DIR) and is_demo(self.teacher, DEMO_TEACHER_DIR)
+
+        def pair(folder: Path) -> bool:
+            return is_demo(self.student, folder / "student") and is_demo(self.teacher, folder / "teacher")
+        return (tools is not True and pair(DEMO_STUDENT_DIR.parent)) or (tools is not False and pair(DEMO_TOOLS_DIR))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

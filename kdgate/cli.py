@@ -65,6 +65,8 @@ def serve(
     config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="YAML settings file"),
     workers: int | None = typer.Option(None, min=1, max=64, help="worker processes (default: KDGATE_WORKERS or 1); "
                                        "more than 1 needs http backends"),
+    demo: str = typer.Option("plain", help="with no backends configured, which demo pair: `plain`, or `tools` (the "
+                             "pair trained to look an order up with a tool call; docs/demo.md)"),
 ) -> None:
     """Run the gateway; with no configuration, the embedded demo student and teacher with teacher fallback on.
 
@@ -82,6 +84,11 @@ def serve(
 
     overrides = {key: value for key, value in {"host": host, "port": port, "workers": workers}.items()
                  if value is not None}
+    if demo not in ("plain", "tools"):
+        raise typer.BadParameter(f"{demo!r}: use `plain` or `tools`", param_hint="--demo")
+    if demo == "tools":
+        from gateway.settings import DEMO_TOOLS_BACKENDS
+        overrides |= DEMO_TOOLS_BACKENDS
     settings = settings_or_exit(lambda: load_settings(config, **overrides))
     configure_logging(settings.log_level, settings.log_format)
     folder = None

@@ -9,4 +9,5 @@ from pathlib import Path
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "distill" / "demo" / "artifacts"
 DEMO_TEACHER_DIR = ARTIFACTS_DIR / "teacher"
 DEMO_STUDENT_DIR = ARTIFACTS_DIR / "student"
+DEMO_TOOLS_DIR = ARTIFACTS_DIR / "tools"  # the pair trained to call the demo's tool (`kdgate demo build --tools`)
 DEMO_ROUTER_POLICY = ARTIFACTS_DIR / "router-policy.json"  # the routing policy calibrated for the demo student

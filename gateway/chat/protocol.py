@@ -69,9 +69,10 @@ def _branches(schema: dict, **per_type: dict) -> None:
 
 
 def _content_schema(schema: dict) -> None:
-    _branches(schema, string={"pattern": r"\S"},
-              array={"minItems": 1, "contains": {"type": "object", "required": ["text"],
-                                                 "properties": {"text": {"type": "string", "pattern": r"\S"}}}})
+    """Text parts with some text; a string's text is required by MESSAGE_RULES (an assistant's calls may come with
+    an empty one, as the SDK's stream helpers send them back)."""
+    _branches(schema, array={"minItems": 1, "contains": {"type": "object", "required": ["text"],
+                                                         "properties": {"text": {"type": "string", "pattern": r"\S"}}}})
 
 
 # The message rules below as JSON Schema: a tool result answers a call by its id; an assistant message may carry
@@ -83,7 +84,7 @@ MESSAGE_RULES = [
     {"if": {"properties": {"role": {"const": "assistant"}}},
      "else": {"properties": {"tool_calls": {"type": "null"}}}},
     {"if": {"properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array"}}, "required": ["tool_calls"]},
-     "else": {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}},
+     "else": {"required": ["content"], "properties": {"content": {"type": ["string", "array"], "pattern": r"\S"}}}},
 ]
 
 
@@ -91,10 +92,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": MESSAGE_RULES})
 
     role: Role
+    # an assistant's calls, answered by the `tool` messages after it (before `content`, whose check reads it)
+    tool_calls: list[RequestToolCall] | None = Field(default=None, json_schema_extra=lambda s: _branches(
+        s, array={"minItems": 1}))
     content: str | list[TextContentPart] | None = Field(default=None, json_schema_extra=_content_schema)
     name: str | None = None  # passed to the chat template with the message, as vLLM does
-    tool_calls: list[RequestToolCall] | None = Field(default=None, json_schema_extra=lambda s: _branches(
-        s, array={"minItems": 1}))  # an assistant's calls, answered by the `tool` messages after it
     tool_call_id: str | None = None  # a `tool` message: the call it answers
 
     @model_validator(mode="before")
@@ -120,10 +122,13 @@ class ChatMessage(BaseModel):
                                      "send images or audio to a multimodal endpoint instead")
         return value
 
+
     @field_validator("content")
     @classmethod
-    def check_not_empty(cls, value: str | list[TextContentPart] | None) -> str | list[TextContentPart] | None:
-        if value is not None and not text_of(value).strip(JSON_SCHEMA_SPACE):  # the document's `\S`, no more
+    def check_not_empty(cls, value, info):
+        """Some text (the document's `\S`, no more), except beside calls: the SDK's stream helpers send an
+        assistant's calls back with an empty content."""
+        if value is not None and not info.data.get("tool_calls") and not text_of(value).strip(JSON_SCHEMA_SPACE):
             raise ValueError("content is empty; send the text of the message")
         return value
 

@@ -124,6 +124,9 @@ class RequestToolCall(ToolCall):
 
     type: Literal["function"]
     function: RequestFunctionCall
+    # the call's place in a stream, which the openai SDK's stream helpers keep on the message they assemble: a
+    # client sends that message back as it is; accepted, and meaningless in a request
+    index: int | None = Field(default=None, exclude=True)
 
 
 class DeltaFunctionCall(BaseModel):

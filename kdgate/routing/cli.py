@@ -21,7 +21,8 @@ def parse_prefix(value: str) -> int | None:
 
 
 TOOLS_HELP = ("the demo's tool task: each ticket's first turn with the `lookup_order` tool offered (`tool_choice: "
-              "auto`), judged by tool-call exact match (name and arguments); needs tool-calling models")
+              "auto`), judged by tool-call exact match (name and arguments); without --config, on the demo's "
+              "tool-calling pair")
 SCHEMA_HELP = ("answer under the demo's answer schema (`response_format: json_schema`), as a client asking for JSON "
                "would: routing measured under the grammar, handoffs continued under the grammar of the rest")
 

@@ -101,15 +101,22 @@ async def collect_demo(student: Backend, teacher: Backend, split: str, examples:
         progress.close()
 
 
+def demo_settings(config, with_tools: bool = False):
+    """The gateway settings the harness runs on: `config`, or the embedded demo; with `tools` and no `config`, the
+    demo's tool-calling pair (`kdgate serve --demo tools`), since the plain pair calls no tools."""
+    from gateway.settings import DEMO_TOOLS_BACKENDS, load_settings
+
+    return load_settings(config, **(DEMO_TOOLS_BACKENDS if with_tools and config is None else {}))
+
+
 async def collect_from_settings(config, split: str, examples: int, seed: int, top_logprobs: int,
                                 threads: int | None = None, structured: dict | None = None,
                                 with_tools: bool = False) -> list[RouteRecord]:
     """`collect_demo` with the backends the gateway's settings describe (the embedded demo by default); `threads`
     sets each local backend's torch threads."""
-    from gateway.settings import load_settings
     from runtime.backends.factory import open_backends
 
-    settings = load_settings(config)
+    settings = demo_settings(config, with_tools)
     if settings.teacher is None:
         raise ValueError("routing records need a teacher backend; set `teacher` in the settings")
     backends = {role: backend.model_copy(update={"threads": threads}) if threads and backend.kind == "local"

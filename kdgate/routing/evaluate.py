@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from kdgate.routing import report
-from kdgate.routing.collect import answer_schema, collect_from_settings
+from kdgate.routing.collect import answer_schema, collect_from_settings, demo_settings
 from kdgate.routing.handoff_eval import evaluate_handoff, handoff_table, prefix_routing_cost_curve
 from router.comparison import PolicyResult, compare
 from router.drift import drift_report
@@ -103,12 +103,11 @@ def save_policies(out: Path, results: list[PolicyResult], target: float, fit_pat
 
 async def measure_handoff(results: list[PolicyResult], records, config: Path | None) -> list[dict]:
     """Handoff against whole-request escalation by the logistic policies, at equal teacher token cost."""
-    from gateway.settings import load_settings
     from runtime.backends.factory import open_backends
 
     prefix_scores = {result.name.removesuffix(" logistic"): result.held_out_scores for result in results
                      if result.scorer is not None and result.scorer.kind == "logistic"}
-    settings = load_settings(config)
+    settings = demo_settings(config, any(record.tools for record in records))
     async with open_backends(settings.backends(), settings.http) as backends:
         return await evaluate_handoff(backends["teacher"], records, prefix_scores)
 
