@@ -36,6 +36,9 @@ from runtime.constraints.languages import constraint as constraint_of
 from runtime.contract import Backend, Delta, Finish, GenerationRequest, SamplingParams, TokenLogprob
 from runtime.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamProtocolError, to_envelope
 
+# A constraint still compiling after this long is a 400 (its thread finishes and caches the language, so a retry
+# is answered at once) rather than a request that hangs: several free-form tool schemas took 40 s and more.
+COMPILE_BUDGET_S = 8.0
 FAILED_BACKEND = {Reason.STUDENT_ERROR: "student", Reason.TEACHER_UNAVAILABLE: "teacher"}
 
 
@@ -340,12 +343,19 @@ class Serving:
         if tools is None and (generation.structured_outputs is None or not isinstance(self.router, Router)):
             return generation
         try:
-            if tools is not None:  # the calls' language is the gateway's own: compiled on an engine server too
-                constraint = await asyncio.to_thread(tools.constraint, generation.structured_outputs)
-            else:
-                constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
+            async with asyncio.timeout(COMPILE_BUDGET_S):  # the thread goes on, and caches what it compiles
+                if tools is not None:  # the calls' language is the gateway's own: compiled on an engine server too
+                    constraint = await asyncio.to_thread(tools.constraint, generation.structured_outputs)
+                else:
+                    constraint = await asyncio.to_thread(constraint_of, generation.structured_outputs)
         except InvalidRequest as error:
             raise endpoint.placed(error) from None
+        except TimeoutError:
+            where = "tools" if tools is not None else "response_format"
+            raise endpoint.placed(InvalidRequest(
+                f"the grammar of `{where}` took over {COMPILE_BUDGET_S:g} s to compile (free-form schemas such as "
+                "`{}` cost the most) and goes on compiling: retry shortly, or give each schema its `properties`",
+                parameter=where)) from None
         return replace(generation, structured_outputs=constraint.structured_outputs, constraint=constraint)
 
     # ------------------------------------------------------------------------------------------------ streaming

@@ -36,7 +36,8 @@ UNSTATEABLE = ("maximum context length", "far beyond this model's maximum contex
                # tools: a named choice among the tools' names, names given once, a format with calls, JSON text, and
                # how big a bound on the calls makes their grammar
                "which `tools` does not have", "twice; give each function once", "the answer is a tool call",
-               "cannot be combined", "must be JSON text", "makes the grammar of the calls too big")
+               "cannot be combined", "must be JSON text", "makes the grammar of the calls too big",
+               "to compile (free-form schemas")  # still compiling after the budget: a 400 to retry
 # The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
 STATEFUL = "/admin/v1/students"
 

@@ -137,3 +137,22 @@ def test_a_call_the_teacher_takes_over_mid_arguments_is_one_well_formed_call(eag
             assert validator.is_valid(json.loads(arguments)), arguments
             handed.append(route.get("handed_off_tokens"))
     assert sum(tokens is not None for tokens in handed) >= 4, handed
+
+
+def test_free_form_tools_that_compile_slowly_are_answered_within_the_budget_not_hung(gateway):
+    """Several tools with free-form parameters (`{}`: any JSON) under `auto` took 40 s and more to compile, past a
+    client's timeout (schemathesis found it): the request is answered within the gateway's compile budget, with
+    the answer or a 400 that says to retry."""
+    import time
+
+    from gateway.serving import COMPILE_BUDGET_S
+
+    tools = [{"type": "function", "function": {"name": f"free_{index}", "parameters": {}}} for index in range(5)]
+    body = {"messages": [{"role": "user", "content": "Where is order 12345?"}], "max_tokens": 8, "tools": tools}
+    started = time.monotonic()
+    first = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=120)
+    assert time.monotonic() - started < COMPILE_BUDGET_S + 5
+    if first.status_code == 400:
+        assert first.json()["error"]["param"] == "tools" and "retry shortly" in first.json()["error"]["message"]
+    else:
+        assert first.status_code == 200, first.text
