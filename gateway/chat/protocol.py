@@ -122,11 +122,10 @@ class ChatMessage(BaseModel):
                                      "send images or audio to a multimodal endpoint instead")
         return value
 
-
     @field_validator("content")
     @classmethod
     def check_not_empty(cls, value, info):
-        """Some text (the document's `\S`, no more), except beside calls: the SDK's stream helpers send an
+        """Some text (the document's `\\S`, no more), except beside calls: the SDK's stream helpers send an
         assistant's calls back with an empty content."""
         if value is not None and not info.data.get("tool_calls") and not text_of(value).strip(JSON_SCHEMA_SPACE):
             raise ValueError("content is empty; send the text of the message")
