@@ -28,6 +28,7 @@ from gateway.tools.protocol import (
     RequestToolCall,
     ToolCall,
     ToolChoiceField,
+    check_tool_rules,
 )
 
 OPENAI_MAX_STOP_SEQUENCES = 4
@@ -362,22 +363,11 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def check_tools(self) -> ChatCompletionRequest:
-        names = [tool.function.name for tool in self.tools or ()]
-        if len(set(names)) != len(names):
-            twice = next(name for name in names if names.count(name) > 1)
-            raise ValueError(f"`tools` names the function `{twice}` twice; give each function once")
-        choice = self.tool_choice
-        if choice not in (None, "none") and not names:
-            raise ValueError("`tool_choice` needs `tools`: list the functions the model may call, or drop "
-                             "`tool_choice`")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(f"`tool_choice` names the function `{choice.function.name}`, which `tools` does not "
-                             f"have (it has {', '.join(f'`{name}`' for name in names)})")
-        if self.tool_choice_mode() in ("required", "function") and self.structured_spec() is not None:
-            field = "structured_outputs" if self.structured_outputs is not None else "response_format"
-            raise ValueError(f"`{field}` cannot apply: under `tool_choice` {self.tool_choice_mode()!r} the answer "
-                             f"is a tool call; drop `{field}`, or use `tool_choice: auto` (the answer is then a "
-                             "call or a document of the format)")
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        format_field = None if self.structured_spec() is None else (
+            "structured_outputs" if self.structured_outputs is not None else "response_format")
+        check_tool_rules([tool.function.name for tool in self.tools or ()],
+                         "function" if named is not None else self.tool_choice, named, format_field)
         return self
 
     def tool_choice_mode(self) -> str:
