@@ -2,7 +2,7 @@
 
 | path | needs |
 |---|---|
-| `/healthz`, `/health`, `/readyz`, `/openapi.json`, `/docs`, `/redoc` | nothing (readiness details only for admin) |
+| `/healthz`, `/health`, `/readyz`, `/readyz/adapters`, `/openapi.json`, `/docs`, `/redoc` | nothing (details: admin) |
 | `/v1/...` | a chat key, or the admin credential |
 | `/metrics` | the metrics token, or the admin credential |
 | `/admin/...` | the admin credential |
@@ -31,8 +31,8 @@ from gateway.settings import AuthSettings, GatewaySettings, KeySettings
 from runtime.credentials import bearer, identify
 from runtime.errors import GatewayError, PermissionDenied, Unauthenticated
 
-OPEN_PATHS = frozenset({"/healthz", "/health", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                        "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/health", "/readyz", "/readyz/adapters", "/openapi.json", "/docs",
+                        "/docs/oauth2-redirect", "/redoc"})
 ALL_PERMISSIONS = frozenset({"force_route", "prompt_logprobs"})
 access_log = logging.getLogger("gateway.access")  # one line per API call: method, path, status, time, key, route
 

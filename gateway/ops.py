@@ -38,6 +38,14 @@ async def readyz(request: Request) -> JSONResponse:
                         status_code=200 if ready else 503)
 
 
+@router.get("/readyz/adapters")
+async def required_adapters(request: Request) -> dict:
+    """The LoRA adapters every student replica must list before it takes traffic (the serving versions'), by
+    name: the chart's student readiness probe (helm/kdgate/files/student_ready.py) compares them with the
+    replica's /v1/models. Open like /readyz; paths stay inside."""
+    return {"adapters": sorted(await request.app.state.students.serving_adapters())}
+
+
 async def _check(backend) -> dict:
     result = {"kind": backend.info.kind, "model": backend.info.model}
     try:

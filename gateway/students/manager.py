@@ -121,12 +121,19 @@ class StudentManager:
         which loads and unloads on its own."""
         if self.slot is None or self._changing.locked():
             return []
+        adapters = await self.serving_adapters()
+        return await self.lora.reconcile(adapters) if adapters else []
+
+    async def serving_adapters(self) -> dict[str, str]:
+        """The adapter (name → path) of each serving LoRA version: what every student replica must list."""
+        if self.slot is None or self.versions is None or self.lora is None:
+            return {}
         adapters = {}
         for student in self.slot.serving():
             version = await asyncio.to_thread(self.versions.get, student.version)
             if version.kind == "lora":
                 adapters[adapter_name(self.settings.student.model, version.name)] = version.adapter_path
-        return await self.lora.reconcile(adapters) if adapters else []
+        return adapters
 
     async def _apply(self, seen: Slot) -> None:
         """Serve what the slot row says (the caller holds `_applying`)."""

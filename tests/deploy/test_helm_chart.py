@@ -252,10 +252,32 @@ def test_vllm_flags_come_from_the_launch_file(objects, role):
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_vllm_probes_wait_for_the_weights(objects, role):
     server = container(model_server(objects, role))
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    probes = ("startupProbe", "livenessProbe") if role == "student" else ("startupProbe", "readinessProbe",
+                                                                          "livenessProbe")
+    for probe in probes:
         assert server[probe]["httpGet"] == {"path": "/health", "port": "http"}
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+
+
+def test_a_lora_student_is_ready_once_it_lists_the_serving_adapters(objects):
+    """A restarted or new student pod answers /health long before the gateway has loaded the serving versions'
+    adapters onto it: its readiness runs files/student_ready.py (tests/gateway/students/test_lora_promotion.py runs
+    it against a real gateway and engine), shipped byte for byte in a ConfigMap, asking this release's gateway; the
+    headless Service lists not-ready pods so that the gateway finds them to load adapters onto."""
+    student = model_server(objects, "student")
+    server = container(student)
+    command = server["readinessProbe"]["exec"]["command"]
+    gateway = one(objects, "Service", "kdgate-gateway")
+    assert command == ["python3", "/etc/kdgate/probe/student_ready.py", "http://127.0.0.1:8000",
+                       f"http://kdgate-gateway.{NAMESPACE}.svc:{gateway['spec']['ports'][0]['port']}"]
+    probe = one(objects, "ConfigMap", "kdgate-student-probe")
+    assert probe["data"]["student_ready.py"] == (CHART / "files" / "student_ready.py").read_text()
+    (volume,) = [item for item in student["spec"]["template"]["spec"]["volumes"] if item["name"] == "probe"]
+    assert volume["configMap"]["name"] == "kdgate-student-probe"
+    assert {"name": "probe", "mountPath": "/etc/kdgate/probe", "readOnly": True} in server["volumeMounts"]
+    assert one(objects, "Service", student["spec"]["serviceName"])["spec"]["publishNotReadyAddresses"] is True
+    assert "checksum/probe" in student["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_every_student_replica_is_found_through_the_headless_service_for_lora(objects):

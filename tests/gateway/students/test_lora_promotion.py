@@ -4,6 +4,9 @@ and when one replica refuses the adapter, nothing is switched and nothing stays 
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import BackendSettings, HandoffSettings, RoutingSettings, ShadowSettings, StudentsSettings
-from tests.conftest import ThreadedServer, gateway_settings, start_engine_server, stop
+from tests.conftest import ROOT, ThreadedServer, gateway_settings, start_engine_server, stop
 from tests.gateway.students.test_promotion import PROMPTS, admin, answers, switch_under_load
 
 RUNTIME_LORA = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
@@ -230,3 +233,52 @@ def test_a_replica_without_the_adapter_is_served_around_not_passed_to_the_client
     assert reply.status_code == 200, reply.text
     assert (reply.json()["kdgate"]["route"], reply.json()["kdgate"]["reason"]) == ("teacher", "student_error")
     assert streamed.status_code == 200 and '"error"' not in streamed.text and streamed.text.endswith("[DONE]\n\n")
+
+
+PROBE = ROOT / "helm" / "kdgate" / "files" / "student_ready.py"
+
+
+def probe(replica: str, gateway: str) -> subprocess.CompletedProcess:
+    """The chart's student readiness probe, run as the kubelet runs it (exec, its exit code decides)."""
+    return subprocess.run([sys.executable, str(PROBE), replica.removesuffix("/v1"), gateway], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_a_replica_is_ready_only_once_it_lists_the_serving_adapters(demo_dirs, engine_server, replicas,
+                                                                    demo_adapter, tmp_path):
+    """The chart's readiness probe on a LoRA student: /health, then every adapter the gateway's /readyz/adapters
+    names must be in the replica's /v1/models (a restarted replica is healthy long before the gateway has loaded
+    them). Without a gateway to ask it falls back to /health (a first install's gateway waits for the student)."""
+    urls = [server.base_url for server in replicas]
+    student = BackendSettings(kind="http", base_url=urls[0], model="demo-student", replica_urls=urls)
+    settings = gateway_settings(
+        demo_dirs, engine_server, routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
+        shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
+        students=StudentsSettings(enabled=True, poll_interval_s=0.2, reconcile_interval_s=300))
+    with ThreadedServer(create_app(settings.model_copy(update={"student": student}))) as gateway:
+        before = probe(urls[0], gateway.url)
+        assert admin(gateway, "POST", "", {"name": "v8", "adapter_path": str(demo_adapter)}).status_code == 201
+        assert admin(gateway, "POST", "/v8/promote").status_code == 200
+        required = httpx.get(f"{gateway.url}/readyz/adapters", timeout=10).json()
+        loaded = probe(urls[0], gateway.url)
+        assert httpx.post(f"{urls[0]}/unload_lora_adapter", json={"lora_name": "demo-student@v8"},
+                          timeout=30).status_code == 200
+        missing = probe(urls[0], gateway.url)
+        other = probe(urls[1], gateway.url)
+    no_gateway = probe(urls[0], gateway.url)  # the gateway has stopped: nothing listens there
+    assert (before.returncode, before.stdout.strip()) == (0, "ready: the gateway serves no LoRA version")
+    assert required == {"adapters": ["demo-student@v8"]}
+    assert loaded.returncode == 0 and other.returncode == 0
+    assert missing.returncode == 1
+    assert "does not list demo-student@v8" in missing.stderr
+    assert no_gateway.returncode == 0 and "the gateway was not asked" in no_gateway.stdout
+
+
+def test_a_replica_that_does_not_answer_is_not_ready():
+    """A model server that does not answer /health is not ready, whatever the gateway says."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    result = probe(f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{port}")
+    assert result.returncode == 1 and f"http://127.0.0.1:{port} does not answer" in result.stderr
