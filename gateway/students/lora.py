@@ -53,8 +53,12 @@ class LoraReplicas:
         again at the next reconciliation (its requests meanwhile fall back to the teacher)."""
         loaded = []
         for url in await self.discover():
+            listed = await self._listed(url)
+            if listed is None:  # not up yet (the headless Service lists starting pods too): the next round
+                log.debug("student server %s does not answer yet; its adapters wait for the next round", url)
+                continue
             for name, path in adapters.items():
-                if await self._lists(url, name):
+                if name in listed:
                     continue
                 problem = await self._load_one(url, name, path)
                 if problem is None:
@@ -91,11 +95,18 @@ class LoraReplicas:
     async def _lists(self, url: str, name: str) -> bool:
         """The replica answers /v1/models with `name` among its models (an error: not known to, so a load is tried
         and its failure says what is wrong)."""
+        return name in (await self._listed(url) or set())
+
+    async def _listed(self, url: str) -> set[str] | None:
+        """The ids the replica's /v1/models lists (none on an error answer), or None when it cannot be reached."""
         try:
             listed = await self.client.get(f"{url}/models", headers=self.headers)
-            return listed.status_code == 200 and name in {model.get("id") for model in listed.json().get("data", [])}
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return False
+        except httpx.TransportError:
+            return None
+        try:
+            return {model.get("id") for model in listed.json().get("data", [])} if listed.status_code == 200 else set()
+        except (ValueError, AttributeError):
+            return set()
 
     async def _load_one(self, url: str, name: str, path: str) -> str | None:
         try:
