@@ -196,7 +196,11 @@ class Router:
         decision = self.policy.decide(request, window)
         self._count(decision, held_for=time.monotonic() - started)
         if decision.route == "student":
-            return Routed(decision, student, _replay(held, events))
+            kept = _replay(held, events)
+            if "teacher" in self.backends:  # a student failing after the hold-back is rescued, as any kept answer
+                kept = student_or_teacher(kept, self.backends["teacher"], lambda: self.open("teacher", generation),
+                                          lambda text, tokens: self._continued(generation, text, tokens))
+            return Routed(decision, student, kept)
 
         def count_discarded() -> None:  # once the teacher answers (if it cannot, these tokens are served)
             if self.metrics is not None:

@@ -100,3 +100,39 @@ def test_a_student_paused_mid_answer_is_finished_by_the_teacher(stalling_student
     route = events[-1]["kdgate"]
     assert route["route"] == "teacher" and route["reason"] == "student_error" and route["handed_off_tokens"] > 0
     assert events[-1]["usage"]["completion_tokens"] == 300  # the student's part and the teacher's, to the limit
+
+
+def test_a_student_kept_after_hold_back_and_paused_mid_answer_is_finished_by_the_teacher(demo_dirs, engine_server,
+                                                                                         tmp_path):
+    """The same rescue when confidence routing held the first tokens back and kept the student: the replayed
+    answer failed with an error event at the stall deadline (only answers routed without a hold-back were rescued)."""
+    from gateway.app import create_app
+    from tests.gateway.test_confidence_routing import KEEP, PREFIX_TOKENS, write_policy
+
+    student = start_engine_server(demo_dirs[0], "demo-student")
+    policy = tmp_path / "policy.json"
+    write_policy(policy, prefix_tokens=PREFIX_TOKENS, threshold=KEEP)
+    settings = gateway_settings(demo_dirs, engine_server, routing=RoutingSettings(
+        policy="confidence", policy_file=policy, handoff=HandoffSettings(enabled=False)))
+    settings.student = BackendSettings(kind="http", base_url=student.base_url, model=student.model,
+                                       first_token_timeout_s=30, stall_timeout_s=STALL_S)
+    body = {"messages": [{"role": "user", "content": "my order 12345 is late"}], "max_tokens": 300,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        with ThreadedServer(create_app(settings)) as server, \
+                httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=90) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            frames = [next(lines) for _ in range(2 * PREFIX_TOKENS + 4)]  # past the held-back tokens
+            os.kill(student.process.pid, signal.SIGSTOP)
+            frames += list(lines)
+    finally:
+        os.kill(student.process.pid, signal.SIGCONT)
+        stop(student.process)
+    events = [json.loads(frame[6:]) for frame in frames if frame.startswith("data: {")]
+    assert [frame for frame in frames if frame][-1] == "data: [DONE]"
+    assert not any("error" in event for event in events), [event for event in events if "error" in event]
+    route = events[-1]["kdgate"]
+    assert route["route"] == "teacher" and route["reason"] == "student_error"
+    assert route["handed_off_tokens"] > PREFIX_TOKENS
+    assert events[-1]["usage"]["completion_tokens"] == 300
