@@ -69,9 +69,10 @@ def divergence(student: Sequence[TokenLogprob], teacher_scored: Sequence[TokenLo
     """Figures for one answer; `teacher_scored` is the teacher's scoring of `student_answer` (`Backend.score`)."""
     if not teacher_scored:
         raise ValueError("the teacher scored no tokens; there is nothing to compare")
-    student = answer_tokens(student, student_answer)
+    by_ids = _all_ids(student) and _all_ids(teacher_scored)
+    student = _scored_prefix(student, teacher_scored) if by_ids else answer_tokens(student, student_answer)
     nll = -float(np.mean([max(entry.logprob, LOGPROB_FLOOR) for entry in teacher_scored]))
-    key = _by_id if _all_ids(student) and _all_ids(teacher_scored) else _by_text
+    key = _by_id if by_ids else _by_text
     aligned = len(student) == len(teacher_scored) and all(
         key(a) == key(b) for a, b in zip(student, teacher_scored, strict=False))
     if aligned:
@@ -104,6 +105,15 @@ def _by_id(entry: TokenLogprob | TopLogprob) -> int | None:
 
 def _by_text(entry: TokenLogprob | TopLogprob) -> str:
     return entry.token
+
+
+def _scored_prefix(student: Sequence[TokenLogprob], scored: Sequence[TokenLogprob]) -> Sequence[TokenLogprob]:
+    """With ids on both sides, the student's tokens that spell the answer are those the teacher scored: tokens past
+    them are outside the text (the end token, a stop string's). Texts cannot say where the answer ends here: a
+    character split over byte tokens is one replacement character per byte in each token's own text."""
+    head = student[:len(scored)]
+    same = len(head) == len(scored) and all(a.token_id == b.token_id for a, b in zip(head, scored, strict=True))
+    return head if same else student
 
 
 def _all_ids(tokens: Sequence[TokenLogprob]) -> bool:

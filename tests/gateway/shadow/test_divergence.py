@@ -68,3 +68,26 @@ def test_a_different_tokenization_keeps_only_the_nll():
     figures = divergence(student, teacher, "ab", "ab")
     assert not figures.aligned and math.isnan(figures.mean_kl) and math.isnan(figures.top1_agreement)
     assert figures.teacher_nll == pytest.approx(-math.log(0.5)) and figures.answers_agree is True
+
+
+def with_id(token: str | None, token_id: int, logprob: float) -> TokenLogprob:
+    """A token as the HTTP backend reads it from vLLM's `token_id:<id>` form: its text from `bytes` (vLLM decodes
+    each token alone, so a byte of a multi-byte character is U+FFFD), alternatives by id."""
+    return TokenLogprob(token, logprob, (TopLogprob("", logprob, token_id), TopLogprob("", -3.0, 999)), token_id)
+
+
+def test_a_character_split_over_byte_tokens_stays_aligned_by_ids():
+    """"café!" where "é" is two byte tokens, then the end token: each byte's text is one replacement character,
+    so counting the answer's characters cut the student's tokens one short and the record was stored unaligned,
+    without KL. With ids on both sides the scored ids decide: tokens past them (the end token) are left out."""
+    student = [with_id("caf", 10, -0.1), with_id("\ufffd", 200, -0.2), with_id("\ufffd", 201, -0.3),
+               with_id("!", 11, -0.4), with_id("", 0, -0.05)]
+    teacher = [with_id("caf", 10, -0.2), with_id("\ufffd", 200, -0.1), with_id("\ufffd", 201, -0.3),
+               with_id("!", 11, -0.5)]
+    figures = divergence(student, teacher, "café!", "café!")
+    assert figures.aligned and figures.tokens == 4 and len(figures.kl_per_token) == 4
+    assert figures.top1_agreement == 1.0
+    stopped = divergence(student[:4] + [with_id(None, 12, -0.2), with_id(None, 13, -0.3)], teacher, "café!", None)
+    assert stopped.aligned  # a stop string's tokens, reported past the answer's text, are left out too
+    other = divergence(student[:1] + [with_id("\ufffd", 202, -0.2)] + student[2:], teacher, "café!", None)
+    assert not other.aligned  # a different token at the split is not paired
