@@ -77,8 +77,8 @@ def targets(offline_results: dict, live_results: dict, before: str, after: str) 
     golden_drop = usual(old["golden"]) - usual(new["golden"])
     target, final = live_results["teacher_share_target"], live_results["teacher_share_after"]
     return [
-        ("recover ≥ 70 % of the gap to the teacher on launched tickets", f"{recovered:.0%}", recovered >= 0.70),
-        ("shadow KL on launched tickets falls ≥ 50 %", "—" if kl_drop is None else f"{kl_drop:.0%}",
+        ("recover ≥ 70 % of the gap to the teacher on launched tickets", f"{recovered:.1%}", recovered >= 0.70),
+        ("shadow KL on launched tickets falls ≥ 50 %", "—" if kl_drop is None else f"{kl_drop:.1%}",
          kl_drop is not None and kl_drop >= 0.5),
         ("golden-set exact match (usual tickets) drops ≤ 1 point", f"{-100 * golden_drop:+.1f} points",
          golden_drop <= 0.01),
