@@ -164,12 +164,20 @@ class Job:
         from distill.config import load_config
         from distill.recipe import run
 
+        adapter = self.settings.train.register_as == "adapter"
+        implied = ["lora.enabled=true"] if adapter else []  # an adapter version is what LoRA training leaves
         overrides = [f"student.init={student_dir}", f"cache={self.folder / 'train'}", f"out={self.folder / 'out'}",
-                     *self.settings.train.overrides, *(self.job.options.get("train_overrides") or [])]
+                     *implied, *self.settings.train.overrides, *(self.job.options.get("train_overrides") or [])]
         if self.settings.train.threads:
             overrides.append(f"threads={self.settings.train.threads}")
         config = load_config(self.settings.train.config, overrides)
+        if adapter and not config.lora.enabled:  # refused before training, not at the promotion after it
+            raise JobEnded("failed", "`train.register_as` is adapter, but the recipe's overrides turn LoRA off "
+                                     "(`lora.enabled=false`): no adapter would be written to register")
         model_dir = run(config)
+        if adapter and not (model_dir / "adapter" / "adapter_config.json").is_file():
+            raise JobEnded("failed", f"training wrote no LoRA adapter in {model_dir / 'adapter'}: nothing to "
+                                     "register as an adapter version")
         history = (model_dir / "training_log.json")
         self.figures["train"] = {"steps": config.steps, "lora": config.lora.enabled,
                                  "log": history.read_text()[-2000:] if history.is_file() else None}

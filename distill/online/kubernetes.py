@@ -1,18 +1,23 @@
 """The Kubernetes runner: each job is a Kubeflow Trainer v2 `TrainJob` running the same entrypoint,
 `kdgate trainer run-job <id>`, on as many nodes and GPUs as the settings ask (torchrun/accelerate inside it).
 
-The TrainJob carries the job's settings as `KDGATE_TRAINER_*` environment variables, secrets by reference (the
-store URL and the gateway's admin key from Secrets, never in the manifest); the runtime it names
-(`kubernetes.runtime_ref`, a ClusterTrainingRuntime) mounts the shared volume that holds `work_dir`, which the
-student servers read the promoted weights from. The runner creates the TrainJob and follows its status
-conditions (`Complete`, `Failed`); the job itself writes its steps and ending to the store, as it does locally.
+The TrainJob carries every setting the job reads as `KDGATE_TRAINER_*` environment variables (`job_environment`:
+all but the service's own), secrets by reference (the store URL and the gateway's admin key from a Secret, never
+in the manifest), and a runtime patch giving its pods the volumes the trainer pod has (`kubernetes.volumes` and
+`volume_mounts`, which the chart fills): the stock runtimes (`kubernetes.runtime_ref`, a ClusterTrainingRuntime)
+mount nothing, and the job needs the shared work volume (whence the student servers read promoted adapters) and
+the served student's weights. The runner creates the TrainJob and follows its status conditions (`Complete`,
+`Failed`); the job itself writes its steps and ending to the store, as it does locally.
 `tests/distill/online/test_kubernetes.py` validates the manifest against the TrainJob CRD's schema
-(`deploy/kubernetes/crds/`) and runs the same entrypoint as a local subprocess; no cluster is reached from here.
+(`deploy/kubernetes/crds/`) and loads the job's settings back from its environment; tests/deploy/test_chart_loop.py
+runs the entrypoint with the environment and mounts a rendered chart gives it, to a promoted version. No cluster
+is reached from here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from distill.online.settings import TrainerSettings
@@ -28,32 +33,54 @@ def trainjob_name(job_id: int) -> str:
 
 def trainjob_manifest(job_id: int, settings: TrainerSettings) -> dict:
     k8s = settings.kubernetes
-    env = [{"name": "KDGATE_TRAINER_STORE_URL", "valueFrom": {"secretKeyRef": {"name": k8s.store_secret,
-                                                                                "key": "url"}}},
-           {"name": "KDGATE_TRAINER_WORK_DIR", "value": str(settings.work_dir)},
-           {"name": "KDGATE_TRAINER_GATEWAY__URL", "value": settings.gateway.url},
-           {"name": "KDGATE_TRAINER_DATASET", "value": settings.dataset.model_dump_json()},
-           {"name": "KDGATE_TRAINER_TRAIN", "value": settings.train.model_dump_json()},
-           {"name": "KDGATE_TRAINER_GOLDEN", "value": settings.golden.model_dump_json()},
-           {"name": "KDGATE_TRAINER_GATE", "value": settings.gate.model_dump_json()}]
-    if settings.gateway.admin_key is not None:
-        env.append({"name": "KDGATE_TRAINER_GATEWAY__ADMIN_KEY",
-                    "valueFrom": {"secretKeyRef": {"name": k8s.store_secret, "key": "gateway-admin-key"}}})
-    if settings.canary_fraction is not None:
-        env.append({"name": "KDGATE_TRAINER_CANARY_FRACTION", "value": str(settings.canary_fraction)})
+    spec = {
+        "runtimeRef": {"name": k8s.runtime_ref, "apiGroup": GROUP, "kind": "ClusterTrainingRuntime"},
+        "activeDeadlineSeconds": int(settings.job_timeout_s),
+        "trainer": {"image": k8s.image, "command": ["kdgate", "trainer", "run-job", str(job_id)],
+                    "numNodes": k8s.num_nodes, "numProcPerNode": k8s.num_proc_per_node,
+                    "resourcesPerNode": {"limits": dict(k8s.resources_per_node),
+                                         "requests": dict(k8s.resources_per_node)},
+                    "env": job_environment(settings)}}
+    if k8s.volumes or k8s.volume_mounts:
+        spec["runtimePatches"] = [volume_patch(k8s)]
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
         "metadata": {"name": trainjob_name(job_id), "namespace": k8s.namespace,
                      "labels": {"app.kubernetes.io/name": "kdgate", "app.kubernetes.io/component": "redistill",
                                 "kdgate.dev/job": str(job_id)}},
-        "spec": {
-            "runtimeRef": {"name": k8s.runtime_ref, "apiGroup": GROUP, "kind": "ClusterTrainingRuntime"},
-            "activeDeadlineSeconds": int(settings.job_timeout_s),
-            "trainer": {"image": k8s.image, "command": ["kdgate", "trainer", "run-job", str(job_id)],
-                        "numNodes": k8s.num_nodes, "numProcPerNode": k8s.num_proc_per_node,
-                        "resourcesPerNode": {"limits": dict(k8s.resources_per_node),
-                                             "requests": dict(k8s.resources_per_node)},
-                        "env": env}}}
+        "spec": spec}
+
+
+# What the service alone reads (its address, tokens, alert selector, schedules, runner): left out of a job's pod.
+SERVICE_ONLY = frozenset({"host", "port", "auth", "selector", "runner", "poll_interval_s", "max_body_bytes",
+                          "schedule_interval_s", "teacher_change", "requeue_on_restart", "kubernetes"})
+
+
+def job_environment(settings: TrainerSettings) -> list[dict]:
+    """Every setting a job reads, as the `KDGATE_TRAINER_*` variables the entrypoint loads (nested ones as JSON);
+    the store URL and the gateway's admin key by reference to their Secret, never in the manifest."""
+    secret = settings.kubernetes.store_secret
+    env = [{"name": "KDGATE_TRAINER_STORE_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}}]
+    dumped = settings.model_dump(mode="json", exclude={"store_url": True, "gateway": {"admin_key"}})
+    for name, value in dumped.items():
+        if name not in SERVICE_ONLY:
+            env.append({"name": f"KDGATE_TRAINER_{name.upper()}", "value": _env_value(value)})
+    if settings.gateway.admin_key is not None:
+        env.append({"name": "KDGATE_TRAINER_GATEWAY__ADMIN_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": secret, "key": "gateway-admin-key"}}})
+    return env
+
+
+def volume_patch(k8s) -> dict:
+    """A runtime patch giving the trainer's replicated job the volumes and its container the mounts: the stock
+    runtimes mount nothing the job needs."""
+    pod = {"volumes": k8s.volumes, "containers": [{"name": k8s.runtime_job, "volumeMounts": k8s.volume_mounts}]}
+    return {"manager": "kdgate.dev/trainer", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": k8s.runtime_job, "template": {"spec": {"template": {"spec": pod}}}}]}}}}
+
+
+def _env_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class KubernetesRunner:

@@ -107,6 +107,13 @@ class KubernetesSettings(_Strict):
                                                description="limits per node, e.g. {\"nvidia.com/gpu\": \"8\"}")
     config_map: str = Field(default="kdgate-trainer", description="the ConfigMap holding this service's YAML")
     store_secret: str = Field(default="kdgate-store", description="the Secret whose `url` is the store URL")
+    volumes: list[dict] = Field(default_factory=list, description="Kubernetes volumes every pod of a TrainJob gets "
+                                "(the chart gives the trainer pod's own: the shared work volume, the student's "
+                                "weights), patched into the runtime's pod template")
+    volume_mounts: list[dict] = Field(default_factory=list, description="their mounts in the training container, at "
+                                      "the paths the settings name (`work_dir`, `student_base_dir`)")
+    runtime_job: str = Field(default="node", description="the runtime's replicated job and container that run the "
+                             "trainer (`node` in Kubeflow's torch-distributed runtime); the patch targets them")
 
 
 class TrainerSettings(BaseSettings):

@@ -127,6 +127,13 @@ def test_tensor_parallel_flags_in_the_launch_file_are_refused(tmp_path):
         render(chart_dir=copy)
 
 
+def test_trainjobs_without_a_shared_claim_are_refused():
+    """A TrainJob's pods write the new student where the trainer and the student servers read it: with an emptyDir
+    work volume (the default) nothing a job trains would be seen, so `runner: kubernetes` needs the claim."""
+    with pytest.raises(helm_python.HelmError, match="trainer.runner kubernetes needs sharedStorage.existingClaim"):
+        render({"trainer": {"runner": "kubernetes"}})
+
+
 @pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/alertmanager-receiver.yaml"])
 def test_values_files_pass_yamllint(path):
     linter = needs.module("yamllint.linter", install=needs.DEV_EXTRA)

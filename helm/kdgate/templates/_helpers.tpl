@@ -89,3 +89,25 @@ One service of files/vllm-launch.yaml (a link to deploy/vllm/launch.yaml, the on
 {{- $gateway := .Values.gateway -}}
 {{- if or (eq $redis.deploy "always") (and (eq $redis.deploy "auto") (or $gateway.autoscaling.enabled (gt (int $gateway.replicaCount) 1))) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The trainer pod's volumes, and a TrainJob's (runner kubernetes: the same, patched into its runtime). */}}
+{{- define "kdgate.trainerVolumes" -}}
+{{- $volumes := list -}}
+{{- if .Values.sharedStorage.existingClaim -}}
+{{- $volumes = append $volumes (dict "name" "work" "persistentVolumeClaim" (dict "claimName" .Values.sharedStorage.existingClaim)) -}}
+{{- else -}}
+{{- $volumes = append $volumes (dict "name" "work" "emptyDir" dict) -}}
+{{- end -}}
+{{- with .Values.models.student.storage -}}{{- if .existingClaim -}}
+{{- $volumes = append $volumes (dict "name" "student-weights" "persistentVolumeClaim" (dict "claimName" .existingClaim "readOnly" true)) -}}
+{{- end -}}{{- end -}}
+{{- toJson $volumes -}}
+{{- end -}}
+
+{{- define "kdgate.trainerMounts" -}}
+{{- $mounts := list (dict "name" "work" "mountPath" .Values.sharedStorage.mountPath) -}}
+{{- with .Values.models.student.storage -}}{{- if .existingClaim -}}
+{{- $mounts = append $mounts (dict "name" "student-weights" "mountPath" .mountPath "readOnly" true) -}}
+{{- end -}}{{- end -}}
+{{- toJson $mounts -}}
+{{- end -}}

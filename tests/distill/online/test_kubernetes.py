@@ -11,7 +11,7 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from distill.online.kubernetes import trainjob_manifest
+from distill.online.kubernetes import SERVICE_ONLY, trainjob_manifest
 from distill.online.settings import load_trainer_settings
 from runtime.store.records import ShadowStore
 from runtime.store.train_jobs import TrainJobs
@@ -56,3 +56,57 @@ def test_the_entrypoint_runs_a_job_from_the_environment_alone(tmp_path):
     ended = TrainJobs(store).get(job.id)
     store.close()
     assert ended.state == "skipped" and "no active student version" in ended.reason
+
+
+def resolved(manifest: dict, secrets: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The training container's environment as the kubelet gives it: values, and secret references looked up."""
+    env = {}
+    for item in manifest["spec"]["trainer"]["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secrets[(ref["name"], ref["key"])]
+    return env
+
+
+def test_the_job_reads_every_setting_the_trainer_has(tmp_path, monkeypatch):
+    """Every setting but the service's own reaches the job: it lacked `student_base_dir` and the handoff target
+    (only the trainer pod had them), so a chart's job failed with "no weights for the active version"."""
+    settings = load_trainer_settings(
+        None, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}", work_dir=tmp_path / "work",
+        student_base_dir=tmp_path / "student", handoff_target_teacher_fraction=0.3, canary_fraction=0.25,
+        job_timeout_s=99.0, gateway={"url": "http://gw:8000", "admin_key": "kdg-admin", "timeout_s": 12.0},
+        dataset={"min_records": 7, "replay_cache": str(tmp_path / "cache"), "gather_wait_s": 3.0},
+        train={"overrides": ["steps=5"], "threads": 2, "register_as": "adapter"},
+        golden={"examples": 9}, gate={"min_kl_drop": 0.1, "significance": 0.01})
+    manifest = trainjob_manifest(3, settings)
+    env = resolved(manifest, {("kdgate-store", "url"): settings.store_url,
+                              ("kdgate-store", "gateway-admin-key"): "kdg-admin"})
+    assert "kdg-admin" not in yaml.safe_dump(manifest)
+    for name in list(os.environ):
+        if name.startswith("KDGATE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    loaded = load_trainer_settings(None)
+    job_fields = set(type(settings).model_fields) - SERVICE_ONLY
+    assert {name: getattr(loaded, name) for name in job_fields} == {name: getattr(settings, name)
+                                                                   for name in job_fields}
+    assert loaded.gateway.admin_key.get_secret_value() == "kdg-admin"
+
+
+def test_the_trainjob_mounts_the_volumes_the_trainer_names(trainjob_schema):
+    """The stock runtime mounts nothing the job needs: the TrainJob patches the trainer's volumes into the
+    runtime's `node` job and container, valid against the CRD."""
+    volumes = [{"name": "work", "persistentVolumeClaim": {"claimName": "kdgate-work"}}]
+    mounts = [{"name": "work", "mountPath": "/var/kdgate/trainer"}]
+    settings = load_trainer_settings(None, kubernetes={"volumes": volumes, "volume_mounts": mounts})
+    manifest = trainjob_manifest(4, settings)
+    assert [error.message for error in trainjob_schema.iter_errors(manifest)] == []
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    assert job["name"] == "node" and pod["volumes"] == volumes
+    assert pod["containers"] == [{"name": "node", "volumeMounts": mounts}]
+    assert "runtimePatches" not in trainjob_manifest(4, load_trainer_settings(None))["spec"]
