@@ -56,19 +56,21 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await asyncio.to_thread(ShadowStore, settings.store_url)
         jobs = TrainJobs(store)
-        for job in await asyncio.to_thread(jobs.list, 1000):
-            if job.state == "running":
-                stop_orphan(job.runner_ref)
-        left = await asyncio.to_thread(jobs.orphans, settings.requeue_on_restart)
-        if left:
-            log.warning("jobs %s were left running by a trainer that stopped: %s", left,
-                        "queued again" if settings.requeue_on_restart else "failed (`trainer restarted`)")
+        kept: tuple[int, ...] = ()
         if settings.runner == "kubernetes":
             from distill.online.kubernetes import KubernetesRunner
 
             runner = KubernetesRunner(settings, jobs)
+            kept = tuple(await asyncio.to_thread(runner.adopt))  # TrainJobs outlive the trainer pod
         else:
             runner = LocalRunner(settings, jobs, config_file)
+            for job in await asyncio.to_thread(jobs.list, 1000):
+                if job.state == "running":
+                    stop_orphan(job.runner_ref)
+        left = await asyncio.to_thread(jobs.orphans, settings.requeue_on_restart, kept)
+        if left:
+            log.warning("jobs %s were left running by a trainer that stopped: %s", left,
+                        "queued again" if settings.requeue_on_restart else "failed (`trainer restarted`)")
         scheduler = Scheduler(settings, store, jobs)
         app.state.jobs, app.state.runner = jobs, runner
         app.state.registry.register(StoreCollector(store, jobs))

@@ -84,18 +84,43 @@ def _env_value(value) -> str:
 
 
 class KubernetesRunner:
-    """Submits queued jobs as TrainJobs, one at a time, and ends a job whose TrainJob failed without ending it."""
+    """Submits queued jobs as TrainJobs, one at a time, and ends a job whose TrainJob failed without ending it. A
+    TrainJob outlives the trainer pod: a restarted trainer follows it again (`adopt`) instead of failing the job
+    while its pods keep training, holding GPUs, and would still promote."""
 
-    def __init__(self, settings: TrainerSettings, jobs: TrainJobs):
-        from kubernetes import client, config  # the `kubernetes` extra
+    def __init__(self, settings: TrainerSettings, jobs: TrainJobs, api=None):
+        if api is None:
+            from kubernetes import client, config  # the `kubernetes` extra
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.api = client.CustomObjectsApi()
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api = client.CustomObjectsApi()
+        self.api = api
         self.settings, self.jobs = settings, jobs
         self.running: int | None = None
+
+    def adopt(self) -> list[int]:
+        """At start: each job the store has `running` on a TrainJob is followed again while its TrainJob runs, and
+        ended when its TrainJob has ended without ending it; one whose TrainJob is gone is left to the orphan rule
+        (`requeue_on_restart`). Returns the jobs followed or ended here."""
+        handled = []
+        for job in self.jobs.list(1000):
+            if job.state != "running" or not (job.runner_ref or "").startswith("trainjob:"):
+                continue
+            found = self._get(job.id)
+            if found is None:
+                continue
+            handled.append(job.id)
+            ended = _ended(found)
+            if ended is None:
+                self.running = job.id
+                log.info("job %d: following TrainJob %s again", job.id, trainjob_name(job.id))
+            else:
+                self.jobs.finish(job.id, "failed", f"TrainJob {trainjob_name(job.id)} {ended} while the trainer was "
+                                                   "away, without ending the job")
+        return handled
 
     async def tick(self) -> None:
         if self.running is not None:
@@ -112,9 +137,14 @@ class KubernetesRunner:
         return await asyncio.to_thread(self.jobs.finish, job_id, "cancelled", "cancelled by request")
 
     async def aclose(self) -> None:
-        """TrainJobs keep running without the service; the next service follows them again from the store."""
+        """TrainJobs keep running without the service; the next service follows them again (`adopt`)."""
 
     def _submit(self, job_id: int) -> None:
+        if self._get(job_id) is not None:  # an earlier run of this job (queued again): its TrainJob goes first
+            log.warning("job %d: TrainJob %s is left from an earlier run; deleting it before submitting again",
+                        job_id, trainjob_name(job_id))
+            self._delete(job_id)
+            return  # the next tick submits, once the name is free
         manifest = trainjob_manifest(job_id, self.settings)
         self.api.create_namespaced_custom_object(GROUP, VERSION, self.settings.kubernetes.namespace, PLURAL,
                                                  manifest)
@@ -127,15 +157,37 @@ class KubernetesRunner:
         if job is not None and job.finished:  # the entrypoint ended it
             self.running = None
             return
-        found = self.api.get_namespaced_custom_object(GROUP, VERSION, self.settings.kubernetes.namespace, PLURAL,
-                                                      trainjob_name(job_id))
-        conditions = {item["type"]: item for item in (found.get("status") or {}).get("conditions", [])
-                      if item.get("status") == "True"}
-        if "Failed" in conditions:
-            self.jobs.finish(job_id, "failed", f"TrainJob {trainjob_name(job_id)} failed: "
-                                               f"{conditions['Failed'].get('message', 'no message')}")
+        found = self._get(job_id)
+        if found is None:
+            self.jobs.finish(job_id, "failed", f"TrainJob {trainjob_name(job_id)} is gone (deleted by someone?)")
             self.running = None
+            return
+        ended = _ended(found)
+        if ended == "failed":
+            message = next(item.get("message", "no message") for item in found["status"]["conditions"]
+                           if item["type"] == "Failed")
+            self.jobs.finish(job_id, "failed", f"TrainJob {trainjob_name(job_id)} failed: {message}")
+        elif ended == "completed" and not self.jobs.get(job_id).finished:  # its container ended without a word
+            self.jobs.finish(job_id, "failed", f"TrainJob {trainjob_name(job_id)} completed without ending the job")
+        if ended is not None:
+            self.running = None
+
+    def _get(self, job_id: int) -> dict | None:
+        try:
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, self.settings.kubernetes.namespace, PLURAL,
+                                                         trainjob_name(job_id))
+        except Exception as error:  # the client's ApiException; 404: there is none
+            if getattr(error, "status", None) == 404:
+                return None
+            raise
 
     def _delete(self, job_id: int) -> None:
         self.api.delete_namespaced_custom_object(GROUP, VERSION, self.settings.kubernetes.namespace, PLURAL,
                                                  trainjob_name(job_id))
+
+
+def _ended(trainjob: dict) -> str | None:
+    """'failed' or 'completed' from a TrainJob's true conditions; None while it runs."""
+    conditions = {item["type"] for item in (trainjob.get("status") or {}).get("conditions", [])
+                  if item.get("status") == "True"}
+    return "failed" if "Failed" in conditions else "completed" if "Complete" in conditions else None

@@ -70,9 +70,12 @@ class LocalRunner:
         return await asyncio.to_thread(self.jobs.finish, job_id, "cancelled", "cancelled by request")
 
     async def aclose(self) -> None:
-        """The service is stopping: a running job stops too and is failed with that reason (not left running)."""
+        """The service is stopping (SIGTERM: a rollout, a drain): a running job stops too, and is queued again for
+        the next trainer with `requeue_on_restart`, else failed with that reason (never left running)."""
         if self.running is not None:
-            self.running.stop("failed", "the trainer service stopped during the job")
+            state = "queued" if self.settings.requeue_on_restart else "failed"
+            self.running.stop(state, "the trainer service stopped during the job" + (
+                "; queued again" if state == "queued" else ""))
             await asyncio.to_thread(self._wait, self.running)
             await self._ended(self.running)
 
@@ -108,7 +111,10 @@ class LocalRunner:
         code = running.process.returncode
         if running.stop_reason is not None:
             state, reason = running.stop_reason
-            await asyncio.to_thread(self.jobs.finish, running.job_id, state, reason, None, tail)
+            if state == "queued":
+                await asyncio.to_thread(self.jobs.requeue, running.job_id, reason)
+            else:
+                await asyncio.to_thread(self.jobs.finish, running.job_id, state, reason, None, tail)
         elif await asyncio.to_thread(self.jobs.finish, running.job_id, "failed",
                                      f"the job process exited with code {code} before ending the job", None, tail):
             log.error("job %d died (exit code %s); its log ends:\n%s", running.job_id, code, tail[-1500:])

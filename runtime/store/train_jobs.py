@@ -146,10 +146,17 @@ class TrainJobs:
             values["log_tail"] = log_tail[-LOG_TAIL_CHARS:]
         return self._set(job_id, values, only_if=("queued", "running"))
 
-    def orphans(self, requeue: bool) -> list[int]:
-        """Jobs left `running` by a trainer that is gone: failed with that reason, or queued again."""
+    def requeue(self, job_id: int, reason: str) -> bool:
+        """A running job back in the queue (its runner stopped it to be run again), its steps cleared."""
+        return self._set(job_id, {"state": "queued", "reason": reason, "step": None, "progress": 0.0},
+                         only_if=("running",))
+
+    def orphans(self, requeue: bool, keep: tuple[int, ...] = ()) -> list[int]:
+        """Jobs left `running` by a trainer that is gone (but those in `keep`, which a runner found still running
+        and follows again): failed with that reason, or queued again."""
         with Session(self.engine) as session, session.begin():
-            ids = list(session.scalars(select(TrainJobRow.id).where(TrainJobRow.state == "running")))
+            ids = list(session.scalars(select(TrainJobRow.id).where(TrainJobRow.state == "running",
+                                                                    TrainJobRow.id.not_in(keep))))
             values = ({"state": "queued", "reason": "trainer restarted; queued again", "step": None,
                        "progress": 0.0} if requeue else
                       {"state": "failed", "reason": "trainer restarted", "finished_at": datetime.now(UTC)})

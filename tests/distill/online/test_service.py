@@ -266,6 +266,38 @@ def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_
     store.close()
 
 
+@pytest.mark.parametrize(("requeue", "expected"), [
+    (True, ("queued", "the trainer service stopped during the job; queued again")),
+    (False, ("failed", "the trainer service stopped during the job"))])
+def test_sigterm_on_the_trainer_stops_its_job_and_queues_it_again_when_configured(tmp_path, demo_dirs, requeue,
+                                                                                  expected):
+    """A rollout or drain sends the trainer SIGTERM: its job process is stopped (not left training on the node),
+    and with `requeue_on_restart` the job is queued for the next trainer (it was failed either way)."""
+    settings, path = trainer_config(tmp_path, requeue_on_restart=requeue,
+                                    train={"threads": 1, "overrides": ["steps=100000"]})
+    seed_records(settings, demo_dirs)
+    port = free_port()
+    command = [sys.executable, "-m", "kdgate.cli", "trainer", "serve", "--port", str(port), "--config", str(path)]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        wait_until_up(f"{url}/healthz", service)
+        job_id = httpx.post(f"{url}/v1/jobs", headers=headers, timeout=30).json()["id"]
+        running = wait_step(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=30).json(), "train")
+        pid = int(running["runner_ref"].removeprefix("pid:"))
+        service.send_signal(signal.SIGTERM)
+        exit_code = service.wait(timeout=60)
+    finally:
+        stop(service)
+    store = ShadowStore(settings.store_url)
+    job = TrainJobs(store).get(job_id)
+    store.close()
+    assert exit_code == -signal.SIGTERM  # uvicorn shuts down, then re-raises the signal it caught
+    assert (job.state, job.reason) == expected
+    assert process_state(pid) in (None, "Z")
+
+
 def test_a_deleted_store_file_is_put_back_by_the_trainer_too(tmp_path):
     """The trainer's own SQLite store had a file watch that nothing polled: a `rm` of the file under a running
     trainer went unnoticed and its jobs were written into the deleted inode, lost at the next start. The trainer's
