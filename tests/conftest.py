@@ -50,14 +50,15 @@ class EngineServer:
 
 
 def start_engine_server(model_dir: Path, name: str, *extra: str, env: dict | None = None,
-                        port: int | None = None) -> EngineServer:
+                        port: int | None = None, host: str = "127.0.0.1") -> EngineServer:
+    """`kdgate engine` on `host` (any 127/8 address is loopback on Linux: replicas behind one name, one port)."""
     port = port or free_port()
-    command = [sys.executable, "-m", "kdgate.cli", "engine", "--model", str(model_dir), "--port", str(port),
-               "--served-model-name", name, "--threads", "1", *extra]
+    command = [sys.executable, "-m", "kdgate.cli", "engine", "--model", str(model_dir), "--host", host, "--port",
+               str(port), "--served-model-name", name, "--threads", "1", *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}))
-    wait_until_up(f"http://127.0.0.1:{port}/health", process)
-    return EngineServer(base_url=f"http://127.0.0.1:{port}/v1", model=name, process=process)
+    wait_until_up(f"http://{host}:{port}/health", process)
+    return EngineServer(base_url=f"http://{host}:{port}/v1", model=name, process=process)
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -45,11 +45,12 @@ def binary(*names: str, install: str) -> str:
 DEBIAN = {"promtool": "prometheus", "prometheus": "prometheus", "amtool": "prometheus-alertmanager",
           "prometheus-alertmanager": "prometheus-alertmanager", "alertmanager": "prometheus-alertmanager",
           "redis-server": "redis-server", "docker-compose": "docker-compose", "initdb": "postgresql",
-          "postgres": "postgresql"}
+          "postgres": "postgresql", "dnsmasq": "dnsmasq-base"}
 
 
-# Names a binary goes by: Debian installs Alertmanager as `prometheus-alertmanager`, upstream as `alertmanager`.
-ALIASES = {"alertmanager": ("prometheus-alertmanager", "alertmanager")}
+# Names a binary goes by: Debian installs Alertmanager as `prometheus-alertmanager`, upstream as `alertmanager`;
+# dnsmasq is in /usr/sbin, which is not on a Debian user's PATH.
+ALIASES = {"alertmanager": ("prometheus-alertmanager", "alertmanager"), "dnsmasq": ("dnsmasq", "/usr/sbin/dnsmasq")}
 
 
 def tool(name: str) -> str:
