@@ -402,6 +402,27 @@ def test_the_trainer_loads_the_rendered_settings(renders, name, runner, clean_en
         assert settings.kubernetes.store_secret == values_of(name)["postgresql"]["existingSecret"]
 
 
+def test_the_trainer_starts_jobs_for_its_own_releases_alerts_only(clean_environment):
+    """One Alertmanager may deliver several releases' drift alerts to each trainer (they share the rules and the
+    route): the trainer's selector names its namespace and release, the labels the ServiceMonitors attach and the
+    rules keep, so another release's alert, or the same release name's in another namespace, starts nothing."""
+    from distill.online.alerts import WebhookPayload, selected
+    from distill.online.settings import TrainerSettings
+
+    objects = render(production_values(), name="blue", namespace="team-a")
+    for variable, value in environment_of(objects, one(objects, "Deployment", "blue-kdgate-trainer")).items():
+        clean_environment.setenv(variable, value)
+    selector = TrainerSettings().selector
+    assert selector == {"action": "redistill", "namespace": "team-a", "kdgate_release": "blue"}
+    alerts = [{"status": "firing", "startsAt": "2026-12-06T00:00:00Z", "fingerprint": f"f{index}",
+               "labels": {"alertname": "KdgateStudentDivergenceHigh", "action": "redistill",
+                          "namespace": namespace, "kdgate_release": release}}
+              for index, (namespace, release) in enumerate([("team-a", "blue"), ("team-a", "green"),
+                                                            ("team-b", "blue")])]
+    payload = WebhookPayload(version="4", groupKey="{}", status="firing", receiver="kdgate-trainer", alerts=alerts)
+    assert [alert.fingerprint for alert in selected(payload, selector)] == ["f0"]
+
+
 @pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
 def test_trainer_rbac_and_gpu_follow_the_runner(renders, name, runner):
     from distill.online.kubernetes import GROUP, PLURAL
@@ -587,6 +608,23 @@ def test_each_service_monitor_scrapes_one_service(objects):
         assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
 
 
+def test_every_series_is_labelled_with_its_release():
+    """Each ServiceMonitor copies its Service's app.kubernetes.io/instance (the release name) into kdgate_release,
+    the label (with the Operator's `namespace`) that the rules aggregate by; without it two releases scraped by
+    one Prometheus mixed into one drift alert that started both trainers' jobs."""
+    objects = render(production_values(), name="blue", namespace="team-a")
+    services = [item for item in objects if item["kind"] == "Service"]
+    monitors = [item for item in objects if item["kind"] == "ServiceMonitor"]
+    assert monitors
+    release_label = {"action": "replace", "targetLabel": "kdgate_release",
+                     "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"]}
+    for monitor in monitors:
+        for service in (item for item in services if selects(monitor["spec"]["selector"], item["metadata"]["labels"])):
+            assert service["metadata"]["labels"]["app.kubernetes.io/instance"] == "blue"
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert release_label in endpoint.get("relabelings", []), monitor["metadata"]["name"]
+
+
 def test_the_alertmanager_example_reaches_the_trainer(renders):
     example = CHART / "examples" / "alertmanager-receiver.yaml"
     config = yaml.safe_load(example.read_text())
@@ -597,7 +635,9 @@ def test_the_alertmanager_example_reaches_the_trainer(renders):
     assert url.hostname == f"{service['metadata']['name']}.{NAMESPACE}.svc"
     assert url.port == service["spec"]["ports"][0]["port"] and url.path == "/v1/alerts"
     rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-    assert route["matchers"] == ['action="redistill"']
+    selector = json.loads(one(renders["default"], "ConfigMap", "kdgate-trainer")["data"]["KDGATE_TRAINER_SELECTOR"])
+    assert sorted(route["matchers"]) == sorted(f'{label}="{value}"' for label, value in selector.items()), \
+        "the route sends the trainer what its selector takes"
     assert [rule for rule in rules if rule.get("labels", {}).get("action") == "redistill"]
     amtool = needs.tool("amtool")
     result = subprocess.run([amtool, "check-config", str(example)], check=False, capture_output=True, text=True,
