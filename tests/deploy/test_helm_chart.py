@@ -107,6 +107,7 @@ def test_the_shared_files_are_links_helm_follows(tmp_path):
      "at '/gateway/settings/KDGATE_STUDENT__BASE_URL'"),
     ({"gateway": {"settings": {"kdgate_port": 1}}}, "'kdgate_port' does not match pattern"),
     ({"trainer": {"runner": "slurm"}}, "at '/trainer/runner'"),
+    ({"models": {"teacher": {"autoscaling": {"minReplicas": 0}}}}, "at '/models/teacher/autoscaling/minReplicas'"),
 ])
 def test_the_schema_refuses_bad_values_by_name(values, message):
     with pytest.raises(helm_python.HelmValuesError) as raised:
@@ -291,6 +292,60 @@ def test_every_student_replica_is_found_through_the_headless_service_for_lora(ob
     assert json.loads(data["KDGATE_STUDENT__REPLICA_URLS"]) == [
         f"http://{headless['metadata']['name']}.{NAMESPACE}.svc:8000/v1"]
     assert data["KDGATE_STUDENT__REPLICAS_FROM_DNS"] == "true"
+
+
+def autoscaled(values: dict, enabled_for: tuple[str, ...] = ("student", "teacher")) -> dict:
+    for role in enabled_for:
+        values.setdefault("models", {}).setdefault(role, {})["autoscaling"] = {
+            "enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetWaitingPerReplica": "3"}
+    return values
+
+
+def without_lora(tmp_path: Path) -> Path:
+    """A copy of the chart whose student runs without --enable-lora (a Deployment, as the teacher)."""
+    copy = tmp_path / "kdgate"
+    shutil.copytree(CHART, copy)  # links become files
+    launch = yaml.safe_load(LAUNCH.read_text())
+    launch["services"]["vllm-student"]["command"].remove("--enable-lora")
+    (copy / "files" / "vllm-launch.yaml").unlink()
+    (copy / "files" / "vllm-launch.yaml").write_text(yaml.safe_dump(launch))
+    return copy
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_model_servers_scale_on_vllms_queue(lora, tmp_path):
+    """With `models.<role>.autoscaling` on, an HPA per server targets its workload (the student's StatefulSet
+    under LoRA, else a Deployment) on the Pods metric prometheus-adapter serves from vllm:num_requests_waiting, by
+    the rule docs/deploying.md gives; the workload leaves `replicas` to it, and a PDB keeps drains to one pod
+    (with replicaCount 1, the default, there was none)."""
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
+    objects = render(autoscaled({}), chart_dir=CHART if lora else without_lora(tmp_path))
+    for item in objects:
+        if item["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(item, kubernetes_validate.latest_version(), strict=True)
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "deploying.md").read_text(), re.DOTALL)
+    (rule,) = [rule for block in blocks for rule in yaml.safe_load(block) or []
+               if "vllm:num_requests_waiting" in rule.get("seriesQuery", "")]
+    for role in ("student", "teacher"):
+        workload = model_server(objects, role)
+        assert workload["kind"] == ("StatefulSet" if lora and role == "student" else "Deployment")
+        assert "replicas" not in workload["spec"], "the HPA owns the replica count"
+        hpa = one(objects, "HorizontalPodAutoscaler", f"kdgate-{role}")["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": workload["kind"], "name": f"kdgate-{role}"}
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+        assert hpa["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": rule["name"]["as"]},
+                                   "target": {"type": "AverageValue", "averageValue": "3"}}}]
+        pdb = one(objects, "PodDisruptionBudget", f"kdgate-{role}")
+        assert selects(pdb["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("enabled_for", [(), ("teacher",)])
+def test_a_model_server_without_autoscaling_has_no_hpa_and_keeps_its_replicas(enabled_for):
+    objects = render(autoscaled(production_values(), enabled_for))
+    scaled = {item["spec"]["scaleTargetRef"]["name"] for item in objects if item["kind"] == "HorizontalPodAutoscaler"}
+    assert scaled == {"kdgate-gateway", *(f"kdgate-{role}" for role in enabled_for)}
+    student = model_server(objects, "student")
+    assert student["spec"]["replicas"] == production_values()["models"]["student"]["replicaCount"]
 
 
 # --- gateway and trainer settings -----------------------------------------------------------------------------------
