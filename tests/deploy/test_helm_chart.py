@@ -348,6 +348,59 @@ def test_a_model_server_without_autoscaling_has_no_hpa_and_keeps_its_replicas(en
     assert student["spec"]["replicas"] == production_values()["models"]["student"]["replicaCount"]
 
 
+def rollout_pods(deployment: dict) -> tuple[int, int]:
+    """The most pods a Deployment's rolling update runs at once and the fewest it keeps available, by Kubernetes'
+    rules: a percentage of maxSurge rounds up, of maxUnavailable down; no strategy is RollingUpdate 25 %/25 %."""
+    replicas = deployment["spec"].get("replicas", 1)
+    strategy = deployment["spec"].get("strategy", {"type": "RollingUpdate"})
+    if strategy["type"] == "Recreate":
+        return replicas, 0
+    rolling = {"maxSurge": "25%", "maxUnavailable": "25%", **strategy.get("rollingUpdate", {})}
+
+    def resolve(value: int | str, round_up: bool) -> int:
+        if isinstance(value, int):
+            return value
+        share = replicas * int(value.rstrip("%"))
+        return -(-share // 100) if round_up else share // 100
+
+    return replicas + resolve(rolling["maxSurge"], True), replicas - resolve(rolling["maxUnavailable"], False)
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_a_model_server_rollout_needs_no_spare_gpu_node(renders, name, tmp_path):
+    """The teacher holds whole GPU nodes: Kubernetes' default rolling update (25 % surge: one more 8-GPU pod for
+    the production example's two) waited for a spare node and never finished on a full cluster. The model servers'
+    Deployments stop one old replica before starting its replacement; a LoRA student (a StatefulSet) always did."""
+    values = production_values() if name == "production" else {}
+    for objects in (renders[name], render(values, chart_dir=without_lora(tmp_path))):
+        for role in ("student", "teacher"):
+            workload = model_server(objects, role)
+            if workload["kind"] == "StatefulSet":
+                assert "strategy" not in workload["spec"]
+                assert workload["spec"].get("updateStrategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+                continue
+            assert workload["spec"]["strategy"] == {"type": "RollingUpdate",
+                                                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+            replicas = workload["spec"]["replicas"]
+            assert rollout_pods(workload) == (replicas, replicas - 1)
+    if name == "production":  # two 8-GPU teachers
+        teacher = json.loads(json.dumps(model_server(renders[name], "teacher")))
+        del teacher["spec"]["strategy"]
+        assert rollout_pods(teacher)[0] == 3, "Kubernetes' default needs a third 8-GPU node"
+
+
+@pytest.mark.parametrize(("strategy", "rendered"), [
+    ({"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+     {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+    ({"type": "Recreate"}, {"type": "Recreate"}),  # Kubernetes refuses rollingUpdate beside Recreate
+])
+def test_the_update_strategy_is_configurable(strategy, rendered):
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
+    teacher = model_server(render({"models": {"teacher": {"updateStrategy": strategy}}}), "teacher")
+    assert teacher["spec"]["strategy"] == rendered
+    kubernetes_validate.validate(teacher, "1.30.0", strict=True)
+
+
 # --- gateway and trainer settings -----------------------------------------------------------------------------------
 
 def unknown_settings(objects: list[dict]) -> set[str]:
