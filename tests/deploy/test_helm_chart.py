@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import sqlalchemy
 import yaml
 
 from tests import needs
@@ -142,12 +144,14 @@ def test_values_files_pass_yamllint(path):
 # --- every object is valid where it will be applied ---------------------------------------------------------------
 
 def test_optional_parts_switch_off():
-    """Without trainer, NetworkPolicies, monitoring objects, HPA and PDB the rest still renders valid objects."""
+    """Without trainer, NetworkPolicies, monitoring objects, HPA, PDB and the migrations' hook Job the rest still
+    renders valid objects."""
     kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
     objects = render({"trainer": {"enabled": False}, "networkPolicy": {"enabled": False},
                       "monitoring": {name: {"enabled": False}
                                      for name in ("serviceMonitors", "prometheusRule", "dashboard")},
-                      "gateway": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}}})
+                      "gateway": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
+                      "postgresql": {"migrateJob": {"enabled": False}}})
     assert {item["kind"] for item in objects} == {"ConfigMap", "Deployment", "StatefulSet", "Service"}
     assert one(objects, "Deployment", "kdgate-gateway")["spec"]["replicas"] == 2
     for item in objects:
@@ -197,7 +201,7 @@ def test_custom_resources_match_their_crds(objects, crd_validators):
 def test_no_secret_is_rendered_and_secrets_come_by_reference(objects):
     assert not [item for item in objects if item["kind"] == "Secret"]
     secret_like = ("STORE_URL", "_SHA256", "API_KEY", "ADMIN_KEY", "HF_TOKEN")
-    for workload in (item for item in objects if item["kind"] in ("Deployment", "StatefulSet")):
+    for workload in (item for item in objects if item["kind"] in ("Deployment", "StatefulSet", "Job")):
         for variable in container(workload).get("env", []):
             if variable["name"].endswith(secret_like):
                 assert "secretKeyRef" in variable.get("valueFrom", {}), variable
@@ -550,6 +554,33 @@ def test_trainer_rbac_and_gpu_follow_the_runner(renders, name, runner):
     binding = one(objects, "RoleBinding", role["metadata"]["name"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
                                     "namespace": NAMESPACE}]
+
+
+def test_the_store_is_migrated_once_before_the_releases_pods(objects, name, tmp_path):
+    """A Helm hook Job runs the store's migrations before an install's or an upgrade's pods, with the gateway's
+    image and the store URL from its Secret; the command it runs, given that environment, migrates a real store
+    (tests/kdgate/test_store_cli.py covers an older store and PostgreSQL). Deleted once it succeeds, and before the
+    next attempt, so a failed one stays for its logs."""
+    job = one(objects, "Job", "kdgate-migrate")
+    assert job["metadata"]["annotations"] == {"helm.sh/hook": "pre-install,pre-upgrade",
+                                              "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    migrate = container(job)
+    assert migrate["image"] == container(one(objects, "Deployment", "kdgate-gateway"))["image"]
+    (store,) = migrate["env"]
+    assert store["valueFrom"]["secretKeyRef"] == {"name": values_of(name)["postgresql"]["existingSecret"],
+                                                  "key": "url"}
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    program, *arguments = migrate["command"]
+    assert program == "kdgate"
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", *arguments], cwd=ROOT, check=False, text=True,
+                          capture_output=True, timeout=60, env=clean | {store["name"]: url})
+    assert done.returncode == 0, done.stderr
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        assert "shadow_records" in sqlalchemy.inspect(connection).get_table_names()
+    engine.dispose()
 
 
 def test_the_gateway_scales_and_keeps_replicas(objects):
