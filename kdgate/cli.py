@@ -15,6 +15,7 @@ from kdgate.auth_cli import app as auth_app
 from kdgate.config_cli import app as config_app
 from kdgate.drift.cli import drift as drift_command
 from kdgate.routing.cli import app as router_app
+from kdgate.store_cli import app as store_app
 from kdgate.student_cli import app as student_app
 from kdgate.trainer_cli import app as trainer_app
 from loadtests.cli import app as loadtest_app
@@ -34,6 +35,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(auth_app, name="auth")
 app.add_typer(student_app, name="student")
 app.add_typer(trainer_app, name="trainer")
+app.add_typer(store_app, name="store")
 
 
 def _every_command() -> str:

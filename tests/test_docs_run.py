@@ -217,7 +217,7 @@ $K loadtest run --no-such-option 3 --url http://127.0.0.1:8000
         "`distill/configs/no_such.yaml` does not exist",
         "`kdgate loadtest run` has no option --no-such-option",
         "`kdgate no-such-group`: no such command (kdgate has auth, config, demo, distill, engine, loadtest, router, "
-        "serve, shadow, student, trainer)",
+        "serve, shadow, store, student, trainer)",
         "`./dev no-such-verb`: the verbs are serve, serve-vllm, setup, test",
         "`benchmarks/swap_prompts.py` has no option --no-such-flag",
         "`.venv/bin/python -m loadtests.no_such_module`: no module loadtests.no_such_module in the repository",

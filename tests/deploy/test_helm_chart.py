@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import sqlalchemy
 import yaml
 
 from tests import needs
@@ -107,6 +109,7 @@ def test_the_shared_files_are_links_helm_follows(tmp_path):
      "at '/gateway/settings/KDGATE_STUDENT__BASE_URL'"),
     ({"gateway": {"settings": {"kdgate_port": 1}}}, "'kdgate_port' does not match pattern"),
     ({"trainer": {"runner": "slurm"}}, "at '/trainer/runner'"),
+    ({"models": {"teacher": {"autoscaling": {"minReplicas": 0}}}}, "at '/models/teacher/autoscaling/minReplicas'"),
 ])
 def test_the_schema_refuses_bad_values_by_name(values, message):
     with pytest.raises(helm_python.HelmValuesError) as raised:
@@ -148,12 +151,14 @@ def test_values_files_pass_yamllint(path):
 # --- every object is valid where it will be applied ---------------------------------------------------------------
 
 def test_optional_parts_switch_off():
-    """Without trainer, NetworkPolicies, monitoring objects, HPA and PDB the rest still renders valid objects."""
+    """Without trainer, NetworkPolicies, monitoring objects, HPA, PDB and the migrations' hook Job the rest still
+    renders valid objects."""
     kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
     objects = render({"trainer": {"enabled": False}, "networkPolicy": {"enabled": False},
                       "monitoring": {name: {"enabled": False}
                                      for name in ("serviceMonitors", "prometheusRule", "dashboard")},
-                      "gateway": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}}})
+                      "gateway": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
+                      "postgresql": {"migrateJob": {"enabled": False}}})
     assert {item["kind"] for item in objects} == {"ConfigMap", "Deployment", "StatefulSet", "Service"}
     assert one(objects, "Deployment", "kdgate-gateway")["spec"]["replicas"] == 2
     for item in objects:
@@ -203,7 +208,7 @@ def test_custom_resources_match_their_crds(objects, crd_validators):
 def test_no_secret_is_rendered_and_secrets_come_by_reference(objects):
     assert not [item for item in objects if item["kind"] == "Secret"]
     secret_like = ("STORE_URL", "_SHA256", "API_KEY", "ADMIN_KEY", "HF_TOKEN")
-    for workload in (item for item in objects if item["kind"] in ("Deployment", "StatefulSet")):
+    for workload in (item for item in objects if item["kind"] in ("Deployment", "StatefulSet", "Job")):
         for variable in container(workload).get("env", []):
             if variable["name"].endswith(secret_like):
                 assert "secretKeyRef" in variable.get("valueFrom", {}), variable
@@ -298,6 +303,113 @@ def test_every_student_replica_is_found_through_the_headless_service_for_lora(ob
     assert json.loads(data["KDGATE_STUDENT__REPLICA_URLS"]) == [
         f"http://{headless['metadata']['name']}.{NAMESPACE}.svc:8000/v1"]
     assert data["KDGATE_STUDENT__REPLICAS_FROM_DNS"] == "true"
+
+
+def autoscaled(values: dict, enabled_for: tuple[str, ...] = ("student", "teacher")) -> dict:
+    for role in enabled_for:
+        values.setdefault("models", {}).setdefault(role, {})["autoscaling"] = {
+            "enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetWaitingPerReplica": "3"}
+    return values
+
+
+def without_lora(tmp_path: Path) -> Path:
+    """A copy of the chart whose student runs without --enable-lora (a Deployment, as the teacher)."""
+    copy = tmp_path / "kdgate"
+    shutil.copytree(CHART, copy)  # links become files
+    launch = yaml.safe_load(LAUNCH.read_text())
+    launch["services"]["vllm-student"]["command"].remove("--enable-lora")
+    (copy / "files" / "vllm-launch.yaml").unlink()
+    (copy / "files" / "vllm-launch.yaml").write_text(yaml.safe_dump(launch))
+    return copy
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_model_servers_scale_on_vllms_queue(lora, tmp_path):
+    """With `models.<role>.autoscaling` on, an HPA per server targets its workload (the student's StatefulSet
+    under LoRA, else a Deployment) on the Pods metric prometheus-adapter serves from vllm:num_requests_waiting, by
+    the rule docs/deploying.md gives; the workload leaves `replicas` to it, and a PDB keeps drains to one pod
+    (with replicaCount 1, the default, there was none)."""
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
+    objects = render(autoscaled({}), chart_dir=CHART if lora else without_lora(tmp_path))
+    for item in objects:
+        if item["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(item, kubernetes_validate.latest_version(), strict=True)
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "deploying.md").read_text(), re.DOTALL)
+    (rule,) = [rule for block in blocks for rule in yaml.safe_load(block) or []
+               if "vllm:num_requests_waiting" in rule.get("seriesQuery", "")]
+    for role in ("student", "teacher"):
+        workload = model_server(objects, role)
+        assert workload["kind"] == ("StatefulSet" if lora and role == "student" else "Deployment")
+        assert "replicas" not in workload["spec"], "the HPA owns the replica count"
+        hpa = one(objects, "HorizontalPodAutoscaler", f"kdgate-{role}")["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": workload["kind"], "name": f"kdgate-{role}"}
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+        assert hpa["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": rule["name"]["as"]},
+                                   "target": {"type": "AverageValue", "averageValue": "3"}}}]
+        pdb = one(objects, "PodDisruptionBudget", f"kdgate-{role}")
+        assert selects(pdb["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("enabled_for", [(), ("teacher",)])
+def test_a_model_server_without_autoscaling_has_no_hpa_and_keeps_its_replicas(enabled_for):
+    objects = render(autoscaled(production_values(), enabled_for))
+    scaled = {item["spec"]["scaleTargetRef"]["name"] for item in objects if item["kind"] == "HorizontalPodAutoscaler"}
+    assert scaled == {"kdgate-gateway", *(f"kdgate-{role}" for role in enabled_for)}
+    student = model_server(objects, "student")
+    assert student["spec"]["replicas"] == production_values()["models"]["student"]["replicaCount"]
+
+
+def rollout_pods(deployment: dict) -> tuple[int, int]:
+    """The most pods a Deployment's rolling update runs at once and the fewest it keeps available, by Kubernetes'
+    rules: a percentage of maxSurge rounds up, of maxUnavailable down; no strategy is RollingUpdate 25 %/25 %."""
+    replicas = deployment["spec"].get("replicas", 1)
+    strategy = deployment["spec"].get("strategy", {"type": "RollingUpdate"})
+    if strategy["type"] == "Recreate":
+        return replicas, 0
+    rolling = {"maxSurge": "25%", "maxUnavailable": "25%", **strategy.get("rollingUpdate", {})}
+
+    def resolve(value: int | str, round_up: bool) -> int:
+        if isinstance(value, int):
+            return value
+        share = replicas * int(value.rstrip("%"))
+        return -(-share // 100) if round_up else share // 100
+
+    return replicas + resolve(rolling["maxSurge"], True), replicas - resolve(rolling["maxUnavailable"], False)
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_a_model_server_rollout_needs_no_spare_gpu_node(renders, name, tmp_path):
+    """The teacher holds whole GPU nodes: Kubernetes' default rolling update (25 % surge: one more 8-GPU pod for
+    the production example's two) waited for a spare node and never finished on a full cluster. The model servers'
+    Deployments stop one old replica before starting its replacement; a LoRA student (a StatefulSet) always did."""
+    values = production_values() if name == "production" else {}
+    for objects in (renders[name], render(values, chart_dir=without_lora(tmp_path))):
+        for role in ("student", "teacher"):
+            workload = model_server(objects, role)
+            if workload["kind"] == "StatefulSet":
+                assert "strategy" not in workload["spec"]
+                assert workload["spec"].get("updateStrategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+                continue
+            assert workload["spec"]["strategy"] == {"type": "RollingUpdate",
+                                                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+            replicas = workload["spec"]["replicas"]
+            assert rollout_pods(workload) == (replicas, replicas - 1)
+    if name == "production":  # two 8-GPU teachers
+        teacher = json.loads(json.dumps(model_server(renders[name], "teacher")))
+        del teacher["spec"]["strategy"]
+        assert rollout_pods(teacher)[0] == 3, "Kubernetes' default needs a third 8-GPU node"
+
+
+@pytest.mark.parametrize(("strategy", "rendered"), [
+    ({"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+     {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+    ({"type": "Recreate"}, {"type": "Recreate"}),  # Kubernetes refuses rollingUpdate beside Recreate
+])
+def test_the_update_strategy_is_configurable(strategy, rendered):
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
+    teacher = model_server(render({"models": {"teacher": {"updateStrategy": strategy}}}), "teacher")
+    assert teacher["spec"]["strategy"] == rendered
+    kubernetes_validate.validate(teacher, "1.30.0", strict=True)
 
 
 # --- gateway and trainer settings -----------------------------------------------------------------------------------
@@ -409,6 +521,27 @@ def test_the_trainer_loads_the_rendered_settings(renders, name, runner, clean_en
         assert settings.kubernetes.store_secret == values_of(name)["postgresql"]["existingSecret"]
 
 
+def test_the_trainer_starts_jobs_for_its_own_releases_alerts_only(clean_environment):
+    """One Alertmanager may deliver several releases' drift alerts to each trainer (they share the rules and the
+    route): the trainer's selector names its namespace and release, the labels the ServiceMonitors attach and the
+    rules keep, so another release's alert, or the same release name's in another namespace, starts nothing."""
+    from distill.online.alerts import WebhookPayload, selected
+    from distill.online.settings import TrainerSettings
+
+    objects = render(production_values(), name="blue", namespace="team-a")
+    for variable, value in environment_of(objects, one(objects, "Deployment", "blue-kdgate-trainer")).items():
+        clean_environment.setenv(variable, value)
+    selector = TrainerSettings().selector
+    assert selector == {"action": "redistill", "namespace": "team-a", "kdgate_release": "blue"}
+    alerts = [{"status": "firing", "startsAt": "2026-12-06T00:00:00Z", "fingerprint": f"f{index}",
+               "labels": {"alertname": "KdgateStudentDivergenceHigh", "action": "redistill",
+                          "namespace": namespace, "kdgate_release": release}}
+              for index, (namespace, release) in enumerate([("team-a", "blue"), ("team-a", "green"),
+                                                            ("team-b", "blue")])]
+    payload = WebhookPayload(version="4", groupKey="{}", status="firing", receiver="kdgate-trainer", alerts=alerts)
+    assert [alert.fingerprint for alert in selected(payload, selector)] == ["f0"]
+
+
 @pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
 def test_trainer_rbac_and_gpu_follow_the_runner(renders, name, runner):
     from distill.online.kubernetes import GROUP, PLURAL
@@ -428,6 +561,33 @@ def test_trainer_rbac_and_gpu_follow_the_runner(renders, name, runner):
     binding = one(objects, "RoleBinding", role["metadata"]["name"])
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"],
                                     "namespace": NAMESPACE}]
+
+
+def test_the_store_is_migrated_once_before_the_releases_pods(objects, name, tmp_path):
+    """A Helm hook Job runs the store's migrations before an install's or an upgrade's pods, with the gateway's
+    image and the store URL from its Secret; the command it runs, given that environment, migrates a real store
+    (tests/kdgate/test_store_cli.py covers an older store and PostgreSQL). Deleted once it succeeds, and before the
+    next attempt, so a failed one stays for its logs."""
+    job = one(objects, "Job", "kdgate-migrate")
+    assert job["metadata"]["annotations"] == {"helm.sh/hook": "pre-install,pre-upgrade",
+                                              "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    migrate = container(job)
+    assert migrate["image"] == container(one(objects, "Deployment", "kdgate-gateway"))["image"]
+    (store,) = migrate["env"]
+    assert store["valueFrom"]["secretKeyRef"] == {"name": values_of(name)["postgresql"]["existingSecret"],
+                                                  "key": "url"}
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    program, *arguments = migrate["command"]
+    assert program == "kdgate"
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", *arguments], cwd=ROOT, check=False, text=True,
+                          capture_output=True, timeout=60, env=clean | {store["name"]: url})
+    assert done.returncode == 0, done.stderr
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        assert "shadow_records" in sqlalchemy.inspect(connection).get_table_names()
+    engine.dispose()
 
 
 def test_the_gateway_scales_and_keeps_replicas(objects):
@@ -594,6 +754,23 @@ def test_each_service_monitor_scrapes_one_service(objects):
         assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
 
 
+def test_every_series_is_labelled_with_its_release():
+    """Each ServiceMonitor copies its Service's app.kubernetes.io/instance (the release name) into kdgate_release,
+    the label (with the Operator's `namespace`) that the rules aggregate by; without it two releases scraped by
+    one Prometheus mixed into one drift alert that started both trainers' jobs."""
+    objects = render(production_values(), name="blue", namespace="team-a")
+    services = [item for item in objects if item["kind"] == "Service"]
+    monitors = [item for item in objects if item["kind"] == "ServiceMonitor"]
+    assert monitors
+    release_label = {"action": "replace", "targetLabel": "kdgate_release",
+                     "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"]}
+    for monitor in monitors:
+        for service in (item for item in services if selects(monitor["spec"]["selector"], item["metadata"]["labels"])):
+            assert service["metadata"]["labels"]["app.kubernetes.io/instance"] == "blue"
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert release_label in endpoint.get("relabelings", []), monitor["metadata"]["name"]
+
+
 def test_the_alertmanager_example_reaches_the_trainer(renders):
     example = CHART / "examples" / "alertmanager-receiver.yaml"
     config = yaml.safe_load(example.read_text())
@@ -604,7 +781,9 @@ def test_the_alertmanager_example_reaches_the_trainer(renders):
     assert url.hostname == f"{service['metadata']['name']}.{NAMESPACE}.svc"
     assert url.port == service["spec"]["ports"][0]["port"] and url.path == "/v1/alerts"
     rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-    assert route["matchers"] == ['action="redistill"']
+    selector = json.loads(one(renders["default"], "ConfigMap", "kdgate-trainer")["data"]["KDGATE_TRAINER_SELECTOR"])
+    assert sorted(route["matchers"]) == sorted(f'{label}="{value}"' for label, value in selector.items()), \
+        "the route sends the trainer what its selector takes"
     assert [rule for rule in rules if rule.get("labels", {}).get("action") == "redistill"]
     amtool = needs.tool("amtool")
     result = subprocess.run([amtool, "check-config", str(example)], check=False, capture_output=True, text=True,

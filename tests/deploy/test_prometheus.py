@@ -44,6 +44,24 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
         assert outcomes == {True, False}, f"{alert} needs a firing and a not-firing unit test"
 
 
+def test_every_rule_aggregates_per_release():
+    """Each sum keeps `namespace` and `kdgate_release` and each join matches on them, so two releases scraped by one
+    Prometheus are never summed together (the unit tests show it for the drift, error and shadow alerts)."""
+    import re
+
+    import yaml
+
+    rules = [rule for path in (PROMETHEUS / "rules").glob("*.yml")
+             for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    for rule in rules:
+        name = rule.get("record") or rule["alert"]
+        for operator, labels in re.findall(r"\b(sum|avg|min|max|count)\b\s*(?:by\s*\(([^)]*)\))?", rule["expr"]):
+            assert {"namespace", "kdgate_release"} <= {label.strip() for label in labels.split(",")}, \
+                f"{name}: `{operator}` must keep namespace and kdgate_release"
+        for labels in re.findall(r"\bon\s*\(([^)]*)\)", rule["expr"]):
+            assert {label.strip() for label in labels.split(",")} == {"namespace", "kdgate_release"}, name
+
+
 def test_the_gateway_scrape_passes_promtool_lint(gateway):
     httpx.post(f"{gateway.url}/v1/chat/completions", timeout=60, json={
         "model": "kdgate-demo", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
