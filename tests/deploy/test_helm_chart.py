@@ -19,6 +19,7 @@ import sqlalchemy
 import yaml
 
 from tests import needs
+from tests.conftest import free_port
 from tests.deploy.helm_render import CHART, NAMESPACE, ROOT, one, production_values, render, selects, setting_variables
 
 helm_python = needs.module("helm_python", install=needs.DEV_EXTRA)
@@ -789,3 +790,95 @@ def test_the_alertmanager_example_reaches_the_trainer(renders):
     result = subprocess.run([amtool, "check-config", str(example)], check=False, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- weights downloaded once onto a claim ---------------------------------------------------------------------------
+
+def download_values(revision: str = "") -> dict:
+    values = production_values()
+    ids = {"student": "Qwen/Qwen2.5-7B-Instruct", "teacher": "Qwen/Qwen2.5-72B-Instruct"}
+    for role in ("student", "teacher"):
+        values["models"][role]["modelURL"] = ids[role]
+        values["models"][role]["storage"] = {"existingClaim": "", "mountPath": "/models", "download": {
+            "enabled": True, "size": "80Gi", "storageClassName": "rwx", "accessModes": ["ReadWriteMany"],
+            "revision": revision}}
+        values["models"][role]["hf_token"] = {"secretName": "hf", "secretKey": "token"}
+    return values
+
+
+@pytest.mark.parametrize("role", ["student", "teacher"])
+def test_weights_are_downloaded_once_onto_a_kept_claim_and_loaded_offline(role):
+    """A Hugging Face id as modelURL was downloaded into the container layer on every start: with
+    storage.download the chart makes a claim (kept on uninstall), a Job fills it once with files/download_weights.py,
+    and the server waits for the Job's marker and loads the path offline; the trainer trains from the same path."""
+    kubernetes_validate = needs.module("kubernetes_validate", install=needs.DEV_EXTRA)
+    values = download_values()
+    objects = render(values)
+    for item in objects:
+        if item["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(item, kubernetes_validate.latest_version(), strict=True)
+    model = values["models"][role]["modelURL"]
+    path = f"/models/{model}"
+    claim = one(objects, "PersistentVolumeClaim", f"kdgate-{role}-weights")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "80Gi" and claim["spec"]["storageClassName"] == "rwx"
+    (job,) = [item for item in objects if item["kind"] == "Job" and item["metadata"]["name"].startswith(
+        f"kdgate-{role}-weights-")]
+    download = container(job)
+    env = {item["name"]: item.get("value", item.get("valueFrom")) for item in download["env"]}
+    assert env["MODEL"] == model and env["TARGET"] == path and env["REVISION"] == ""
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    script = one(objects, "ConfigMap", f"kdgate-{role}-download")["data"]["download_weights.py"]
+    assert script == (CHART / "files" / "download_weights.py").read_text()
+    server = model_server(objects, role)
+    pod = server["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    assert {"name": "MARKER", "value": f"{path}/.kdgate-complete"} in wait["env"]
+    vllm = container(server)
+    assert vllm["args"][0] == path and {"name": "HF_HUB_OFFLINE", "value": "1"} in vllm["env"]
+    (volume,) = [item for item in pod["volumes"] if item["name"] == "models"]
+    assert volume["persistentVolumeClaim"] == {"claimName": f"kdgate-{role}-weights", "readOnly": True}
+    if role == "student":
+        trainer = one(objects, "ConfigMap", "kdgate-trainer")["data"]
+        assert trainer["KDGATE_TRAINER_STUDENT_BASE_DIR"] == path
+        trainer_pod = one(objects, "Deployment", "kdgate-trainer")["spec"]["template"]["spec"]
+        assert {"name": "student-weights", "persistentVolumeClaim": {"claimName": "kdgate-student-weights",
+                                                                      "readOnly": True}} in trainer_pod["volumes"]
+
+
+def test_a_new_revision_is_a_new_download_job():
+    """A Job's pod template cannot change: another revision renders a Job of another name (the old one leaves with
+    the old manifest), the same revision the same name."""
+    def names(revision: str) -> set[str]:
+        return {item["metadata"]["name"] for item in render(download_values(revision)) if item["kind"] == "Job"
+                and "-weights-" in item["metadata"]["name"]}
+    assert names("") == names("") and names("") != names("v2")
+    assert len(names("v2")) == 2
+
+
+def test_a_download_needs_a_hub_id_not_a_path():
+    values = download_values()
+    values["models"]["student"]["modelURL"] = "/models/mine"
+    with pytest.raises(helm_python.HelmError, match="models.student.storage.download needs a Hugging Face id"):
+        render(values)
+
+
+def test_the_download_script_runs_once(tmp_path):
+    """Its marker, written last, makes a rerun (a retried Job, a rescheduled pod) download nothing; a download that
+    fails (here: the hub does not answer) leaves no marker, so the servers keep waiting and the Job retries."""
+    script = CHART / "files" / "download_weights.py"
+    target = tmp_path / "org" / "model"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")} | {
+        "MODEL": "org/model", "REVISION": "", "TARGET": str(target), "HF_HOME": str(tmp_path),
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # a hub that does not answer
+    failed = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "the download of org/model@main failed" in failed.stderr
+    assert not (target / ".kdgate-complete").exists()
+    target.mkdir(parents=True, exist_ok=True)
+    (target / ".kdgate-complete").write_text("org/model@main")
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to download" in again.stdout
+    other = subprocess.run([sys.executable, str(script)], env=env | {"REVISION": "v2"}, capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 1  # another revision is another download

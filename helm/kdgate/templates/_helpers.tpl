@@ -98,16 +98,39 @@ One service of files/vllm-launch.yaml (a link to deploy/vllm/launch.yaml, the on
 {{- else -}}
 {{- $volumes = append $volumes (dict "name" "work" "emptyDir" dict) -}}
 {{- end -}}
-{{- with .Values.models.student.storage -}}{{- if .existingClaim -}}
-{{- $volumes = append $volumes (dict "name" "student-weights" "persistentVolumeClaim" (dict "claimName" .existingClaim "readOnly" true)) -}}
-{{- end -}}{{- end -}}
+{{- with include "kdgate.weightsClaim" (dict "root" . "role" "student") -}}
+{{- $volumes = append $volumes (dict "name" "student-weights" "persistentVolumeClaim" (dict "claimName" . "readOnly" true)) -}}
+{{- end -}}
 {{- toJson $volumes -}}
 {{- end -}}
 
 {{- define "kdgate.trainerMounts" -}}
 {{- $mounts := list (dict "name" "work" "mountPath" .Values.sharedStorage.mountPath) -}}
-{{- with .Values.models.student.storage -}}{{- if .existingClaim -}}
-{{- $mounts = append $mounts (dict "name" "student-weights" "mountPath" .mountPath "readOnly" true) -}}
-{{- end -}}{{- end -}}
+{{- if include "kdgate.weightsClaim" (dict "root" . "role" "student") -}}
+{{- $mounts = append $mounts (dict "name" "student-weights" "mountPath" .Values.models.student.storage.mountPath "readOnly" true) -}}
+{{- end -}}
 {{- toJson $mounts -}}
+{{- end -}}
+
+{{/* The claim holding a model server's weights: the chart's own when it downloads them, else storage.existingClaim. */}}
+{{- define "kdgate.weightsClaim" -}}
+{{- $model := index .root.Values.models .role -}}
+{{- if ($model.storage.download | default dict).enabled -}}
+{{- printf "%s-%s-weights" (include "kdgate.fullname" .root) .role -}}
+{{- else -}}
+{{- $model.storage.existingClaim -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What vLLM loads: modelURL, or where the download put it (<mountPath>/<modelURL>). */}}
+{{- define "kdgate.modelPath" -}}
+{{- $model := index .root.Values.models .role -}}
+{{- if ($model.storage.download | default dict).enabled -}}
+{{- if hasPrefix "/" $model.modelURL -}}
+{{- fail (printf "models.%s.storage.download needs a Hugging Face id as modelURL, not the path %s" .role $model.modelURL) -}}
+{{- end -}}
+{{- printf "%s/%s" (trimSuffix "/" $model.storage.mountPath) $model.modelURL -}}
+{{- else -}}
+{{- $model.modelURL -}}
+{{- end -}}
 {{- end -}}
