@@ -5,11 +5,14 @@ the gateway's LoRA manager must never ask it to, and must unload what it rolled 
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
 from gateway.app import create_app
 from tests.conftest import ThreadedServer
-from tests.gateway.students.test_lora_promotion import listed
+from tests.gateway.students.test_lora_promotion import listed, probe
 from tests.gateway.students.test_promotion import admin, answers
 from tests.vllm.gateways import vllm_gateway_settings
 
@@ -48,3 +51,27 @@ def test_the_documented_flow_canary_full_rollback_and_again(vllm_servers, demo_a
     assert served_v5 == served_v4  # the same adapter weights under another name
     assert kept is True and after_rollback == {"v4": True, "v5": False} and after_canary is False
     assert status["active"] == "v5" and status["canary"] is None
+
+
+def test_the_charts_readiness_probe_follows_the_adapters_on_vllm(vllm_servers, demo_adapter, tmp_path):
+    """The chart's student readiness (helm/kdgate/files/student_ready.py) against vLLM itself: ready while vLLM
+    lists the serving version's adapter, not ready once vLLM has lost it (as a restarted replica has), ready again
+    when the gateway's reconciliation has loaded it back."""
+    student = vllm_servers.student
+    settings = vllm_gateway_settings(
+        vllm_servers, tmp_path / "store.sqlite3", routing={"handoff": {"enabled": False}},
+        shadow={"enabled": False}, students={"enabled": True, "poll_interval_s": 0.2, "reconcile_interval_s": 1.0})
+    with ThreadedServer(create_app(settings)) as gateway:
+        assert admin(gateway, "POST", "", {"name": "v8", "adapter_path": str(demo_adapter)}).status_code == 201
+        assert admin(gateway, "POST", "/v8/promote").status_code == 200
+        ready = probe(student.base_url, gateway.url)
+        assert httpx.post(f"{student.base_url}/unload_lora_adapter", json={"lora_name": "demo-student@v8"},
+                          timeout=30).status_code == 200
+        lost = probe(student.base_url, gateway.url)
+        deadline, again = time.monotonic() + 30, None
+        while time.monotonic() < deadline and (again is None or again.returncode != 0):
+            time.sleep(0.5)
+            again = probe(student.base_url, gateway.url)
+    assert ready.returncode == 0 and "demo-student@v8" in ready.stdout
+    assert lost.returncode == 1 and "does not list demo-student@v8" in lost.stderr
+    assert again.returncode == 0
