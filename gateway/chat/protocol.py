@@ -28,6 +28,7 @@ from gateway.tools.protocol import (
     RequestToolCall,
     ToolCall,
     ToolChoiceField,
+    check_results_answer_calls,
     check_tool_rules,
 )
 
@@ -368,6 +369,8 @@ class ChatCompletionRequest(BaseModel):
             "structured_outputs" if self.structured_outputs is not None else "response_format")
         check_tool_rules([tool.function.name for tool in self.tools or ()],
                          "function" if named is not None else self.tool_choice, named, format_field)
+        check_results_answer_calls(([call.id for call in message.tool_calls or ()], message.tool_call_id,
+                                    f"messages[{index}].tool_call_id") for index, message in enumerate(self.messages))
         return self
 
     def tool_choice_mode(self) -> str:

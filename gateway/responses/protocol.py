@@ -35,7 +35,7 @@ from gateway.responses.tools import (
     ToolChoiceField,
     ToolChoiceFunction,
 )
-from gateway.tools.protocol import check_tool_rules
+from gateway.tools.protocol import check_results_answer_calls, check_tool_rules
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 TEXT_PARTS = ("input_text", "output_text")
@@ -265,6 +265,11 @@ class ResponseRequest(BaseModel):
         named = self.tool_choice.name if isinstance(self.tool_choice, ToolChoiceFunction) else None
         check_tool_rules([tool.name for tool in self.tools or ()], "function" if named else self.tool_choice, named,
                          "text.format" if self.structured_spec() is not None else None)
+        if not isinstance(self.input, str):
+            check_results_answer_calls(
+                ([item.call_id] if isinstance(item, FunctionCallItem) else [],
+                 item.call_id if isinstance(item, FunctionCallOutputItem) else None, f"input[{index}].call_id")
+                for index, item in enumerate(self.input))
         return self
 
     def logprobs(self) -> bool:

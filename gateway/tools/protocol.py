@@ -7,6 +7,7 @@ Function tools only: OpenAI's `custom` tools (free-form text input) and `allowed
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -115,6 +116,20 @@ def check_tool_rules(names: list[str], asked: str | None, named: str | None, for
         raise ValueError(f"`{format_field}` cannot apply: under `tool_choice` {asked!r} the answer is a tool call; "
                          f"drop `{format_field}`, or use `tool_choice: auto` (the answer is then a call or a "
                          "document of the format)")
+
+
+def check_results_answer_calls(turns: Iterable[tuple[Iterable[str], str | None, str]]) -> None:
+    """Each tool result answers a call made before it in the conversation, a `ValueError` naming the field of the
+    first that does not (OpenAI refuses those; a model given a result for no call is given nonsense). `turns` in
+    order: (the ids of the calls the turn makes, the call id it answers or None, its field for the message)."""
+    made: list[str] = []
+    for calls, answers, field in turns:
+        made.extend(calls)
+        if answers is not None and answers not in made:
+            known = f"the calls before it are {', '.join(f'`{call}`' for call in made)}" if made else \
+                "no call comes before it"
+            raise ValueError(f"`{field}` is `{answers}`, which answers no earlier call ({known}); send the call "
+                             "before its result, with the same id")
 
 
 class RequestToolCall(ToolCall):

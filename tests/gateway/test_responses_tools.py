@@ -158,6 +158,11 @@ REFUSED = [
     ({"input": [{"type": "custom_tool_call", "call_id": "c1", "name": "sql", "input": "x"}]}, "input[0]",
      "items of type `custom_tool_call` are not supported"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", ""),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "lookup_order", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c9", "output": "{}"}]}, "input[1].call_id",
+     "answers no earlier call (the calls before it are `c1`)"),
+    ({"input": [{"type": "function_call_output", "call_id": "c1", "output": "{}"}]}, "input[0].call_id",
+     "no call comes before it"),
 ]
 
 

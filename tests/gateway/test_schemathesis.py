@@ -37,6 +37,7 @@ UNSTATEABLE = ("maximum context length", "far beyond this model's maximum contex
                # how big a bound on the calls makes their grammar
                "which `tools` does not have", "twice; give each function once", "the answer is a tool call",
                "cannot be combined", "must be JSON text", "makes the grammar of the calls too big",
+               "answers no earlier call",  # a tool result's id among the ids of the calls before it
                "to compile (free-form schemas")  # still compiling after the budget: a 400 to retry
 # The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
 STATEFUL = "/admin/v1/students"

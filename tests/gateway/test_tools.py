@@ -102,6 +102,13 @@ REFUSED = [
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}, "messages",
      "must be JSON text"),
+    # a result for a call nobody made (a typo in the id, a lost assistant turn): OpenAI refuses it too
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "{}"}]}, "messages[2].tool_call_id",
+     "answers no earlier call (the calls before it are `c1`)"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", "content": "{}"}]},
+     "messages[1].tool_call_id", "no call comes before it"),
 ]
 
 
