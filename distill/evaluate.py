@@ -34,13 +34,14 @@ def load(model_dir: Path):
 
 
 @torch.no_grad()
-def teacher_forced(model, teacher, tokenizer, conversations, answers: Sequence[str], batch_size: int = 64
-                   ) -> dict[str, float]:
-    """Top-1 agreement with `answers` and, given a `teacher`, KL(teacher‖model) per token; plus NLL and ECE."""
+def teacher_forced(model, teacher, tokenizer, conversations, answers: Sequence[str], batch_size: int = 64,
+                   tools: Sequence[Sequence[dict] | None] | None = None) -> dict[str, float]:
+    """Top-1 agreement with `answers` and, given a `teacher`, KL(teacher‖model) per token; plus NLL and ECE (each
+    conversation rendered with its `tools`, when given)."""
     agree = total = 0
     nll = kl = 0.0
     confidences, hits = [], []
-    examples = encode_examples(tokenizer, conversations, answers)
+    examples = encode_examples(tokenizer, conversations, answers, tools)
     for start in range(0, len(examples), batch_size):
         input_ids, attention_mask, labels = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)

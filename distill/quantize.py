@@ -18,27 +18,31 @@ SCHEMES = ("W4A16", "FP8_DYNAMIC")
 
 
 def calibration_texts(model_dir: Path, cache: Path | None, samples: int, seed: int = 0) -> list[str]:
-    """Chat-rendered prompt + answer texts: from a teacher cache's kept answers, else from demo training tickets."""
+    """Chat-rendered prompt + answer texts (with the tools a cached answer was given, as the model saw them): from
+    a teacher cache's kept answers, else from demo training tickets."""
     from transformers import AutoTokenizer
+
+    from runtime.chat_template import render
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if cache is not None:
         from distill.data.cache import Manifest, read_answers
 
         manifest = Manifest.load(cache)
-        pairs = []
+        triples = []
         for answer in read_answers(cache, manifest.top_k):
-            pairs.append((answer.messages, answer.text))
-            if len(pairs) == samples:
+            triples.append((answer.messages, answer.text, answer.tools))
+            if len(triples) == samples:
                 break
     else:
         from distill.demo import task
 
-        pairs = [(ticket.messages(), ticket.answer_json()) for ticket in task.take("train", samples, seed=seed)]
-    if not pairs:
+        triples = [(ticket.messages(), ticket.answer_json(), None)
+                   for ticket in task.take("train", samples, seed=seed)]
+    if not triples:
         raise ValueError(f"no calibration data in {cache}")
-    return [tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=False)
-            for messages, text in pairs]
+    return [render(tokenizer, messages + [{"role": "assistant", "content": text}], tools)
+            for messages, text, tools in triples]
 
 
 def quantize(model_dir: Path, out: Path, scheme: str, cache: Path | None = None, samples: int = 256,

@@ -14,12 +14,15 @@ from runtime.chat_template import render
 
 def greedy_answers(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 64,
                    max_new_tokens: int = 96, progress: str | None = None,
-                   tools: Sequence[dict] | None = None) -> list[str]:
-    """The model's greedy answer to each conversation (offered `tools`, when given), decoded without special
-    tokens."""
+                   tools: Sequence[dict] | None = None,
+                   tools_each: Sequence[Sequence[dict] | None] | None = None) -> list[str]:
+    """The model's greedy answer to each conversation (offered `tools`, or each its own `tools_each`, when given),
+    decoded without special tokens."""
     import torch
 
-    prompts = [render(tokenizer, messages, tools, add_generation_prompt=True) for messages in conversations]
+    offered = tools_each if tools_each is not None else [tools] * len(conversations)
+    prompts = [render(tokenizer, messages, given, add_generation_prompt=True)
+               for messages, given in zip(conversations, offered, strict=True)]
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))  # similar lengths pad less
     answers: list[str] = [""] * len(prompts)
     model.eval()

@@ -167,7 +167,7 @@ def write_cache(folder: Path, examples: list[Example], teacher: str, tokenizer_d
                             finish_reason="stop", token_ids=example.token_ids,
                             topk_ids=_pad(example.topk_ids, top_k, -1),
                             topk_logprobs=_pad(example.topk_logprobs, top_k, -9999.0).astype(np.float16),
-                            constraint=example.constraint, tools=_tools(example.constraint))
+                            constraint=example.constraint, tools=tools_of(example.constraint))
                for example in examples]
     for index in range(0, len(answers), SHARD_ROWS):
         write_shard(folder, index // SHARD_ROWS, answers[index:index + SHARD_ROWS])
@@ -177,7 +177,7 @@ def write_cache(folder: Path, examples: list[Example], teacher: str, tokenizer_d
     return manifest
 
 
-def _tools(constraint: dict | None) -> list[dict] | None:
+def tools_of(constraint: dict | None) -> list[dict] | None:
     """The tools an answer was generated with: a tool call's constraint holds them (gateway/tools/grammar.py), and
     the recipe renders the prompt with them, as the student and the teacher saw it."""
     return constraint.get("tools") if constraint is not None and "tools" in constraint else None

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.online.dataset import Example
+from distill.online.dataset import Example, tools_of
 from router.calibration import calibrate_threshold, teacher_fraction
 from router.policy_file import Calibration, PolicyFile, load_policy, save_policy
 from router.signals import WindowSignals, aggregate, token_signals
+from runtime.chat_template import render
 from runtime.store.records import ShadowRecord
 
 
@@ -31,8 +32,9 @@ def recalibrate(model_dir: Path, policy_path: Path, heldout: list[Example], out:
     if not heldout:
         raise ValueError("no held-out records to recalibrate the routing threshold on")
     model, tokenizer = load(model_dir)
-    windows = [window for window in answer_windows(model, tokenizer, [example.messages for example in heldout],
-                                                   policy.top_logprobs, policy.prefix_tokens, max_new_tokens)]
+    windows = answer_windows(model, tokenizer, [example.messages for example in heldout], policy.top_logprobs,
+                             policy.prefix_tokens, max_new_tokens,
+                             tools_each=[tools_of(example.constraint) for example in heldout])
     scores = np.asarray([policy.scorer.score(window) for window in windows], dtype=np.float64)
     scores = scores[~np.isnan(scores)]  # no tokens: always escalated, no evidence for a threshold
     target = policy.calibration.target_teacher_fraction
@@ -53,14 +55,18 @@ def recalibrate(model_dir: Path, policy_path: Path, heldout: list[Example], out:
 
 @torch.inference_mode()
 def answer_windows(model, tokenizer, conversations: list[list[dict]], top_logprobs: int, prefix_tokens: int | None,
-                   max_new_tokens: int, batch_size: int = 32) -> list[WindowSignals]:
+                   max_new_tokens: int, batch_size: int = 32,
+                   tools_each: list[list[dict] | None] | None = None) -> list[WindowSignals]:
     """The window signals of each greedy answer: the top-k logprobs and the chosen token's at every step, as the
-    serving engine reports them, over the first `prefix_tokens` tokens (all of them with None)."""
+    serving engine reports them, over the first `prefix_tokens` tokens (all of them with None). Each conversation
+    is rendered with the tools it offered (`tools_each`), as the student saw it."""
     tokenizer.padding_side = "left"
+    offered = tools_each if tools_each is not None else [None] * len(conversations)
     windows: list[WindowSignals] = []
     for start in range(0, len(conversations), batch_size):
-        prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-                   for messages in conversations[start:start + batch_size]]
+        prompts = [render(tokenizer, messages, tools, add_generation_prompt=True)
+                   for messages, tools in zip(conversations[start:start + batch_size],
+                                              offered[start:start + batch_size], strict=True)]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
@@ -96,7 +102,8 @@ def recalibrate_handoff(model_dir: Path, records: list[ShadowRecord], target: fl
     if not records:
         raise ValueError("no held-out records to refit the handoff floor on")
     model, tokenizer = load(model_dir)
-    windows = answer_windows(model, tokenizer, [record.prompt for record in records], 1, None, max_new_tokens)
+    windows = answer_windows(model, tokenizer, [record.prompt for record in records], 1, None, max_new_tokens,
+                             tools_each=[tools_of(record.constraint) for record in records])
     kept = [(window.min_prob, record.weight()) for window, record in zip(windows, records, strict=True)
             if window.tokens]
     minima, weights = (np.asarray(column, dtype=np.float64) for column in zip(*kept, strict=True))
