@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The local engine (`kdgate engine`) for clusters without GPUs: one model behind vLLM's OpenAI API, on CPU torch.
 #   docker build -f deploy/docker/engine.Dockerfile -t kdgate/engine:0.1.0 .              (from the repository root)
 #   docker run -p 8000:8000 -v /srv/models/student:/models/model:ro kdgate/engine:0.1.0

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The gateway (`kdgate serve`): the core package only, no torch; it fronts vLLM or `kdgate engine` over HTTP.
 #   docker build -f deploy/docker/gateway.Dockerfile -t kdgate/gateway:0.1.0 .            (from the repository root)
 #   docker run -p 8000:8000 -v "$PWD/kdgate.yaml:/etc/kdgate/config.yaml:ro" kdgate/gateway:0.1.0
