@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A Python 3.11 base image made from Debian bookworm's own packages, for building the images where no registry can
 # be reached (Docker Hub's python:3.11-slim-bookworm is the default everywhere else):
-#   deploy/docker/debian-base.sh                       build kdgate/python-base:3.11-bookworm unless it exists
+#   deploy/docker/debian-base.sh                       build kdgate-python-base:3.11-bookworm unless it exists
 #   deploy/docker/debian-base.sh --force [TAG]         build it again, or under another tag
-#   docker build -f deploy/docker/gateway.Dockerfile --build-arg PYTHON_IMAGE=kdgate/python-base:3.11-bookworm \
+#   docker build -f deploy/docker/gateway.Dockerfile --build-arg PYTHON_IMAGE=kdgate-python-base:3.11-bookworm \
 #       -t kdgate/gateway:0.1.0 .
 # It needs mmdebstrap (Debian package mmdebstrap), Debian's archive over HTTP and a Docker daemon; about 30 s.
 # What the Dockerfiles ask of their base, and so what this gives: `python` on PATH (python-is-python3) at 3.11,
@@ -17,7 +17,7 @@ set -euo pipefail
 
 force=0
 if [ "${1:-}" = "--force" ]; then force=1; shift; fi
-tag="${1:-kdgate/python-base:3.11-bookworm}"
+tag="${1:-kdgate-python-base:3.11-bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 

@@ -34,8 +34,8 @@ from tests.conftest import ROOT, free_port, start_engine_server, stop
 
 pytestmark = pytest.mark.slow
 
-BASE_TAG = "kdgate/python-base:3.11-bookworm"
-GATEWAY_TAG = "kdgate/gateway:test"
+BASE_TAG = "kdgate-python-base:3.11-bookworm"
+GATEWAY_TAG = "kdgate-gateway:test"
 SOURCE = "https://github.com/kdgate/kdgate"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CONFIG = ROOT / "deploy" / "kdgate-vllm.yaml"
@@ -99,10 +99,13 @@ def start_dockerd(env: dict[str, str], run_dir: Path) -> subprocess.Popen:
         if answers(needs.tool("docker"), env):
             return process
         time.sleep(0.25)
+    how = (f"dockerd exited with {process.returncode}" if process.poll() is not None
+           else f"dockerd did not answer within {DAEMON_START_S} s")
     stop_dockerd(process)
+    unmount_below(run_dir)
     tail = (run_dir / "dockerd.log").read_text()[-2000:]
-    needs.missing(f"a Docker daemon (dockerd did not answer within {DAEMON_START_S} s; its log ends:\n{tail})",
-                  INSTALL_DOCKER)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    needs.missing(f"a Docker daemon ({how}; its log ends:\n{tail})", INSTALL_DOCKER)
 
 
 def stop_dockerd(process: subprocess.Popen) -> None:
@@ -125,7 +128,11 @@ def docker(request) -> Iterator[Docker]:
     started = time.monotonic()
     if not answers(needs.tool("docker"), env):
         env["DOCKER_HOST"] = f"unix://{run_dir / 'docker.sock'}"
-        process = start_dockerd(env, run_dir)
+        try:
+            process = start_dockerd(env, run_dir)
+        finally:
+            if process is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
     cli, build = buildkit_command(env)
     bound = Docker(cli=cli, env=env, build=build)
     bound.timings["daemon"] = f"{time.monotonic() - started:.1f} s ({'started here' if process else 'running'})"
@@ -137,7 +144,15 @@ def docker(request) -> Iterator[Docker]:
             reporter.write_line("\ntest_images: " + " | ".join(f"{step} {took}" for step, took in bound.timings.items()))
     if process:
         stop_dockerd(process)
+        unmount_below(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def unmount_below(folder: Path) -> None:
+    """dockerd leaves its default network namespace (exec-root/netns/default) mounted after it stops."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{folder}/")), key=len, reverse=True):
+        subprocess.run(["umount", mount], capture_output=True, timeout=30)
 
 
 def local_ca_certificates() -> str:
