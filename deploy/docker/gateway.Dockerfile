@@ -4,6 +4,7 @@
 # Settings: the YAML mounted at /etc/kdgate/config.yaml (deploy/kdgate-vllm.yaml is a commented start), any key
 # overridden by its KDGATE_ variable (docs/configuration.md). It listens on 0.0.0.0, so it refuses to start
 # without API keys (SECURITY.md).
+# Where no registry answers: deploy/docker/debian-base.sh, then --build-arg PYTHON_IMAGE=kdgate-python-base:3.11-bookworm
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The builder installs kdgate into /opt/venv (every dependency ships binary wheels: no compiler in either stage);
