@@ -45,7 +45,8 @@ def binary(*names: str, install: str) -> str:
 DEBIAN = {"promtool": "prometheus", "prometheus": "prometheus", "amtool": "prometheus-alertmanager",
           "prometheus-alertmanager": "prometheus-alertmanager", "alertmanager": "prometheus-alertmanager",
           "redis-server": "redis-server", "docker-compose": "docker-compose", "initdb": "postgresql",
-          "postgres": "postgresql", "dnsmasq": "dnsmasq-base"}
+          "postgres": "postgresql", "dnsmasq": "dnsmasq-base", "docker": "docker.io", "dockerd": "docker.io",
+          "mmdebstrap": "mmdebstrap"}
 
 
 # Names a binary goes by: Debian installs Alertmanager as `prometheus-alertmanager`, upstream as `alertmanager`;

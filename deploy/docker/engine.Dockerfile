@@ -1,10 +1,10 @@
-# syntax=docker/dockerfile:1
 # The local engine (`kdgate engine`) for clusters without GPUs: one model behind vLLM's OpenAI API, on CPU torch.
 #   docker build -f deploy/docker/engine.Dockerfile -t kdgate/engine:0.1.0 .              (from the repository root)
 #   docker run -p 8000:8000 -v /srv/models/student:/models/model:ro kdgate/engine:0.1.0
 # Like the vllm/vllm-openai image, the entrypoint is the server and the arguments are its flags (the model included):
 #   docker run ... kdgate/engine:0.1.0 --model=/models/student --served-model-name=student --host=0.0.0.0 --port=8000
 # The health check asks port 8000, as vLLM's image does: keep --port=8000 inside the container.
+# Where no registry answers: deploy/docker/debian-base.sh, then --build-arg PYTHON_IMAGE=kdgate-python-base:3.11-bookworm
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The builder installs the CPU build of torch first (an unpinned `torch` from PyPI is the CUDA build, several GB),

@@ -1,10 +1,10 @@
-# syntax=docker/dockerfile:1
 # The gateway (`kdgate serve`): the core package only, no torch; it fronts vLLM or `kdgate engine` over HTTP.
 #   docker build -f deploy/docker/gateway.Dockerfile -t kdgate/gateway:0.1.0 .            (from the repository root)
 #   docker run -p 8000:8000 -v "$PWD/kdgate.yaml:/etc/kdgate/config.yaml:ro" kdgate/gateway:0.1.0
 # Settings: the YAML mounted at /etc/kdgate/config.yaml (deploy/kdgate-vllm.yaml is a commented start), any key
 # overridden by its KDGATE_ variable (docs/configuration.md). It listens on 0.0.0.0, so it refuses to start
 # without API keys (SECURITY.md).
+# Where no registry answers: deploy/docker/debian-base.sh, then --build-arg PYTHON_IMAGE=kdgate-python-base:3.11-bookworm
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The builder installs kdgate into /opt/venv (every dependency ships binary wheels: no compiler in either stage);

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The trainer service (`kdgate trainer serve`): Alertmanager's webhook, the jobs API, and the re-distillation jobs
 # it runs on the GPU (the local runner), or the same image as a Kubeflow TrainJob (`trainer.runner: kubernetes`).
 #   docker build -f deploy/docker/trainer.Dockerfile -t kdgate/trainer:0.1.0 .            (from the repository root)
