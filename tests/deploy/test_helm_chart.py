@@ -121,12 +121,8 @@ def test_the_schema_refuses_bad_values_by_name(values, message):
 def test_tensor_parallel_flags_in_the_launch_file_are_refused(tmp_path):
     """The chart owns --tensor-parallel-size (= the GPUs it requests): a copy of the chart whose launch file sets it
     does not render."""
-    copy = tmp_path / "kdgate"
-    shutil.copytree(CHART, copy)  # links become files
-    launch = yaml.safe_load(LAUNCH.read_text())
-    launch["services"]["vllm-teacher"]["command"].append("--tensor-parallel-size=2")
-    (copy / "files" / "vllm-launch.yaml").unlink()
-    (copy / "files" / "vllm-launch.yaml").write_text(yaml.safe_dump(launch))
+    copy = with_launch(tmp_path, lambda launch: launch["services"]["vllm-teacher"]["command"].append(
+        "--tensor-parallel-size=2"))
     with pytest.raises(helm_python.HelmError, match="--tensor-parallel-size=2 for vllm-teacher"):
         render(chart_dir=copy)
 
@@ -313,15 +309,20 @@ def autoscaled(values: dict, enabled_for: tuple[str, ...] = ("student", "teacher
     return values
 
 
-def without_lora(tmp_path: Path) -> Path:
-    """A copy of the chart whose student runs without --enable-lora (a Deployment, as the teacher)."""
+def with_launch(tmp_path: Path, change) -> Path:
+    """A copy of the chart whose launch file `change(launch)` edited (the chart reads vLLM's flags from it)."""
     copy = tmp_path / "kdgate"
     shutil.copytree(CHART, copy)  # links become files
     launch = yaml.safe_load(LAUNCH.read_text())
-    launch["services"]["vllm-student"]["command"].remove("--enable-lora")
+    change(launch)
     (copy / "files" / "vllm-launch.yaml").unlink()
     (copy / "files" / "vllm-launch.yaml").write_text(yaml.safe_dump(launch))
     return copy
+
+
+def without_lora(tmp_path: Path) -> Path:
+    """A copy of the chart whose student runs without --enable-lora (a Deployment, as the teacher)."""
+    return with_launch(tmp_path, lambda launch: launch["services"]["vllm-student"]["command"].remove("--enable-lora"))
 
 
 @pytest.mark.parametrize("lora", [True, False])

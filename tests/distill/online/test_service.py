@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -232,28 +233,45 @@ def test_a_job_past_its_time_is_stopped_and_a_killed_one_is_failed(tmp_path, dem
     assert ended["reason"] == "the job process exited with code -9 before ending the job"
 
 
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def trainer_process(path) -> tuple[str, Callable[[], subprocess.Popen]]:
+    """`kdgate trainer serve --config path` as an operator runs it, on a free port: its URL, and a function that
+    starts it (again) and waits until it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "kdgate.cli", "trainer", "serve", "--port", str(port), "--config", str(path)]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    url = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen:
+        service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_up(f"{url}/healthz", service)
+        return service
+    return url, start
+
+
+def job_in_training(url: str) -> tuple[int, dict]:
+    """A job started through the API, once it is training: its id and its row."""
+    job_id = httpx.post(f"{url}/v1/jobs", headers=ADMIN_HEADERS, timeout=30).json()["id"]
+    return job_id, wait_step(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=ADMIN_HEADERS, timeout=30).json(),
+                             "train")
+
+
 @pytest.mark.slow
 def test_a_trainer_killed_mid_job_finds_the_job_when_it_restarts(tmp_path, demo_dirs):
     settings, path = trainer_config(tmp_path, train={"threads": 1, "overrides": ["steps=100000"]})
     seed_records(settings, demo_dirs)
-    port = free_port()
-    command = [sys.executable, "-m", "kdgate.cli", "trainer", "serve", "--port", str(port), "--config", str(path)]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
-    service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    url, start = trainer_process(path)
+    service = start()
     try:
-        wait_until_up(f"{url}/healthz", service)
-        job_id = httpx.post(f"{url}/v1/jobs", headers=headers, timeout=30).json()["id"]
-        running = wait_step(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=30).json(), "train")
+        job_id, running = job_in_training(url)
         orphan = int(running["runner_ref"].removeprefix("pid:"))
         service.send_signal(signal.SIGKILL)
         service.wait()
         assert os.path.exists(f"/proc/{orphan}")  # its own session: it outlived the trainer
-        service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        wait_until_up(f"{url}/healthz", service)
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+        service = start()
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=ADMIN_HEADERS).json()
     finally:
         stop(service)
     assert (job["state"], job["reason"]) == ("failed", "trainer restarted")
@@ -276,15 +294,10 @@ def test_sigterm_on_the_trainer_stops_its_job_and_queues_it_again_when_configure
     settings, path = trainer_config(tmp_path, requeue_on_restart=requeue,
                                     train={"threads": 1, "overrides": ["steps=100000"]})
     seed_records(settings, demo_dirs)
-    port = free_port()
-    command = [sys.executable, "-m", "kdgate.cli", "trainer", "serve", "--port", str(port), "--config", str(path)]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
-    service = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {ADMIN_KEY}"}
+    url, start = trainer_process(path)
+    service = start()
     try:
-        wait_until_up(f"{url}/healthz", service)
-        job_id = httpx.post(f"{url}/v1/jobs", headers=headers, timeout=30).json()["id"]
-        running = wait_step(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=30).json(), "train")
+        job_id, running = job_in_training(url)
         pid = int(running["runner_ref"].removeprefix("pid:"))
         service.send_signal(signal.SIGTERM)
         exit_code = service.wait(timeout=60)

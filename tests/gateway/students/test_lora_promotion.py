@@ -32,12 +32,13 @@ def replicas(demo_dirs):
         stop(server.process)
 
 
-def lora_gateway(demo_dirs, engine_server, tmp_path, replica_urls: list[str]):
+def lora_gateway(demo_dirs, engine_server, tmp_path, replica_urls: list[str], reconcile_interval_s: float = 5.0):
     student = BackendSettings(kind="http", base_url=replica_urls[0], model="demo-student", replica_urls=replica_urls)
     settings = gateway_settings(demo_dirs, engine_server,
                                 routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
                                 shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
-                                students=StudentsSettings(enabled=True, poll_interval_s=0.2))
+                                students=StudentsSettings(enabled=True, poll_interval_s=0.2,
+                                                          reconcile_interval_s=reconcile_interval_s))
     return ThreadedServer(create_app(settings.model_copy(update={"student": student})))
 
 
@@ -216,12 +217,7 @@ def test_a_replica_without_the_adapter_is_served_around_not_passed_to_the_client
     the gateway named that model, not the client, so the client gets the teacher's answer (`student_error`), never
     the 404. (The adapter is taken off by hand here, with reconciliation slowed, so that the window stays open.)"""
     urls = [server.base_url for server in replicas]
-    student = BackendSettings(kind="http", base_url=urls[0], model="demo-student", replica_urls=urls)
-    settings = gateway_settings(
-        demo_dirs, engine_server, routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
-        shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
-        students=StudentsSettings(enabled=True, poll_interval_s=0.2, reconcile_interval_s=300))
-    with ThreadedServer(create_app(settings.model_copy(update={"student": student}))) as gateway:
+    with lora_gateway(demo_dirs, engine_server, tmp_path, urls, reconcile_interval_s=300) as gateway:
         assert admin(gateway, "POST", "", {"name": "v7", "adapter_path": str(demo_adapter)}).status_code == 201
         assert admin(gateway, "POST", "/v7/promote").status_code == 200
         assert httpx.post(f"{urls[0]}/unload_lora_adapter", json={"lora_name": "demo-student@v7"},
@@ -250,12 +246,7 @@ def test_a_replica_is_ready_only_once_it_lists_the_serving_adapters(demo_dirs, e
     names must be in the replica's /v1/models (a restarted replica is healthy long before the gateway has loaded
     them). Without a gateway to ask it falls back to /health (a first install's gateway waits for the student)."""
     urls = [server.base_url for server in replicas]
-    student = BackendSettings(kind="http", base_url=urls[0], model="demo-student", replica_urls=urls)
-    settings = gateway_settings(
-        demo_dirs, engine_server, routing=RoutingSettings(policy="student_only", handoff=HandoffSettings(enabled=False)),
-        shadow=ShadowSettings(enabled=False, store_url=f"sqlite:///{tmp_path / 's.sqlite3'}"),
-        students=StudentsSettings(enabled=True, poll_interval_s=0.2, reconcile_interval_s=300))
-    with ThreadedServer(create_app(settings.model_copy(update={"student": student}))) as gateway:
+    with lora_gateway(demo_dirs, engine_server, tmp_path, urls, reconcile_interval_s=300) as gateway:
         before = probe(urls[0], gateway.url)
         assert admin(gateway, "POST", "", {"name": "v8", "adapter_path": str(demo_adapter)}).status_code == 201
         assert admin(gateway, "POST", "/v8/promote").status_code == 200
