@@ -174,6 +174,40 @@ def quantize_command(
     typer.echo(f"{scheme.upper()} student written to {written}")
 
 
+@app.command("prune")
+def prune_command(
+    model: Path = typer.Option(..., exists=True, file_okay=False, help="the model to take blocks from (the teacher)"),
+    out: Path = typer.Option(..., file_okay=False, help="where the pruned model goes (a Hugging Face folder)"),
+    keep: int = typer.Option(..., min=1, help="decoder blocks to keep"),
+    by: str = typer.Option("importance", help="importance (Block Influence on calibration text) or uniform "
+                           "(evenly spaced, first and last kept)"),
+    cache: Path | None = typer.Option(None, exists=True, file_okay=False, help="teacher cache for the calibration "
+                                      "text (default: demo training tickets)"),
+    samples: int = typer.Option(64, min=1, help="calibration texts"),
+    threads: int | None = typer.Option(1, min=1, help="torch CPU threads"),
+) -> None:
+    """Depth-prune a model into a student initialised from its own blocks, to distil next (Minitron's recipe).
+
+    Example:  kdgate distill prune --model distill/demo/artifacts/teacher --keep 2 --out runs/pruned
+    """
+    import torch
+
+    from distill.prune import prune
+    from distill.quantize import calibration_texts
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        report = prune(model, out, keep, by, calibration_texts(model, cache, samples))
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    influence = ", ".join(f"{index}:{value:.3f}" for index, value in enumerate(report["influence"]))
+    typer.echo(f"block influence ({report['calibration_texts']} texts): {influence}")
+    typer.echo(f"kept blocks {report['kept']} of {report['blocks']} ({by}); {report['parameters'] / 1e6:.2f}M "
+               f"parameters written to {out}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep(
     ctx: typer.Context,
