@@ -7,11 +7,12 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.chat.protocol import ModelCard, ModelList
 from gateway.logs import escape
 from gateway.workers import multiprocess_dir, scrape_registry
-from runtime.errors import GatewayError, NotFound
+from runtime.errors import GatewayError, NotFound, UpstreamUnavailable
 
 router = APIRouter()
 
@@ -42,8 +43,13 @@ async def readyz(request: Request) -> JSONResponse:
 async def required_adapters(request: Request) -> dict:
     """The LoRA adapters every student replica must list before it takes traffic (the serving versions'), by
     name: the chart's student readiness probe (helm/kdgate/files/student_ready.py) compares them with the
-    replica's /v1/models. Open like /readyz; paths stay inside."""
-    return {"adapters": sorted(await request.app.state.students.serving_adapters())}
+    replica's /v1/models. Open like /readyz; paths stay inside. A store that cannot be read is a 503 (the probe
+    then lets /health decide), not an error of the gateway's."""
+    try:
+        return {"adapters": sorted(await request.app.state.students.serving_adapters())}
+    except (SQLAlchemyError, OSError) as error:
+        raise UpstreamUnavailable(f"the record store cannot be read now ({type(error).__name__}), so the serving "
+                                  "versions' adapters are not known; try again", backend="store") from None
 
 
 async def _check(backend) -> dict:

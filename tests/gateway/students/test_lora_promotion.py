@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_app
 from gateway.settings import BackendSettings, HandoffSettings, RoutingSettings, ShadowSettings, StudentsSettings
@@ -241,7 +242,7 @@ def probe(replica: str, gateway: str) -> subprocess.CompletedProcess:
 
 
 def test_a_replica_is_ready_only_once_it_lists_the_serving_adapters(demo_dirs, engine_server, replicas,
-                                                                    demo_adapter, tmp_path):
+                                                                    demo_adapter, tmp_path, monkeypatch):
     """The chart's readiness probe on a LoRA student: /health, then every adapter the gateway's /readyz/adapters
     names must be in the replica's /v1/models (a restarted replica is healthy long before the gateway has loaded
     them). Without a gateway to ask it falls back to /health (a first install's gateway waits for the student)."""
@@ -256,6 +257,10 @@ def test_a_replica_is_ready_only_once_it_lists_the_serving_adapters(demo_dirs, e
                           timeout=30).status_code == 200
         missing = probe(urls[0], gateway.url)
         other = probe(urls[1], gateway.url)
+        versions = gateway.app.state.students.versions
+        monkeypatch.setattr(versions, "get", lambda name: (_ for _ in ()).throw(OperationalError("", {}, OSError())))
+        store_down = httpx.get(f"{gateway.url}/readyz/adapters", timeout=10)  # the store unreadable for a moment
+        monkeypatch.undo()
     no_gateway = probe(urls[0], gateway.url)  # the gateway has stopped: nothing listens there
     assert (before.returncode, before.stdout.strip()) == (0, "ready: the gateway serves no LoRA version")
     assert required == {"adapters": ["demo-student@v8"]}
@@ -263,6 +268,7 @@ def test_a_replica_is_ready_only_once_it_lists_the_serving_adapters(demo_dirs, e
     assert missing.returncode == 1
     assert "does not list demo-student@v8" in missing.stderr
     assert no_gateway.returncode == 0 and "the gateway was not asked" in no_gateway.stdout
+    assert store_down.status_code == 503 and "the record store cannot be read now" in store_down.text  # was a 500
 
 
 def test_a_replica_that_does_not_answer_is_not_ready():
