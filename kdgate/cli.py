@@ -64,7 +64,9 @@ def _every_command() -> str:
 def serve(
     host: str | None = typer.Option(None, help="listen address (default: KDGATE_HOST or 127.0.0.1)"),
     port: int | None = typer.Option(None, help="listen port (default: KDGATE_PORT or 8000)"),
-    config: Path | None = typer.Option(None, exists=True, dir_okay=False, help="YAML settings file"),
+    config: list[Path] | None = typer.Option(None, exists=True, dir_okay=False, help="YAML settings file; "
+                                             "repeat it to serve several distilled pairs on one port, each file "
+                                             "one pair (its served_model, backends, routing and store)"),
     workers: int | None = typer.Option(None, min=1, max=64, help="worker processes (default: KDGATE_WORKERS or 1); "
                                        "more than 1 needs http backends"),
     demo: str = typer.Option("plain", help="with no backends configured, which demo pair: `plain`, or `tools` (the "
@@ -91,6 +93,9 @@ def serve(
     if demo == "tools":
         from gateway.settings import DEMO_TOOLS_BACKENDS
         overrides |= DEMO_TOOLS_BACKENDS
+    if config and len(config) > 1:
+        _serve_pairs(config, overrides)
+    config = config[0] if config else None
     settings = settings_or_exit(lambda: load_settings(config, **overrides))
     configure_logging(settings.log_level, settings.log_format)
     folder = None
@@ -119,6 +124,44 @@ def serve(
     if config is not None:
         os.environ["KDGATE_CONFIG"] = str(config.resolve())  # the workers read the same file
     serve_http("gateway.app:app_from_environment", limits, factory=True, workers=settings.workers, **run)
+    _exit_now()
+
+
+def _serve_pairs(configs: list[Path], overrides: dict) -> NoReturn:
+    """Several pairs on one port (gateway.pairs): each file one whole gateway; the address, limits and logging are
+    the first file's. One process: each pair loads its own models."""
+    from gateway.app import create_app
+    from gateway.banner import banner
+    from gateway.logs import configure_logging
+    from gateway.pairs import Pairs, check_pairs
+    from gateway.preflight import start_problem
+    from gateway.settings import load_settings
+    from runtime.connections import serve as serve_http
+
+    if overrides.get("workers", 1) > 1:
+        raise typer.BadParameter("several pairs run in one process; drop --workers", param_hint="--workers")
+    pairs = [settings_or_exit(lambda path=path: load_settings(path, **overrides)) for path in configs]
+    try:
+        check_pairs(pairs)
+    except ValueError as error:
+        _exit_with(str(error))
+    first = pairs[0]
+    configure_logging(first.log_level, first.log_format)
+    for settings in pairs:
+        problem = start_problem(settings)
+        if problem:
+            _exit_with(problem)
+    for path, settings in zip(configs, pairs, strict=True):
+        typer.echo(f"pair `{settings.served_model}` ({path}):")
+        try:
+            lines = banner(settings)
+        except ValueError as error:
+            _exit_with(str(error))
+        for line in lines:
+            typer.echo(f"  {line}")
+    app = Pairs({settings.served_model: create_app(settings) for settings in pairs}, first.max_body_bytes)
+    serve_http(app, first.limits.connections(), host=first.host, port=first.port, log_level=first.log_level,
+               log_config=None, access_log=False, timeout_graceful_shutdown=first.drain_timeout_s)
     _exit_now()
 
 
