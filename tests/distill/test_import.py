@@ -4,7 +4,8 @@
   from the GGUF (the import changes the layout, not the model);
 - is served by `kdgate engine` with its chat template applied: the same prompt ids and the same tokens;
 - is served by real vLLM (CPU build): the same tokens as the engine, logprobs within 1e-3.
-Refusals (exit code 2, a message naming the problem) need no model and run fast.
+A Hugging Face folder (the demo student) is re-saved with the same logits. Refusals (exit code 2, a message naming
+the problem) need no model and run fast.
 """
 
 from __future__ import annotations
@@ -106,13 +107,19 @@ def test_imported_answers_as_the_gguf_does(smollm2, from_gguf):
     assert len(imported[1]) == NEW_TOKENS
 
 
-@pytest.mark.slow
-def test_the_local_engine_serves_it_with_its_chat_template(smollm2, from_gguf):
+@pytest.fixture(scope="session")
+def engine_answer(smollm2) -> dict:
+    """`kdgate engine` on the imported folder, asked MESSAGES once."""
     server = start_engine_server(smollm2, "smollm2")
     try:
-        body = chat(server.base_url, "smollm2")
+        return chat(server.base_url, "smollm2")
     finally:
         stop(server.process)
+
+
+@pytest.mark.slow
+def test_the_local_engine_serves_it_with_its_chat_template(engine_answer, from_gguf):
+    body = engine_answer
     assert body["prompt_token_ids"] == from_gguf[0]  # the template rendered as transformers renders it
     assert answer_ids(body) == from_gguf[1]
     assert body["choices"][0]["finish_reason"] == "length"
@@ -121,14 +128,10 @@ def test_the_local_engine_serves_it_with_its_chat_template(smollm2, from_gguf):
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
-def test_vllm_serves_it_as_the_engine_does(smollm2, tmp_path):
+def test_vllm_serves_it_as_the_engine_does(smollm2, engine_answer, tmp_path):
     from tests.vllm_servers import spawn_vllm, stop_vllm, vllm_python, wait_ready
 
-    engine = start_engine_server(smollm2, "smollm2")
-    try:
-        ours = chat(engine.base_url, "smollm2")
-    finally:
-        stop(engine.process)
+    ours = engine_answer
     server = spawn_vllm(vllm_python(), smollm2, "smollm2", tmp_path / "vllm.log", "nobind",
                         "--optimization-level", "0")  # no torch.compile: ready in a third of the time
     try:
@@ -136,11 +139,29 @@ def test_vllm_serves_it_as_the_engine_does(smollm2, tmp_path):
         theirs = chat(server.base_url, "smollm2")
     finally:
         stop_vllm(server)
-    print(f"\nvLLM on SmolLM2: ready in {server.started_s:.0f} s, {server.rss_bytes / 2**30:.1f} GiB RSS")
     assert theirs["prompt_token_ids"] == ours["prompt_token_ids"]
     assert answer_ids(theirs) == answer_ids(ours)
     differences = [abs(a - b) for a, b in zip(answer_logprobs(theirs), answer_logprobs(ours), strict=True)]
+    print(f"\nvLLM on SmolLM2: ready in {server.started_s:.0f} s, {server.rss_bytes / 2**30:.1f} GiB RSS; "
+          f"largest logprob difference to the engine {max(differences):.2e}")
     assert max(differences) < LOGPROB_TOLERANCE, differences
+
+
+def test_a_hugging_face_folder_is_re_saved_as_safetensors(demo_dirs, tmp_path):
+    """The demo student as an HF SOURCE: the same logits from the copy, the source weights hashed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    out = tmp_path / "student"
+    imported = import_checkpoint(str(demo_dirs[0]), out, progress=lambda line: None)
+    assert imported.kind == "hf" and (out / "model.safetensors").is_file()
+    assert set(imported.files) == {path.name for path in demo_dirs[0].glob("*.safetensors")}
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        logits = [AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
+                  for folder in (demo_dirs[0], out)]
+    assert torch.equal(*logits)
 
 
 # -------------------------------------------------------------------------------------------------------- refusals
@@ -168,6 +189,13 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     fake.write_bytes(b"PK\x03\x04 not a gguf at all")
     message = refused(str(fake), "--out", str(tmp_path / "out"))
     assert "not a GGUF file" in message
+
+
+def test_a_non_empty_out_folder_is_refused(demo_dirs, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    message = refused(str(demo_dirs[0]), "--out", str(tmp_path / "out"))
+    assert "exists and is not empty" in message
 
 
 def test_several_ggufs_need_a_choice(tmp_path):
