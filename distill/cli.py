@@ -215,6 +215,7 @@ def import_command(
     out: Path = typer.Option(..., file_okay=False, help="the Hugging Face folder to write (new or empty)"),
     gguf_file: str | None = typer.Option(None, help="which .gguf in a folder or package holding several"),
     dtype: str = typer.Option("float32", help="float32 or bfloat16: the saved weights' dtype"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's own choice)"),
 ) -> None:
     """Import a real checkpoint into the layout the trainer, the local engine and vLLM load; nothing is downloaded.
 
@@ -222,6 +223,10 @@ def import_command(
     """
     from distill.importer import import_checkpoint
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         imported = import_checkpoint(source, out, gguf_file, dtype, progress=typer.echo)
     except ValueError as error:  # ImportRefused: a missing file, no checkpoint in a folder, an unloadable GGUF

