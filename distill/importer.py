@@ -96,7 +96,7 @@ def resolve(source: str, gguf_file: str | None = None) -> Source:
 
 
 def _package_folder(name: str) -> Path | None:
-    if not name.isidentifier() and not all(part.isidentifier() for part in name.split(".")):
+    if not all(part.isidentifier() for part in name.split(".")):  # a path, not a module name
         return None
     try:
         if importlib.util.find_spec(name) is None:
