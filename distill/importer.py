@@ -191,6 +191,9 @@ def import_checkpoint(source: str, out: Path, gguf_file: str | None = None, dtyp
         _fix_special_tokens(tokenizer, metadata)
         # GGUF tokenizers come without a length limit; the model's context is the honest one
         tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
+        # the converter turns on WordPiece's space clean-up, which transformers ignores with a warning for BPE
+        # (it would strip spaces before punctuation); the Hugging Face SmolLM2 tokenizer has it off
+        tokenizer.clean_up_tokenization_spaces = False
     else:
         model = loaded
     if not tokenizer.chat_template:

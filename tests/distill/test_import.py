@@ -103,6 +103,7 @@ def test_the_imported_folder_is_a_plain_hf_checkpoint(smollm2):
     assert "<|im_start|>" in template and "add_generation_prompt" in template
     tokens = json.loads((smollm2 / "tokenizer_config.json").read_text())
     assert tokens["eos_token"] == "<|im_end|>"  # from the GGUF header, not transformers' swapped guess
+    assert tokens["clean_up_tokenization_spaces"] is False and tokens["model_max_length"] == 8192
     record = json.loads((smollm2 / RECORD).read_text())
     assert record["kind"] == "gguf" and record["parameters"] == 134_515_008
     assert list(record["files"]) == [GGUF_NAME] and len(record["files"][GGUF_NAME]) == 64
@@ -153,6 +154,31 @@ def test_vllm_serves_it_as_the_engine_does(smollm2, engine_answer, tmp_path):
     print(f"\nvLLM on SmolLM2: ready in {server.started_s:.0f} s, {server.rss_bytes / 2**30:.1f} GiB RSS; "
           f"largest logprob difference to the engine {max(differences):.2e}")
     assert max(differences) < LOGPROB_TOLERANCE, differences
+
+
+@pytest.mark.slow
+def test_the_trainer_distills_it_from_its_own_cache_at_zero_kl(smollm2, tmp_path):
+    """`kdgate distill generate` with the imported model as teacher, then `kdgate distill train` with it as student
+    (a vanishing learning rate): the trainer reads the same weights, tokens and template as the engine that wrote the
+    cache, so the student starts at the teacher, KL ≈ 0 and top-1 agreement ≈ 1."""
+    prompts = tmp_path / "prompts.jsonl"
+    questions = ["Write a haiku about rain.", "What is 2+2?", "Name a color.", "Say hello.",
+                 "What is the capital of Italy?", "Give me a fruit.", "Count to three.", "What comes after Monday?"]
+    prompts.write_text("".join(json.dumps({"id": f"q{index}", "prompt": question}) + "\n"
+                               for index, question in enumerate(questions)))
+    cache = tmp_path / "cache"
+    done = kdgate("distill", "generate", "--prompts", str(prompts), "--teacher-dir", str(smollm2), "--top-k", "5",
+                  "--max-tokens", "96", "--no-check-reference", "--threads", "1", "--out", str(cache))
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = tmp_path / "train.yaml"
+    config.write_text(f"student:\n  init: {smollm2}\ncache: {cache}\nout: {tmp_path / 'run'}\nsteps: 1\n"
+                      "batch_size: 2\neval_every: 1\ncheckpoint_every: 1\neval_fraction: 0.3\nthreads: 1\n"
+                      "optim:\n  warmup_steps: 0\n  lr: 1.0e-12\n")
+    done = kdgate("distill", "train", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    [evaluation] = json.loads((tmp_path / "run" / "model" / "training_log.json").read_text())
+    print(f"\ntrainer on SmolLM2 from its own cache: {evaluation}")
+    assert evaluation["kl_to_teacher"] < 1e-3 and evaluation["teacher_agreement"] > 0.99, evaluation
 
 
 def test_a_hugging_face_folder_is_re_saved_as_safetensors(demo_dirs, tmp_path):
