@@ -180,7 +180,9 @@ def import_checkpoint(source: str, out: Path, gguf_file: str | None = None, dtyp
     hashes = {path.name: sha256(path) for path in found.files}
     progress(f"loading {found.files[0] if found.kind == 'gguf' else found.folder}"
              + (" (dequantizing the GGUF tensors)" if found.kind == "gguf" else ""))
-    kwargs = {"gguf_file": found.gguf_file} if found.kind == "gguf" else {}
+    kwargs = {"local_files_only": True}  # never a hub: a folder missing a file fails instead of downloading it
+    if found.kind == "gguf":
+        kwargs["gguf_file"] = found.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(found.folder, **kwargs)
         loaded = AutoModelForCausalLM.from_pretrained(found.folder, dtype=torch_dtype, **kwargs)
