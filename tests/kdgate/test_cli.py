@@ -205,7 +205,8 @@ THREADS_ELSEWHERE = {
 }
 TORCH_COMMANDS = [("kdgate", "engine"), ("kdgate", "demo", "build"), ("kdgate", "demo", "eval"),
                   ("kdgate", "demo", "drift"), ("kdgate", "router", "collect"), ("kdgate", "distill", "generate"),
-                  ("kdgate", "distill", "eval"), ("kdgate", "distill", "quantize"), ("kdgate", "distill", "prune")]
+                  ("kdgate", "distill", "eval"), ("kdgate", "distill", "quantize"), ("kdgate", "distill", "prune"),
+                  ("kdgate", "distill", "import")]
 
 
 @pytest.mark.parametrize("path", TORCH_COMMANDS, ids=[" ".join(path[1:]) for path in TORCH_COMMANDS])
