@@ -27,6 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 from gateway.settings import GatewaySettings
+from runtime.connections import BodyTooLarge, read_body, refuse_too_large, replaying
 from runtime.errors import envelope
 
 GENERATION = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
@@ -88,16 +89,12 @@ class Pairs:
         return await self.apps[name](scope, receive, send)
 
     async def _generation(self, scope, receive, send) -> None:
-        body, more = b"", True
-        while more:  # the pair is chosen by the body's `model`: read it (the pair's own limit still applies after)
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                return await _json(send, 413, envelope(f"the request body is over {self.max_body_bytes} bytes",
-                                                       "invalid_request_error", None, "request_too_large"))
-            more = message.get("more_body", False)
+        try:  # the pair is chosen by the body's `model`: read it (the pair's own limit still applies after)
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            return await refuse_too_large(send, self.max_body_bytes)
+        if body is None:
+            return None  # the client left
         try:
             model = json.loads(body).get("model")
         except (ValueError, AttributeError):  # not a JSON object: any pair refuses it as a request of its own
@@ -112,15 +109,7 @@ class Pairs:
         return await self._replay(self.apps[name], body, scope, receive, send)
 
     async def _replay(self, app, body: bytes, scope, receive, send) -> None:
-        sent = False
-
-        async def replayed():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # the client's disconnect, while the answer streams
-        return await app(scope, replayed, send)
+        return await app(scope, replaying(body, receive), send)
 
     async def _admin(self, scope, receive, send) -> None:
         named = dict(scope["headers"]).get(PAIR_HEADER)

@@ -200,6 +200,50 @@ def _limits_from_environment() -> ConnectionLimits:
 
 
 
+class BodyTooLarge(Exception):
+    """A request body past the limit (raised by `read_body` as soon as it is)."""
+
+
+async def read_body(receive, max_bytes: int) -> bytes | None:  # noqa: ANN001  (ASGI's)
+    """The whole request body, or None when the client left before sending it; `BodyTooLarge` as soon as it is
+    longer than `max_bytes`."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > max_bytes:
+            raise BodyTooLarge
+        more = message.get("more_body", False)
+    return body
+
+
+def replaying(body: bytes, receive):  # noqa: ANN001
+    """An ASGI receive giving the application `body` (already read) once, then the client's own messages (its
+    disconnect, while an answer streams)."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
+async def refuse_too_large(send, max_bytes: int) -> None:  # noqa: ANN001
+    """413 in OpenAI's error envelope, ending the connection (the rest of the body is never read)."""
+    body = json.dumps({"error": {"message": f"the request body is larger than {max_bytes} bytes",
+                                 "type": "invalid_request_error", "param": None,
+                                 "code": "request_too_large"}}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """Pure ASGI, for services whose requests are small (the trainer's webhook and jobs API): the body is read up to
     `max_bytes` before the application runs, and one past it is refused with 413 (by its Content-Length at once,
@@ -213,32 +257,11 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None  # the client left: nothing to answer
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await self._refuse(send)
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _refuse(self, send) -> None:  # noqa: ANN001
-        body = json.dumps({"error": {"message": f"the request body is larger than {self.max_bytes} bytes",
-                                     "type": "invalid_request_error", "param": None,
-                                     "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+            return await refuse_too_large(send, self.max_bytes)
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except BodyTooLarge:
+            return await refuse_too_large(send, self.max_bytes)
+        if body is None:
+            return None  # the client left: nothing to answer
+        return await self.app(scope, replaying(body, receive), send)

@@ -73,6 +73,9 @@ def test_each_request_is_served_by_the_pair_its_model_names(two_pairs):
     assert "`support`, `lookup`" in unknown.value.message and unknown.value.code == "model_not_found"
     missing = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    huge = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={  # read to find its pair: refused past the limit
+        "model": "support", "messages": [{"role": "user", "content": "x" * 1_100_000}]})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
 
 
 def test_metrics_readiness_and_admin_are_per_pair(two_pairs):
