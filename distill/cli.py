@@ -265,3 +265,26 @@ def sweep(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo((out / "sweep.md").read_text())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def study(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("runs/study"), file_okay=False, help="every stage's result; a rerun resumes"),
+) -> None:
+    """Distillation against fine-tuning on a real checkpoint: a teacher fine-tuned from SmolLM2, a student pruned
+    from it, arms × seeds trained alike, one table with intervals (docs/distillation.md). `key=value` arguments
+    override the sizes (distill/study/settings.py), e.g. seeds=[0,1] train.steps=60.
+
+    Example:  kdgate distill study --out runs/study
+    """
+    from distill.study.run import run_study
+    from distill.study.settings import load_settings
+
+    try:
+        settings = load_settings([f"out={out}", *overrides(ctx)])
+        run_study(settings, log=typer.echo)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo((out / "study.md").read_text())

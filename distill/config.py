@@ -39,6 +39,18 @@ class HiddenConfig(_Strict):
         return self
 
 
+class OnPolicyConfig(_Strict):
+    """On-policy distillation (GKD, Agarwal et al. 2024): the student samples the answers, an online teacher scores
+    every token of them (its top-k at each position), and the KD loss pulls the student there."""
+
+    teacher: Path | None = Field(default=None, description="the teacher's Hugging Face folder (the cache's "
+                                 "tokenizer); unset: off-policy, the cache's answers only")
+    share: float = Field(default=1.0, ge=0, le=1, description="λ: the share of micro-batches whose answers the "
+                         "student samples; the rest train on the cache's answers")
+    temperature: float = Field(default=1.0, gt=0, description="the student's sampling temperature")
+    max_new_tokens: int = Field(default=128, ge=1, description="longest sampled answer")
+
+
 class LossConfig(_Strict):
     kind: Literal["kd", "sft"] = Field(default="kd", description="sft: hard-label CE on the teacher's answers only")
     temperature: float = Field(default=1.0, gt=0, description="τ: both sides tempered, loss × τ²")
@@ -59,12 +71,16 @@ class LossConfig(_Strict):
     resample: bool = Field(default=False, description="sampled: fresh draws every time an answer is used (the "
                            "cache's top-K stays in memory) instead of once, as a sampled cache on disk would hold")
     hidden: HiddenConfig = Field(default_factory=HiddenConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
 
     @model_validator(mode="after")
     def _sampled_is_forward(self):
         if self.estimator == "sampled" and self.divergence != "forward":
             raise ValueError("the sampled estimator is unbiased for forward KL only; set loss.divergence=forward "
                              "or loss.estimator=topk")
+        if self.on_policy.teacher is not None and (self.estimator != "topk" or self.kind != "kd"):
+            raise ValueError("loss.on_policy scores the student's samples with the teacher's top-k: it needs "
+                             "loss.kind=kd and loss.estimator=topk")
         return self
 
 
@@ -114,16 +130,26 @@ class TrainConfig(_Strict):
 
 def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:
     raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    return validated(TrainConfig, apply_overrides(raw, overrides, "loss.alpha=0.7"), "training config")
+
+
+def apply_overrides(raw: dict, overrides: list[str], example: str) -> dict:
+    """`raw` with each `a.b=value` set (the value parsed as YAML)."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {override!r} is not key=value (e.g. loss.alpha=0.7)")
+            raise ValueError(f"override {override!r} is not key=value (e.g. {example})")
         _set(raw, key.split("."), yaml.safe_load(value))
+    return raw
+
+
+def validated(model: type[BaseModel], raw: dict, what: str):
+    """`model` from `raw`, or a ValueError naming every field at fault."""
     try:
-        return TrainConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        raise ValueError(f"training config: {problems}") from None
+        raise ValueError(f"{what}: {problems}") from None
 
 
 def _set(tree: dict, keys: list[str], value) -> None:

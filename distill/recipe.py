@@ -134,6 +134,7 @@ class Recipe:
         alpha = 0.0 if config.loss.kind == "sft" else config.loss.alpha
         self.loss = ChunkedKD(kd, alpha=alpha, chunk_tokens=config.loss.chunk_tokens)
         hidden, teacher = self._hidden_state_loss()
+        self.on_policy = self._on_policy()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
@@ -167,6 +168,21 @@ class Recipe:
                                      "(0 is the embeddings)")
         return HiddenStateMSE(self.model.config.hidden_size, teacher.config.hidden_size, settings.layers), teacher
 
+    def _on_policy(self):
+        """The online teacher that scores the student's samples, or None for off-policy training."""
+        settings = self.config.loss.on_policy
+        if settings.teacher is None:
+            return None
+        from distill.on_policy import OnPolicy
+
+        return OnPolicy(settings.teacher, self.tokenizer, self.manifest.tokenizer_hash, self.top_k,
+                        settings.temperature, settings.max_new_tokens, self.accelerator.device)
+
+    def _on_policy_turn(self, micro: int) -> bool:
+        share = self.config.loss.on_policy.share
+        draw = np.random.default_rng([self.config.seed, self.step, micro]).random()
+        return self.on_policy is not None and draw < share
+
     def _rows(self) -> list[Row]:
         rows = []
         for answer in read_answers(self.config.cache, self.manifest.top_k):
@@ -184,8 +200,9 @@ class Recipe:
     def describe(self) -> str:
         config, accelerator = self.config, self.accelerator
         world = accelerator.num_processes
+        policy = ", on-policy" if self.on_policy else ""
         return (f"{len(self.train_rows)} training answers, {len(self.eval_rows)} held out; {config.loss.kind} "
-                f"({config.loss.estimator}); processes={world} on {accelerator.device.type}; "
+                f"({config.loss.estimator}{policy}); processes={world} on {accelerator.device.type}; "
                 f"{config.batch_size * world * config.grad_accum} answers per step"
                 + (f"; resuming at step {self.step}" if self.step else ""))
 
@@ -226,6 +243,9 @@ class Recipe:
                 rows = [self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]]
                 if config.loss.estimator == "sampled" and config.loss.resample:
                     rows = self._sampled(rows, np.random.default_rng([config.seed, self.step, micro, rank]))
+                if self._on_policy_turn(micro):
+                    rows = self.on_policy.rows(accelerator.unwrap_model(self.step_module).model, rows,
+                                               (config.seed, self.step, micro, rank), accelerator.autocast)
                 batch = collate(rows, self.tokenizer.pad_token_id)
                 last = micro == config.grad_accum - 1
                 with accelerator.no_sync(self.step_module) if not last else contextlib.nullcontext():

@@ -1,0 +1,41 @@
+"""The study's arms: how each student is trained, as the recipe's loss settings and the cache it reads.
+
+Every arm starts from the same pruned student, takes the same steps on the same prompts (the teacher's kept ones,
+in the same order) with the same optimizer; only what it learns from differs:
+
+- `gold`: the ground-truth answers (a cache whose one "alternative" per token is the true token);
+- `teacher`: the fine-tuned teacher's greedy answers with its top-k logprobs at each token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Arm:
+    description: str
+    cache: str  # gold | teacher
+    loss: dict = field(default_factory=dict)  # the recipe's `loss` settings
+    online_teacher: bool = False  # the teacher runs beside the loop (on-policy)
+
+    def loss_settings(self, teacher_dir: Path) -> dict:
+        if not self.online_teacher:
+            return dict(self.loss)
+        return {**self.loss, "on_policy": {**self.loss.get("on_policy", {}), "teacher": str(teacher_dir)}}
+
+
+ARMS: dict[str, Arm] = {
+    "sft-gold": Arm("hard-label SFT on the ground truth", "gold", {"kind": "sft"}),
+    "sft-teacher": Arm("SFT on the teacher's answers (sequence-level KD)", "teacher", {"kind": "sft"}),
+    "kd-t1-a0.5": Arm("KD on the cached top-20, τ=1, α=0.5", "teacher",
+                      {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 0.5}),
+    "kd-t1-a1": Arm("KD on the cached top-20, τ=1, α=1 (no hard labels)", "teacher",
+                    {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 1.0}),
+    "kd-t2-a0.5": Arm("KD on the cached top-20, τ=2, α=0.5", "teacher",
+                      {"kind": "kd", "estimator": "topk", "temperature": 2.0, "alpha": 0.5}),
+    "on-policy": Arm("on-policy: the student samples, the teacher's top-20 scores every token, reverse KL", "teacher",
+                     {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 1.0, "divergence": "reverse"},
+                     online_teacher=True),
+}

@@ -1,0 +1,77 @@
+"""The study's summary (per arm: every seed's score, the mean with its interval, the paired difference to hard-label
+SFT, the gap recovered) and its Markdown table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from distill.study.arms import ARMS
+from distill.study.settings import StudySettings
+from distill.study.stats import Interval, gap_recovered, interval, paired_p
+
+BASELINE = "sft-gold"
+
+
+def summarise(settings: StudySettings, scores: dict) -> dict:
+    teacher = scores["teacher"]["exact_match"]
+    baseline = [scores[f"{BASELINE}-s{seed}"]["exact_match"] for seed in settings.seeds]
+    arms = {}
+    for arm in settings.arms:
+        values = [scores[f"{arm}-s{seed}"]["exact_match"] for seed in settings.seeds]
+        minutes = [scores[f"{arm}-s{seed}"].get("train_minutes") for seed in settings.seeds]
+        differences = [value - base for value, base in zip(values, baseline, strict=True)]
+        gap = gap_recovered(values, baseline, teacher)
+        arms[arm] = {"description": ARMS[arm].description, "exact_match": values,
+                     "mean": asdict(interval(values)), "difference": asdict(interval(differences)),
+                     "p": paired_p(values, baseline) if arm != BASELINE else None,
+                     "gap_recovered": asdict(gap) if gap else None,
+                     "train_minutes": [minute for minute in minutes if minute is not None]}
+    best = max((arm for arm in arms if arm != BASELINE), key=lambda arm: arms[arm]["mean"]["mean"], default=None)
+    return {"settings": settings.model_dump(mode="json"), "teacher": teacher,
+            "base": scores["base"]["exact_match"], "student_init": scores["student-init"]["exact_match"],
+            "seeds": settings.seeds, "arms": arms, "best": best}
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}"
+
+
+def _span(raw: dict | None, unit: str = " %", signed: bool = False) -> str:
+    """`mean [low, high]` in percent (or points); "n/a" for none."""
+    if raw is None:
+        return "n/a"
+    span = Interval(**raw)
+    number = "{:+.1f}" if signed else "{:.1f}"
+    text = number.format(span.mean * 100)
+    if span.low is not None:
+        text += f" [{number.format(span.low * 100)}, {number.format(span.high * 100)}]"
+    return text + unit
+
+
+def table(summary: dict) -> str:
+    settings = summary["settings"]
+    lines = [
+        f"Teacher {_percent(summary['teacher'])} %, the base checkpoint before fine-tuning "
+        f"{_percent(summary['base'])} %, the pruned student before training {_percent(summary['student_init'])} % "
+        f"(exact match on {settings['test_tickets']} held-out tickets). Each arm: {settings['train']['steps']} steps "
+        f"of {settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} blocks), "
+        f"seeds {', '.join(map(str, summary['seeds']))}; means with 95 % t intervals over seeds; differences and "
+        f"the paired t-test against hard-label SFT pair runs by seed; gap recovered = (arm − SFT) / (teacher − SFT), "
+        "per seed.",
+        "",
+        "| arm | trained with | exact match per seed | mean [95 % CI] | vs hard-label SFT [95 % CI] | p | "
+        "gap recovered [95 % CI] | min/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, arm in summary["arms"].items():
+        seeds = " / ".join(_percent(value) for value in arm["exact_match"])
+        minutes = arm["train_minutes"]
+        per_run = f"{sum(minutes) / len(minutes):.1f}" if minutes else ""
+        baseline = name == BASELINE
+        label = f"**{name}**" if name == summary["best"] else name
+        difference = "" if baseline else _span(arm["difference"], " pts", signed=True)
+        gap = "" if baseline else _span(arm["gap_recovered"], signed=True)
+        p_value = "" if arm["p"] is None else f"{arm['p']:.3f}"
+        lines.append(f"| {label} | {arm['description']} | {seeds} | {_span(arm['mean'])} | {difference} | "
+                     f"{p_value} | {gap} | {per_run} |")
+    return "\n".join(lines) + "\n"

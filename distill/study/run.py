@@ -1,0 +1,197 @@
+"""The study from a pretrained checkpoint to its table; each stage is skipped when its result is in `out`.
+
+    out/base/            the imported checkpoint (unless `base` is a model folder)
+    out/teacher-data/    ground truth for the teacher's fine-tuning (every training ticket)
+    out/teacher/model    the teacher: the whole base model fine-tuned on ground truth by the recipe
+    out/student-init/    the teacher depth-pruned (Block Influence): every arm's starting point
+    out/teacher-cache/   the teacher's greedy answers with top-k logprobs on the training tickets
+    out/gold-cache/      ground truth on exactly the prompts the teacher cache kept, in its order
+    out/runs/ARM-sSEED/  each arm's run (its checkpoint removed once the model is written)
+    out/evals/NAME.json  each model's score on the held-out tickets
+    out/study.json, out/study.md
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import TrainConfig
+from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
+from distill.study.arms import ARMS
+from distill.study.report import summarise, table
+from distill.study.settings import StudySettings
+
+Log = Callable[[str], None]
+
+
+def run_study(settings: StudySettings, log: Log = print) -> dict:
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(settings.model_dump_json(indent=1))
+    from distill.demo import task
+
+    train = task.take("train", settings.train_tickets, seed=0)
+    test = task.take("test", settings.test_tickets, seed=0)
+    base = _base(settings, log)
+    teacher_data = _gold_cache(out / "teacher-data", base, {str(index): ticket for index, ticket in enumerate(train)})
+    teacher = _teacher(settings, base, teacher_data, log)
+    student_init = _prune(settings, teacher, teacher_data, log)
+    teacher_cache = _teacher_cache(settings, teacher, train, log)
+    kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
+    gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
+    caches = {"gold": gold, "teacher": teacher_cache}
+    references = {"teacher": teacher, "base": base, "student-init": student_init}
+    scores = {name: _evaluate(settings, name, model, test, log) for name, model in references.items()}
+    for seed in settings.seeds:
+        for arm in settings.arms:
+            name = f"{arm}-s{seed}"
+            model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
+            scores[name] = {**_evaluate(settings, name, model, test, log), "train_minutes": minutes}
+    summary = summarise(settings, scores)
+    (out / "study.json").write_text(json.dumps(summary, indent=1))
+    (out / "study.md").write_text(table(summary))
+    return summary
+
+
+def _base(settings: StudySettings, log: Log) -> Path:
+    given = Path(settings.base)
+    if (given / "config.json").is_file():
+        return given
+    folder = settings.out / "base"
+    if (folder / "config.json").is_file():
+        return folder
+    from distill.importer import import_checkpoint
+
+    partial = folder.with_name("base.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    import_checkpoint(settings.base, partial, progress=log)
+    partial.rename(folder)
+    return folder
+
+
+def _gold_cache(folder: Path, tokenizer_dir: Path, tickets: dict) -> Path:
+    """A cache of ground-truth answers: each token's one "alternative" is itself, at logprob 0 (a one-hot
+    teacher), so `loss.kind=sft` on it is hard-label SFT through the same recipe as every other arm."""
+    if (folder / "manifest.json").is_file():
+        return folder
+    from transformers import AutoTokenizer
+
+    from runtime.tokenizer_hash import tokenizer_hash
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    answers = []
+    for prompt_id, ticket in tickets.items():
+        text = ticket.answer_json()
+        ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+                         dtype=np.int32)
+        answers.append(CachedAnswer(prompt_id, 0, ticket.messages(), text, "stop", ids, ids[:, None],
+                                    np.zeros((len(ids), 1), dtype=np.float16), reference=text))
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_shard(partial, 0, answers)
+    Manifest(teacher="ground truth", tokenizer_hash=tokenizer_hash(tokenizer_dir), top_k=1, temperature=0.0,
+             samples_per_prompt=1, seed=0, prompts=f"demo train tickets ({len(answers)})", rows=len(answers),
+             kept=len(answers)).save(partial)
+    partial.rename(folder)
+    return folder
+
+
+def _recipe(settings: StudySettings, init: Path, cache: Path, out: Path, loss: dict, steps: int, lr: float,
+            warmup: int, batch_size: int, seed: int) -> Path:
+    """Run the recipe unless its model is there; returns the model folder (checkpoint removed once written)."""
+    from distill.config import validated
+    from distill.recipe import run
+
+    model = out / "model"
+    if (model / "config.json").is_file():
+        return model
+    config = validated(TrainConfig, {
+        "student": {"init": str(init)}, "cache": str(cache), "out": str(out), "loss": loss,
+        "optim": {"lr": lr, "warmup_steps": warmup}, "steps": steps, "batch_size": batch_size, "bf16": settings.bf16,
+        "eval_every": steps, "eval_fraction": 0.02, "checkpoint_every": max(10, steps // 4), "seed": seed,
+        "threads": settings.threads}, "study run")
+    run(config)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return model
+
+
+def _teacher(settings: StudySettings, base: Path, data: Path, log: Log) -> Path:
+    log(f"teacher: {base} fine-tuned on {settings.train_tickets} tickets ({settings.teacher.steps} steps)")
+    spec = settings.teacher
+    return _recipe(settings, base, data, settings.out / "teacher", {"kind": "sft"}, spec.steps, spec.lr,
+                   spec.warmup_steps, spec.batch_size, seed=0)
+
+
+def _prune(settings: StudySettings, teacher: Path, data: Path, log: Log) -> Path:
+    folder = settings.out / "student-init"
+    if (folder / "config.json").is_file():
+        return folder
+    from distill.prune import prune
+    from distill.quantize import calibration_texts
+
+    report = prune(teacher, folder, settings.student.keep, settings.student.by, calibration_texts(teacher, data, 64))
+    log(f"student: blocks {report['kept']} of {report['blocks']} ({report['parameters'] / 1e6:.1f}M parameters)")
+    return folder
+
+
+def _teacher_cache(settings: StudySettings, teacher: Path, train: list, log: Log) -> Path:
+    folder = settings.out / "teacher-cache"
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text())["rows"] == len(train):
+        return folder
+    from distill.data.generate import GenerateSettings, Prompt
+    from distill.data.make import Filters, Teacher, make_cache
+    from distill.demo.task import ANSWER_FIELDS
+
+    log(f"teacher cache: greedy answers and top-{settings.top_k} on {len(train)} tickets")
+    prompts = [Prompt(str(index), ticket.messages(), ticket.answer_json()) for index, ticket in enumerate(train)]
+    made = make_cache(folder, prompts, f"demo train tickets ({len(train)})",
+                      Teacher(teacher, threads=settings.threads),
+                      GenerateSettings(top_k=settings.top_k, max_tokens=128, concurrency=32),
+                      # wrong answers are kept: SFT on the teacher's answers learns its mistakes too
+                      Filters(json_fields=ANSWER_FIELDS, check_reference=False))
+    log(f"teacher cache: kept {made.kept} of {made.rows} ({made.dropped or 'none dropped'})")
+    return folder
+
+
+def _train_arm(settings: StudySettings, arm: str, seed: int, caches: dict, teacher: Path, student_init: Path,
+               log: Log) -> tuple[Path, float | None]:
+    out = settings.out / "runs" / f"{arm}-s{seed}"
+    timing = out / "minutes.json"
+    spec, train = ARMS[arm], settings.train
+    trained = (out / "model" / "config.json").is_file()
+    if not trained:
+        log(f"{arm}, seed {seed}: {spec.description}")
+    begun = time.monotonic()
+    model = _recipe(settings, student_init, caches[spec.cache], out, spec.loss_settings(teacher), train.steps,
+                    train.lr, train.warmup_steps, train.batch_size, seed)
+    if not trained:  # a run resumed from a checkpoint counts only its own part
+        timing.write_text(json.dumps((time.monotonic() - begun) / 60))
+    return model, json.loads(timing.read_text()) if timing.is_file() else None
+
+
+def _evaluate(settings: StudySettings, name: str, model: Path, tickets: list, log: Log) -> dict:
+    path = settings.out / "evals" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.demo.evaluate import evaluate_model
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    scored = evaluate_model(loaded, tokenizer, tickets, batch_size=settings.eval_batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scored, indent=1))
+    log(f"{name}: exact match {scored['exact_match']:.1%} on {len(tickets)} held-out tickets")
+    return scored

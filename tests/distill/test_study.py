@@ -1,0 +1,140 @@
+"""`kdgate distill study` at a tiny size on the demo models: every arm × seed trained and scored, the table with its
+intervals, a rerun that trains nothing; the statistics against hand-worked values; on-policy rows that are the
+student's own samples with the teacher's top-k at each token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill.config import load_config
+from distill.on_policy import OnPolicy
+from distill.recipe import Row
+from distill.study.arms import ARMS
+from distill.study.settings import load_settings
+from distill.study.stats import gap_recovered, interval, paired_p
+from runtime.demo import ARTIFACTS_DIR
+from runtime.tokenizer_hash import tokenizer_hash
+
+TEACHER, STUDENT = ARTIFACTS_DIR / "teacher", ARTIFACTS_DIR / "student"
+TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2", "teacher.batch_size=4",
+        "student.keep=2", "train.steps=2", "train.batch_size=4", "threads=1", f"base={TEACHER}"]
+
+
+def _study(out):
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--out", str(out), *TINY],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    done = _study(out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "study.json").read_text())
+    assert list(summary["arms"]) == list(ARMS) and summary["seeds"] == [0, 1]
+    for name, arm in summary["arms"].items():
+        scored = [json.loads((out / "evals" / f"{name}-s{seed}.json").read_text())["exact_match"] for seed in (0, 1)]
+        assert arm["exact_match"] == scored
+        assert (out / "runs" / f"{name}-s0" / "model" / "config.json").is_file()
+        assert not (out / "runs" / f"{name}-s0" / "checkpoint").exists()  # removed once the model is written
+    # the arms start from one pruned student and learn from caches of the same prompts in the same order
+    gold = [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "gold-cache")]
+    assert gold == [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "teacher-cache")]
+    assert json.loads((out / "student-init" / "config.json").read_text())["num_hidden_layers"] == 2
+    on_policy = json.loads((out / "runs" / "on-policy-s0" / "model" / "training_log.json").read_text())
+    assert on_policy[-1]["step"] == 2
+    lines = (out / "study.md").read_text().splitlines()
+    assert sum(line.startswith("| ") and "|---" not in line for line in lines) == 1 + len(ARMS)
+    assert "seeds 0, 1" in lines[0] and done.stdout.strip().endswith(lines[-1])
+    models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
+    again = _study(out)  # every stage is there: nothing is trained or scored again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "seed 0:" not in again.stdout and "exact match" not in again.stdout.split("Teacher ")[0]
+    assert {path: path.stat().st_mtime_ns for path in models} == models
+
+
+def _prompt_ids(cache):
+    import pyarrow.parquet as pq
+
+    for shard in sorted(cache.glob("shard-*.parquet")):
+        for row in pq.read_table(shard, columns=["prompt_id", "kept"]).to_pylist():
+            if row["kept"]:
+                yield json.dumps(row)
+
+
+def test_bad_study_settings_are_refused_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match=r"arms: .*unknown arm\(s\) nope"):
+        load_settings(["arms=[sft-gold,nope]"])
+    with pytest.raises(ValueError, match="must include sft-gold"):
+        load_settings(["arms=[kd-t1-a1]"])
+    with pytest.raises(ValueError, match="train.steps: .*greater than or equal to 1"):
+        load_settings(["train.steps=0"])
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--out", str(tmp_path / "s"),
+                           "seeds=[]"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "seeds" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_intervals_paired_tests_and_gap_shares_match_hand_worked_values():
+    span = interval([0.1, 0.2, 0.3])  # sd 0.1, t(0.975, 2) = 4.3027
+    assert span.mean == pytest.approx(0.2)
+    assert (span.low, span.high) == pytest.approx((0.2 - 4.3027 * 0.1 / 3**0.5, 0.2 + 4.3027 * 0.1 / 3**0.5),
+                                                  abs=1e-4)
+    assert not span.excludes_zero() and interval([0.9, 1.0, 1.1]).excludes_zero()
+    assert interval([0.5]).low is None and not interval([0.5]).excludes_zero()
+    # differences 0.1, 0.2, 0.3: t = 0.2 / (0.1 / √3) = 3.464 on 2 degrees of freedom, two-sided p = 0.0742
+    assert paired_p([0.7, 0.9, 1.1], [0.6, 0.7, 0.8]) == pytest.approx(0.0742, abs=1e-3)
+    assert paired_p([0.7, 0.8], [0.6, 0.7]) is None  # every difference the same: no spread to test against
+    gap = gap_recovered([0.8, 0.9], [0.6, 0.7], teacher=1.0)  # (0.8-0.6)/(1-0.6) = 0.5, (0.9-0.7)/(1-0.7) = 2/3
+    assert gap.mean == pytest.approx((0.5 + 2 / 3) / 2)
+    assert gap_recovered([0.8], [1.0], teacher=1.0) is None  # SFT at the teacher: no gap to recover
+
+
+def test_on_policy_rows_are_the_students_samples_scored_by_the_teacher():
+    tokenizer = AutoTokenizer.from_pretrained(STUDENT)
+    student = AutoModelForCausalLM.from_pretrained(STUDENT, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32).eval()
+    scorer = OnPolicy(TEACHER, tokenizer, tokenizer_hash(STUDENT), top_k=5, temperature=1.5, max_new_tokens=40,
+                      device=torch.device("cpu"))
+    from distill.demo import task
+
+    prompts = [tokenizer.apply_chat_template(t.messages(), add_generation_prompt=True, tokenize=False)
+               for t in task.take("train", 4, seed=3)]
+    rows = [Row(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], 0,
+                np.zeros((1, 5), np.int32), np.zeros((1, 5), np.float16)) for text in prompts]
+    rows = [Row(row.input_ids, len(row.input_ids) - 1, row.topk_ids, row.topk_logprobs) for row in rows]
+    sampled = scorer.rows(student, rows, (0, 1), _no_autocast)
+    again = scorer.rows(student, rows, (0, 1), _no_autocast)
+    other = scorer.rows(student, rows, (0, 2), _no_autocast)
+    assert [row.input_ids for row in sampled] == [row.input_ids for row in again]  # seeded
+    assert [row.input_ids for row in sampled] != [row.input_ids for row in other]
+    for before, row in zip(rows, sampled, strict=True):
+        answer = row.input_ids[row.answer_start:]
+        assert row.input_ids[:row.answer_start] == before.input_ids[:before.answer_start]
+        assert answer[-1] == tokenizer.eos_token_id or len(answer) == 40
+        assert row.topk_ids.shape == row.topk_logprobs.shape == (len(answer), 5)
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.tensor([row.input_ids])).logits[0].log_softmax(-1)
+        expected = logits[row.answer_start - 1:len(row.input_ids) - 1].topk(5, dim=-1)
+        assert (row.topk_ids == expected.indices.numpy()).all()
+        assert np.allclose(row.topk_logprobs.astype(np.float32), expected.values.numpy(), atol=2e-2)
+
+
+def _no_autocast():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_on_policy_needs_plain_top_k_kd():
+    base = ["student.init=x", "cache=y", "out=z", f"loss.on_policy.teacher={TEACHER}"]
+    with pytest.raises(ValueError, match="loss.on_policy .* needs loss.kind=kd and loss.estimator=topk"):
+        load_config(None, [*base, "loss.estimator=sampled"])
+    with pytest.raises(ValueError, match="loss.on_policy .* needs loss.kind=kd"):
+        load_config(None, [*base, "loss.kind=sft"])
+    assert load_config(None, [*base, "loss.divergence=reverse"]).loss.on_policy.teacher == TEACHER
