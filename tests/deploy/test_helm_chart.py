@@ -129,6 +129,8 @@ def test_the_shared_files_are_links_helm_follows(tmp_path):
     ({"gateway": {"settings": {"kdgate_port": 1}}}, "'kdgate_port' does not match pattern"),
     ({"trainer": {"runner": "slurm"}}, "at '/trainer/runner'"),
     ({"models": {"teacher": {"autoscaling": {"minReplicas": 0}}}}, "at '/models/teacher/autoscaling/minReplicas'"),
+    ({"pairs": [{"name": "billing", "servedModel": "b", "postgresql": {"existingSecret": "s"},
+                 "student": {"replicaCount": 0}}]}, "at '/pairs/0/student/replicaCount'"),
 ])
 def test_the_schema_refuses_bad_values_by_name(values, message):
     with pytest.raises(helm_python.HelmValuesError) as raised:
@@ -152,7 +154,8 @@ def test_trainjobs_without_a_shared_claim_are_refused():
         render({"trainer": {"runner": "kubernetes"}})
 
 
-@pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/alertmanager-receiver.yaml"])
+@pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/two-pairs.yaml",
+                                  "examples/alertmanager-receiver.yaml"])
 def test_values_files_pass_yamllint(path):
     linter = needs.module("yamllint.linter", install=needs.DEV_EXTRA)
     from yamllint.config import YamlLintConfig
