@@ -8,7 +8,7 @@ one ASGI app in front sends each request to the pair its `model` names.
 |---|---|
 | `POST /v1/chat/completions`, `/v1/completions`, `/v1/responses` | the pair whose `served_model` the body's `model` names (`<model>@<version>` too); an unknown or missing `model` is a 404 / 400 naming the models there are |
 | `GET /v1/models` | every pair's list, merged; `GET /v1/models/{id}` the pair that serves it |
-| `/admin/...` | the pair named by the `x-kdgate-model` header (needed with more than one pair) |
+| `/admin/...`, `GET /readyz/adapters` | the pair named by the `x-kdgate-model` header (needed with more than one pair) |
 | `GET /metrics` | every pair's series, each labelled `served_model` |
 | `/healthz`, `/health`, `/readyz` | every pair: ready only when all are |
 
@@ -32,6 +32,7 @@ from runtime.errors import envelope
 
 GENERATION = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 PAIR_HEADER = b"x-kdgate-model"
+ADAPTERS = "/readyz/adapters"
 LABEL = "served_model"
 
 
@@ -69,7 +70,7 @@ class Pairs:
             return await self._merged(scope, receive, send)
         if path.startswith("/v1/models/"):
             return await self._to(self._owner(path.removeprefix("/v1/models/")), scope, receive, send)
-        if path.startswith("/admin/"):
+        if path.startswith("/admin/") or path == ADAPTERS:  # a LoRA student's readiness asks for its own pair's
             return await self._admin(scope, receive, send)
         return await self.first(scope, receive, send)
 

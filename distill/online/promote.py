@@ -17,6 +17,8 @@ class Gateway:
     def __init__(self, link: GatewayLink):
         self.url = link.url.rstrip("/") + "/admin/v1/students"
         self.headers = {"Authorization": f"Bearer {link.admin_key.get_secret_value()}"} if link.admin_key else {}
+        if link.model:  # a gateway of several pairs: its admin API is the one of the pair this header names
+            self.headers["x-kdgate-model"] = link.model
         self.timeout = link.timeout_s
 
     def status(self) -> dict:

@@ -40,6 +40,9 @@ class GatewayLink(_Strict):
                      "(any replica: promotions go through its admin API)")
     admin_key: SecretStr | None = Field(default=None, description="the gateway's admin credential; none for an open "
                                         "local gateway")
+    model: str | None = Field(default=None, description="this trainer's pair when the gateway serves several "
+                              "(`kdgate serve --config A --config B`): its `served_model`, sent as the "
+                              "x-kdgate-model header that picks the pair's admin API. null: a gateway of one pair")
     timeout_s: float = Field(default=600.0, gt=0, description="a promotion's longest wait (the new weights load "
                              "before it answers)")
 

@@ -10,6 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kdgate"
 PRODUCTION = CHART / "examples" / "production.yaml"
+TWO_PAIRS = CHART / "examples" / "two-pairs.yaml"
 RELEASE, NAMESPACE = "kdgate", "kdgate"
 
 
@@ -30,6 +31,15 @@ def render(values: dict | None = None, *, chart_dir: Path = CHART, name: str = R
 
 def production_values() -> dict:
     return yaml.safe_load(PRODUCTION.read_text())
+
+
+def two_pairs_values() -> dict:
+    """examples/two-pairs.yaml over the production example, as `helm install -f production.yaml -f two-pairs.yaml`
+    merges them (maps key by key, lists replaced)."""
+    def merged(base: dict, over: dict) -> dict:
+        return base | {key: merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict)
+                       else value for key, value in over.items()}
+    return merged(production_values(), yaml.safe_load(TWO_PAIRS.read_text()))
 
 
 def one(objects: list[dict], kind: str, name: str) -> dict:

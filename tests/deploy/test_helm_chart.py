@@ -20,7 +20,17 @@ import yaml
 
 from tests import needs
 from tests.conftest import free_port
-from tests.deploy.helm_render import CHART, NAMESPACE, ROOT, one, production_values, render, selects, setting_variables
+from tests.deploy.helm_render import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    one,
+    production_values,
+    render,
+    selects,
+    setting_variables,
+    two_pairs_values,
+)
 
 helm_python = needs.module("helm_python", install=needs.DEV_EXTRA)
 
@@ -31,12 +41,13 @@ CRDS = ROOT / "deploy" / "kubernetes" / "crds"
 CUSTOM_KINDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
                 "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
                 "TrainJob": "trainer.kubeflow.org_trainjobs.yaml"}
-RENDERS = ["default", "production"]
+RENDERS = ["default", "production", "two-pairs"]
+VALUES = {"default": lambda: None, "production": production_values, "two-pairs": two_pairs_values}
 
 
 @pytest.fixture(scope="module")
 def renders() -> dict[str, list[dict]]:
-    return {"default": render(), "production": render(production_values())}
+    return {"default": render(), "production": render(production_values()), "two-pairs": render(two_pairs_values())}
 
 
 @pytest.fixture(params=RENDERS)
@@ -50,15 +61,22 @@ def objects(name, renders) -> list[dict]:
 
 
 def values_of(name: str) -> dict:
-    """The values a render used: the chart's defaults, overridden by the production example."""
+    """The values a render used: the chart's defaults, overridden by the production example (and the two-pair one)."""
     with helm_python.Chart.load(CHART) as chart:
-        return chart.merge_values(production_values() if name == "production" else None)
+        return chart.merge_values(VALUES[name]())
 
 
-def model_server(objects: list[dict], role: str) -> dict:
+def model_server(objects: list[dict], role: str, prefix: str = "kdgate") -> dict:
     (workload,) = [item for item in objects if item["kind"] in ("Deployment", "StatefulSet")
-                   and item["metadata"]["name"] == f"kdgate-{role}"]
+                   and item["metadata"]["name"] == f"{prefix}-{role}"]
     return workload
+
+
+def pair_prefixes(name: str) -> dict[str, str]:
+    """Each pair's served model and its objects' prefix: kdgate for the first, kdgate-<name> for each of `pairs`."""
+    values = values_of(name)
+    return {values["gateway"]["settings"]["KDGATE_SERVED_MODEL"]: "kdgate",
+            **{pair["servedModel"]: f"kdgate-{pair['name']}" for pair in values.get("pairs") or []}}
 
 
 def pod_labels(objects: list[dict]) -> dict[str, dict]:
@@ -80,7 +98,7 @@ def flag(args: list[str], name: str) -> str:
 
 @pytest.mark.parametrize("name", RENDERS)
 def test_lint_is_clean(name):
-    values = production_values() if name == "production" else None
+    values = VALUES[name]()
     report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     problems = [message for message in report["messages"] if message["severity"] >= 2]
     assert not report["errors"] and not problems, report
@@ -111,6 +129,8 @@ def test_the_shared_files_are_links_helm_follows(tmp_path):
     ({"gateway": {"settings": {"kdgate_port": 1}}}, "'kdgate_port' does not match pattern"),
     ({"trainer": {"runner": "slurm"}}, "at '/trainer/runner'"),
     ({"models": {"teacher": {"autoscaling": {"minReplicas": 0}}}}, "at '/models/teacher/autoscaling/minReplicas'"),
+    ({"pairs": [{"name": "billing", "servedModel": "b", "postgresql": {"existingSecret": "s"},
+                 "student": {"replicaCount": 0}}]}, "at '/pairs/0/student/replicaCount'"),
 ])
 def test_the_schema_refuses_bad_values_by_name(values, message):
     with pytest.raises(helm_python.HelmValuesError) as raised:
@@ -134,7 +154,8 @@ def test_trainjobs_without_a_shared_claim_are_refused():
         render({"trainer": {"runner": "kubernetes"}})
 
 
-@pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/alertmanager-receiver.yaml"])
+@pytest.mark.parametrize("path", ["values.yaml", "examples/production.yaml", "examples/two-pairs.yaml",
+                                  "examples/alertmanager-receiver.yaml"])
 def test_values_files_pass_yamllint(path):
     linter = needs.module("yamllint.linter", install=needs.DEV_EXTRA)
     from yamllint.config import YamlLintConfig
@@ -269,7 +290,7 @@ def test_vllm_probes_wait_for_the_weights(objects, role):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
 
 
-def test_a_lora_student_is_ready_once_it_lists_the_serving_adapters(objects):
+def test_a_lora_student_is_ready_once_it_lists_the_serving_adapters(objects, name):
     """A restarted or new student pod answers /health long before the gateway has loaded the serving versions'
     adapters onto it: its readiness runs files/student_ready.py (tests/gateway/students/test_lora_promotion.py runs
     it against a real gateway and engine), shipped byte for byte in a ConfigMap, asking this release's gateway; the
@@ -278,8 +299,13 @@ def test_a_lora_student_is_ready_once_it_lists_the_serving_adapters(objects):
     server = container(student)
     command = server["readinessProbe"]["exec"]["command"]
     gateway = one(objects, "Service", "kdgate-gateway")
+    several = name == "two-pairs"  # then the gateway answers for the pair the probe names (its served model)
     assert command == ["python3", "/etc/kdgate/probe/student_ready.py", "http://127.0.0.1:8000",
-                       f"http://kdgate-gateway.{NAMESPACE}.svc:{gateway['spec']['ports'][0]['port']}"]
+                       f"http://kdgate-gateway.{NAMESPACE}.svc:{gateway['spec']['ports'][0]['port']}",
+                       *([values_of(name)["gateway"]["settings"]["KDGATE_SERVED_MODEL"]] if several else [])]
+    if several:
+        billing = model_server(objects, "student", "kdgate-billing")
+        assert container(billing)["readinessProbe"]["exec"]["command"][4:] == ["billing-triage"]
     probe = one(objects, "ConfigMap", "kdgate-student-probe")
     assert probe["data"]["student_ready.py"] == (CHART / "files" / "student_ready.py").read_text()
     (volume,) = [item for item in student["spec"]["template"]["spec"]["volumes"] if item["name"] == "probe"]
@@ -289,6 +315,7 @@ def test_a_lora_student_is_ready_once_it_lists_the_serving_adapters(objects):
     assert "checksum/probe" in student["spec"]["template"]["metadata"]["annotations"]
 
 
+@pytest.mark.parametrize("name", ["default", "production"])  # two-pairs: in each pair's settings file (below)
 def test_every_student_replica_is_found_through_the_headless_service_for_lora(objects):
     """vLLM keeps runtime LoRA adapters per replica: the student (--enable-lora) has a headless Service, and the
     gateway finds every pod by resolving it at each reconciliation (a list fixed when the chart rendered never
@@ -460,35 +487,120 @@ def clean_environment(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.parametrize("name", RENDERS)
-def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environment):
-    """Production routing: student and teacher over HTTP to their Services, teacher fallback and shadow sampling on,
-    shadow records in PostgreSQL from the Secret, API keys required."""
-    from gateway.settings import GatewaySettings
+def gateway_pairs(objects: list[dict], tmp_path: Path, environment: pytest.MonkeyPatch) -> dict:
+    """Each pair's settings as the gateway pod loads them, by served model: from its environment alone, or, with
+    several pairs, the settings file each `--config` names, written by the init container (files/pair_settings.py,
+    run here on the ConfigMap with a stand-in value per Secret) and read under that environment, which reaches every
+    pair alike. Two pairs sharing a model name or a store are refused as `kdgate serve` refuses them."""
+    from gateway.pairs import check_pairs
+    from gateway.settings import GatewaySettings, load_settings
 
+    gateway = one(objects, "Deployment", "kdgate-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    for variable, value in environment_of(objects, gateway).items():
+        environment.setenv(variable, value)
+    args = container(gateway).get("args", [])
+    if not args:
+        settings = GatewaySettings()
+        return {settings.served_model: settings}
+    (init,) = pod["initContainers"]
+    (source,) = [item["configMap"]["name"] for item in pod["volumes"] if item["name"] == "pairs-source"]
+    folder, target = tmp_path / "pairs-source", tmp_path / "pairs"
+    folder.mkdir()
+    target.mkdir()
+    for key, text in one(objects, "ConfigMap", source)["data"].items():
+        (folder / key).write_text(text)
+    secrets = {variable["name"]: "postgresql+psycopg://kdgate:pw@postgres:5432/{name}".format(
+        **variable["valueFrom"]["secretKeyRef"]) for variable in init["env"]}
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
+    done = subprocess.run([sys.executable, str(folder / "pair_settings.py"), str(folder), str(target)],
+                          env=clean | secrets, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    files = [target / Path(path).name for option, path in zip(args[::2], args[1::2], strict=True)
+             if option == "--config"]
+    assert len(files) == len(args) // 2 and container(gateway)["command"] == ["kdgate", "serve"]
+    pairs = [load_settings(path) for path in files]
+    check_pairs(pairs)
+    return {settings.served_model: settings for settings in pairs}
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environment, tmp_path):
+    """Production routing: student and teacher over HTTP to their Services, teacher fallback and shadow sampling on,
+    shadow records in PostgreSQL from the Secret, API keys required. With several pairs, each pair's own servers
+    (every replica of a LoRA student), store and routing, from its own settings file."""
     objects = renders[name]
-    for variable, value in environment_of(objects, one(objects, "Deployment", "kdgate-gateway")).items():
-        clean_environment.setenv(variable, value)
-    settings = GatewaySettings()
-    for role in ("student", "teacher"):
-        backend = getattr(settings, role)
-        service = one(objects, "Service", f"kdgate-{role}")
-        assert backend.kind == "http"
-        assert backend.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
-        assert backend.model == flag(container(model_server(objects, role))["args"], "served-model-name")
-    assert settings.routing.handoff.enabled and settings.shadow.enabled and settings.shadow.sample_rate > 0
-    assert settings.shadow.store_url.startswith("postgresql")
-    assert settings.auth_required() and str(settings.auth.keys_file).startswith("/etc/kdgate/auth/")
-    mounts = {mount["mountPath"] for mount in container(one(objects, "Deployment", "kdgate-gateway"))["volumeMounts"]}
-    assert str(settings.auth.keys_file.parent) in mounts
-    values = production_values() if name == "production" else {}
-    for role in ("student", "teacher"):
-        cost = getattr(settings, role).cost
-        if name == "production":  # priced by GPU class, with the GPUs the pod requests
-            assert cost.gpu_hour == values["models"][role]["cost"]["gpuHour"]
-            assert cost.gpus == values["models"][role]["requestGPU"]
-        else:
-            assert cost is None or cost.gpu_hour is None
+    pairs = gateway_pairs(objects, tmp_path, clean_environment)
+    prefixes = pair_prefixes(name)
+    assert set(pairs) == set(prefixes)
+    for served_model, settings in pairs.items():
+        prefix = prefixes[served_model]
+        for role in ("student", "teacher"):
+            backend = getattr(settings, role)
+            service = one(objects, "Service", f"{prefix}-{role}")
+            assert backend.kind == "http"
+            assert backend.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+            assert backend.model == flag(container(model_server(objects, role, prefix))["args"], "served-model-name")
+        if model_server(objects, "student", prefix)["kind"] == "StatefulSet":  # a LoRA student: every replica
+            assert settings.student.replica_urls == [f"http://{prefix}-student-headless.{NAMESPACE}.svc:8000/v1"]
+        assert settings.routing.handoff.enabled and settings.shadow.enabled and settings.shadow.sample_rate > 0
+        assert settings.shadow.store_url.startswith("postgresql")
+        assert settings.auth_required() and str(settings.auth.keys_file).startswith("/etc/kdgate/auth/")
+        gateway = container(one(objects, "Deployment", "kdgate-gateway"))
+        assert str(settings.auth.keys_file.parent) in {mount["mountPath"] for mount in gateway["volumeMounts"]}
+    values = values_of(name)
+    models = {values["gateway"]["settings"]["KDGATE_SERVED_MODEL"]: values["models"],
+              **{pair["servedModel"]: {role: values["models"][role] | pair.get(role, {})
+                                       for role in ("student", "teacher")} for pair in values.get("pairs") or []}}
+    for served_model, settings in pairs.items():
+        for role in ("student", "teacher"):
+            cost = getattr(settings, role).cost
+            if name != "default":  # priced by GPU class, with the GPUs the pod requests
+                assert cost.gpu_hour == models[served_model][role]["cost"]["gpuHour"]
+                assert cost.gpus == models[served_model][role]["requestGPU"]
+            else:
+                assert cost is None or cost.gpu_hour is None
+    if name == "two-pairs":  # each pair its own routing and store; what the environment holds is shared
+        support, billing = pairs["support-triage"], pairs["billing-triage"]
+        assert (support.routing.handoff.target_teacher_fraction, billing.routing.handoff.target_teacher_fraction) == \
+            (0.11, 0.08)
+        assert support.shadow.store_url.endswith("/kdgate-store")
+        assert billing.shadow.store_url.endswith("/kdgate-billing-store")
+        assert support.limits.redis_url == billing.limits.redis_url is not None
+
+
+def test_each_pair_has_its_own_servers_store_and_trainer(renders, clean_environment):
+    """examples/two-pairs.yaml: each pair its own student and teacher (their Services select only their own pods),
+    its own `--config` on the one gateway, its own migrated store and its own trainer (a store holds one pair's
+    versions and jobs), whose promotions name its pair to the gateway and whose job folders are its own."""
+    from distill.online.settings import TrainerSettings
+
+    objects = renders["two-pairs"]
+    labels = pod_labels(objects)
+    stores = {"kdgate": "kdgate-store", "kdgate-billing": "kdgate-billing-store"}
+    assert container(one(objects, "Deployment", "kdgate-gateway"))["args"] == [
+        "--config", "/etc/kdgate/pairs/primary.yaml", "--config", "/etc/kdgate/pairs/billing.yaml"]
+    work_dirs = set()
+    for served_model, prefix in pair_prefixes("two-pairs").items():
+        for role in ("student", "teacher"):
+            selector = one(objects, "Service", f"{prefix}-{role}")["spec"]["selector"]
+            assert [pod for pod, pod_labels in labels.items() if selects({"matchLabels": selector}, pod_labels)] == \
+                [f"{prefix}-{role}"]
+        migrate = container(one(objects, "Job", f"{prefix}-migrate"))
+        assert migrate["env"][0]["valueFrom"]["secretKeyRef"] == {"name": stores[prefix], "key": "url"}
+        trainer = one(objects, "Deployment", f"{prefix}-trainer")
+        assert selects({"matchLabels": one(objects, "Service", f"{prefix}-trainer")["spec"]["selector"]},
+                       trainer["spec"]["template"]["metadata"]["labels"])
+        for variable in [name for name in os.environ if name.startswith("KDGATE_")]:
+            clean_environment.delenv(variable)
+        for variable, value in environment_of(objects, trainer).items():
+            clean_environment.setenv(variable, value)
+        settings = TrainerSettings()
+        assert settings.gateway.model == served_model and settings.kubernetes.store_secret == stores[prefix]
+        assert {item["name"]: item["valueFrom"]["secretKeyRef"]["name"] for item in container(trainer)["env"]
+                if item["name"].startswith("KDGATE_TRAINER_STORE")} == {"KDGATE_TRAINER_STORE_URL": stores[prefix]}
+        work_dirs.add(settings.work_dir)
+    assert len(work_dirs) == 2, "two trainers numbering their jobs from 1 need folders of their own"
 
 
 @pytest.mark.parametrize(("name", "runner"), [("default", "local"), ("production", "kubernetes")])
@@ -607,14 +719,23 @@ def test_the_gateway_scales_and_keeps_replicas(objects):
 @pytest.mark.parametrize("release", ["k", "a" * 47, "b" * 53])  # 53: Helm's longest release name
 def test_every_name_is_valid_whatever_the_release_name(release):
     """Names within Kubernetes' limits (a Service's is a DNS label; a StatefulSet's pods add an 11-character
-    revision hash to a 63-character label), and distinct: 47+ character releases rendered invalid ones."""
-    objects = render(production_values(), name=release)
+    revision hash to a 63-character label), and distinct: 47+ character releases rendered invalid ones. Each pair's
+    objects too, two long pair names differing only at their end among them (cut, they keep a hash apart)."""
+    values = two_pairs_values()
+    billing = values["pairs"][0]
+    values["pairs"] += [billing | {"name": f"{'x' * 38}-{end}", "servedModel": f"long-{end}",
+                                   "postgresql": {"existingSecret": f"store-{end}"}} for end in "ab"]
+    objects = render(values, name=release)
     names = [(item["kind"], item["metadata"]["name"]) for item in objects]
     assert len(set(names)) == len(names)
     for kind, name in names:
         assert len(name) <= (52 if kind == "StatefulSet" else 63), (kind, name)
         if kind == "Service":
             assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+    for item in objects:  # a pair's components (app.kubernetes.io/component <pair>-student-weights) are labels too
+        labels = [item["metadata"].get("labels", {})] + ([item["spec"]["template"]["metadata"]["labels"]]
+                                                         if "template" in item.get("spec", {}) else [])
+        assert all(len(str(value)) <= 63 for pod in labels for value in pod.values()), item["metadata"]["name"]
 
 
 @pytest.mark.parametrize("component", ["gateway", "trainer"])
@@ -689,11 +810,11 @@ def same_namespace_pods(peer: dict, labels: dict[str, dict]) -> set[str]:
     return {name for name, pod in labels.items() if "podSelector" in peer and selects(peer["podSelector"], pod)}
 
 
-def test_only_the_gateway_reaches_the_model_servers(objects):
+def test_only_the_gateway_reaches_the_model_servers(objects, name):
     labels = pod_labels(objects)
     policy = one(objects, "NetworkPolicy", "kdgate-models")
-    assert {name for name, pod in labels.items() if selects(policy["spec"]["podSelector"], pod)} == \
-        {"kdgate-student", "kdgate-teacher"}
+    assert {pod for pod, pod_labels in labels.items() if selects(policy["spec"]["podSelector"], pod_labels)} == \
+        {f"{prefix}-{role}" for prefix in pair_prefixes(name).values() for role in ("student", "teacher")}
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
     in_namespace = [peer for peer in peers if "namespaceSelector" not in peer]
@@ -745,11 +866,19 @@ def test_the_dashboard_configmap_is_the_dashboard(objects):
     assert dashboard["data"]["kdgate.json"] == DASHBOARD.read_text()
 
 
-def test_each_service_monitor_scrapes_one_service(objects):
+def test_each_service_monitor_scrapes_one_service(objects, name):
+    """One per Service: the gateway's, and each pair's student, teacher and trainer; with several pairs each pair's
+    series carry its served_model, as the gateway's own do."""
     services = [item for item in objects if item["kind"] == "Service"]
     monitors = [item for item in objects if item["kind"] == "ServiceMonitor"]
-    assert {item["metadata"]["name"] for item in monitors} == \
-        {f"kdgate-{name}" for name in ("gateway", "student", "teacher", "trainer")}
+    prefixes = pair_prefixes(name)
+    assert {item["metadata"]["name"] for item in monitors} == {"kdgate-gateway"} | \
+        {f"{prefix}-{role}" for prefix in prefixes.values() for role in ("student", "teacher", "trainer")}
+    for served_model, prefix in prefixes.items():
+        for role in ("student", "teacher", "trainer"):
+            (endpoint,) = one(objects, "ServiceMonitor", f"{prefix}-{role}")["spec"]["endpoints"]
+            labelled = {"action": "replace", "targetLabel": "served_model", "replacement": served_model}
+            assert (labelled in endpoint["relabelings"]) is (len(prefixes) > 1)
     for monitor in monitors:
         (service,) = [item for item in services if selects(monitor["spec"]["selector"], item["metadata"]["labels"])]
         ports = {port["name"] for port in service["spec"]["ports"]}
