@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from distill.demo import tools as demo_tools
+from distill.online.promote import Gateway, PromotionFailed
+from distill.online.settings import GatewayLink
 from runtime.demo import DEMO_STUDENT_DIR, DEMO_TEACHER_DIR, DEMO_TOOLS_DIR
 from tests.conftest import ROOT, free_port, stop, wait_until_up
 
@@ -97,6 +99,15 @@ def test_metrics_readiness_and_admin_are_per_pair(two_pairs):
         versions["support"]["versions"][0]["model_dir"] == str(DEMO_STUDENT_DIR)
     assert versions["lookup"]["versions"][0]["model_dir"] == str(DEMO_TOOLS_DIR / "student")
     unnamed = httpx.get(f"{url}/admin/v1/students", timeout=30)
+    assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "x-kdgate-model"
+    # a pair's trainer names its pair on the admin calls it makes; its LoRA student's readiness probe asks for its
+    # own pair's adapters (before, both reached the first pair, or nothing)
+    assert Gateway(GatewayLink(url=url, model="lookup")).status()["active"] == "initial"
+    with pytest.raises(PromotionFailed, match="x-kdgate-model"):
+        Gateway(GatewayLink(url=url)).status()
+    adapters = httpx.get(f"{url}/readyz/adapters", headers={"x-kdgate-model": "lookup"}, timeout=30)
+    assert adapters.status_code == 200 and adapters.json()["adapters"] == []
+    unnamed = httpx.get(f"{url}/readyz/adapters", timeout=30)
     assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "x-kdgate-model"
 
 
