@@ -29,6 +29,15 @@ def render(values: dict | None = None, *, chart_dir: Path = CHART, name: str = R
     return objects
 
 
+def notes(values: dict | None = None, *, chart_dir: Path = CHART) -> str:
+    """What `helm install` prints after installing: the rendered NOTES.txt."""
+    import helm_python
+
+    with helm_python.Chart.load(chart_dir) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
 def production_values() -> dict:
     return yaml.safe_load(PRODUCTION.read_text())
 

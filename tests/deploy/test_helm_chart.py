@@ -24,6 +24,7 @@ from tests.deploy.helm_render import (
     CHART,
     NAMESPACE,
     ROOT,
+    notes,
     one,
     production_values,
     render,
@@ -375,6 +376,10 @@ def test_model_servers_scale_on_vllms_queue(lora, tmp_path):
         assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
         assert hpa["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": rule["name"]["as"]},
                                    "target": {"type": "AverageValue", "averageValue": "3"}}}]
+        # one replica removed at a time after a long calm (Kubernetes' default drops many after 5 minutes)
+        calm, period = {"student": (600, 300), "teacher": (1800, 900)}[role]
+        assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": calm, "policies": [
+            {"type": "Pods", "value": 1, "periodSeconds": period}]}}
         pdb = one(objects, "PodDisruptionBudget", f"kdgate-{role}")
         assert selects(pdb["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"])
 
@@ -386,6 +391,11 @@ def test_a_model_server_without_autoscaling_has_no_hpa_and_keeps_its_replicas(en
     assert scaled == {"kdgate-gateway", *(f"kdgate-{role}" for role in enabled_for)}
     student = model_server(objects, "student")
     assert student["spec"]["replicas"] == production_values()["models"]["student"]["replicaCount"]
+    printed = {line.split()[0]: line for line in notes(autoscaled(production_values(), enabled_for)).splitlines()
+               if line.startswith("  ")}
+    replicas = production_values()["models"]["student"]["replicaCount"]
+    assert f" {replicas} x " in printed["student"] and "autoscaled" not in printed["student"]
+    assert ("2-6 (autoscaled) x" in printed["teacher"]) == ("teacher" in enabled_for)
 
 
 def rollout_pods(deployment: dict) -> tuple[int, int]:
