@@ -40,6 +40,8 @@ from runtime.chat_template import render
 from runtime.tokenizer_hash import tokenizer_hash
 
 CHECKPOINT = "checkpoint"
+# what a resumed run may change: how far it goes and when it evaluates and saves, not what it learns
+RESUMABLE = ("steps", "eval_every", "checkpoint_every", "threads")
 
 
 @dataclass(frozen=True)
@@ -349,9 +351,10 @@ class Recipe:
             return
         saved = yaml.safe_load((folder / "config.yaml").read_text())
         current = self._resolved()
-        if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in current.items() if k != "steps"}:
+        if {k: v for k, v in saved.items() if k not in RESUMABLE} != \
+                {k: v for k, v in current.items() if k not in RESUMABLE}:
             raise ValueError(f"{folder} is a checkpoint of another config; use another `out` or the same config "
-                             "(only `steps` may change on resume)")
+                             f"(only {', '.join(f'`{key}`' for key in RESUMABLE)} may change on resume)")
         self.accelerator.load_state(str(folder))
         progress = json.loads((folder / "progress.json").read_text())
         self.step, self.best = progress["step"], progress["best"]

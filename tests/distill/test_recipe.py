@@ -76,7 +76,8 @@ def test_train_checkpoint_and_resume(demo_dirs, cache, tmp_path):
     log = json.loads((first / "training_log.json").read_text())
     assert [entry["step"] for entry in log] == [2, 4]
     assert log[-1]["kd_loss"] > 0 and log[-1]["ce_loss"] > 0
-    resumed = Recipe(config(demo_dirs, cache, tmp_path, "steps=6"))
+    # how far it goes and when it evaluates and saves may change on resume; what it learns may not
+    resumed = Recipe(config(demo_dirs, cache, tmp_path, "steps=6", "checkpoint_every=3", "eval_every=2"))
     resumed.setup()
     assert resumed.step == 4 and len(resumed.history) == 2
     # The share recomputed from the saved model's own logits on the held-out rows; the demo student is already
