@@ -85,10 +85,14 @@ def live(store_url: str, traffic: Traffic, launch_at: float, promoted_at: float 
             "failures": [item.error for item in traffic.served if not item.ok][:5]}
 
 
-def targets(offline_results: dict, live_results: dict, before: str, after: str, alert_jobs: int
-            ) -> list[tuple[str, str, bool]]:
+def targets(offline_results: dict, live_results: dict, before: str, after: str, jobs: list[dict],
+            promoted: str | None) -> list[tuple[str, str, bool]]:
     """(target, measured, met?) for the issue's four targets, zero failed requests, the drift sample's KL falling
-    after the promotion and one job for the drift episode (`alert_jobs`: the jobs alerts started)."""
+    after the promotion and one job for the drift episode (`jobs`: the trainer's; `promoted`: the version the
+    episode's job promoted, whose own drift alert, if it fires, is said apart)."""
+    by_alert = [job for job in jobs if job["trigger"] == "alert"]
+    own = [job for job in by_alert if promoted is not None and about(job) == promoted]
+    episode = len(by_alert) - len(own)
     teacher, old, new = (offline_results[name] for name in ("teacher", before, after))
     gap = teacher["launched"] - old["launched"]
     recovered = (new["launched"] - old["launched"]) / gap if gap > 0 else 0.0
@@ -111,7 +115,13 @@ def targets(offline_results: dict, live_results: dict, before: str, after: str, 
                                                             live_results["drift_kl_after"]),
          None not in (live_results["drift_kl_before"], live_results["drift_kl_after"])
          and live_results["drift_kl_after"] < live_results["drift_kl_before"]),
-        ("one re-distillation job for the drift episode", f"{alert_jobs} started by alerts", alert_jobs == 1)]
+        ("one re-distillation job for the drift episode", f"{episode} started by its alerts"
+         + (f"; {len(own)} more by {promoted}'s own drift alert" if own else ""), episode == 1 and not own)]
+
+
+def about(job: dict) -> str | None:
+    """The student version the alert that started `job` was about (the drift alert names it)."""
+    return job["options"].get("alert", {}).get("labels", {}).get("student_version")
 
 
 def _drop(before: float | None, after: float | None) -> str:

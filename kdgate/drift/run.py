@@ -234,8 +234,7 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
     ticker.enter("report")
     ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
     jobs = trainer_jobs()  # again, after the shadow work settled: a job an alert started late counts too
-    alert_jobs = sum(job["trigger"] == "alert" for job in jobs)
-    checks = targets(measured, ran, "pre-launch student", "re-distilled student", alert_jobs) \
+    checks = targets(measured, ran, "pre-launch student", "re-distilled student", jobs, promoted["candidate"]) \
         if promoted and measured else []
     plot(samples, marks, out / "drift.png")
     report = {"settings": {key: str(value) for key, value in asdict(settings).items()}, "marks": marks,
