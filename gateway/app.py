@@ -81,6 +81,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             cost = CostMeter.of(configs, metrics)
             if shadow is not None:
                 shadow.on_divergence = students.record_divergence
+                shadow.student_of = students.held
                 shadow.cost = cost
             health = HealthChecker(backends, breakers, metrics, resilience.health_interval_s or 0)
             app.state.chat = ChatServing(served_model=settings.served_model, router=router, limits=limits,

@@ -117,7 +117,8 @@ class CostMeter:
         if teacher is not None:
             self.metrics.cost_all_teacher.labels(route).inc(teacher.of(done.answer))
 
-    def charge_shadow(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count one call the shadow worker made to the teacher (spend only: alone, the teacher needs no shadow)."""
-        self.metrics.cost.labels(SHADOW_ROUTE, "teacher").inc(self.prices["teacher"].of((prompt_tokens,
-                                                                                          completion_tokens)))
+    def charge_shadow(self, prompt_tokens: int, completion_tokens: int, backend: str = "teacher") -> None:
+        """Count one call the shadow worker made: to the teacher, or to the student for a drift escalation's whole
+        answer (spend only: alone, the teacher needs no shadow)."""
+        self.metrics.cost.labels(SHADOW_ROUTE, backend).inc(self.prices[backend].of((prompt_tokens,
+                                                                                      completion_tokens)))

@@ -140,8 +140,21 @@ class GatewayMetrics:
                                            "the teacher served or finished", ["student_version"], registry=r)
         self.student_ttft = Histogram("kdgate_student_time_to_first_token_seconds", "TTFT by student version",
                                       ["student_version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.student_shadow_kl = Histogram("kdgate_student_shadow_kl", "Shadow KL(teacher||student) by student "
-                                           "version", ["student_version"], buckets=KL_BUCKETS, registry=r)
+        # the drift sample (gateway.shadow.capture): requests drawn before routing, measured on the student's whole
+        # answer whatever route they took; only it feeds these, by the version that answered, so versions compare
+        # on the same traffic (a better student serving more of the hard traffic does not look worse)
+        self.drift_kl = Histogram("kdgate_drift_kl", "Mean per-token KL(teacher||student) of the student's whole "
+                                  "answer to a request of the uniform drift sample, by student version",
+                                  ["student_version"], buckets=KL_BUCKETS, registry=r)
+        self.drift_top1 = Histogram("kdgate_drift_top1_agreement", "Share of the tokens of a drift-sample answer "
+                                    "that are the teacher's top-1, by student version", ["student_version"],
+                                    buckets=SHARE_BUCKETS, registry=r)
+        self.drift_answers = Counter("kdgate_drift_answers", "Drift-sample answers by student version and whether "
+                                     "the student's final answer equals the teacher's", ["student_version", "agree"],
+                                     registry=r)
+        self.drift_missed = Counter("kdgate_drift_missed", "Drift-sample escalations whose whole student answer "
+                                    "could not be had, by reason (version_gone: the version stopped serving first; "
+                                    "student_error; no_student)", ["reason"], registry=r)
         self.student_serving = Gauge("kdgate_student_serving", "1 for each student version serving now, by role "
                                      "(active, canary)", ["student_version", "role"],
                                      multiprocess_mode="livemostrecent", registry=r)
@@ -166,10 +179,18 @@ class GatewayMetrics:
         if ttft is not None:
             self.student_ttft.labels(version).observe(ttft)
 
-    def observe_student_kl(self, version: str, kl: float) -> None:
-        """A shadow comparison's KL under the version that answered, while it serves (shadow work finishes late)."""
-        if version in self._student_labels:
-            self.student_shadow_kl.labels(version).observe(kl)
+    def observe_drift(self, version: str | None, kl: float | None, top1: float | None, agree: bool | None) -> None:
+        """A drift-sample answer's figures under the version that answered, while it serves (shadow work finishes
+        late; a removed version's series must not come back). KL and top-1 are None when the positions could not
+        be paired, agreement when the answers cannot be compared."""
+        if version not in self._student_labels:
+            return
+        if kl is not None:
+            self.drift_kl.labels(version).observe(kl)
+        if top1 is not None:
+            self.drift_top1.labels(version).observe(top1)
+        if agree is not None:
+            self.drift_answers.labels(version, str(agree).lower()).inc()
 
     def student_serving_changed(self, serving: dict[str, str], revision: int) -> None:
         """The versions serving now (version -> role); the label children of the others are removed, so the
@@ -178,10 +199,12 @@ class GatewayMetrics:
             if serving.get(version) != role:
                 self.student_serving.remove(version, role)
             if version not in serving:
-                for family in (self.student_escalations, self.student_ttft, self.student_shadow_kl):
+                for family in (self.student_escalations, self.student_ttft, self.drift_kl, self.drift_top1):
                     _remove(family, version)
                 for outcome in ("ok", "error"):
                     _remove(self.student_requests, version, outcome)
+                for agree in ("true", "false"):
+                    _remove(self.drift_answers, version, agree)
         for version, role in serving.items():
             self.student_serving.labels(version, role).set(1)
         self._student_labels = dict(serving)

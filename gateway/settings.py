@@ -99,9 +99,14 @@ class ShadowSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="needs a teacher; off: no shadow work, no store")
-    sample_rate: float = Field(default=0.05, ge=0, le=1, description="share of student-served requests shadowed; "
-                               "1 shadows all (teacher load roughly doubles that share)")
-    record_escalations: bool = Field(default=True, description="store every escalated or handed-off request")
+    sample_rate: float = Field(default=0.05, ge=0, le=1, description="share of requests drawn before routing for "
+                               "the uniform drift sample: a student-served one is shadowed (its answer scored), an "
+                               "escalated or handed-off one has the student's whole answer asked for and scored off "
+                               "the request path; the drift metrics and alert read only this sample. 0: no sample, "
+                               "no drift signal; 1: every request (teacher load roughly doubles, and the student "
+                               "answers each escalation twice)")
+    record_escalations: bool = Field(default=True, description="store every escalated or handed-off request (those "
+                                     "in the drift sample are stored either way)")
     top_logprobs: int = Field(default=5, ge=1, le=20, description="alternatives per token on both sides; larger "
                               "tightens the KL lower bound")
     queue_size: int = Field(default=256, ge=1, description="jobs waiting; beyond it jobs are dropped and counted")
@@ -219,9 +224,9 @@ class CanarySettings(BaseModel):
                                              "not judged on latency")
     ttft_slack_s: float = Field(default=0.05, ge=0, description="absolute slack on the p99 TTFT comparison, so that "
                                 "a few milliseconds on a fast student do not roll a canary back")
-    max_kl_increase: float | None = Field(default=None, ge=0, description="shadow KL (nats/token) the canary may "
-                                          "add over the active version (needs shadowed answers of both); null: "
-                                          "not judged on divergence")
+    max_kl_increase: float | None = Field(default=None, ge=0, description="drift-sample KL (nats/token) the "
+                                          "canary may add over the active version (needs drift-sample answers of "
+                                          "both); null: not judged on divergence")
     clean_window_s: float | None = Field(default=None, gt=0, description="a canary judged healthy for this long "
                                          "after its minimum sample is promoted to active automatically; null: only "
                                          "by `kdgate student promote`")

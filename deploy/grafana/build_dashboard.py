@@ -45,7 +45,11 @@ PANELS = [
     ("Confidence of held-back student tokens", "short",
      [("sum by (le) (increase(kdgate_confidence_score_bucket[$__rate_interval]))", "{{le}}")], "heatmap"),
     ("Routing threshold", "short", [("kdgate_routing_threshold", "threshold {{instance}}")], "timeseries"),
-    ("Student-teacher KL (mean per token)", "short",
+    ("Drift: student-teacher KL on the uniform sample, per version (the drift alert's signal)", "short",
+     [("kdgate:drift_kl:mean15m", "{{student_version}}, 15 min mean (all replicas)"),
+      ("sum by (student_version) (rate(kdgate_drift_kl_sum[$__rate_interval])) / sum by (student_version) "
+       "(rate(kdgate_drift_kl_count[$__rate_interval]))", "{{student_version}}, now")], "timeseries"),
+    ("Student-teacher KL of shadowed (student-served) answers", "short",
      [("kdgate:shadow_kl:mean15m", "15 min mean (all replicas)"), ("kdgate_shadow_kl_rolling", "rolling {{instance}}")],
      "timeseries"),
     ("Agreement with the teacher", "percentunit",

@@ -1,7 +1,8 @@
 """`kdgate trainer serve`: the online re-distillation service.
 
     POST /v1/alerts                Alertmanager's webhook (its bearer token): firing alerts with the selector's
-                                   labels queue a job; answered at once, the work happens after
+                                   labels queue a job (not one about a student version no longer active);
+                                   answered at once, the work happens after
     POST /v1/jobs                  a job by hand, with options            (the admin token, as every route below)
     GET  /v1/jobs, /v1/jobs/{id}   state, step, progress, figures, the tail of the log
     POST /v1/jobs/{id}/cancel
@@ -36,6 +37,7 @@ from runtime.credentials import bearer, identify
 from runtime.errors import envelope
 from runtime.store.records import ShadowStore
 from runtime.store.train_jobs import TrainJobs
+from runtime.store.versions import StudentVersions
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/healthz"})
@@ -72,7 +74,7 @@ def create_trainer_app(settings: TrainerSettings, config_file: Path | None = Non
             log.warning("jobs %s were left running by a trainer that stopped: %s", left,
                         "queued again" if settings.requeue_on_restart else "failed (`trainer restarted`)")
         scheduler = Scheduler(settings, store, jobs)
-        app.state.jobs, app.state.runner = jobs, runner
+        app.state.jobs, app.state.runner, app.state.versions = jobs, runner, StudentVersions(store)
         app.state.registry.register(StoreCollector(store, jobs))
         task = asyncio.create_task(_loop(settings, runner, scheduler, store), name="kdgate-trainer")
         try:
@@ -151,6 +153,11 @@ def _routes(app: FastAPI) -> None:
         settings, jobs = request.app.state.settings, request.app.state.jobs
         made, known = [], []
         for alert in selected(payload, settings.selector):
+            replaced = await asyncio.to_thread(replaced_version, request.app.state.versions, alert)
+            if replaced is not None:
+                log.info("alert %s is about student version %s, which is no longer active: no job",
+                         alert.labels.get("alertname"), replaced)
+                continue
             job, created = await asyncio.to_thread(_job_for_alert, jobs, payload, alert)
             (made if created else known).append(job.id)
         for alert in selected(payload, settings.selector, status="resolved"):  # a late firing must not start one
@@ -195,6 +202,18 @@ def _routes(app: FastAPI) -> None:
     async def metrics(request: Request) -> Response:
         body = await asyncio.to_thread(generate_latest, request.app.state.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def replaced_version(versions: StudentVersions, alert) -> str | None:
+    """The student version an alert names (`student_version`, as the drift alert carries it) when that version is
+    not the active one: its drift episode ended with its replacement (or it is a canary, which the gateway judges),
+    so an alert still firing about it, or firing late, starts nothing. None for an alert about the active version
+    or about no version."""
+    named = alert.labels.get("student_version")
+    if named is None:
+        return None
+    active = versions.slot().active
+    return named if active is not None and named != active else None
 
 
 def _job_for_alert(jobs: TrainJobs, payload: WebhookPayload, alert):

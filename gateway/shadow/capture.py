@@ -6,6 +6,12 @@ difference). `observe` sees every event the client gets; the student's part ends
 the answer is complete and offers the job: `shadow` for a sampled student answer, `escalation` for a request the
 student did not finish (escalated on confidence, or handed off mid-stream).
 
+The draw is made before routing, so the sampled requests are a uniform sample of the traffic the student starts,
+whatever it then made of them: the *drift sample*. A sampled escalation is offered even when escalations are not
+recorded, marked `drift`, and the worker measures the student's whole answer to it off the request path. Requests
+a policy sends straight to the teacher (`random`, `teacher_only`) are left out: that choice does not look at the
+student, so leaving them out favours no version.
+
 A raw-prompt request (`POST /v1/completions`) is not shadowed nor recorded: a record keeps the conversation as chat
 messages, and the teacher's scoring, the routing records and re-distillation read it through the chat template. It
 is counted instead, as the job it would have been (`kdgate_shadow_skipped_total{reason="raw_prompt", kind}`).
@@ -64,7 +70,7 @@ class Capture:
             return
         if decision.route == "student" and self.sampled:
             kind, text, tokens = "shadow", "".join(self.text), tuple(self.tokens)
-        elif decision.reason in ESCALATIONS and self.worker.config.record_escalations:
+        elif decision.reason in ESCALATIONS and (self.sampled or self.worker.config.record_escalations):
             student = tuple(self.tokens) if decision.reason == Reason.HANDOFF else discarded
             kind, text, tokens = "escalation", "".join(entry.token for entry in student), student
         else:
@@ -72,4 +78,5 @@ class Capture:
         if self.skipped is not None:
             self.worker.metrics.shadow_skipped.labels(self.skipped, kind).inc()
             return
-        self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model, student_version))
+        self.worker.offer(new_job(kind, generation, text, tokens, decision, student_model, student_version,
+                                  drift=self.sampled))

@@ -105,7 +105,7 @@ def _write_parquet(path: Path, rows) -> int:
     except ImportError:
         raise typer.BadParameter("parquet needs pyarrow: pip install 'kdgate[export]'", param_hint="--format") \
             from None
-    nested = ("prompt", "student_tokens", "teacher_scores", "teacher_tokens", "constraint")
+    nested = ("prompt", "student_tokens", "teacher_scores", "teacher_tokens", "constraint", "drift_tokens")
     rows = [row | {key: json.dumps(row[key]) if row[key] is not None else None for key in nested} for row in rows]
     pq.write_table(pa.Table.from_pylist(rows), path)
     return len(rows)

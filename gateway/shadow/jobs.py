@@ -41,6 +41,9 @@ class ShadowJob:
     created_at: datetime
     student_version: str | None = None  # the version that produced the answer (the canary's, when it served)
     constraint: dict | None = None  # the client's constraint on the answer (vLLM's `structured_outputs` shape)
+    drift: bool = False  # drawn for the uniform drift sample before routing: measured whatever route it took
+    sampling: dict | None = None  # the client's sampling (SamplingParams' fields): a drift escalation's student
+    # answer is drawn as the student would have served it
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def to_payload(job: ShadowJob) -> dict:
             "decision": {"route": decision.route, "reason": str(decision.reason), "score": _finite(decision.score),
                          "threshold": _finite(decision.threshold)},
             "student_model": job.student_model, "student_version": job.student_version, "max_tokens": job.max_tokens,
-            "created_at": job.created_at.isoformat(), "constraint": job.constraint}
+            "created_at": job.created_at.isoformat(), "constraint": job.constraint, "drift": job.drift,
+            "sampling": job.sampling}
 
 
 def from_payload(payload: dict) -> ShadowJob:
@@ -163,7 +167,8 @@ def from_payload(payload: dict) -> ShadowJob:
         student_model=payload["student_model"], student_version=payload.get("student_version"),
         max_tokens=payload["max_tokens"],
         created_at=datetime.fromisoformat(payload["created_at"]),
-        constraint=payload.get("constraint"))  # jobs stored before records kept constraints have none
+        constraint=payload.get("constraint"),  # jobs stored before records kept constraints have none
+        drift=payload.get("drift", False), sampling=payload.get("sampling"))
 
 
 def _finite(value: float | None) -> float | None:

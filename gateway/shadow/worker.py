@@ -23,7 +23,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,7 +40,7 @@ from gateway.tools.grammar import tool_constraint
 from router.policy import RouteDecision
 from runtime.constraints.languages import Constraint
 from runtime.constraints.languages import constraint as constraint_of
-from runtime.contract import Backend, GenerationRequest, SamplingParams, TokenLogprob, collect
+from runtime.contract import Backend, Collected, GenerationRequest, SamplingParams, TokenLogprob, collect
 from runtime.errors import GatewayError, InvalidRequest
 from runtime.store.records import RecordRejected, ShadowRecord, ShadowStore, has_token_ids, tokens_json
 
@@ -91,6 +92,9 @@ class ShadowWorker:
         self._wake = asyncio.Event()
         self._busy = 0  # jobs being processed now
         self.on_divergence: Callable[[str | None, float], None] | None = None  # (student version, mean KL)
+        # the backend of a student version while it serves (None inside when it no longer does): a drift
+        # escalation's whole student answer comes from the version that started the request
+        self.student_of: Callable[[str | None], AbstractContextManager[Backend | None]] | None = None
         self.cost: CostMeter | None = None  # the teacher calls' dollars, when the backends are priced
 
     # ------------------------------------------------------------------------------------------------ request side
@@ -329,18 +333,26 @@ class ShadowWorker:
         messages = list(job.messages)
         constraint = await asyncio.to_thread(compiled, job.constraint) if job.constraint is not None else None
         teacher_text, teacher_tokens = await self._teacher_answer(job, messages, constraint)
-        scored, figures, masked = None, None, None
-        if job.kind == "shadow" and job.student_answer:
-            scoring = await self.teacher.score(messages, job.student_answer, k,
-                                               constraint.tools if constraint is not None else None)
+        scored, figures, masked, whole = None, None, None, None
+        if job.kind == "shadow":
+            answer, tokens = job.student_answer, job.student_tokens
+        elif job.drift:  # an escalation in the drift sample: the student's whole answer, asked for now
+            whole = await self._student_answer(job, messages, constraint)
+            answer, tokens = (whole.text, whole.logprobs) if whole is not None else ("", ())
+        else:
+            answer, tokens = "", ()
+        if answer:
+            scoring = await self.teacher.score(messages, answer, k, constraint.tools if constraint is not None else None)
             scored = scoring.tokens
             if self.cost is not None:  # one prefill over the prompt and the answer, one token generated
                 self.cost.charge_shadow(scoring.prompt_tokens + len(scored), 1)
-            compared, masked = scores_under(constraint, scored, job.student_answer)
-            figures = divergence(job.student_tokens, compared, job.student_answer, teacher_text)
-            self._observe(figures)
-            if self.on_divergence is not None and figures.aligned:
-                self.on_divergence(job.student_version, figures.mean_kl)
+            compared, masked = scores_under(constraint, scored, answer)
+            figures = divergence(tokens, compared, answer, teacher_text)
+            if job.kind == "shadow":
+                self._observe(figures)
+            if job.drift:
+                self._observe_drift(job, figures)
+        recorded_escalation = job.kind == "escalation" and self.config.record_escalations
         record = ShadowRecord(
             request_id=job.request_id, created_at=job.created_at, kind=job.kind, student_model=job.student_model,
             student_version=job.student_version or self.config.student_version,
@@ -356,9 +368,33 @@ class ShadowWorker:
             teacher_nll=figures.teacher_nll if figures else None,
             answers_agree=figures.answers_agree if figures else None,
             field_agreement=figures.field_agreement if figures else None,
-            sample_rate=self.config.sample_rate if job.kind == "shadow" else 1.0,
-            constraint=job.constraint, constraint_masked=masked)
+            sample_rate=1.0 if recorded_escalation else self.config.sample_rate,
+            constraint=job.constraint, constraint_masked=masked, drift_sample=job.drift,
+            drift_answer=whole.text if whole is not None else None,
+            drift_tokens=tokens_json(whole.logprobs) if whole is not None else None)
         return record
+
+    async def _student_answer(self, job: ShadowJob, messages: list[dict], constraint: Constraint | None
+                              ) -> Collected | None:
+        """The whole answer of the student version that started the request, drawn with the request's sampling; None
+        (counted in `kdgate_drift_missed_total`) when that version no longer serves or the student failed."""
+        if self.student_of is None:
+            self.metrics.drift_missed.labels("no_student").inc()
+            return None
+        with self.student_of(job.student_version) as student:
+            if student is None:
+                self.metrics.drift_missed.labels("version_gone").inc()
+                return None
+            try:
+                answer = await collect(student.generate(student_request(job, messages, constraint,
+                                                                        self.config.top_logprobs)))
+            except GatewayError as error:
+                self.metrics.drift_missed.labels("student_error").inc()
+                log.warning("drift job %s: the student failed: %s", job.request_id, error)
+                return None
+        if self.cost is not None and answer.finish is not None:
+            self.cost.charge_shadow(answer.finish.prompt_tokens, answer.finish.completion_tokens, "student")
+        return answer
 
     async def _teacher_answer(self, job: ShadowJob, messages: list[dict], constraint: Constraint | None
                               ) -> tuple[str, tuple[TokenLogprob, ...]]:
@@ -386,6 +422,15 @@ class ShadowWorker:
         answered = [item.answers_agree for item in self._recent if item.answers_agree is not None]
         if answered:
             metrics.shadow_agreement_rolling.set(sum(answered) / len(answered))
+
+    def _observe_drift(self, job: ShadowJob, figures: Divergence) -> None:
+        """The drift sample's figures, under the version that answered: only this sample feeds them, so versions
+        compare on the same traffic (and the canary is judged on it)."""
+        version = job.student_version or self.config.student_version
+        self.metrics.observe_drift(version, figures.mean_kl if figures.aligned else None,
+                                   figures.top1_agreement if figures.aligned else None, figures.answers_agree)
+        if self.on_divergence is not None and figures.aligned:
+            self.on_divergence(version, figures.mean_kl)
 
     async def _after_write(self) -> None:
         self._writes_since_prune += 1
@@ -415,6 +460,20 @@ def teacher_request(job: ShadowJob, messages: list[dict], constraint: Constraint
         tools=constraint.tools if constraint is not None else None)
 
 
+def student_request(job: ShadowJob, messages: list[dict], constraint: Constraint | None, top_logprobs: int
+                    ) -> GenerationRequest:
+    """What the student answers a drift escalation's request with: the request's own sampling (greedy for a job
+    that kept none), its constraint and tools, with top-k logprobs and token ids for the divergence."""
+    kept = dict(job.sampling or {"max_tokens": job.max_tokens, "temperature": 0.0})
+    for name in ("stop", "stop_token_ids"):
+        kept[name] = tuple(kept.get(name) or ())
+    kept["logit_bias"] = tuple(tuple(pair) for pair in kept.get("logit_bias") or ())
+    sampling = replace(SamplingParams(**kept), top_logprobs=top_logprobs)
+    return GenerationRequest(f"drift-{uuid.uuid4().hex}", tuple(messages), sampling, token_ids=True,
+                             structured_outputs=constraint.structured_outputs if constraint is not None else None,
+                             constraint=constraint, tools=constraint.tools if constraint is not None else None)
+
+
 def compiled(spec: dict) -> Constraint:
     """A job's constraint, compiled again (cached: the request compiled the same spec). One that no longer compiles
     (a gateway upgraded while the job waited) is passed to the teacher as the client sent it, and scored unmasked."""
@@ -427,14 +486,17 @@ def compiled(spec: dict) -> Constraint:
 
 
 def new_job(kind: str, generation: GenerationRequest, answer: str, tokens: tuple[TokenLogprob, ...],
-            decision: RouteDecision, student_model: str, student_version: str | None = None) -> ShadowJob:
+            decision: RouteDecision, student_model: str, student_version: str | None = None, drift: bool = False
+            ) -> ShadowJob:
     """The job of a finished request. Its constraint is the client's (`Constraint.spec`), not the grammar the
-    backends were sent: the record says what was asked, and the worker compiles it again."""
+    backends were sent: the record says what was asked, and the worker compiles it again. A drift escalation keeps
+    the request's sampling, to draw the student's whole answer as the student would have served it."""
     spec = generation.constraint.spec if generation.constraint is not None else generation.structured_outputs
+    sampling = asdict(generation.sampling) if drift and kind == "escalation" else None
     return ShadowJob(request_id=generation.request_id, kind=kind, messages=generation.messages, student_answer=answer,
                      student_tokens=tokens, decision=decision, student_model=student_model,
                      max_tokens=generation.sampling.max_tokens, created_at=datetime.now(UTC),
-                     student_version=student_version, constraint=spec)
+                     student_version=student_version, constraint=spec, drift=drift, sampling=sampling)
 
 
 def _finite(value: float | None) -> float | None:

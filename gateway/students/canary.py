@@ -84,7 +84,7 @@ def judge(canary: VersionFigures, active: VersionFigures, settings: CanarySettin
         return Verdict("rollback", slow)
     if settings.max_kl_increase is not None and canary.mean_kl() is not None and active.mean_kl() is not None:
         if canary.mean_kl() > active.mean_kl() + settings.max_kl_increase:
-            return Verdict("rollback", f"shadow KL {canary.mean_kl():.4f} against the active version's "
+            return Verdict("rollback", f"drift-sample KL {canary.mean_kl():.4f} against the active version's "
                                        f"{active.mean_kl():.4f} (allowed +{settings.max_kl_increase:g})")
     if settings.clean_window_s is not None and (now or time.monotonic()) - canary.since >= settings.clean_window_s:
         return Verdict("promote", f"healthy over {canary.requests} requests and {settings.clean_window_s:g} s")

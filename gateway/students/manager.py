@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
@@ -19,6 +20,7 @@ from gateway.students.canary import VersionFigures, judge, judgment
 from gateway.students.loader import StudentLoader, adapter_name, initial_version
 from gateway.students.lora import AdapterRefused, LoraReplicas
 from gateway.students.slot import Lease, ServedStudent, StudentSlot, retire
+from runtime.contract import Backend
 from runtime.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from runtime.store.versions import Slot, SlotChanged, StudentVersion, StudentVersions, UnknownVersion, VersionError
 
@@ -76,6 +78,10 @@ class StudentManager:
 
     def acquire(self) -> Lease:
         return self.slot.acquire()
+
+    def held(self, version: str | None) -> AbstractContextManager[Backend | None]:
+        """The backend of a version while it serves, for work off the request path (`StudentSlot.held`)."""
+        return self.slot.held(version)
 
     # ------------------------------------------------------------------------------------------------ following
 
@@ -198,7 +204,6 @@ class StudentManager:
         if figures is not None:
             figures.kl_sum += kl
             figures.kl_count += 1
-            self.metrics.observe_student_kl(version, kl)
 
     # ------------------------------------------------------------------------------------------------ changes
 

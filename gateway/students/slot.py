@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from gateway.breaker import CircuitBreaker
@@ -82,6 +84,22 @@ class StudentSlot:
         student = self.canary if canary else self.active
         student.leases += 1
         return Lease(student, canary)
+
+    @contextmanager
+    def held(self, version: str | None) -> Iterator[Backend | None]:
+        """The backend of `version` (the active one for None) held by a lease while the caller uses it, so a switch
+        cannot close it underneath; None when that version no longer serves (work off the request path for a
+        version that has been replaced is not done on another one)."""
+        student = next((item for item in self.serving() if version is None and item is self.active
+                        or item.version == version), None)
+        if student is None:
+            yield None
+            return
+        student.leases += 1
+        try:
+            yield student.backend
+        finally:
+            student.release()
 
     def serving(self) -> list[ServedStudent]:
         return [self.active] + ([self.canary] if self.canary is not None else [])

@@ -1,13 +1,16 @@
 """The before/after table of the drift scenario: offline on held-out tickets (the launched slice, the golden set),
-and live from the run (shadow KL on launched tickets, teacher share, failed requests), against the targets."""
+and live from the run (drift-sample KL, shadow KL on launched tickets, teacher share, failed requests), against the
+targets."""
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from distill.demo import drift
+from gateway.shadow.jobs import JobQueue
 from kdgate.drift.traffic import Traffic
 from runtime.store.records import ShadowStore
 
@@ -40,14 +43,27 @@ def offline(models: dict[str, Path], golden_path: Path, threads: int | None = No
 
 
 def live(store_url: str, traffic: Traffic, launch_at: float, promoted_at: float | None, end: float,
-         started_wall: float) -> dict:
-    """What the run itself showed: shadow KL of launched tickets served by the old and the new student, teacher
-    share of usual traffic before the launch (the target) and of all traffic after the promotion, failures."""
+         started_wall: float, before_version: str = "initial", settle_s: float = 120.0) -> dict:
+    """What the run itself showed: the drift sample's KL (all tickets, a uniform sample whatever route it took) of
+    the old student after the launch and of the new one after the promotion, shadow KL of launched tickets served
+    by the old and the new student, teacher share of usual traffic before the launch (the target) and of all
+    traffic after the promotion, failures. Waits up to `settle_s` for the shadow work still queued."""
     store = ShadowStore(store_url)
     try:
-        records = list(store.iter_records(kind="shadow"))
+        queued, deadline = JobQueue(store), time.monotonic() + settle_s
+        while queued.pending() and time.monotonic() < deadline:
+            time.sleep(1.0)
+        everything = list(store.iter_records())
     finally:
         store.close()
+    records = [record for record in everything if record.kind == "shadow"]
+    after = promoted_at if promoted_at is not None else end
+
+    def drift_kl(start: float, stop: float, old: bool) -> tuple[float | None, int]:
+        values = [record.mean_kl for record in everything if record.drift_sample and record.mean_kl is not None
+                  and (record.student_version == before_version) == old
+                  and start <= record.created_at.timestamp() - started_wall < stop]
+        return (statistics.fmean(values) if values else None), len(values)
 
     def kl(start: float, stop: float) -> float | None:
         values = [record.mean_kl for record in records if record.mean_kl is not None
@@ -58,8 +74,10 @@ def live(store_url: str, traffic: Traffic, launch_at: float, promoted_at: float 
     def share(items) -> float | None:
         return sum(item.route == "teacher" for item in items) / len(items) if items else None
 
-    after = promoted_at if promoted_at is not None else end
-    return {"kl_launched_before": kl(launch_at, after), "kl_launched_after": kl(after, end),
+    drift_before, drift_after = drift_kl(launch_at, after, True), drift_kl(after, end, False)
+    return {"drift_kl_before": drift_before[0], "drift_answers_before": drift_before[1],
+            "drift_kl_after": drift_after[0], "drift_answers_after": drift_after[1],
+            "kl_launched_before": kl(launch_at, after), "kl_launched_after": kl(after, end),
             "teacher_share_target": share(traffic.window(0, launch_at)),
             "teacher_share_drifted": share(traffic.window(launch_at, after)),
             "teacher_share_after": share(traffic.window(after, end)),
@@ -67,8 +85,14 @@ def live(store_url: str, traffic: Traffic, launch_at: float, promoted_at: float 
             "failures": [item.error for item in traffic.served if not item.ok][:5]}
 
 
-def targets(offline_results: dict, live_results: dict, before: str, after: str) -> list[tuple[str, str, bool]]:
-    """(target, measured, met?) for the issue's four targets and zero failed requests."""
+def targets(offline_results: dict, live_results: dict, before: str, after: str, jobs: list[dict],
+            promoted: str | None) -> list[tuple[str, str, bool]]:
+    """(target, measured, met?) for the issue's four targets, zero failed requests, the drift sample's KL falling
+    after the promotion and one job for the drift episode (`jobs`: the trainer's; `promoted`: the version the
+    episode's job promoted, whose own drift alert, if it fires, is said apart)."""
+    by_alert = [job for job in jobs if job["trigger"] == "alert"]
+    own = [job for job in by_alert if promoted is not None and about(job) == promoted]
+    episode = len(by_alert) - len(own)
     teacher, old, new = (offline_results[name] for name in ("teacher", before, after))
     gap = teacher["launched"] - old["launched"]
     recovered = (new["launched"] - old["launched"]) / gap if gap > 0 else 0.0
@@ -86,7 +110,22 @@ def targets(offline_results: dict, live_results: dict, before: str, after: str) 
          f"{100 * final:.1f} % against {100 * target:.1f} %",
          target is not None and final is not None and abs(final - target) <= 0.03),
         ("zero failed client requests", f"{live_results['failed']} of {live_results['requests']}",
-         live_results["failed"] == 0)]
+         live_results["failed"] == 0),
+        ("drift-sample KL falls after the promotion", _drop(live_results["drift_kl_before"],
+                                                            live_results["drift_kl_after"]),
+         None not in (live_results["drift_kl_before"], live_results["drift_kl_after"])
+         and live_results["drift_kl_after"] < live_results["drift_kl_before"]),
+        ("one re-distillation job for the drift episode", f"{episode} started by its alerts"
+         + (f"; {len(own)} more by {promoted}'s own drift alert" if own else ""), episode == 1 and not own)]
+
+
+def about(job: dict) -> str | None:
+    """The student version the alert that started `job` was about (the drift alert names it)."""
+    return job["options"].get("alert", {}).get("labels", {}).get("student_version")
+
+
+def _drop(before: float | None, after: float | None) -> str:
+    return "—" if before is None or after is None else f"{before:.3f} → {after:.3f}"
 
 
 def usual(golden: dict) -> float:

@@ -214,8 +214,12 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
     import httpx
 
     out = settings.out
-    jobs = httpx.get(f"{stack.urls['trainer']}/v1/jobs?limit=5", timeout=10,
-                     headers={"Authorization": f"Bearer {stack.admin_key}"}).json()["jobs"]
+
+    def trainer_jobs() -> list[dict]:
+        return httpx.get(f"{stack.urls['trainer']}/v1/jobs?limit=5", timeout=10,
+                         headers={"Authorization": f"Bearer {stack.admin_key}"}).json()["jobs"]
+
+    jobs = trainer_jobs()
     promoted = next((job for job in jobs if job["state"] == "succeeded"), None)
     models = {"teacher": DEMO_TEACHER_DIR, "pre-launch student": PRELAUNCH_STUDENT}
     if promoted is not None:
@@ -229,13 +233,18 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
                            on_model=lambda name: evaluating.update(model=name))
     ticker.enter("report")
     ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
-    checks = targets(measured, ran, "pre-launch student", "re-distilled student") if promoted and measured else []
+    jobs = trainer_jobs()  # again, after the shadow work settled: a job an alert started late counts too
+    checks = targets(measured, ran, "pre-launch student", "re-distilled student", jobs, promoted["candidate"]) \
+        if promoted and measured else []
     plot(samples, marks, out / "drift.png")
     report = {"settings": {key: str(value) for key, value in asdict(settings).items()}, "marks": marks,
               "offline": measured, "live": ran, "targets": checks, "jobs": jobs, "timeline": rows(samples),
               "wall_s": ticker.durations()}
     (out / "drift.json").write_text(json.dumps(report, indent=1, default=str))
     _print(measured, ran, checks, marks, ticker.say)
+    ticker.say("re-distillation jobs: " + (", ".join(f"{job['id']} {job['state']} (trigger {job['trigger']}"
+                                                      + (f": {_alert_of(job)})" if job["trigger"] == "alert" else ")")
+                                                      for job in reversed(jobs)) or "none"))
     ticker.say(f"timeline: {out / 'drift.png'}; everything: {out / 'drift.json'}")
     return report
 
@@ -251,9 +260,11 @@ def _print(measured: dict, ran: dict, checks: list, marks: dict, say) -> None:
     say("")
     say("| live, from the run | before the promotion | after |")
     say("|---|---|---|")
+    drift = [_kl(ran[f"drift_kl_{when}"], ran[f"drift_answers_{when}"]) for when in ("before", "after")]
+    say(f"| drift-sample KL, all tickets, whatever route (nats/token; answers) | {drift[0]} | {drift[1]} |")
     kl = ("—" if ran["kl_launched_before"] is None else f"{ran['kl_launched_before']:.3f}",
           "—" if ran["kl_launched_after"] is None else f"{ran['kl_launched_after']:.3f}")
-    say(f"| shadow KL, launched tickets (nats/token) | {kl[0]} | {kl[1]} |")
+    say(f"| shadow KL, launched tickets served by the student (nats/token) | {kl[0]} | {kl[1]} |")
     shares = [ran[key] for key in ("teacher_share_target", "teacher_share_drifted", "teacher_share_after")]
     say(f"| teacher share (usual traffic before the launch: {_pct(shares[0])}) | {_pct(shares[1])} | "
         f"{_pct(shares[2])} |")
@@ -262,6 +273,16 @@ def _print(measured: dict, ran: dict, checks: list, marks: dict, say) -> None:
     say("marks (s): " + ", ".join(f"{name} {at:.0f}" for name, at in marks.items()))
     for target, value, met in checks:
         say(f"{'met ' if met else 'MISSED'} {target}: {value}")
+
+
+def _alert_of(job: dict) -> str:
+    labels = job["options"].get("alert", {}).get("labels", {})
+    version = labels.get("student_version")
+    return labels.get("alertname", "?") + (f" about {version}" if version else "")
+
+
+def _kl(value: float | None, count: int) -> str:
+    return "—" if value is None else f"{value:.3f} ({count})"
 
 
 def _pct(value: float | None) -> str:

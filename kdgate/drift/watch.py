@@ -1,5 +1,5 @@
-"""The scenario's timeline, sampled every few seconds from the real parts: the divergence and teacher share
-Prometheus computes from the gateway's metrics, the drift alerts' states, the gateway's active student version, and
+"""The scenario's timeline, sampled every few seconds from the real parts: the divergence (the active version's on
+the drift sample, and the shadowed answers') and teacher share Prometheus computes from the gateway's metrics, the drift alerts' states, the gateway's active student version, and
 the trainer's newest job. Drawn as one PNG."""
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ class Sample:
     active: str | None
     job: str | None  # "<id> <state> <step>"
     job_id: int | None = None
+    drift_kl: float | None = None  # the active version's, on the drift sample
 
 
 def alert_signals(sample: Sample) -> str:
-    """The drift alerts' two signals, rounded: shadow KL to 3 significant digits, the teacher share in percent."""
-    kl = "—" if sample.shadow_kl is None else f"{sample.shadow_kl:.3g}"
+    """The drift alerts' two signals, rounded: the active version's drift-sample KL to 3 significant digits, the
+    teacher share in percent."""
+    kl = "—" if sample.drift_kl is None else f"{sample.drift_kl:.3g}"
     share = "—" if sample.teacher_share is None else f"{100 * sample.teacher_share:.1f} %"
-    return f"shadow KL {kl}, teacher share {share}"
+    return f"drift KL {kl}, teacher share {share}"
 
 
 def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample:
@@ -60,8 +62,9 @@ def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample
         job_id = jobs[0]["id"] if jobs else None
     except (httpx.HTTPError, KeyError, ValueError):
         job, job_id = None, None
+    drift_kl = value(f'kdgate:drift_kl:mean15m{{student_version="{active}"}}') if active else None
     return Sample(t, phase, value("kdgate:shadow_kl:mean15m"), value("max(kdgate_teacher_fraction)"), alert,
-                  active, job, job_id)
+                  active, job, job_id, drift_kl)
 
 
 def plot(samples: list[Sample], marks: dict[str, float], out: Path) -> Path:
@@ -73,8 +76,10 @@ def plot(samples: list[Sample], marks: dict[str, float], out: Path) -> Path:
     times = [s.t / 60 for s in samples]
     figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 7), sharex=True,
                                                  gridspec_kw={"height_ratios": [3, 3, 1.4]})
-    top.plot(times, [s.shadow_kl for s in samples], color="tab:red")
-    top.set_ylabel("shadow KL\n(nats/token)")
+    top.plot(times, [s.drift_kl for s in samples], color="tab:red", label="drift sample, active version")
+    top.plot(times, [s.shadow_kl for s in samples], color="grey", linestyle="--", label="shadowed answers")
+    top.set_ylabel("KL\n(nats/token)")
+    top.legend(loc="upper left", fontsize=8)
     middle.plot(times, [s.teacher_share for s in samples], color="tab:blue")
     middle.set_ylabel("teacher share")
     versions = sorted({s.active for s in samples if s.active}, key=lambda v: (v != "initial", v))

@@ -66,6 +66,9 @@ class ShadowRecord:
     sample_rate: float | None = None  # the chance it was kept: shadow.sample_rate, or 1 for an escalation
     constraint: dict | None = None  # the client's constraint, vLLM's `structured_outputs` shape; None: free text
     constraint_masked: bool | None = None  # figures from the teacher's scores held to `constraint` (schema.py)
+    drift_sample: bool | None = None  # drawn for the uniform drift sample before routing (schema.py)
+    drift_answer: str | None = None  # an escalation's: the student's whole answer, asked for off the request path
+    drift_tokens: list | None = None
 
     def weight(self) -> float:
         """How many requests of the traffic this record stands for (1 / the chance it was kept)."""
@@ -188,7 +191,8 @@ def record_row(store: ShadowStore, record: ShadowRecord) -> ShadowRow:
         raise RecordRejected(f"kind must be one of {KINDS}, got {record.kind!r}")
     try:
         size = len(json.dumps([record.prompt, record.student_tokens, record.teacher_scores, record.teacher_tokens,
-                               record.student_answer, record.teacher_answer, record.constraint], allow_nan=False))
+                               record.student_answer, record.teacher_answer, record.constraint, record.drift_answer,
+                               record.drift_tokens], allow_nan=False))
     except (TypeError, ValueError) as error:  # NaN, infinities, objects JSON cannot hold
         raise RecordRejected(f"record {record.request_id} is not storable as JSON: {error}") from None
     if size > store.max_record_bytes:

@@ -57,6 +57,13 @@ class ShadowRow(Base):
     # (true), or the answer was constrained but they could not be (false: a client grammar; null: no constraint)
     constraint: Mapped[dict | None] = mapped_column(JSON)
     constraint_masked: Mapped[bool | None] = mapped_column(Boolean)
+    # the uniform drift sample: drawn before routing (`shadow.sample_rate`), measured whatever route it took, so its
+    # figures compare student versions on the same traffic. A shadow record's figures are of `student_answer`; an
+    # escalation's are of the student's whole answer to the same request, asked for off the request path
+    # (`drift_answer`, `drift_tokens` in `student_tokens`' shape), which `teacher_scores` then score. Null before 0008
+    drift_sample: Mapped[bool | None] = mapped_column(Boolean)
+    drift_answer: Mapped[str | None] = mapped_column(Text)
+    drift_tokens: Mapped[list | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_shadow_records_created_at", "created_at"),
                       Index("ix_shadow_records_kind_created_at", "kind", "created_at"))

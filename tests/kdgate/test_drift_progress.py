@@ -65,9 +65,10 @@ def test_a_tqdm_log_reads_as_its_count_and_time_left(tmp_path):
 
 
 def test_the_alert_figures_are_rounded():
-    sample = Sample(145.0, "launched", 0.0013685012238450261, 0.49469964664310956, "firing", "initial", None)
-    assert alert_signals(sample) == "shadow KL 0.00137, teacher share 49.5 %"
-    assert alert_signals(Sample(5.0, "usual", None, None, "inactive", None, None)) == "shadow KL —, teacher share —"
+    sample = Sample(145.0, "launched", 0.0013685012238450261, 0.49469964664310956, "firing", "initial", None,
+                    drift_kl=0.08528811)
+    assert alert_signals(sample) == "drift KL 0.0853, teacher share 49.5 %"
+    assert alert_signals(Sample(5.0, "usual", None, None, "inactive", None, None)) == "drift KL —, teacher share —"
 
 
 def test_making_the_replay_cache_is_not_silent(tmp_path):

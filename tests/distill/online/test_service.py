@@ -152,6 +152,31 @@ def test_a_stale_firing_that_arrives_after_its_resolve_starts_nothing(trainer):
     assert len(later.json()["queued"]) == 1  # the same alert firing again later is a new firing: a job
 
 
+def test_a_promotion_ends_the_drift_episode_an_alert_about_the_replaced_version_starts_no_second_job(trainer,
+                                                                                                      tmp_path):
+    """The drift alert names the student version it measured. After the job it started promoted a new version, the
+    same alert still firing (its series lasts a window past the switch), or firing again late, about the replaced
+    version starts nothing; the new version drifting in turn is a new episode."""
+    store = ShadowStore(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    try:
+        versions = StudentVersions(store)
+        versions.seed(StudentVersion(name="initial", kind="model", model_dir=str(tmp_path)))
+        old = {"student_version": "initial"}
+        (first,) = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels=old)).json()["queued"]
+        wait_job(trainer, first, ("skipped",))  # no records here: it ends without training
+        versions.register(StudentVersion(name="rd-1", kind="model", model_dir=str(tmp_path)))
+        versions.promote("rd-1", versions.slot())  # the episode's job promoted its student
+    finally:
+        store.close()
+    still = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels=old))
+    late = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels=old, starts="2026-12-04T10:30:00Z"))
+    assert still.json() == late.json() == {"queued": [], "already": [], "ignored": 1}
+    assert [job["id"] for job in call(trainer, "GET", "/v1/jobs").json()["jobs"]] == [first]
+    new = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels={"student_version": "rd-1"},
+                                                                      fingerprint="f2"))
+    assert len(new.json()["queued"]) == 1
+
+
 def test_a_body_past_the_limit_is_413_before_it_is_read(trainer):
     """10 MB to the webhook were accepted; the limit is `max_body_bytes` (1 MiB), by Content-Length or streamed."""
     big = webhook() | {"padding": "x" * (2 * 1024 * 1024)}

@@ -74,6 +74,9 @@ def test_a_shadowed_answer_is_scored_stored_and_measured(demo_dirs, engine_serve
     assert figures["kdgate_shadow_sampled_total[('kind', 'shadow')]"] == 1
     assert figures["kdgate_shadow_kl_count[]"] == 1 and figures["kdgate_shadow_store_write_seconds_count[]"] == 1
     assert figures["kdgate_shadow_kl_rolling[]"] == pytest.approx(record.mean_kl)
+    # drawn before routing, it is in the uniform drift sample too: measured on the answer it served
+    assert record.drift_sample and record.drift_answer is None
+    assert figures["kdgate_drift_kl_sum[('student_version', 'initial')]"] == pytest.approx(record.mean_kl)
     assert_trainable(record)
 
 
@@ -158,11 +161,14 @@ def test_streamed_and_escalated_requests_are_recorded_as_escalations(demo_dirs, 
             messages=[{"role": "user", "content": TICKET}]) if chunk.choices)
         store = server.app.state.chat.shadow.store
         record = wait_for(lambda: next(iter(store.iter_records(kind="escalation")), None))
+        exported = httpx.get(f"{server.url}/metrics").text
     assert record.route == "teacher" and record.route_reason == "confidence:low" and record.threshold == 2.0
     assert len(record.student_tokens) == 4  # the held-back tokens the client never saw
     assert record.student_answer == "".join(token["token"] for token in record.student_tokens)
     assert record.teacher_answer == streamed and record.mean_kl is None
     assert record.sample_rate == 1.0  # every escalation is kept, whatever the shadow sample rate (here 0)
+    assert record.drift_sample is False and record.drift_answer is None and record.teacher_scores is None
+    assert "kdgate_drift_kl_count" not in exported  # not drawn before routing: not measured
 
 
 def test_a_hung_teacher_costs_shadow_work_never_client_requests(demo_dirs, tmp_path):
