@@ -5,7 +5,7 @@ samples, so it learns to recover from the states its own mistakes lead to — wh
 show it. Here the teacher runs online beside the training loop: for each sampled answer token its top-k logprobs
 (what the cache holds for the teacher's own answers) become that token's target, and the recipe's sparse KD loss
 (`loss.divergence`: reverse KL is GKD's choice, mode-seeking) pulls the student there. The rows come back in the
-cache's shape (`distill.recipe.Row`), so everything after them — collation, chunked loss, accumulation — is the
+cache's shape (`distill.rows.Row`), so everything after them — collation, chunked loss, accumulation — is the
 off-policy path unchanged.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.rows import Row
 from runtime.tokenizer_hash import tokenizer_hash
 
 
@@ -36,8 +37,6 @@ class OnPolicy:
     @torch.no_grad()
     def rows(self, student, rows: Sequence, seed: Sequence[int], autocast) -> list:
         """`rows` with their answers replaced by the student's samples and the teacher's top-k at each token."""
-        from distill.recipe import Row
-
         prompts = [row.input_ids[:row.answer_start] for row in rows]
         with autocast():
             answers = self._sample(student, prompts, seed)

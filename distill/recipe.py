@@ -23,7 +23,6 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from distill.config import TrainConfig
 from distill.data.cache import Manifest, read_answers
 from distill.losses import IGNORE_INDEX, ChunkedKD, HiddenStateMSE, SampledKD, SparseKD
+from distill.rows import Row, collate
 from distill.sampling import sample_targets
 from distill.step import DistillStep
 from runtime.chat_template import render
@@ -42,36 +42,6 @@ from runtime.tokenizer_hash import tokenizer_hash
 CHECKPOINT = "checkpoint"
 # what a resumed run may change: how far it goes and when it evaluates and saves, not what it learns
 RESUMABLE = ("steps", "eval_every", "checkpoint_every", "threads")
-
-
-@dataclass(frozen=True)
-class Row:
-    input_ids: list[int]  # prompt (the student's chat template, with the prompt's tools) + the teacher's answer ids
-    answer_start: int
-    topk_ids: np.ndarray  # (A, k) the teacher's top-k at each answer token
-    topk_logprobs: np.ndarray  # (A, k)
-
-
-def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels and teacher top-k sit at the answer tokens' own positions."""
-    length = max(len(row.input_ids) for row in rows)
-    k = max(row.topk_ids.shape[1] for row in rows)
-    batch = len(rows)
-    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((batch, length), dtype=torch.long)  # (B, T)
-    labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    teacher_ids = torch.full((batch, length, k), -1, dtype=torch.long)  # (B, T, k)
-    teacher_logprobs = torch.zeros((batch, length, k))  # (B, T, k)
-    for index, row in enumerate(rows):
-        end, start = len(row.input_ids), row.answer_start
-        input_ids[index, :end] = torch.tensor(row.input_ids)
-        attention_mask[index, :end] = 1
-        labels[index, start:end] = input_ids[index, start:end]
-        width = row.topk_ids.shape[1]
-        teacher_ids[index, start:end, :width] = torch.from_numpy(row.topk_ids.astype(np.int64))
-        teacher_logprobs[index, start:end, :width] = torch.from_numpy(row.topk_logprobs.astype(np.float32))
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "teacher_ids": teacher_ids, "teacher_logprobs": teacher_logprobs}
 
 
 class Recipe:
