@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -158,6 +159,12 @@ def _routes(app: FastAPI) -> None:
                 log.info("alert %s is about student version %s, which is no longer active: no job",
                          alert.labels.get("alertname"), replaced)
                 continue
+            cooling = await asyncio.to_thread(cooling_version, request.app.state.versions, alert,
+                                              settings.promotion_cooldown_s)
+            if cooling is not None:
+                log.info("alert %s is about student version %s, active for less than promotion_cooldown_s "
+                         "(%.0f s): no job", alert.labels.get("alertname"), cooling, settings.promotion_cooldown_s)
+                continue
             job, created = await asyncio.to_thread(_job_for_alert, jobs, payload, alert)
             (made if created else known).append(job.id)
         for alert in selected(payload, settings.selector, status="resolved"):  # a late firing must not start one
@@ -221,3 +228,17 @@ def _job_for_alert(jobs: TrainJobs, payload: WebhookPayload, alert):
     if pending is not None and pending.trigger == "alert":
         return pending, False  # one re-distillation at a time answers every alert
     return jobs.create("alert", job_options(payload, alert), key=alert_key(payload, alert))
+
+
+def cooling_version(versions: StudentVersions, alert, cooldown_s: float) -> str | None:
+    """The active version an alert names when it replaced another less than `cooldown_s` ago: the drift episode
+    whose job promoted it is not over yet. None otherwise (and for an alert about no version)."""
+    named = alert.labels.get("student_version")
+    if named is None or cooldown_s <= 0 or versions.slot().active != named:
+        return None
+    version = versions.get(named)
+    since = version.changed_at
+    if since is None or version.previous is None:  # the first version was seeded, not promoted by an episode's job
+        return None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    return named if (datetime.now(UTC) - since).total_seconds() < cooldown_s else None

@@ -144,6 +144,11 @@ class TrainerSettings(BaseSettings):
                                 "delivery is a few KiB per alert); larger gets 413 before it is read")
     schedule_interval_s: float | None = Field(default=None, gt=0, description="a job every this many seconds when "
                                               "`dataset.min_records` new records exist; null: no schedule")
+    promotion_cooldown_s: float = Field(default=1800.0, ge=0, description="after a student version becomes "
+                                        "active, drift alerts about it start no job for this long (one drift "
+                                        "episode, one job): its windows fill with its own answers first, and "
+                                        "re-distillations do not run back to back. Still drifting after it: a new "
+                                        "episode")
     teacher_change: bool = Field(default=True, description="a new teacher version in the records starts a job "
                                  "(records scored by the old teacher are then not used)")
     canary_fraction: float | None = Field(default=None, gt=0, lt=1, description="promote an admitted student as "

@@ -146,7 +146,10 @@ def _start_all(stack: Stack, folder: Path, student_dir: Path, window: str, hold:
     stack.urls["gateway"] = f"http://127.0.0.1:{gateway_port}"
     stack.start("gateway", KDGATE + ["serve", "--port", str(gateway_port), "--config", str(folder / "gateway.yaml")],
                 f"{stack.urls['gateway']}/readyz")
-    start_trainer(stack, store, stack.urls["gateway"], trainer_overrides)
+    # the trainer's cool-down after a promotion (30 minutes: a 15-minute window and a 10-minute hold, with room)
+    # compressed as the rules are: two windows
+    cooldown = {"promotion_cooldown_s": 2 * _seconds(window)}
+    start_trainer(stack, store, stack.urls["gateway"], cooldown | trainer_overrides)
     _start_alerting(stack, folder, window, hold, gateway_port)
 
 
@@ -164,6 +167,11 @@ def start_trainer(stack: Stack, store: str, gateway_url: str, overrides: dict) -
     stack.urls["trainer"] = f"http://127.0.0.1:{port}"
     stack.start("trainer", KDGATE + ["trainer", "serve", "--port", str(port), "--config",
                                      str(stack.folder / "trainer.yaml")], f"{stack.urls['trainer']}/healthz")
+
+
+def _seconds(duration: str) -> float:
+    """A Prometheus duration of one unit (`2m`, `20s`) in seconds."""
+    return float(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
 
 
 def _secret(path: Path, key: str) -> Path:

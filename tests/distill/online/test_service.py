@@ -172,9 +172,28 @@ def test_a_promotion_ends_the_drift_episode_an_alert_about_the_replaced_version_
     late = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels=old, starts="2026-12-04T10:30:00Z"))
     assert still.json() == late.json() == {"queued": [], "already": [], "ignored": 1}
     assert [job["id"] for job in call(trainer, "GET", "/v1/jobs").json()["jobs"]] == [first]
-    new = call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=webhook(labels={"student_version": "rd-1"},
-                                                                      fingerprint="f2"))
-    assert len(new.json()["queued"]) == 1
+    # the new version drifting at once is still this episode (promotion_cooldown_s, 30 minutes by default)
+    new = webhook(labels={"student_version": "rd-1"}, fingerprint="f2")
+    assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=new).json() == {"queued": [], "already": [],
+                                                                               "ignored": 1}
+    assert [job["id"] for job in call(trainer, "GET", "/v1/jobs").json()["jobs"]] == [first]
+
+
+def test_a_new_version_still_drifting_after_the_cooldown_is_a_new_episode(tmp_path):
+    settings, path = trainer_config(tmp_path, promotion_cooldown_s=1.0)
+    store = ShadowStore(settings.store_url)
+    try:
+        versions = StudentVersions(store)
+        versions.seed(StudentVersion(name="initial", kind="model", model_dir=str(tmp_path)))
+        versions.register(StudentVersion(name="rd-1", kind="model", model_dir=str(tmp_path)))
+        versions.promote("rd-1", versions.slot())
+    finally:
+        store.close()
+    new = webhook(labels={"student_version": "rd-1"}, fingerprint="f2")
+    with ThreadedServer(create_trainer_app(settings, path)) as trainer:
+        assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=new).json()["ignored"] == 1
+        time.sleep(1.2)
+        assert len(call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=new).json()["queued"]) == 1
 
 
 def test_a_body_past_the_limit_is_413_before_it_is_read(trainer):
