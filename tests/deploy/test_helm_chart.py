@@ -582,7 +582,8 @@ def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environmen
 def test_each_pair_has_its_own_servers_store_and_trainer(renders, clean_environment):
     """examples/two-pairs.yaml: each pair its own student and teacher (their Services select only their own pods),
     its own `--config` on the one gateway, its own migrated store and its own trainer (a store holds one pair's
-    versions and jobs), whose promotions name its pair to the gateway and whose job folders are its own."""
+    versions and jobs), whose promotions name its pair to the gateway, which takes only its pair's alerts and whose
+    job folders are its own."""
     from distill.online.settings import TrainerSettings
 
     objects = renders["two-pairs"]
@@ -607,6 +608,9 @@ def test_each_pair_has_its_own_servers_store_and_trainer(renders, clean_environm
             clean_environment.setenv(variable, value)
         settings = TrainerSettings()
         assert settings.gateway.model == served_model and settings.kubernetes.store_secret == stores[prefix]
+        # its own pair's drift alerts only: the rules keep served_model, the label the gateway gives each pair
+        assert settings.selector == {"action": "redistill", "namespace": NAMESPACE, "kdgate_release": "kdgate",
+                                     "served_model": served_model}
         assert {item["name"]: item["valueFrom"]["secretKeyRef"]["name"] for item in container(trainer)["env"]
                 if item["name"].startswith("KDGATE_TRAINER_STORE")} == {"KDGATE_TRAINER_STORE_URL": stores[prefix]}
         work_dirs.add(settings.work_dir)

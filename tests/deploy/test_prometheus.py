@@ -44,10 +44,13 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
         assert outcomes == {True, False}, f"{alert} needs a firing and a not-firing unit test"
 
 
+KEPT = {"namespace", "kdgate_release", "served_model"}  # what every aggregation keeps: a deployment's own pair
+
+
 def test_every_rule_aggregates_per_release():
-    """Each sum keeps `namespace` and `kdgate_release` and each join matches on them, so two releases scraped by one
-    Prometheus are never summed together (the unit tests show it for the drift, error and shadow alerts); a rule may
-    keep more (the drift sample's `student_version`)."""
+    """Each sum keeps `namespace`, `kdgate_release` and `served_model` and each join matches on them, so two
+    releases, or two pairs behind one gateway, scraped by one Prometheus are never summed together (the unit tests
+    show it for the drift, error and shadow alerts); a rule may keep more (the drift sample's `student_version`)."""
     import re
 
     import yaml
@@ -57,10 +60,10 @@ def test_every_rule_aggregates_per_release():
     for rule in rules:
         name = rule.get("record") or rule["alert"]
         for operator, labels in re.findall(r"\b(sum|avg|min|max|count)\b\s*(?:by\s*\(([^)]*)\))?", rule["expr"]):
-            assert {"namespace", "kdgate_release"} <= {label.strip() for label in labels.split(",")}, \
-                f"{name}: `{operator}` must keep namespace and kdgate_release"
+            assert KEPT <= {label.strip() for label in labels.split(",")}, \
+                f"{name}: `{operator}` must keep namespace, kdgate_release and served_model"
         for labels in re.findall(r"\bon\s*\(([^)]*)\)", rule["expr"]):
-            assert {"namespace", "kdgate_release"} <= {label.strip() for label in labels.split(",")}, name
+            assert KEPT <= {label.strip() for label in labels.split(",")}, name
 
 
 def test_the_gateway_scrape_passes_promtool_lint(gateway):

@@ -26,6 +26,10 @@ hashes its own pair's: (dict "root" $ "pair" pair). The chart's own keys win ove
 {{- /* Only this release's drift alerts start jobs: the ServiceMonitors label every series with its namespace and
 release, the rules keep both labels on each alert, and one Alertmanager may deliver several releases' alerts. */ -}}
 {{- $selector := dict "action" "redistill" "namespace" $root.Release.Namespace "kdgate_release" $root.Release.Name -}}
+{{- if $root.Values.pairs -}}
+{{- /* a gateway of several pairs labels each pair's series served_model, and the rules keep it: this pair's only */ -}}
+{{- $_ := set $selector "served_model" $pair.servedModel -}}
+{{- end -}}
 {{- $_ := set $chart "KDGATE_TRAINER_SELECTOR" $selector -}}
 {{- end -}}
 {{- if eq $trainer.runner "kubernetes" -}}
