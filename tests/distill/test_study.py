@@ -4,6 +4,7 @@ student's own samples with the teacher's top-k at each token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -105,12 +106,12 @@ def test_on_policy_rows_are_the_students_samples_scored_by_the_teacher():
 
     prompts = [tokenizer.apply_chat_template(t.messages(), add_generation_prompt=True, tokenize=False)
                for t in task.take("train", 4, seed=3)]
-    rows = [Row(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], 0,
-                np.zeros((1, 5), np.int32), np.zeros((1, 5), np.float16)) for text in prompts]
-    rows = [Row(row.input_ids, len(row.input_ids) - 1, row.topk_ids, row.topk_logprobs) for row in rows]
-    sampled = scorer.rows(student, rows, (0, 1), _no_autocast)
-    again = scorer.rows(student, rows, (0, 1), _no_autocast)
-    other = scorer.rows(student, rows, (0, 2), _no_autocast)
+    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    rows = [Row(ids + [tokenizer.eos_token_id], len(ids), np.zeros((1, 5), np.int32), np.zeros((1, 5), np.float16))
+            for ids in prompt_ids]
+    sampled = scorer.rows(student, rows, (0, 1), contextlib.nullcontext)
+    again = scorer.rows(student, rows, (0, 1), contextlib.nullcontext)
+    other = scorer.rows(student, rows, (0, 2), contextlib.nullcontext)
     assert [row.input_ids for row in sampled] == [row.input_ids for row in again]  # seeded
     assert [row.input_ids for row in sampled] != [row.input_ids for row in other]
     for before, row in zip(rows, sampled, strict=True):
@@ -123,12 +124,6 @@ def test_on_policy_rows_are_the_students_samples_scored_by_the_teacher():
         expected = logits[row.answer_start - 1:len(row.input_ids) - 1].topk(5, dim=-1)
         assert (row.topk_ids == expected.indices.numpy()).all()
         assert np.allclose(row.topk_logprobs.astype(np.float32), expected.values.numpy(), atol=2e-2)
-
-
-def _no_autocast():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def test_on_policy_needs_plain_top_k_kd():
