@@ -26,6 +26,10 @@ class Arm:
         return {**self.loss, "on_policy": {**self.loss.get("on_policy", {}), "teacher": str(teacher_dir)}}
 
 
+# The tickets' answers are 45-54 tokens; an untrained student's samples run to the cap, so the cap is the
+# on-policy arm's cost (128 doubled it to ~12 s a step on 2 cores) and anything past the longest answer is waste.
+ON_POLICY_MAX_NEW_TOKENS = 64
+
 ARMS: dict[str, Arm] = {
     "sft-gold": Arm("hard-label SFT on the ground truth", "gold", {"kind": "sft"}),
     "sft-teacher": Arm("SFT on the teacher's answers (sequence-level KD)", "teacher", {"kind": "sft"}),
@@ -36,6 +40,7 @@ ARMS: dict[str, Arm] = {
     "kd-t2-a0.5": Arm("KD on the cached top-20, τ=2, α=0.5", "teacher",
                       {"kind": "kd", "estimator": "topk", "temperature": 2.0, "alpha": 0.5}),
     "on-policy": Arm("on-policy: the student samples, the teacher's top-20 scores every token, reverse KL", "teacher",
-                     {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 1.0, "divergence": "reverse"},
+                     {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 1.0, "divergence": "reverse",
+                      "on_policy": {"max_new_tokens": ON_POLICY_MAX_NEW_TOKENS}},
                      online_teacher=True),
 }
