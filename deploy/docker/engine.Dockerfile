@@ -9,10 +9,20 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The builder installs the CPU build of torch first (an unpinned `torch` from PyPI is the CUDA build, several GB),
 # then kdgate[engine], whose torch range that build already meets; the runtime copies the venv alone.
+# A torch-<TORCH_VERSION>+cpu wheel in deploy/docker/wheels/ is installed instead of PyTorch's CPU index's (for a
+# network that reaches PyPI alone). pip's cache is a BuildKit cache mount, kept out of the image: the engine and
+# trainer builds download torch's, transformers' and xgrammar's wheels once. trainer.Dockerfile's CPU variant has
+# this very step, so the two builds share its layer.
 FROM ${PYTHON_IMAGE} AS builder
 ARG TORCH_VERSION=2.13.0
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+RUN --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && if ls /wheels/torch-"${TORCH_VERSION}"+cpu-*.whl >/dev/null 2>&1; then \
+           /opt/venv/bin/pip install --find-links /wheels "torch==${TORCH_VERSION}+cpu"; \
+       else \
+           /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"; \
+       fi
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kdgate/ kdgate/
@@ -22,7 +32,8 @@ COPY router/ router/
 COPY distill/ distill/
 COPY loadtests/ loadtests/
 # triton: xgrammar's GPU kernels (1 GB), which the CPU build of torch never runs (as ./dev does)
-RUN /opt/venv/bin/pip install --no-cache-dir ".[engine]" && /opt/venv/bin/pip uninstall --yes triton
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install ".[engine]" && /opt/venv/bin/pip uninstall --yes triton
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

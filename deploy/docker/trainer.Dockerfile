@@ -2,15 +2,39 @@
 # it runs on the GPU (the local runner), or the same image as a Kubeflow TrainJob (`trainer.runner: kubernetes`).
 #   docker build -f deploy/docker/trainer.Dockerfile -t kdgate/trainer:0.1.0 .            (from the repository root)
 #   docker run --gpus 1 -v "$PWD/trainer.yaml:/etc/kdgate/trainer.yaml:ro" kdgate/trainer:0.1.0
+#   docker build -f deploy/docker/trainer.Dockerfile --build-arg TORCH=cpu -t kdgate/trainer:0.1.0-cpu .
 # Settings: the YAML mounted at /etc/kdgate/trainer.yaml, any key overridden by its KDGATE_TRAINER_ variable.
-# The base image brings CUDA torch (12.6: drivers from the CUDA 12 series on); kdgate's torch range accepts it.
+# TORCH picks where torch comes from: `cuda` (the default, what runs jobs on GPUs) takes the CUDA torch of
+# TORCH_IMAGE (12.6: drivers from the CUDA 12 series on; kdgate's torch range accepts it); `cpu` installs PyTorch's
+# CPU build into PYTHON_IMAGE as engine.Dockerfile does (same step, shared layer), for clusters without GPUs and for
+# building where no registry serves the CUDA image (CI here: --build-arg PYTHON_IMAGE=kdgate-python-base:3.11-bookworm).
 ARG TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG TORCH=cuda
 
-# The builder makes /opt/venv over the image's Python, seeing its torch (--system-site-packages): pip keeps that
-# torch (a constraint makes any dependency that wants another fail the build instead of downloading one).
-FROM ${TORCH_IMAGE} AS builder
-RUN python -m venv --system-site-packages /opt/venv \
-    && python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-constraint.txt
+# /opt/venv over the CUDA image's Python, seeing its torch (--system-site-packages)
+FROM ${TORCH_IMAGE} AS torch-cuda
+RUN python -m venv --system-site-packages /opt/venv
+
+# /opt/venv with the CPU build of torch (a torch-<TORCH_VERSION>+cpu wheel in deploy/docker/wheels/ wins)
+FROM ${PYTHON_IMAGE} AS torch-cpu
+ARG TORCH_VERSION=2.13.0
+RUN --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
+    --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && if ls /wheels/torch-"${TORCH_VERSION}"+cpu-*.whl >/dev/null 2>&1; then \
+           /opt/venv/bin/pip install --find-links /wheels "torch==${TORCH_VERSION}+cpu"; \
+       else \
+           /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"; \
+       fi
+
+# pip keeps that torch: a constraint makes any dependency that wants another fail the build instead of downloading
+# one. xgrammar pulls triton, which the CPU build never runs (1 GB): the CPU variant drops it, as the engine does.
+# a stage of this file named by TORCH (torch-cuda or torch-cpu), not an image: it has no tag to pin
+# hadolint ignore=DL3006
+FROM torch-${TORCH} AS builder
+ARG TORCH
+RUN /opt/venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-constraint.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kdgate/ kdgate/
@@ -20,14 +44,22 @@ COPY router/ router/
 COPY distill/ distill/
 COPY loadtests/ loadtests/
 # The trainer's default recipe, distill/configs/redistill.yaml, is package data of the wheel.
-RUN /opt/venv/bin/pip install --no-cache-dir --constraint /tmp/torch-constraint.txt ".[train,quantize,kubernetes]"
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --constraint /tmp/torch-constraint.txt ".[train,quantize,kubernetes]" \
+    && if [ "${TORCH}" = cpu ]; then /opt/venv/bin/pip uninstall --yes triton; fi
 
-FROM ${TORCH_IMAGE}
+FROM ${TORCH_IMAGE} AS runtime-cuda
+FROM ${PYTHON_IMAGE} AS runtime-cpu
+
+# a stage of this file named by TORCH (runtime-cuda or runtime-cpu), not an image: it has no tag to pin
+# hadolint ignore=DL3006
+FROM runtime-${TORCH}
+ARG TORCH
 ARG VERSION=0.1.0
 ARG REVISION=""
 ARG SOURCE=""
 LABEL org.opencontainers.image.title="kdgate-trainer" \
-      org.opencontainers.image.description="kdgate's re-distillation service: Alertmanager webhook, jobs API, KD training on GPU" \
+      org.opencontainers.image.description="kdgate's re-distillation service: Alertmanager webhook, jobs API, KD training (torch: ${TORCH})" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="${SOURCE}" \

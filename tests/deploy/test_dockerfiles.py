@@ -164,19 +164,32 @@ def test_the_gateway_installs_the_core_package_only():
     assert not any("torch" in arguments for _, arguments in instructions("gateway"))
 
 
+def engine_torch_range():
+    return next(Requirement(spec) for spec in PYPROJECT["project"]["optional-dependencies"]["engine"]
+                if Requirement(spec).name == "torch")
+
+
+def cpu_torch_step(name: str) -> str:
+    """The RUN that makes /opt/venv with the CPU build of torch."""
+    (step,) = [arguments for op, arguments in instructions(name) if op == "RUN" and "download.pytorch.org" in arguments]
+    return step
+
+
 def test_the_engine_installs_the_pinned_cpu_torch_before_its_extra():
     torch_install, engine_install = pip_installs("engine")
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
+    # a CPU wheel on disk (deploy/docker/wheels/) wins over the index, and is the same pinned version
+    assert '--find-links /wheels "torch==${TORCH_VERSION}+cpu"' in torch_install
+    assert "--mount=type=bind,source=deploy/docker/wheels,target=/wheels" in cpu_torch_step("engine")
+    assert (ROOT / "deploy" / "docker" / "wheels").is_dir()
     (pin,) = [arguments.split("=", 1)[1] for op, arguments in instructions("engine")
               if op == "ARG" and arguments.startswith("TORCH_VERSION=")]
-    engine_torch = next(Requirement(spec) for spec in PYPROJECT["project"]["optional-dependencies"]["engine"]
-                        if Requirement(spec).name == "torch")
-    assert engine_torch.specifier.contains(pin), f"torch {pin} is outside the engine extra's {engine_torch}"
+    assert engine_torch_range().specifier.contains(pin), f"torch {pin} is outside the engine extra's range"
     assert shlex.split(engine_install)[-1] == ".[engine]"
 
 
-def test_the_trainer_installs_its_extras_over_the_base_image_torch():
-    (install,) = pip_installs("trainer")
+def test_the_trainer_installs_its_extras_over_the_torch_it_starts_from():
+    install = pip_installs("trainer")[-1]
     extras = re.search(r"\.\[([a-z,]+)\]", install).group(1).split(",")
     assert set(extras) == {"train", "quantize", "kubernetes"}
     assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"])
@@ -184,9 +197,19 @@ def test_the_trainer_installs_its_extras_over_the_base_image_torch():
     (base,) = [arguments for op, arguments in instructions("trainer") if op == "ARG"
                and arguments.startswith("TORCH_IMAGE=")]
     torch_version = re.search(r"pytorch/pytorch:([\d.]+)-cuda", base).group(1)
-    engine_torch = next(Requirement(spec) for spec in PYPROJECT["project"]["optional-dependencies"]["engine"]
-                        if Requirement(spec).name == "torch")
-    assert engine_torch.specifier.contains(torch_version)
+    assert engine_torch_range().specifier.contains(torch_version)
+
+
+def test_the_trainer_cpu_variant_installs_torch_as_the_engine_does():
+    """The same step in both files (so BuildKit builds it once for both) and the same pinned version; the CUDA
+    variant stays the default."""
+    assert cpu_torch_step("trainer") == cpu_torch_step("engine")
+    pins = {name: [arguments for op, arguments in instructions(name) if op == "ARG"
+                   and arguments.startswith("TORCH_VERSION=")] for name in ("engine", "trainer")}
+    assert pins["engine"] == pins["trainer"] and len(pins["engine"]) == 1
+    assert ("ARG", "TORCH=cuda") in instructions("trainer")
+    froms = [arguments for op, arguments in instructions("trainer") if op == "FROM"]
+    assert "torch-${TORCH} AS builder" in froms and froms[-1] == "runtime-${TORCH}"
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -198,8 +221,14 @@ def test_copied_paths_exist_and_local_leftovers_stay_out(name):
     ignored = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().split()
     for leftover in (".venv", ".git", "runs", "var", "distill/demo/artifacts/cache", "**/__pycache__"):
         assert leftover in ignored
-    assert (DOCKER / f"{name}.Dockerfile.dockerignore").read_text() == \
-        (DOCKER / "gateway.Dockerfile.dockerignore").read_text()
+    # the same patterns, but the torch images mount deploy/docker/wheels/ (a 190 MB wheel the gateway never sends)
+    assert ("deploy/docker/wheels" in ignored) == (name == "gateway")
+    assert patterns(name) - {"deploy/docker/wheels"} == patterns("gateway") - {"deploy/docker/wheels"}
+
+
+def patterns(name: str) -> set[str]:
+    lines = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
 
 
 def test_the_images_copy_every_package_the_project_ships():

@@ -1,201 +1,43 @@
 """deploy/docker/gateway.Dockerfile built and run for real: the image answers the official `openai` SDK from a container.
 
-A Docker daemon (Debian's docker.io; started here, and stopped after, when none answers) builds the gateway image
-with BuildKit on a base made from Debian's packages by deploy/docker/debian-base.sh (the Dockerfile's default,
-Docker Hub's python:3.11-slim-bookworm, needs a registry that CI machines may not reach). A container from it reads
-the shipped deploy/kdgate-vllm.yaml with the backends, port and /metrics token overridden by KDGATE_ variables, and
-fronts two `kdgate engine` servers on the host (the image has no torch: it serves over HTTP, as in front of vLLM).
-Cold on 2 cores (no base image, empty build cache) the module took 73 s and 154 s (the base image 90 s of the
-latter); 20 s once the base image is made. It prints each step's time.
+A Docker daemon (Debian's docker.io; started for the session, and stopped after, when none answers: conftest.py)
+builds the gateway image with BuildKit on a base made from Debian's packages by deploy/docker/debian-base.sh (the
+Dockerfile's default, Docker Hub's python:3.11-slim-bookworm, needs a registry that CI machines may not reach). A
+container from it reads the shipped deploy/kdgate-vllm.yaml with the backends, port and /metrics token overridden by
+KDGATE_ variables, and fronts two `kdgate engine` servers on the host (the image has no torch: it serves over HTTP,
+as in front of vLLM). Cold on 2 cores (no base image, empty build cache) the module took 73 s and 154 s (the base
+image 90 s of the latter); 20 s once the base image is made. It prints each step's time.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import secrets
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests import needs
 from tests.conftest import ROOT, free_port, start_engine_server, stop
+from tests.deploy.docker_daemon import SOURCE, Docker, git_revision
 
 pytestmark = pytest.mark.slow
 
-BASE_TAG = "kdgate-python-base:3.11-bookworm"
 GATEWAY_TAG = "kdgate-gateway:test"
-SOURCE = "https://github.com/kdgate/kdgate"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CONFIG = ROOT / "deploy" / "kdgate-vllm.yaml"
-# The daemon this module starts keeps its images here, so a later run finds the base image (about a minute to make).
-DATA_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdgate" / "docker"
-DAEMON_START_S = 60
-INSTALL_DOCKER = "apt-get install docker.io and run the tests as root, which dockerd needs (.ci/run installs it)"
-
-
-@dataclass
-class Docker:
-    """The docker CLI bound to one daemon, and the command that builds with BuildKit on it."""
-
-    cli: str
-    env: dict[str, str]
-    build: list[str]
-    timings: dict[str, str] = field(default_factory=dict)
-
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([self.cli, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode:
-            pytest.fail(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}",
-                        pytrace=False)
-        return done
-
-
-def answers(cli: str, env: dict[str, str]) -> bool:
-    done = subprocess.run([cli, "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True,
-                          text=True, timeout=10)
-    return done.returncode == 0 and bool(done.stdout.strip())
-
-
-def buildkit_command(env: dict[str, str]) -> tuple[str, list[str]]:
-    """A CLI that builds with BuildKit, which reads each Dockerfile's own ignore file (the legacy builder does not).
-
-    A CLI with the buildx plugin builds through it; a CLI older than 23 (Debian docker.io's /usr/bin/docker) has its
-    own BuildKit client under DOCKER_BUILDKIT=1; a newer one without buildx cannot build with BuildKit at all.
-    """
-    for cli in dict.fromkeys(filter(None, [shutil.which("docker"), shutil.which("docker", path="/usr/bin")])):
-        if subprocess.run([cli, "buildx", "version"], env=env, capture_output=True, timeout=30).returncode == 0:
-            return cli, [cli, "buildx", "build", "--load"]
-        client = subprocess.run([cli, "version", "--format", "{{.Client.Version}}"], env=env, capture_output=True,
-                                text=True, timeout=30).stdout.strip()
-        if client.split(".")[0].isdigit() and int(client.split(".")[0]) < 23:
-            return cli, [cli, "build"]
-    needs.missing("a docker CLI that builds with BuildKit (the buildx plugin, or Debian docker.io's own CLI)",
-                  INSTALL_DOCKER)
-
-
-def start_dockerd(env: dict[str, str], run_dir: Path) -> subprocess.Popen:
-    dockerd = needs.tool("dockerd")
-    if os.geteuid() != 0:
-        needs.missing("a Docker daemon (none answers, and dockerd needs root to start one)", INSTALL_DOCKER)
-    DATA_ROOT.mkdir(parents=True, exist_ok=True)
-    log = (run_dir / "dockerd.log").open("w")
-    process = subprocess.Popen([dockerd, "--data-root", str(DATA_ROOT), "--exec-root", str(run_dir / "exec"),
-                                "--pidfile", str(run_dir / "dockerd.pid"), "--host", env["DOCKER_HOST"]],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + DAEMON_START_S
-    while process.poll() is None and time.monotonic() < deadline:
-        if answers(needs.tool("docker"), env):
-            return process
-        time.sleep(0.25)
-    how = (f"dockerd exited with {process.returncode}" if process.poll() is not None
-           else f"dockerd did not answer within {DAEMON_START_S} s")
-    stop_dockerd(process)
-    unmount_below(run_dir)
-    tail = (run_dir / "dockerd.log").read_text()[-2000:]
-    shutil.rmtree(run_dir, ignore_errors=True)
-    needs.missing(f"a Docker daemon ({how}; its log ends:\n{tail})", INSTALL_DOCKER)
-
-
-def stop_dockerd(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # dockerd stops its containers and its containerd
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def docker(request) -> Iterator[Docker]:
-    """The daemon DOCKER_HOST (or the default socket) names, else a dockerd started for the session."""
-    needs.tool("docker")
-    env = os.environ | {"DOCKER_BUILDKIT": "1"}
-    process = None
-    run_dir = Path(tempfile.mkdtemp(prefix="kdgate-dockerd-"))  # short: a unix socket path has at most 107 bytes
-    started = time.monotonic()
-    if not answers(needs.tool("docker"), env):
-        env["DOCKER_HOST"] = f"unix://{run_dir / 'docker.sock'}"
-        try:
-            process = start_dockerd(env, run_dir)
-        finally:
-            if process is None:
-                shutil.rmtree(run_dir, ignore_errors=True)
-    cli, build = buildkit_command(env)
-    bound = Docker(cli=cli, env=env, build=build)
-    bound.timings["daemon"] = f"{time.monotonic() - started:.1f} s ({'started here' if process else 'running'})"
-    yield bound
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter and capture and bound.timings:
-        with capture.global_and_fixture_disabled():  # printed even when output is captured
-            reporter.write_line("\ntest_images: " + " | ".join(f"{step} {took}" for step, took in bound.timings.items()))
-    if process:
-        stop_dockerd(process)
-        unmount_below(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def unmount_below(folder: Path) -> None:
-    """dockerd leaves its default network namespace (exec-root/netns/default) mounted after it stops."""
-    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(f"{folder}/")), key=len, reverse=True):
-        subprocess.run(["umount", mount], capture_output=True, timeout=30)
-
-
-def local_ca_certificates() -> str:
-    """Trust anchors this machine's administrator added (Debian keeps them here): a proxy that signs TLS with its own
-    CA is trusted by pip on the host, and must be inside the image for pip in the build to reach PyPI."""
-    return " ".join(sorted(glob.glob("/usr/local/share/ca-certificates/**/*.crt", recursive=True)))
-
-
-@pytest.fixture(scope="session")
-def base_image(docker: Docker) -> str:
-    if docker("image", "inspect", BASE_TAG, check=False).returncode == 0:
-        docker.timings["base image"] = "present"
-        return BASE_TAG
-    needs.tool("mmdebstrap")
-    started = time.monotonic()
-    done = subprocess.run(["bash", str(ROOT / "deploy" / "docker" / "debian-base.sh"), BASE_TAG], cwd=ROOT,
-                          env=docker.env | {"EXTRA_CA_CERTS": local_ca_certificates(),
-                                            "PATH": f"{Path(docker.cli).parent}{os.pathsep}{os.environ['PATH']}"},
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    docker.timings["base image"] = f"{time.monotonic() - started:.1f} s (built)"
-    return BASE_TAG
-
-
-def git_revision() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def gateway_image(docker: Docker, base_image: str) -> Iterator[str]:
-    started = time.monotonic()
-    done = subprocess.run([*docker.build, "--file", "deploy/docker/gateway.Dockerfile", "--tag", GATEWAY_TAG,
-                           "--build-arg", f"PYTHON_IMAGE={base_image}", "--build-arg", f"REVISION={git_revision()}",
-                           "--build-arg", f"SOURCE={SOURCE}", "."],
-                          cwd=ROOT, env=docker.env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    docker.timings["gateway image"] = f"{time.monotonic() - started:.1f} s"
-    yield GATEWAY_TAG
-    # each build leaves the previous one's image untagged: drop those, and only those
-    docker("image", "prune", "--force", "--filter", "label=org.opencontainers.image.title=kdgate-gateway",
-           check=False)
+    yield docker.build_image("gateway", GATEWAY_TAG, f"PYTHON_IMAGE={base_image}")
+    docker.prune_builds_of("gateway")
 
 
 @dataclass
@@ -232,28 +74,12 @@ def gateway_container(docker: Docker, gateway_image: str, demo_dirs, engine_serv
                        *[f"--env={name}={value}" for name, value in settings.items()], gateway_image).stdout.strip()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(docker, container, base_url)
+        docker.wait_until_answers(container, f"{base_url}/readyz")
         docker.timings["container ready"] = f"{time.monotonic() - started:.1f} s"
         yield Gateway(container=container, base_url=base_url, key=key, metrics_token=metrics_token)
     finally:
         docker("rm", "--force", container, check=False)
         stop(student.process)
-
-
-def wait_until_ready(docker: Docker, container: str, base_url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if docker("inspect", "--format", "{{.State.Running}}", container).stdout.strip() != "true":
-            break
-        time.sleep(0.25)
-    logs = docker("logs", container, check=False)
-    pytest.fail(f"the gateway container was not ready within {timeout_s:.0f} s; its log ends:\n"
-                f"{(logs.stdout + logs.stderr)[-3000:]}", pytrace=False)
 
 
 def test_the_gateway_image_answers_the_openai_sdk_from_a_container(docker, gateway_container):
