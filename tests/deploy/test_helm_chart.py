@@ -581,6 +581,30 @@ def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environmen
         assert support.limits.redis_prefix == billing.limits.redis_prefix == f"kdgate:limits:{NAMESPACE}:kdgate"
 
 
+def test_a_json_string_in_gateway_settings_means_a_list_in_every_pair_as_in_the_environment(clean_environment,
+                                                                                             tmp_path):
+    """A list given in gateway.settings as the environment takes it (KDGATE_CORS_ALLOW_ORIGINS='["https://a"]'):
+    with one pair it reaches the gateway as that variable, with several it is written into each pair's file, and
+    both read it as the list (the file's loader reads such strings as the environment does). A pair's own setting
+    too. The pairs' files refused it before (`cors_allow_origins: Input should be a valid list`)."""
+    origins, patterns = ["https://app.example.com", "https://admin.example.com"], ["acct-[0-9]{8}"]
+    read = {}
+    for name, values in (("one pair", production_values()), ("two pairs", two_pairs_values())):
+        values["gateway"]["settings"]["KDGATE_CORS_ALLOW_ORIGINS"] = json.dumps(origins)
+        for pair in values.get("pairs") or []:
+            pair["settings"]["KDGATE_SHADOW__SCRUB_PATTERNS"] = json.dumps(patterns)
+        for variable in [variable for variable in os.environ if variable.startswith("KDGATE_")]:
+            clean_environment.delenv(variable)
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        read[name] = gateway_pairs(render(values), folder, clean_environment)
+    assert {model: settings.cors_allow_origins for model, settings in read["one pair"].items()} == \
+        {"support-triage": origins}
+    assert {model: settings.cors_allow_origins for model, settings in read["two pairs"].items()} == \
+        {"support-triage": origins, "billing-triage": origins}
+    assert read["two pairs"]["billing-triage"].shadow.scrub_patterns == patterns
+
+
 def test_each_pair_has_its_own_servers_store_and_trainer(renders, clean_environment):
     """examples/two-pairs.yaml: each pair its own student and teacher (their Services select only their own pods),
     its own `--config` on the one gateway, its own migrated store and its own trainer (a store holds one pair's
