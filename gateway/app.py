@@ -100,7 +100,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 await app.state.admission.aclose()
 
     credentials = load_credentials(settings)
-    app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials, admission=True)
+    app = _app("kdgate gateway", lifespan, AppOptions.of(settings), credentials, admits=settings.served_model)
     app.include_router(admin.router)
     app.include_router(student_routes.router)
     app.state.banner = banner(settings)
@@ -174,13 +174,15 @@ class AppOptions:
                    tuple(settings.cors_allow_origins), settings.limits)
 
 
-def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, admission: bool = False) -> FastAPI:
+def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, admits: str | None = None) -> FastAPI:
+    """The HTTP side of a gateway or an engine server; `admits`: the served model whose requests the app admits
+    under its keys' rate limits (a pair's own windows), None to admit everything (the engine server)."""
     docs = {} if options.docs_enabled else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title=title, lifespan=lifespan, **docs)
     app.state.metrics = GatewayMetrics()
     app.state.credentials = credentials
     app.state.auth_required = credentials.required
-    app.state.admission = Admission(options.limits, app.state.metrics) if admission else None
+    app.state.admission = Admission(options.limits, app.state.metrics, admits) if admits is not None else None
     app.state.max_body_bytes = options.max_body_bytes
     app.state.body_read_timeout_s = options.body_read_timeout_s
     app.include_router(chat_routes.router)
@@ -192,7 +194,7 @@ def _app(title: str, lifespan, options: AppOptions, credentials: Credentials, ad
     app.add_exception_handler(RequestValidationError, _invalid_body)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
-    if admission:  # inside auth (added first), which names the key it limits
+    if admits is not None:  # inside auth (added first), which names the key it limits
         app.add_middleware(AdmissionMiddleware, admission=app.state.admission)
     app.add_middleware(AuthMiddleware, credentials=credentials, metrics=app.state.metrics)
     if options.cors_allow_origins:  # added last, so outermost: a preflight (which carries no key) is answered here

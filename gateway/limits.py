@@ -7,6 +7,11 @@ Rate windows are sliding: the count of the current minute plus the previous minu
 still lies within the last 60 s (the estimate Cloudflare and others use; it needs two counters per key, not a log
 of timestamps). In memory for one process; in Redis (`limits.redis_url`) to hold across worker processes and
 replicas, checked and counted in one Lua script so that concurrent gateways cannot both take the last request.
+Windows are a pair's (its `served_model`), as each pair of a gateway keeps its own limits, in memory and in Redis
+alike; in Redis under `limits.redis_prefix`, so that other deployments sharing the Redis count apart:
+
+    {redis_prefix}:{served_model}:{key}:{minute}:r|t      (served_model and key %-escaped: no `:` of their own)
+
 A Redis that fails lets requests in (counted in `kdgate_limit_errors_total`): a limiter outage must not become an
 API outage.
 """
@@ -20,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import quote
 
 from gateway.asgi import send_error
 from gateway.auth import ANONYMOUS, Principal
@@ -116,17 +122,20 @@ return {1, r, pr, t, pt}
 
 
 class RedisWindows:
-    """The same windows in Redis, shared by every process that points at it."""
+    """The same windows in Redis, shared by every process that points at it with the same prefix and pair."""
 
-    def __init__(self, url: str, prefix: str = "kdgate:limits"):
+    def __init__(self, url: str, prefix: str, served_model: str):
         import redis.asyncio as redis
 
         self.client = redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.prefix = prefix
+        self.prefix = f"{prefix}:{quote(served_model, safe='')}"
         self._take = self.client.register_script(TAKE_SCRIPT)
 
+    def _base(self, key: str) -> str:
+        return f"{self.prefix}:{quote(key, safe='')}"
+
     def _keys(self, key: str, minute: int) -> list[str]:
-        base = f"{self.prefix}:{key}"
+        base = self._base(key)
         return [f"{base}:{minute}:r", f"{base}:{minute - 1}:r", f"{base}:{minute}:t", f"{base}:{minute - 1}:t"]
 
     async def take(self, key: str, rpm: int | None, tpm: int | None, now: float) -> tuple[bool, Counts]:
@@ -137,7 +146,7 @@ class RedisWindows:
         return bool(admitted), Counts(*(int(count) for count in counts))
 
     async def add_tokens(self, key: str, tokens: int, now: float) -> None:
-        slot = f"{self.prefix}:{key}:{int(now // WINDOW_S)}:t"
+        slot = f"{self._base(key)}:{int(now // WINDOW_S)}:t"
         async with self.client.pipeline(transaction=True) as pipe:
             await pipe.incrby(slot, tokens).expire(slot, 180).execute()
 
@@ -171,10 +180,14 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, settings: LimitsSettings, metrics: GatewayMetrics, windows: Windows | None = None):
+    """One pair's admission: its keys' rate windows (`served_model`'s own) and its process's slots."""
+
+    def __init__(self, settings: LimitsSettings, metrics: GatewayMetrics, served_model: str,
+                 windows: Windows | None = None):
         self.settings = settings
         self.metrics = metrics
-        self.windows = windows or (RedisWindows(settings.redis_url) if settings.redis_url else MemoryWindows())
+        self.windows = windows or (RedisWindows(settings.redis_url, settings.redis_prefix, served_model)
+                                   if settings.redis_url else MemoryWindows())
         self.in_flight = 0
         self._waiters: list[asyncio.Future] = []
         self._limiter_down_until = 0.0  # a failing limiter is skipped until then (a breaker), then tried once again

@@ -276,6 +276,12 @@ class LimitsSettings(BaseModel):
     redis_url: str | None = Field(default=None, description="redis://host:6379/0 shares the per-key windows "
                                   "between worker processes and replicas; null: each process counts alone. If "
                                   "Redis fails, requests are admitted and kdgate_limit_errors_total counts it")
+    redis_prefix: str = Field(default="kdgate:limits", min_length=1, description="the namespace of this "
+                              "deployment's windows in Redis (keys PREFIX:SERVED_MODEL:KEY:MINUTE:r|t): gateways "
+                              "with the same prefix count a key's requests to a pair together (the workers and "
+                              "replicas of one deployment); give every other deployment that shares the Redis "
+                              "its own, or the two count each other's requests for keys of the same name. The "
+                              "chart sets kdgate:limits:NAMESPACE:RELEASE")
     max_connections: int | None = Field(default=2048, ge=1, description="open connections one process keeps; at "
                                         "the cap the longest-idle connection is closed for a new one, and only when "
                                         "none is idle does the newcomer get 503 with Retry-After. null: no cap")

@@ -3,14 +3,23 @@ not from wherever the service happens to be started. A path given in the environ
 directory, like any command-line path.
 
 A settings class opts a key in by naming it: `YamlFileSource(cls, file, relative_to_file=("auth.keys_file",))`.
+
+A string in the file means what it means in the environment: JSON for a setting that takes a list, a mapping or a
+section (`cors_allow_origins: '["https://a"]'` as KDGATE_CORS_ALLOW_ORIGINS='["https://a"]'), and the settings
+class's `env_parse_none_str` ("null") for None. So a value written once in the environment's form (the chart's
+`gateway.settings`, which with several pairs it writes into each pair's file) means the same in either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import json
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings, YamlConfigSettingsSource
 
 
@@ -24,7 +33,60 @@ class YamlFileSource(YamlConfigSettingsSource):
         super().__init__(settings_cls, yaml_file=yaml_file)
 
     def __call__(self) -> dict[str, Any]:
-        return from_folder(super().__call__(), self.folder, self.relative_to_file)
+        data = as_in_environment(super().__call__(), self.settings_cls, self.config.get("env_parse_none_str"))
+        return from_folder(data, self.folder, self.relative_to_file)
+
+
+def as_in_environment(data: dict, model: type[BaseModel], none_text: str | None) -> dict:
+    """`data` with each string read as the environment reads it for its field: decoded as JSON where the field takes
+    a list, a mapping or a section, None where it is `none_text`; sections are walked into, lists are not (a list in
+    the environment is one JSON value too). Keys the model does not have are left for it to refuse."""
+    read = {}
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is not None and isinstance(value, str):
+            value = _as_in_environment(value, field.annotation, none_text)
+        elif field is not None and isinstance(value, dict) and (section := _section(field.annotation)) is not None:
+            value = as_in_environment(value, section, none_text)
+        read[name] = value
+    return read
+
+
+def _as_in_environment(text: str, annotation: Any, none_text: str | None) -> Any:
+    if none_text is not None and text == none_text:
+        return None
+    if not _takes_json(annotation):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not JSON: the model refuses it, naming the field
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a field takes: a union's members, an Annotated's type."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return tuple(member for arg in get_args(annotation) for member in _members(arg))
+    return (annotation,)
+
+
+def _takes_json(annotation: Any) -> bool:
+    """pydantic-settings' rule for an environment variable: a list, tuple, set, mapping, model or dataclass (alone or
+    in a union) is given as JSON."""
+    for member in _members(annotation):
+        container = get_origin(member) or member
+        if isinstance(container, type) and (issubclass(container, list | tuple | set | frozenset | Mapping | BaseModel)
+                                            or dataclasses.is_dataclass(container)):
+            return True
+    return False
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return next((member for member in _members(annotation)
+                 if isinstance(member, type) and issubclass(member, BaseModel)), None)
 
 
 def from_folder(data: dict, folder: Path, keys: Iterable[str]) -> dict:

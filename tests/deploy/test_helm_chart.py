@@ -577,6 +577,32 @@ def test_the_gateway_loads_the_rendered_settings(renders, name, clean_environmen
         assert support.shadow.store_url.endswith("/kdgate-store")
         assert billing.shadow.store_url.endswith("/kdgate-billing-store")
         assert support.limits.redis_url == billing.limits.redis_url is not None
+        # one release's windows, each pair's its own within them (PREFIX:SERVED_MODEL:KEY:MINUTE)
+        assert support.limits.redis_prefix == billing.limits.redis_prefix == f"kdgate:limits:{NAMESPACE}:kdgate"
+
+
+def test_a_json_string_in_gateway_settings_means_a_list_in_every_pair_as_in_the_environment(clean_environment,
+                                                                                             tmp_path):
+    """A list given in gateway.settings as the environment takes it (KDGATE_CORS_ALLOW_ORIGINS='["https://a"]'):
+    with one pair it reaches the gateway as that variable, with several it is written into each pair's file, and
+    both read it as the list (the file's loader reads such strings as the environment does). A pair's own setting
+    too. The pairs' files refused it before (`cors_allow_origins: Input should be a valid list`)."""
+    origins, patterns = ["https://app.example.com", "https://admin.example.com"], ["acct-[0-9]{8}"]
+    read = {}
+    for name, values in (("one pair", production_values()), ("two pairs", two_pairs_values())):
+        values["gateway"]["settings"]["KDGATE_CORS_ALLOW_ORIGINS"] = json.dumps(origins)
+        for pair in values.get("pairs") or []:
+            pair["settings"]["KDGATE_SHADOW__SCRUB_PATTERNS"] = json.dumps(patterns)
+        for variable in [variable for variable in os.environ if variable.startswith("KDGATE_")]:
+            clean_environment.delenv(variable)
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        read[name] = gateway_pairs(render(values), folder, clean_environment)
+    assert {model: settings.cors_allow_origins for model, settings in read["one pair"].items()} == \
+        {"support-triage": origins}
+    assert {model: settings.cors_allow_origins for model, settings in read["two pairs"].items()} == \
+        {"support-triage": origins, "billing-triage": origins}
+    assert read["two pairs"]["billing-triage"].shadow.scrub_patterns == patterns
 
 
 def test_each_pair_has_its_own_servers_store_and_trainer(renders, clean_environment):
@@ -795,6 +821,31 @@ def test_redis_runs_when_more_than_one_gateway_may(changes, deployed):
     objects = render(values)
     assert any(item["metadata"]["name"] == "kdgate-redis" for item in objects) is deployed
     assert ("KDGATE_LIMITS__REDIS_URL" in one(objects, "ConfigMap", "kdgate-gateway")["data"]) is deployed
+
+
+def test_releases_sharing_a_redis_count_their_keys_apart(clean_environment):
+    """Releases pointed at one Redis of yours (KDGATE_LIMITS__REDIS_URL in gateway.settingsSecret, `redis.deploy:
+    never`) each load their own `limits.redis_prefix`, by namespace and release, so a key of the same name counts
+    apart (tests/gateway/test_limits.py shows that on a real Redis); `redis.keyPrefix` names one instead, for
+    releases meant to share their keys' limits."""
+    from gateway.settings import GatewaySettings
+
+    def prefix(release: str, namespace: str, **redis) -> str:
+        values = production_values()
+        values["redis"] = {**values.get("redis", {}), "deploy": "never", **redis}
+        objects = render(values, name=release, namespace=namespace)
+        gateway = one(objects, "Deployment", f"{release}-kdgate-gateway")
+        environment = environment_of(objects, gateway) | {"KDGATE_LIMITS__REDIS_URL": "redis://redis.shared:6379/0"}
+        for variable, value in environment.items():
+            clean_environment.setenv(variable, value)
+        return GatewaySettings().limits.redis_prefix
+
+    releases = {(release, namespace): prefix(release, namespace)
+                for release, namespace in (("blue", "team-a"), ("green", "team-a"), ("blue", "team-b"))}
+    assert releases == {("blue", "team-a"): "kdgate:limits:team-a:blue",
+                        ("green", "team-a"): "kdgate:limits:team-a:green",
+                        ("blue", "team-b"): "kdgate:limits:team-b:blue"}
+    assert prefix("green", "team-a", keyPrefix="kdgate:limits:shop") == "kdgate:limits:shop"
 
 
 def test_a_gateway_pod_drains_its_streams_before_it_is_killed(objects, name):

@@ -70,7 +70,8 @@ async def test_memory_windows_count_and_refuse():
 
 
 async def test_admission_refuses_with_retry_after_and_counts_tokens():
-    admission = Admission(LimitsSettings(key_requests_per_minute=2, key_tokens_per_minute=100), GatewayMetrics())
+    admission = Admission(LimitsSettings(key_requests_per_minute=2, key_tokens_per_minute=100), GatewayMetrics(),
+                          "support")
     app = Principal("app", frozenset())
     await asyncio.to_thread(clear_of_a_minute_boundary, 5)
     first = await admission.admit(app)
@@ -88,7 +89,8 @@ async def test_admission_refuses_with_retry_after_and_counts_tokens():
 
 
 async def test_slots_queue_then_shed():
-    admission = Admission(LimitsSettings(max_in_flight=1, max_queued=1, queue_timeout_s=0.3), GatewayMetrics())
+    admission = Admission(LimitsSettings(max_in_flight=1, max_queued=1, queue_timeout_s=0.3), GatewayMetrics(),
+                          "support")
     anyone = Principal("anyone", frozenset())
     held = await admission.admit(anyone)
     waiting = asyncio.create_task(admission.admit(anyone))
@@ -297,7 +299,7 @@ def test_the_engine_refuses_a_prompt_far_beyond_its_context_before_tokenizing(ga
 async def test_redis_windows_are_shared_between_processes_state(redis_server):
     """Two admissions (as two processes would hold) on one Redis share one window."""
     settings = LimitsSettings(key_requests_per_minute=3, redis_url=redis_server.url)
-    first, second = Admission(settings, GatewayMetrics()), Admission(settings, GatewayMetrics())
+    first, second = Admission(settings, GatewayMetrics(), "support"), Admission(settings, GatewayMetrics(), "support")
     await asyncio.to_thread(clear_of_a_minute_boundary, 5)
     key = Principal(f"shared-{os.getpid()}-{id(first)}", frozenset())
     try:
@@ -314,11 +316,78 @@ async def test_redis_windows_are_shared_between_processes_state(redis_server):
         await second.aclose()
 
 
+async def test_deployments_sharing_a_redis_count_apart_and_replicas_of_one_count_together(redis_server):
+    """Two deployments (two Helm releases, or two unrelated gateways) on one Redis, each with a key named `app` on a
+    pair named `support`, limited to 2 requests a minute: their `limits.redis_prefix` keeps their windows apart, so
+    neither spends the other's; two replicas of one deployment (one prefix) still share theirs."""
+    limits = LimitsSettings(key_requests_per_minute=2, redis_url=redis_server.url)
+    run = f"{os.getpid()}-{time.time_ns()}"  # the session's Redis keeps earlier tests' windows for the minute
+    blue, green = (limits.model_copy(update={"redis_prefix": f"kdgate:limits:team-a:{release}-{run}"})
+                   for release in ("blue", "green"))
+    blue_1, blue_2, green_1 = (Admission(settings, GatewayMetrics(), "support") for settings in (blue, blue, green))
+    await asyncio.to_thread(clear_of_a_minute_boundary, 5)
+    try:
+        outcomes = [await admitted(gateway, Principal("app", frozenset()))
+                    for gateway in (blue_1, blue_2, green_1, green_1, blue_2, green_1)]
+        assert outcomes == ["ok", "ok", "ok", "ok", "429", "429"]
+    finally:
+        for admission in (blue_1, blue_2, green_1):
+            await admission.aclose()
+
+
+async def test_a_colon_in_a_pair_or_key_name_does_not_join_two_windows(redis_server):
+    """Pair `a:b` with key `c`, and pair `a` with key `b:c`: spelt into one Redis key unescaped, both were
+    `PREFIX:a:b:c`; each is its own window."""
+    settings = LimitsSettings(key_requests_per_minute=1, redis_url=redis_server.url,
+                              redis_prefix=f"kdgate:limits:colons-{os.getpid()}-{time.time_ns()}")
+    first, second = Admission(settings, GatewayMetrics(), "a:b"), Admission(settings, GatewayMetrics(), "a")
+    await asyncio.to_thread(clear_of_a_minute_boundary, 5)
+    try:
+        assert [await admitted(first, Principal("c", frozenset())),
+                await admitted(second, Principal("b:c", frozenset()))] == ["ok", "ok"]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def admitted(admission: Admission, principal: Principal) -> str:
+    try:
+        (await admission.admit(principal)).release()
+        return "ok"
+    except RateLimited:
+        return "429"
+
+
+@pytest.mark.parametrize("windows", ["memory", "redis"])
+def test_each_pair_counts_a_keys_requests_in_its_own_window_in_memory_and_in_redis(windows, engine_server,
+                                                                                   redis_server, tmp_path):
+    """Two pairs behind one gateway (gateway.pairs), one key limited to 2 requests a minute on both: spending it on
+    one pair leaves the other pair's 2 whole, whether the windows are in the process's memory or in Redis. Each
+    pair keeps its own limits; Redis used to name the key alone, so the second pair refused a key it had never
+    served (and a pair's own `requests_per_minute` was judged on the other pair's requests too)."""
+    from gateway.pairs import Pairs
+    from gateway.settings import BackendSettings, GatewaySettings, ShadowSettings, StudentsSettings
+
+    key, name = new_key()[0], f"pairs-{windows}-{tmp_path.name}"
+    auth = {"keys": [{"name": name, "sha256": digest(key), "requests_per_minute": 2}]}  # the same keys on both
+    limits = LimitsSettings(redis_url=redis_server.url if windows == "redis" else None)
+    backend = BackendSettings(kind="http", base_url=engine_server.base_url, model=engine_server.model)
+    apps = {model: create_app(GatewaySettings(served_model=model, student=backend, teacher=None, auth=auth,
+                                              limits=limits, shadow=ShadowSettings(enabled=False, store_url=None),
+                                              students=StudentsSettings(enabled=False)))
+            for model in ("support", "billing")}
+    with ThreadedServer(Pairs(apps, max_body_bytes=1_048_576)) as server:
+        clear_of_a_minute_boundary(20)
+        statuses = [post(server, key, CHAT | {"model": model, "max_tokens": 1}).status_code
+                    for model in ("support", "support", "billing", "billing", "support", "billing")]
+    assert statuses == [200, 200, 200, 200, 429, 429]
+
+
 async def test_a_redis_that_is_down_admits_and_counts():
     metrics = GatewayMetrics()
     port = free_port()  # nothing listens there
     admission = Admission(LimitsSettings(key_requests_per_minute=1, redis_url=f"redis://127.0.0.1:{port}/0"),
-                          metrics)
+                          metrics, "support")
     key = Principal("app", frozenset())
     for _ in range(3):
         (await admission.admit(key)).release()
@@ -339,7 +408,8 @@ async def test_a_redis_that_never_answers_costs_one_request_its_timeout_not_ever
     hung.listen(64)  # the kernel accepts; nobody ever reads or answers
     metrics = GatewayMetrics()
     admission = Admission(LimitsSettings(key_requests_per_minute=1,
-                                         redis_url=f"redis://127.0.0.1:{hung.getsockname()[1]}/0"), metrics)
+                                         redis_url=f"redis://127.0.0.1:{hung.getsockname()[1]}/0"), metrics,
+                          "support")
     key = Principal("app", frozenset())
     try:
         waits = []
@@ -426,10 +496,10 @@ def test_two_workers_share_one_limit_through_redis(demo_dirs, engine_server, red
         windows = redis.Redis.from_url(redis_server.url)
         try:
             stored = {stored_key.decode(): int(windows.get(stored_key))
-                      for stored_key in windows.scan_iter(f"kdgate:limits:{name}:*")}
+                      for stored_key in windows.scan_iter(f"kdgate:limits:kdgate-demo:{name}:*")}
         finally:
             windows.close()
-        assert stored == {f"kdgate:limits:{name}:{minute}:r": 4}  # the admitted requests, counted in one place
+        assert stored == {f"kdgate:limits:kdgate-demo:{name}:{minute}:r": 4}  # the admitted requests, in one place
     finally:
         stop(process)
         log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings, load_settings
@@ -51,6 +52,37 @@ def test_yaml_file_and_environment(tmp_path, monkeypatch):
     assert settings.port == 9100  # the environment wins over the file
     assert settings.teacher.base_url == "http://vllm-teacher:8000/v1" and settings.teacher.kind == "http"
     assert settings.student.max_batch_size == 8 and settings.student.model_dir.name == "student"
+
+
+@pytest.mark.parametrize(("key", "text", "value"), [
+    ("cors_allow_origins", '["https://app.example.com"]', ["https://app.example.com"]),  # a list
+    ("shadow.scrub_patterns", '["acct-[0-9]+"]', ["acct-[0-9]+"]),  # a list in a section
+    ("routing.handoff", '{"min_prob": 0.8}', {"enabled": True, "min_prob": 0.8}),  # a section
+    ("teacher", "null", None),
+    ("limits.max_connections", "null", None),
+    ("served_model", '["support"]', '["support"]'),  # a string setting keeps what looks like JSON
+    ("served_model", "2024", "2024"),
+])
+def test_a_string_in_a_settings_file_means_what_it_means_in_the_environment(key, text, value, tmp_path,
+                                                                            monkeypatch):
+    """The chart gives gateway.settings in the environment's form (KDGATE_CORS_ALLOW_ORIGINS='["https://a"]'), and
+    with several pairs writes them into each pair's file as those strings: the file reads them as the environment
+    does, by the field's type. A list given so in a pair's file was refused (`Input should be a valid list`)."""
+    *sections, leaf = key.split(".")
+    tree = {leaf: text}
+    for section in reversed(sections):
+        tree = {section: tree}
+    config = tmp_path / "kdgate.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    from_file = load_settings(config)
+    monkeypatch.setenv(f"KDGATE_{key.upper().replace('.', '__')}", text)
+    from_environment = GatewaySettings()
+    for settings in (from_file, from_environment):
+        read = settings
+        for name in key.split("."):
+            read = getattr(read, name)
+        assert (read.model_dump(include=set(value)) if isinstance(value, dict) else read) == value
+    assert from_file.model_dump() == from_environment.model_dump()
 
 
 def test_teacher_can_be_switched_off(monkeypatch):
