@@ -48,14 +48,23 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     caches = {"gold": gold, "teacher": teacher_cache}
     references = {"teacher": teacher, "base": base, "student-init": student_init}
     scores = {name: _evaluate(settings, name, model, test, log) for name, model in references.items()}
-    for seed in settings.seeds:
+    for done, seed in enumerate(settings.seeds, start=1):
         for arm in settings.arms:
             name = f"{arm}-s{seed}"
             model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
             scores[name] = {**_evaluate(settings, name, model, test, log), "train_minutes": minutes}
+        # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
+        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores)
+        if done < len(settings.seeds):
+            log(f"seed {seed} done: the table over seeds {', '.join(map(str, settings.seeds[:done]))} is in "
+                f"{out / 'study.md'}")
+    return summary
+
+
+def _write_summary(settings: StudySettings, scores: dict) -> dict:
     summary = summarise(settings, scores)
-    (out / "study.json").write_text(json.dumps(summary, indent=1))
-    (out / "study.md").write_text(table(summary))
+    (settings.out / "study.json").write_text(json.dumps(summary, indent=1))
+    (settings.out / "study.md").write_text(table(summary))
     return summary
 
 

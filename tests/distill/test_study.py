@@ -53,6 +53,7 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     lines = (out / "study.md").read_text().splitlines()
     assert sum(line.startswith("| ") and "|---" not in line for line in lines) == 1 + len(ARMS)
     assert "seeds 0, 1" in lines[0] and done.stdout.strip().endswith(lines[-1])
+    assert f"seed 0 done: the table over seeds 0 is in {out / 'study.md'}" in done.stdout  # written as it goes
     models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
     again = _study(out)  # every stage is there: nothing is trained or scored again
     assert again.returncode == 0, again.stderr[-3000:]
