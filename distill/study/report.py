@@ -21,19 +21,27 @@ def summarise(settings: StudySettings, scores: dict) -> dict:
         minutes = [scores[f"{arm}-s{seed}"].get("train_minutes") for seed in settings.seeds]
         differences = [value - base for value, base in zip(values, baseline, strict=True)]
         gap = gap_recovered(values, baseline, teacher)
+        close = [scores[f"{arm}-s{seed}"]["closeness"] for seed in settings.seeds]
         arms[arm] = {"description": ARMS[arm].description, "exact_match": values,
                      "mean": asdict(interval(values)), "difference": asdict(interval(differences)),
                      "p": paired_p(values, baseline) if arm != BASELINE else None,
                      "gap_recovered": asdict(gap) if gap else None,
-                     "train_minutes": [minute for minute in minutes if minute is not None]}
+                     "train_minutes": [minute for minute in minutes if minute is not None],
+                     "kl_to_teacher": asdict(interval([figures["kl_to_teacher"] for figures in close])),
+                     "token_agreement": asdict(interval([figures["token_agreement"] for figures in close]))}
     best = max((arm for arm in arms if arm != BASELINE), key=lambda arm: arms[arm]["mean"]["mean"], default=None)
     return {"settings": settings.model_dump(mode="json"), "teacher": teacher,
             "base": scores["base"]["exact_match"], "student_init": scores["student-init"]["exact_match"],
+            "student_init_closeness": scores["student-init"]["closeness"],
             "seeds": settings.seeds, "arms": arms, "best": best}
 
 
 def _percent(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.1f}"
+
+
+def _kl(nats: float) -> str:
+    return f"{nats:.3f}"
 
 
 def _span(raw: dict | None, unit: str = " %", signed: bool = False) -> str:
@@ -49,7 +57,7 @@ def _span(raw: dict | None, unit: str = " %", signed: bool = False) -> str:
 
 
 def table(summary: dict) -> str:
-    settings = summary["settings"]
+    settings, init = summary["settings"], summary["student_init_closeness"]
     lines = [
         f"Teacher {_percent(summary['teacher'])} %, the base checkpoint before fine-tuning "
         f"{_percent(summary['base'])} %, the pruned student before training {_percent(summary['student_init'])} % "
@@ -57,11 +65,13 @@ def table(summary: dict) -> str:
         f"of {settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} blocks), "
         f"seeds {', '.join(map(str, summary['seeds']))}; means with 95 % t intervals over seeds; differences and "
         f"the paired t-test against hard-label SFT pair runs by seed; gap recovered = (arm − SFT) / (teacher − SFT), "
-        "per seed.",
+        "per seed. KL to the teacher (nats/token) and token agreement: teacher-forced along the teacher's greedy "
+        f"answers to the same tickets (the pruned student before training: {_kl(init['kl_to_teacher'])}, "
+        f"{_percent(init['token_agreement'])} %).",
         "",
         "| arm | trained with | exact match per seed | mean [95 % CI] | vs hard-label SFT [95 % CI] | p | "
-        "gap recovered [95 % CI] | min/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "gap recovered [95 % CI] | KL to teacher | token agreement | min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in summary["arms"].items():
         seeds = " / ".join(_percent(value) for value in arm["exact_match"])
@@ -73,5 +83,6 @@ def table(summary: dict) -> str:
         gap = "" if baseline else _span(arm["gap_recovered"], signed=True)
         p_value = "" if arm["p"] is None else f"{arm['p']:.3f}"
         lines.append(f"| {label} | {arm['description']} | {seeds} | {_span(arm['mean'])} | {difference} | "
-                     f"{p_value} | {gap} | {per_run} |")
+                     f"{p_value} | {gap} | {_kl(arm['kl_to_teacher']['mean'])} | {_span(arm['token_agreement'])} | "
+                     f"{per_run} |")
     return "\n".join(lines) + "\n"

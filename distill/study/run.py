@@ -8,6 +8,7 @@
     out/gold-cache/      ground truth on exactly the prompts the teacher cache kept, in its order
     out/runs/ARM-sSEED/  each arm's run (its checkpoint removed once the model is written)
     out/evals/NAME.json  each model's score on the held-out tickets
+    out/evals/NAME-closeness.json   and how close it is to the teacher there (closeness.py)
     out/study.json, out/study.md
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 from distill.config import TrainConfig
 from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
 from distill.study.arms import ARMS
+from distill.study.closeness import Closeness
 from distill.study.report import summarise, table
 from distill.study.settings import StudySettings
 
@@ -48,11 +50,14 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     caches = {"gold": gold, "teacher": teacher_cache}
     references = {"teacher": teacher, "base": base, "student-init": student_init}
     scores = {name: _evaluate(settings, name, model, test, log) for name, model in references.items()}
+    closeness = Closeness(out, teacher, test, settings.threads, log)
+    scores["student-init"]["closeness"] = closeness.of("student-init", student_init)
     for done, seed in enumerate(settings.seeds, start=1):
         for arm in settings.arms:
             name = f"{arm}-s{seed}"
             model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
-            scores[name] = {**_evaluate(settings, name, model, test, log), "train_minutes": minutes}
+            scores[name] = {**_evaluate(settings, name, model, test, log), "train_minutes": minutes,
+                            "closeness": closeness.of(name, model)}
         # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
         summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores)
         if done < len(settings.seeds):

@@ -54,11 +54,30 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert sum(line.startswith("| ") and "|---" not in line for line in lines) == 1 + len(ARMS)
     assert "seeds 0, 1" in lines[0] and done.stdout.strip().endswith(lines[-1])
     assert f"seed 0 done: the table over seeds 0 is in {out / 'study.md'}" in done.stdout  # written as it goes
+    for name, arm in summary["arms"].items():  # every model measured against the teacher on the same test tickets
+        figures = [json.loads((out / "evals" / f"{name}-s{seed}-closeness.json").read_text()) for seed in (0, 1)]
+        assert all(f["kl_to_teacher"] > 0 and 0 <= f["token_agreement"] <= 1 and f["truth_nll"] > 0 for f in figures)
+        assert arm["kl_to_teacher"]["mean"] == pytest.approx(np.mean([f["kl_to_teacher"] for f in figures]))
+    assert len(json.loads((out / "evals" / "teacher-answers.json").read_text())) == 12
+    assert "| KL to teacher | token agreement |" in lines[2]
     models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
     again = _study(out)  # every stage is there: nothing is trained or scored again
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0:" not in again.stdout and "exact match" not in again.stdout.split("Teacher ")[0]
     assert {path: path.stat().st_mtime_ns for path in models} == models
+
+
+def test_closeness_of_the_teacher_to_itself_is_zero_kl_and_full_agreement(tmp_path):
+    """Teacher-forced along its own greedy answers, the teacher agrees with every token and has no KL to itself:
+    the answers, the prompts and the positions line up."""
+    from distill.demo import task
+    from distill.study.closeness import Closeness
+
+    measure = Closeness(tmp_path, TEACHER, task.take("test", 6, seed=0), threads=1, log=print)
+    figures = measure.of("itself", TEACHER)
+    assert figures["token_agreement"] == 1.0 and figures["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    student = measure.of("student", STUDENT)
+    assert student["kl_to_teacher"] > 1e-4  # the demo student is close to its teacher, but not the teacher
 
 
 def _prompt_ids(cache):
