@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distill.config import apply_overrides, validated
-from distill.study.arms import ARMS
+from distill.study.arms import ARMS, DEFAULT_ARMS
 
 
 class _Strict(BaseModel):
@@ -42,7 +42,8 @@ class StudySettings(_Strict):
     test_tickets: int = Field(default=400, ge=1, description="held-out test tickets every model is scored on")
     top_k: int = Field(default=20, ge=1, le=100, description="the teacher's cached alternatives per token")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    arms: list[str] = Field(default_factory=lambda: list(ARMS), min_length=1, description="which arms, by name")
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1,
+                            description="which arms, by name (distill/study/arms.py; `on-policy` only when named)")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: StudentSettings = Field(default_factory=StudentSettings)
     train: ArmSettings = Field(default_factory=ArmSettings)

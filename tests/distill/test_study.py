@@ -25,7 +25,8 @@ from runtime.tokenizer_hash import tokenizer_hash
 
 TEACHER, STUDENT = ARTIFACTS_DIR / "teacher", ARTIFACTS_DIR / "student"
 TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2", "teacher.batch_size=4",
-        "student.keep=2", "train.steps=2", "train.batch_size=4", "threads=1", f"base={TEACHER}"]
+        "student.keep=2", "train.steps=2", "train.batch_size=4", "threads=1", f"base={TEACHER}",
+        f"arms=[{','.join(ARMS)}]"]  # pure on-policy too, which the default leaves out
 
 
 def _study(out):
@@ -48,8 +49,9 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     gold = [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "gold-cache")]
     assert gold == [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "teacher-cache")]
     assert json.loads((out / "student-init" / "config.json").read_text())["num_hidden_layers"] == 2
-    on_policy = json.loads((out / "runs" / "on-policy-s0" / "model" / "training_log.json").read_text())
-    assert on_policy[-1]["step"] == 2
+    for arm in ("on-policy", "on-policy-mixed"):
+        on_policy = json.loads((out / "runs" / f"{arm}-s0" / "model" / "training_log.json").read_text())
+        assert on_policy[-1]["step"] == 2
     lines = (out / "study.md").read_text().splitlines()
     assert sum(line.startswith("| ") and "|---" not in line for line in lines) == 1 + len(ARMS)
     assert "seeds 0, 1" in lines[0] and done.stdout.strip().endswith(lines[-1])
@@ -90,6 +92,7 @@ def _prompt_ids(cache):
 
 
 def test_bad_study_settings_are_refused_naming_the_setting(tmp_path):
+    assert "on-policy" not in load_settings([]).arms and "on-policy-mixed" in load_settings([]).arms
     with pytest.raises(ValueError, match=r"arms: .*unknown arm\(s\) nope"):
         load_settings(["arms=[sft-gold,nope]"])
     with pytest.raises(ValueError, match="must include sft-gold"):
