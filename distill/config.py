@@ -49,6 +49,12 @@ class OnPolicyConfig(_Strict):
                          "student samples; the rest train on the cache's answers")
     temperature: float = Field(default=1.0, gt=0, description="the student's sampling temperature")
     max_new_tokens: int = Field(default=128, ge=1, description="longest sampled answer")
+    start_step: int = Field(default=0, ge=0, description="on-policy batches only from this step on, the cache's "
+                            "answers before it: a student that cannot yet write the answers' format learns nothing "
+                            "of it from its own samples (GKD and on-policy distillation start from a trained student)")
+    divergence: Literal["forward", "reverse", "jsd"] | None = Field(
+        default=None, description="the divergence of the on-policy batches (with loss.beta for jsd); unset: "
+        "loss.divergence. Reverse KL (mode-seeking) suits a student near the teacher, forward KL one far from it")
 
 
 class LossConfig(_Strict):
@@ -126,6 +132,14 @@ class TrainConfig(_Strict):
     seed: int = Field(default=0, description="picks the initialisation (from_scratch), the held-out split and the "
                       "batch order")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+
+    @model_validator(mode="after")
+    def _on_policy_starts_before_the_end(self):
+        on_policy = self.loss.on_policy
+        if on_policy.teacher is not None and on_policy.start_step >= self.steps:
+            raise ValueError(f"loss.on_policy.start_step is {on_policy.start_step} but training stops at step "
+                             f"{self.steps}: no batch would be on-policy; lower it, or unset loss.on_policy.teacher")
+        return self
 
 
 def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:

@@ -107,12 +107,16 @@ class Recipe:
         self.loss = ChunkedKD(kd, alpha=alpha, chunk_tokens=config.loss.chunk_tokens)
         hidden, teacher = self._hidden_state_loss()
         self.on_policy = self._on_policy()
+        on_policy_divergence = config.loss.on_policy.divergence
+        on_policy_loss = None if on_policy_divergence in (None, config.loss.divergence) else ChunkedKD(
+            SparseKD(config.loss.temperature, on_policy_divergence, config.loss.beta), alpha=alpha,
+            chunk_tokens=config.loss.chunk_tokens)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trainable if p.ndim >= 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
                                        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
                                       lr=config.optim.lr, betas=(0.9, 0.95))
-        step = DistillStep(self.model, self.loss, hidden, teacher, config.loss.hidden.weight)
+        step = DistillStep(self.model, self.loss, hidden, teacher, config.loss.hidden.weight, on_policy_loss)
         if hidden is not None:  # the projections learn with the student
             optimizer.add_param_group({"params": list(hidden.parameters()), "weight_decay": 0.0})
         self.step_module, self.optimizer = self.accelerator.prepare(step, optimizer)
@@ -151,9 +155,9 @@ class Recipe:
                         settings.temperature, settings.max_new_tokens, self.accelerator.device)
 
     def _on_policy_turn(self, micro: int) -> bool:
-        share = self.config.loss.on_policy.share
+        settings = self.config.loss.on_policy
         draw = np.random.default_rng([self.config.seed, self.step, micro]).random()
-        return self.on_policy is not None and draw < share
+        return self.on_policy is not None and self.step >= settings.start_step and draw < settings.share
 
     def _rows(self) -> list[Row]:
         rows = []
@@ -215,13 +219,14 @@ class Recipe:
                 rows = [self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]]
                 if config.loss.estimator == "sampled" and config.loss.resample:
                     rows = self._sampled(rows, np.random.default_rng([config.seed, self.step, micro, rank]))
-                if self._on_policy_turn(micro):
+                on_policy = self._on_policy_turn(micro)
+                if on_policy:
                     rows = self.on_policy.rows(accelerator.unwrap_model(self.step_module).model, rows,
                                                (config.seed, self.step, micro, rank), accelerator.autocast)
                 batch = collate(rows, self.tokenizer.pad_token_id)
                 last = micro == config.grad_accum - 1
                 with accelerator.no_sync(self.step_module) if not last else contextlib.nullcontext():
-                    out = self._losses(batch)
+                    out = self._losses(batch, on_policy)
                     accelerator.backward(out["loss"] / config.grad_accum)
                 for key in parts:
                     parts[key] += out[key].item() / config.grad_accum
@@ -245,9 +250,9 @@ class Recipe:
         bar.close()
         return self.history
 
-    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _losses(self, batch: dict[str, torch.Tensor], on_policy: bool = False) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
-        return self.step_module({key: value.to(device) for key, value in batch.items()})
+        return self.step_module({key: value.to(device) for key, value in batch.items()}, on_policy=on_policy)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -184,8 +184,8 @@ def _train_arm(settings: StudySettings, arm: str, seed: int, caches: dict, teach
     if not trained:
         log(f"{arm}, seed {seed}: {spec.description}")
     begun = time.monotonic()
-    model = _recipe(settings, student_init, caches[spec.cache], out, spec.loss_settings(teacher), train.steps,
-                    train.lr, train.warmup_steps, train.batch_size, seed)
+    model = _recipe(settings, student_init, caches[spec.cache], out, spec.loss_settings(teacher, train.steps),
+                    train.steps, train.lr, train.warmup_steps, train.batch_size, seed)
     if not trained:  # a run resumed from a checkpoint counts only its own part
         timing.write_text(json.dumps((time.monotonic() - begun) / 60))
     return model, json.loads(timing.read_text()) if timing.is_file() else None

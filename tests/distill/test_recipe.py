@@ -244,3 +244,35 @@ def test_prompts_render_with_the_tools_they_offered(demo_dirs, cache, tmp_path):
                                                                  "<|end|><|user|>")]
     assert len(offered) == len(answers) // 2 and len(prompts) == len(answers)
     assert all(prompt.startswith("<|bos|><|user|>") for prompt in set(prompts) - set(offered))
+
+
+def test_on_policy_batches_begin_at_start_step_with_their_own_divergence(demo_dirs, cache, tmp_path, monkeypatch):
+    """Off-policy batches before `loss.on_policy.start_step`, on-policy ones from it; each on-policy batch is scored
+    with `loss.on_policy.divergence` (reverse here), the others with `loss.divergence` (forward)."""
+    from distill.on_policy import OnPolicy
+    from distill.step import DistillStep
+
+    sampled_at, losses = [], []
+    rows, forward = OnPolicy.rows, DistillStep.forward
+
+    def sample(self, student, batch, seed, autocast):
+        sampled_at.append(seed[1])  # (seed, step, micro, rank)
+        return rows(self, student, batch, seed, autocast)
+
+    def step(self, batch, evaluate=False, on_policy=False):
+        if not evaluate:
+            losses.append((on_policy, (self.on_policy_loss if on_policy else self.loss).kd.divergence))
+        return forward(self, batch, evaluate, on_policy)
+
+    monkeypatch.setattr(OnPolicy, "rows", sample)
+    monkeypatch.setattr(DistillStep, "forward", step)
+    run(config(demo_dirs, cache, tmp_path, f"loss.on_policy.teacher={demo_dirs[1]}", "loss.on_policy.start_step=2",
+               "loss.on_policy.max_new_tokens=8", "loss.on_policy.divergence=reverse", "loss.estimator=topk"))
+    assert sampled_at == [2, 3]  # steps 0 and 1 trained on the cache's answers
+    assert losses == [(False, "forward")] * 2 + [(True, "reverse")] * 2
+
+
+def test_an_on_policy_start_after_the_last_step_is_refused(demo_dirs, cache, tmp_path):
+    with pytest.raises(ValueError, match="loss.on_policy.start_step is 4 but training stops at step 4"):
+        config(demo_dirs, cache, tmp_path, f"loss.on_policy.teacher={demo_dirs[1]}", "loss.on_policy.start_step=4",
+               "loss.estimator=topk")

@@ -26,7 +26,7 @@ from runtime.tokenizer_hash import tokenizer_hash
 TEACHER, STUDENT = ARTIFACTS_DIR / "teacher", ARTIFACTS_DIR / "student"
 TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2", "teacher.batch_size=4",
         "student.keep=2", "train.steps=2", "train.batch_size=4", "threads=1", f"base={TEACHER}",
-        f"arms=[{','.join(ARMS)}]"]  # pure on-policy too, which the default leaves out
+        f"arms=[{','.join(ARMS)}]"]  # the on-policy arms the default leaves out too
 
 
 def _study(out):
@@ -49,7 +49,7 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     gold = [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "gold-cache")]
     assert gold == [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "teacher-cache")]
     assert json.loads((out / "student-init" / "config.json").read_text())["num_hidden_layers"] == 2
-    for arm in ("on-policy", "on-policy-mixed"):
+    for arm in ("on-policy", "on-policy-cold", "on-policy-mixed"):
         on_policy = json.loads((out / "runs" / f"{arm}-s0" / "model" / "training_log.json").read_text())
         assert on_policy[-1]["step"] == 2
     lines = (out / "study.md").read_text().splitlines()
@@ -92,7 +92,8 @@ def _prompt_ids(cache):
 
 
 def test_bad_study_settings_are_refused_naming_the_setting(tmp_path):
-    assert "on-policy" not in load_settings([]).arms and "on-policy-mixed" in load_settings([]).arms
+    assert "on-policy" in load_settings([]).arms
+    assert not {"on-policy-cold", "on-policy-mixed"} & set(load_settings([]).arms)
     with pytest.raises(ValueError, match=r"arms: .*unknown arm\(s\) nope"):
         load_settings(["arms=[sft-gold,nope]"])
     with pytest.raises(ValueError, match="must include sft-gold"):
