@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from distill.config import TrainConfig
@@ -325,6 +326,10 @@ class Recipe:
         if not folder.is_dir():
             return
         saved = yaml.safe_load((folder / "config.yaml").read_text())
+        try:  # a checkpoint from before a setting existed takes its default, as the run did
+            saved = json.loads(TrainConfig.model_validate(saved).model_dump_json())
+        except ValidationError:
+            pass  # a setting this version no longer has: another config
         current = self._resolved()
         if {k: v for k, v in saved.items() if k not in RESUMABLE} != \
                 {k: v for k, v in current.items() if k not in RESUMABLE}:

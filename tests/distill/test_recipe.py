@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from distill.config import load_config
@@ -88,6 +89,23 @@ def test_train_checkpoint_and_resume(demo_dirs, cache, tmp_path):
     assert [entry["step"] for entry in resumed.history] == [2, 4, 6]
     with pytest.raises(ValueError, match="checkpoint of another config"):
         Recipe(config(demo_dirs, cache, tmp_path, "loss.alpha=0.9")).setup()
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(demo_dirs, cache, tmp_path):
+    """A run stopped before an upgrade that added a defaulted setting (here loss.on_policy.start_step) is the same
+    config: it was refused as another one (the study's stopped runs after the upgrade that added it)."""
+    run(config(demo_dirs, cache, tmp_path, "steps=2"))
+    saved = tmp_path / "checkpoint" / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["loss"]["on_policy"]["start_step"]
+    saved.write_text(yaml.safe_dump(older))
+    resumed = Recipe(config(demo_dirs, cache, tmp_path, "steps=4"))
+    resumed.setup()
+    assert resumed.step == 2
+    older["loss"]["on_policy"]["gone"] = 1  # a setting this version does not know: another config still
+    saved.write_text(yaml.safe_dump(older))
+    with pytest.raises(ValueError, match="checkpoint of another config"):
+        Recipe(config(demo_dirs, cache, tmp_path, "steps=4")).setup()
 
 
 def test_sft_is_cross_entropy_only(demo_dirs, cache, tmp_path):
