@@ -12,15 +12,16 @@ class's `env_parse_none_str` ("null") for None. So a value written once in the e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, YamlConfigSettingsSource
+from pydantic_settings.sources.utils import _annotation_is_complex, _union_is_complex
 
 
 class YamlFileSource(YamlConfigSettingsSource):
@@ -45,17 +46,20 @@ def as_in_environment(data: dict, model: type[BaseModel], none_text: str | None)
     for name, value in data.items():
         field = model.model_fields.get(name)
         if field is not None and isinstance(value, str):
-            value = _as_in_environment(value, field.annotation, none_text)
+            value = _as_in_environment(value, field, none_text)
         elif field is not None and isinstance(value, dict) and (section := _section(field.annotation)) is not None:
             value = as_in_environment(value, section, none_text)
         read[name] = value
     return read
 
 
-def _as_in_environment(text: str, annotation: Any, none_text: str | None) -> Any:
+def _as_in_environment(text: str, field: FieldInfo, none_text: str | None) -> Any:
     if none_text is not None and text == none_text:
         return None
-    if not _takes_json(annotation):
+    # the rules EnvSettingsSource decodes JSON by (a list, set, tuple, mapping, model or dataclass, alone or in a
+    # union), called rather than copied, so that a file and the environment cannot disagree
+    annotation, metadata = field.annotation, field.metadata
+    if not (_annotation_is_complex(annotation, metadata) or _union_is_complex(annotation, metadata)):
         return text
     try:
         return json.loads(text)
@@ -71,17 +75,6 @@ def _members(annotation: Any) -> tuple[Any, ...]:
     if origin is Union or origin is types.UnionType:
         return tuple(member for arg in get_args(annotation) for member in _members(arg))
     return (annotation,)
-
-
-def _takes_json(annotation: Any) -> bool:
-    """pydantic-settings' rule for an environment variable: a list, tuple, set, mapping, model or dataclass (alone or
-    in a union) is given as JSON."""
-    for member in _members(annotation):
-        container = get_origin(member) or member
-        if isinstance(container, type) and (issubclass(container, list | tuple | set | frozenset | Mapping | BaseModel)
-                                            or dataclasses.is_dataclass(container)):
-            return True
-    return False
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:
