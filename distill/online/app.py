@@ -231,10 +231,12 @@ def _job_for_alert(jobs: TrainJobs, payload: WebhookPayload, alert):
 
 
 def cooling_version(versions: StudentVersions, alert, cooldown_s: float) -> str | None:
-    """The active version an alert names when it replaced another less than `cooldown_s` ago: the drift episode
-    whose job promoted it is not over yet. None otherwise (and for an alert about no version)."""
-    named = alert.labels.get("student_version")
-    if named is None or cooldown_s <= 0 or versions.slot().active != named:
+    """The active version an alert is about when it replaced another less than `cooldown_s` ago: the drift episode
+    whose job promoted it is not over yet. None otherwise. An alert that names no version (the teacher-share alert)
+    is about the version serving now."""
+    active = versions.slot().active
+    named = alert.labels.get("student_version") or active
+    if named is None or cooldown_s <= 0 or active != named:
         return None
     version = versions.get(named)
     since = version.changed_at

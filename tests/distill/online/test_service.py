@@ -179,6 +179,26 @@ def test_a_promotion_ends_the_drift_episode_an_alert_about_the_replaced_version_
     assert [job["id"] for job in call(trainer, "GET", "/v1/jobs").json()["jobs"]] == [first]
 
 
+def test_an_alert_naming_no_version_within_the_cooldown_starts_no_second_job(tmp_path):
+    """The teacher-share alert carries no student_version; still firing after the episode's promotion (the share
+    takes a window to fall) it started a second job (the drift e2e test caught it: job 2, an alert about no
+    version). It is about the version serving now, so the cool-down holds it too."""
+    settings, path = trainer_config(tmp_path, promotion_cooldown_s=1.0)
+    store = ShadowStore(settings.store_url)
+    try:
+        versions = StudentVersions(store)
+        versions.seed(StudentVersion(name="initial", kind="model", model_dir=str(tmp_path)))
+        versions.register(StudentVersion(name="rd-1", kind="model", model_dir=str(tmp_path)))
+        versions.promote("rd-1", versions.slot())
+    finally:
+        store.close()
+    share = webhook(labels={"alertname": "KdgateTeacherShareHigh"}, fingerprint="f3")
+    with ThreadedServer(create_trainer_app(settings, path)) as trainer:
+        assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=share).json()["ignored"] == 1
+        time.sleep(1.2)
+        assert len(call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=share).json()["queued"]) == 1
+
+
 def test_a_new_version_still_drifting_after_the_cooldown_is_a_new_episode(tmp_path):
     settings, path = trainer_config(tmp_path, promotion_cooldown_s=1.0)
     store = ShadowStore(settings.store_url)
