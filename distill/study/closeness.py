@@ -31,8 +31,9 @@ class Closeness:
         self._teacher = None
         self._answers: list[str] | None = None
 
-    def of(self, name: str, model_dir: Path) -> dict:
-        """A student's figures (the pruned student before training, or an arm's run)."""
+    def of(self, name: str, model_dir: Path | None) -> dict:
+        """A student's figures (the pruned student before training, or an arm's run); `model_dir` may be None
+        where they are recorded already."""
         path = self.folder / f"{name}-closeness.json"
         if path.is_file():
             return json.loads(path.read_text())

@@ -7,7 +7,8 @@
     out/teacher-cache/   the teacher's greedy answers with top-k logprobs on the training tickets
     out/gold-cache/      ground truth on exactly the prompts the teacher cache kept, in its order
     out/runs/ARM-sSEED/  each arm's run (its checkpoint removed once the model is written)
-    out/evals/NAME.json  each model's score on the held-out tickets
+    out/evals/NAME.json  each model's score on the held-out tickets, under the study's key (record.py: an arm
+                         scored there, or in `scores_from`, is not trained again)
     out/evals/NAME-closeness.json   and how close it is to the teacher there (closeness.py)
     out/study.json, out/study.md
 """
@@ -26,6 +27,7 @@ from distill.config import TrainConfig
 from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
 from distill.study.arms import ARMS
 from distill.study.closeness import Closeness
+from distill.study.record import Record, study_key
 from distill.study.report import summarise, table
 from distill.study.settings import StudySettings
 
@@ -48,16 +50,24 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
     gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
     caches = {"gold": gold, "teacher": teacher_cache}
+    record = Record(out / "evals", study_key(settings, teacher), settings.scores_from)
     references = {"teacher": teacher, "base": base, "student-init": student_init}
-    scores = {name: _evaluate(settings, name, model, test, log) for name, model in references.items()}
+    scores = {name: _evaluate(settings, record, name, model, test, log) for name, model in references.items()}
     closeness = Closeness(out, teacher, test, settings.threads, log)
     scores["student-init"]["closeness"] = closeness.of("student-init", student_init)
     for done, seed in enumerate(settings.seeds, start=1):
         for arm in settings.arms:
             name = f"{arm}-s{seed}"
-            model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
-            scores[name] = {**_evaluate(settings, name, model, test, log), "train_minutes": minutes,
-                            "closeness": closeness.of(name, model)}
+            scored = record.complete(name)
+            if scored is None:
+                model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
+                scored = _evaluate(settings, record, name, model, test, log, train_minutes=minutes)
+                scored["closeness"] = closeness.of(name, model)
+            else:
+                scored["closeness"] = closeness.of(name, None)
+                if name in record.taken:
+                    log(f"{name}: scored in {settings.scores_from}, not trained again")
+            scores[name] = scored
         # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
         summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores)
         if done < len(settings.seeds):
@@ -191,10 +201,11 @@ def _train_arm(settings: StudySettings, arm: str, seed: int, caches: dict, teach
     return model, json.loads(timing.read_text()) if timing.is_file() else None
 
 
-def _evaluate(settings: StudySettings, name: str, model: Path, tickets: list, log: Log) -> dict:
-    path = settings.out / "evals" / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def _evaluate(settings: StudySettings, record: Record, name: str, model: Path, tickets: list, log: Log,
+              **extra) -> dict:
+    recorded = record.score(name)
+    if recorded is not None:
+        return recorded
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -204,8 +215,7 @@ def _evaluate(settings: StudySettings, name: str, model: Path, tickets: list, lo
         torch.set_num_threads(settings.threads)
     loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    scored = evaluate_model(loaded, tokenizer, tickets, batch_size=settings.eval_batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(scored, indent=1))
+    scored = record.write(name, {**evaluate_model(loaded, tokenizer, tickets, batch_size=settings.eval_batch_size),
+                                 **extra})
     log(f"{name}: exact match {scored['exact_match']:.1%} on {len(tickets)} held-out tickets")
     return scored

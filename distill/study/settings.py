@@ -44,6 +44,9 @@ class StudySettings(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1,
                             description="which arms, by name (distill/study/arms.py; `on-policy` only when named)")
+    scores_from: Path | None = Field(default=None, description="an earlier run's evals/ folder (the project's "
+                                     "own: docs/study/evals): arms scored there by this study (same settings, same "
+                                     "teacher) are not trained again")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: StudentSettings = Field(default_factory=StudentSettings)
     train: ArmSettings = Field(default_factory=ArmSettings)

@@ -29,8 +29,8 @@ TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2",
         f"arms=[{','.join(ARMS)}]"]  # the on-policy arms the default leaves out too
 
 
-def _study(out):
-    return subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--out", str(out), *TINY],
+def _study(out, *more):
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--out", str(out), *TINY, *more],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -67,6 +67,27 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0:" not in again.stdout and "exact match" not in again.stdout.split("Teacher ")[0]
     assert {path: path.stat().st_mtime_ns for path in models} == models
+    # on a fresh machine: the teacher is trained again, comes out the same, and the recorded scores are taken
+    elsewhere = _study(tmp_path / "elsewhere", f"scores_from={out / 'evals'}")
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    assert not list((tmp_path / "elsewhere").glob("runs/*-s*")) and "seed 0:" not in elsewhere.stdout
+    assert f"kd-t1-a1-s1: scored in {out / 'evals'}, not trained again" in elsewhere.stdout
+    assert (tmp_path / "elsewhere" / "study.md").read_text() == (out / "study.md").read_text()
+
+
+def test_scores_of_another_study_are_refused_not_tabulated(tmp_path):
+    from distill.study.record import Record
+
+    earlier = tmp_path / "earlier"
+    Record(earlier, "a" * 64, None).write("sft-gold-s0", {"exact_match": 0.5, "train_minutes": 1.0})
+    (earlier / "sft-gold-s0-closeness.json").write_text("{}")
+    assert Record(tmp_path / "again", "a" * 64, earlier).complete("sft-gold-s0")["exact_match"] == 0.5
+    with pytest.raises(ValueError, match=r"scores_from: none of the 1 scores in .*earlier were made by this study"):
+        Record(tmp_path / "other", "b" * 64, earlier)  # other settings, or a teacher that came out different
+    with pytest.raises(ValueError, match=r"sft-gold-s0.json was scored by a study with other settings"):
+        Record(earlier, "b" * 64, None).score("sft-gold-s0")  # its own out, rerun with other sizes
+    with pytest.raises(ValueError, match="scores_from: .*nowhere is not a folder"):
+        Record(tmp_path / "x", "a" * 64, tmp_path / "nowhere")
 
 
 def test_closeness_of_the_teacher_to_itself_is_zero_kl_and_full_agreement(tmp_path):
