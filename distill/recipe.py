@@ -34,7 +34,7 @@ from tqdm import tqdm
 from distill.config import TrainConfig
 from distill.data.cache import Manifest, read_answers
 from distill.losses import IGNORE_INDEX, ChunkedKD, HiddenStateMSE, SampledKD, SparseKD
-from distill.rows import Row, collate
+from distill.rows import BatchOrder, Row, collate
 from distill.sampling import sample_targets
 from distill.step import DistillStep
 from runtime.chat_template import render
@@ -198,9 +198,10 @@ class Recipe:
 
     def train(self) -> list[dict]:
         config, accelerator = self.config, self.accelerator
-        rng = random.Random(config.seed + self.step)  # the same order on every rank; each takes its own slice
-        order: list[int] = []
         world, rank = accelerator.num_processes, accelerator.process_index
+        # the same order on every rank (each takes its own slice); a resumed run skips what it has trained on
+        order = BatchOrder(len(self.train_rows), config.batch_size * world, config.seed,
+                           skip=self.step * config.grad_accum)
         bar = tqdm(total=config.steps, initial=self.step, desc="distill", unit="step",
                    disable=not accelerator.is_main_process)
         started, tokens = time.monotonic(), 0
@@ -212,11 +213,7 @@ class Recipe:
             if config.loss.hidden.teacher is not None:
                 parts["hidden_loss"] = 0.0
             for micro in range(config.grad_accum):
-                while len(order) < config.batch_size * world:
-                    refill = list(range(len(self.train_rows)))
-                    rng.shuffle(refill)
-                    order.extend(refill)
-                picked = [order.pop() for _ in range(config.batch_size * world)]
+                picked = order.next()
                 rows = [self.train_rows[i] for i in picked[rank * config.batch_size:][:config.batch_size]]
                 if config.loss.estimator == "sampled" and config.loss.resample:
                     rows = self._sampled(rows, np.random.default_rng([config.seed, self.step, micro, rank]))

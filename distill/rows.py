@@ -1,9 +1,10 @@
 """A training row as the recipe sees it: the prompt and answer token ids, and the teacher's top-k at each answer
 token; and a batch of them, padded. Off-policy rows come from a teacher cache, on-policy ones from the student's own
-samples scored by the online teacher (`distill.on_policy`)."""
+samples scored by the online teacher (`distill.on_policy`); and the order batches take them in."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,26 @@ class Row:
     answer_start: int
     topk_ids: np.ndarray  # (A, k) the teacher's top-k at each answer token
     topk_logprobs: np.ndarray  # (A, k)
+
+
+class BatchOrder:
+    """The rows each batch takes: shuffled passes over the rows from one generator seeded by `seed`, the batch
+    taken from the end of what is left. `skip` batches are drawn and dropped first, so a run resumed at a step
+    takes exactly the batches a run that never stopped takes there (a resumed run used to reseed at its step)."""
+
+    def __init__(self, rows: int, size: int, seed: int, skip: int = 0):
+        self.rows, self.size = rows, size
+        self._rng = random.Random(seed)
+        self._left: list[int] = []
+        for _ in range(skip):
+            self.next()
+
+    def next(self) -> list[int]:
+        while len(self._left) < self.size:
+            refill = list(range(self.rows))
+            self._rng.shuffle(refill)
+            self._left.extend(refill)
+        return [self._left.pop() for _ in range(self.size)]
 
 
 def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:

@@ -91,6 +91,34 @@ def test_train_checkpoint_and_resume(demo_dirs, cache, tmp_path):
         Recipe(config(demo_dirs, cache, tmp_path, "loss.alpha=0.9")).setup()
 
 
+def test_a_resumed_run_learns_exactly_what_an_uninterrupted_one_does(demo_dirs, cache, tmp_path, monkeypatch):
+    """A run stopped after its step-2 checkpoint and resumed takes the same batches in the same order as one that
+    never stopped: it drew a fresh shuffle at the resumed step, so an interrupted teacher came out another model
+    (the study keys its scores by the teacher's weights)."""
+    straight = run(config(demo_dirs, cache, tmp_path / "straight", "steps=6", "checkpoint_every=3", "eval_every=3",
+                          "batch_size=5"))
+
+    class Stopped(Exception):
+        pass
+
+    save = Recipe.save_checkpoint
+
+    def save_then_stop(recipe):
+        save(recipe)
+        if recipe.step == 3:
+            raise Stopped
+
+    interrupted = config(demo_dirs, cache, tmp_path / "resumed", "steps=6", "checkpoint_every=3", "eval_every=3",
+                         "batch_size=5")
+    with monkeypatch.context() as patched:
+        patched.setattr(Recipe, "save_checkpoint", save_then_stop)
+        with pytest.raises(Stopped):
+            run(interrupted)
+    resumed = run(interrupted)
+    one, other = (AutoModelForCausalLM.from_pretrained(folder).state_dict() for folder in (straight, resumed))
+    assert all(torch.equal(one[name], other[name]) for name in one)
+
+
 def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(demo_dirs, cache, tmp_path):
     """A run stopped before an upgrade that added a defaulted setting (here loss.on_policy.start_step) is the same
     config: it was refused as another one (the study's stopped runs after the upgrade that added it)."""
