@@ -19,6 +19,18 @@ from distill.demo import (
 app = typer.Typer(help="The embedded demo task: build and evaluate its teacher and student.", no_args_is_help=True)
 
 
+def check_model_folders(**folders: Path) -> None:
+    """Each option's folder is a Hugging Face model folder (config.json inside), or that option is refused (exit 2);
+    called first in a command, before anything starts. Keyword: the option's name (`student_dir` for
+    --student-dir)."""
+    from runtime.settings import model_dir_problem
+
+    for name, folder in folders.items():
+        problem = model_dir_problem(folder)
+        if problem:
+            raise typer.BadParameter(problem, param_hint=f"--{name.replace('_', '-')}")
+
+
 @app.command()
 def build(
     out: Path = typer.Option(ARTIFACTS_DIR, help="where the teacher/ and student/ model folders go (with --tools: "

@@ -1,5 +1,6 @@
-"""`kdgate demo drift` as a user reads it: its help has --threads, and the command it prints to watch the
-trainer's jobs works against a real trainer service, as typed."""
+"""`kdgate demo drift` as a user reads it: its help has --threads, the command it prints to watch the trainer's
+jobs works against a real trainer service, as typed, and a pair it cannot run (a folder that is not a model, a
+student with another tokenizer) is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kdgate.drift.stack import Stack, start_trainer
+from runtime.demo import DEMO_TOOLS_DIR
 from tests.conftest import ROOT
 
 
@@ -44,3 +46,24 @@ def shell(command: str) -> subprocess.CompletedProcess:
 def user_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
     return env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+
+
+def test_a_folder_that_is_not_a_model_is_refused_naming_its_option(tmp_path):
+    """Checked before anything starts: no replay cache, no stack under --out."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    for option in ("--teacher", "--student"):
+        out = tmp_path / f"run{option}"
+        done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", option, str(empty), "--out",
+                               str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=user_env())
+        assert done.returncode == 2, done.stderr
+        assert f"Invalid value for {option}" in done.stderr and "config.json" in done.stderr, done.stderr
+        assert not out.exists()
+
+
+def test_a_student_with_another_tokenizer_than_the_teacher_is_refused():
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--student",
+                           str(DEMO_TOOLS_DIR / "student"), "--out", "/nonexistent/never-made"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=user_env())
+    assert done.returncode == 2, done.stderr
+    assert "Invalid value for --student" in done.stderr and "another tokenizer" in done.stderr, done.stderr
