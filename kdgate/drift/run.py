@@ -104,19 +104,21 @@ def _exit(signum, frame) -> None:
 def replay_cache(out: Path, teacher: Path, prompts: int, threads: int, ticker: Ticker) -> Path:
     """A sample of the pre-launch student's own distillation data (`teacher`'s answers to pre-launch tickets): what
     the trainer rehearses so that learning the launch does not cost what the student knew (kept between runs of
-    the same teacher; one made by another is refused, its token ids are another tokenizer's)."""
+    the same teacher, resumed when short of `prompts`; one made by another is refused, its token ids may be another
+    tokenizer's)."""
     from distill.data.cache import Manifest
     from distill.data.make import Teacher
 
     cache = out / "replay-cache"
     ticker.enter("replay cache")
     if (cache / "manifest.json").is_file():
-        made_by = Manifest.load(cache).teacher
-        if made_by != Teacher(teacher).name:
-            raise SystemExit(f"kdgate: the replay cache {cache} was made by the teacher {made_by}, not by "
+        made = Manifest.load(cache)
+        if made.teacher != Teacher(teacher).name:
+            raise SystemExit(f"kdgate: the replay cache {cache} was made by the teacher {made.teacher}, not by "
                              f"{Teacher(teacher).name}; give another --out, or delete {cache}")
-        ticker.say(f"reusing the replay cache {cache}")
-        return cache
+        if made.rows >= prompts:  # an interrupted one says 0 rows (its manifest is written first): resumed below
+            ticker.say(f"reusing the replay cache {cache}")
+            return cache
     log = out / "replay-cache.log"
     ticker.say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (80 s for the demo's on "
                f"an idle 2-core machine; log: {log}) ...")

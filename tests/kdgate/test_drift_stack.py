@@ -53,5 +53,14 @@ def test_the_replay_cache_is_the_given_teachers_and_another_teachers_is_refused(
         assert manifest.teacher == str(TEACHER.resolve()) and manifest.rows == 4
         assert manifest.tokenizer_hash == tokenizer_hash(STUDENT)
         assert replay_cache(tmp_path, TEACHER, prompts=4, threads=1, ticker=ticker) == cache  # kept between runs
+        assert said[-1] == f"reusing the replay cache {cache}"
         with pytest.raises(SystemExit, match="was made by the teacher"):
             replay_cache(tmp_path, DEMO_TEACHER_DIR, prompts=4, threads=1, ticker=ticker)
+
+
+def test_a_replay_cache_short_of_its_prompts_is_resumed_not_reused(tmp_path):
+    """What an interrupted cache looks like to the next run (its manifest is written before its first answer)."""
+    with Ticker(lambda line: None, interval_s=60.0) as ticker:
+        cache = replay_cache(tmp_path, TEACHER, prompts=3, threads=1, ticker=ticker)
+        assert replay_cache(tmp_path, TEACHER, prompts=5, threads=1, ticker=ticker) == cache
+    assert Manifest.load(cache).rows == 5
