@@ -47,6 +47,9 @@ class DriftSettings:
     # another pair has its own
     teacher_target: float = 0.36
     train_steps: int = 800
+    # `key=value` overrides of the job's recipe (distill/configs/redistill.yaml, sized for the demo student), after
+    # train_steps: another pair's learning rate or batch size
+    train_overrides: tuple[str, ...] = ()
     replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
     every_s: float = 5.0  # timeline sampling
     min_records: int = 450  # the job's `dataset.min_records`
@@ -90,7 +93,8 @@ def run(settings: DriftSettings, say=print) -> dict:
 
 def _trainer(settings: DriftSettings, replay: Path) -> dict:
     """The trainer's settings for the scenario (beside the stack's own: store, keys, gateway)."""
-    return {"train": {"threads": settings.threads, "overrides": [f"steps={settings.train_steps}"]},
+    return {"train": {"threads": settings.threads,
+                      "overrides": [f"steps={settings.train_steps}", *settings.train_overrides]},
             "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
                         "replay_cache": str(replay)},
             "golden": {"examples": settings.golden_examples},
