@@ -20,7 +20,7 @@ from distill.online.dataset import build, write_cache
 from distill.online.evaluate import heldout_figures
 from distill.online.settings import TrainerSettings
 from kdgate.drift.report import offline
-from kdgate.drift.run import PRELAUNCH_STUDENT
+from runtime.demo import DEMO_PRELAUNCH_STUDENT_DIR as PRELAUNCH_STUDENT
 from runtime.store.records import ShadowStore
 
 CHOICES = {"on-policy only": (1.0, []), "off-policy only": (0.0, []), "the mix (default)": (None, []),

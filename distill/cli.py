@@ -62,11 +62,12 @@ def generate(
 
 def overrides(ctx: typer.Context) -> list[str]:
     """The `key=value` arguments after the options; a stray `--flag` is a mistyped option, not an override."""
-    for argument in ctx.args:
-        if argument.startswith("-"):
-            raise typer.BadParameter(f"no such option: {argument.split('=')[0]}; after the options come "
-                                     "`key=value` overrides (e.g. steps=400)")
-    return list(ctx.args)
+    from distill.config import command_overrides
+
+    try:
+        return command_overrides(ctx.args)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

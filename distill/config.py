@@ -147,6 +147,15 @@ def load_config(path: Path | None, overrides: list[str]) -> TrainConfig:
     return validated(TrainConfig, apply_overrides(raw, overrides, "loss.alpha=0.7"), "training config")
 
 
+def command_overrides(arguments: list[str]) -> list[str]:
+    """The `key=value` arguments after a command's options; a stray `--flag` is a mistyped option (ValueError)."""
+    for argument in arguments:
+        if argument.startswith("-"):
+            raise ValueError(f"no such option: {argument.split('=')[0]}; after the options come `key=value` "
+                             "overrides (e.g. steps=400)")
+    return list(arguments)
+
+
 def apply_overrides(raw: dict, overrides: list[str], example: str) -> dict:
     """`raw` with each `a.b=value` set (the value parsed as YAML)."""
     for override in overrides:

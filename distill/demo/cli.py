@@ -19,6 +19,18 @@ from distill.demo import (
 app = typer.Typer(help="The embedded demo task: build and evaluate its teacher and student.", no_args_is_help=True)
 
 
+def check_model_folders(**folders: Path) -> None:
+    """Each option's folder is a Hugging Face model folder (config.json inside), or that option is refused (exit 2);
+    called first in a command, before anything starts. Keyword: the option's name (`student_dir` for
+    --student-dir)."""
+    from runtime.settings import model_dir_problem
+
+    for name, folder in folders.items():
+        problem = model_dir_problem(folder)
+        if problem:
+            raise typer.BadParameter(problem, param_hint=f"--{name.replace('_', '-')}")
+
+
 @app.command()
 def build(
     out: Path = typer.Option(ARTIFACTS_DIR, help="where the teacher/ and student/ model folders go (with --tools: "
@@ -117,16 +129,55 @@ def prelaunch_prompts(
 
     Example:  kdgate demo prelaunch-prompts --count 12000 --out runs/prelaunch-prompts.jsonl
     """
-    import json
-
     from distill.demo import drift
+    from distill.demo.prompts import write_prelaunch_prompts
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tickets = drift.take(drift.prelaunch("train", seed), count)
-    out.write_text("".join(json.dumps({"id": f"pre-{index}", "messages": ticket.messages(),
-                                       "reference": ticket.answer_json()}) + "\n"
-                           for index, ticket in enumerate(tickets)))
+    write_prelaunch_prompts(out, count, seed)
     typer.echo(f"wrote {count} pre-launch prompts (none about {', '.join(drift.LAUNCHED)}) to {out}")
+
+
+@app.command("prelaunch-student", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prelaunch_student(
+    ctx: typer.Context,
+    teacher: Path = typer.Option(DEMO_TEACHER_DIR, exists=True, file_okay=False, help="the teacher's model folder"),
+    init: Path = typer.Option(DEMO_STUDENT_DIR, exists=True, file_okay=False, help="the student's start, with the "
+                              "teacher's tokenizer (for SmolLM2: the depth-pruned student)"),
+    out: Path = typer.Option(..., file_okay=False, help="the pre-launch student's model folder (replaced)"),
+    prompts: int = typer.Option(12000, min=1, help="pre-launch training tickets the teacher answers"),
+    steps: int = typer.Option(3000, min=1, help="the recipe's optimizer steps"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="re-initialise the init's weights (seeded), "
+                                      "as the demo's pre-launch student was; without it training starts from them"),
+    config: Path = typer.Option(CONFIGS_DIR / "demo_kd.yaml", exists=True, dir_okay=False, help="the recipe's "
+                                "YAML; extra `key=value` arguments override it (e.g. optim.lr=3e-4 batch_size=8)"),
+    work: Path | None = typer.Option(None, file_okay=False, help="the prompts, the teacher cache and the recipe's "
+                                     "run, resumed by a rerun; default: OUT-work beside OUT"),
+    seed: int = typer.Option(0, help="of the tickets, the teacher's answers and the recipe"),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads"),
+) -> None:
+    """Make the drift scenario's pre-launch student for any teacher, as the demo's was: the teacher's top-20 on
+    pre-launch tickets (`prelaunch-prompts`, `distill generate`), then the KD recipe (`distill train`, demo_kd.yaml)
+    from --init. `kdgate demo drift --teacher T --student OUT` then serves it.
+
+    Example:  kdgate demo prelaunch-student --from-scratch --threads 2 --out runs/student-prelaunch
+    Example:  kdgate demo prelaunch-student --teacher T --init S --out runs/pair/student-prelaunch optim.lr=3e-4
+    """
+    from distill.config import command_overrides
+    from distill.demo.prelaunch import PrelaunchSettings, build_prelaunch_student
+
+    check_model_folders(teacher=teacher, init=init)
+    try:
+        settings = PrelaunchSettings(teacher=teacher, init=init, out=out, prompts=prompts, steps=steps,
+                                     from_scratch=from_scratch, config=config,
+                                     overrides=tuple(command_overrides(ctx.args)), seed=seed, threads=threads,
+                                     work=work)
+        report = build_prelaunch_student(settings, log=typer.echo)
+    except ValueError as error:  # a mistyped option, another tokenizer, a bad override, other settings' cache
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    kept = report["cache"]["kept"]
+    last = report["training"][-1] if report["training"] else {}
+    typer.echo(f"wrote the pre-launch student {out} ({kept} teacher answers, {steps} steps"
+               + (f"; held-out agreement with the teacher {last['teacher_agreement']:.1%}" if last else "") + ")")
 
 
 @app.command("eval")

@@ -6,15 +6,31 @@ from pathlib import Path
 
 import typer
 
+from distill.demo.cli import check_model_folders
+from runtime.demo import DEMO_PRELAUNCH_STUDENT_DIR, DEMO_TEACHER_DIR
+
 
 def drift(
     out: Path = typer.Option(Path("runs/drift"), file_okay=False, help="logs, the store, drift.json and drift.png"),
+    teacher: Path = typer.Option(DEMO_TEACHER_DIR, exists=True, file_okay=False, help="the teacher's model folder: the "
+                                 "gateway's teacher, the replay cache's and the report's"),
+    student: Path = typer.Option(DEMO_PRELAUNCH_STUDENT_DIR, exists=True, file_okay=False, help="the "
+                                 "pre-launch student's model folder (the teacher's tokenizer; `kdgate demo "
+                                 "prelaunch-student` makes one): the gateway serves it first and the job re-distils "
+                                 "it"),
+    teacher_target: float = typer.Option(0.36, min=0.0, max=1.0, help="the pre-launch student's handoff share on "
+                                         "usual tickets (the gateway's `routing.handoff.target_teacher_fraction`, "
+                                         "the trainer's refit target); 0.36 was measured for the demo pair: "
+                                         "measure it for another (benchmarks/teacher_share.py)"),
     rate: float = typer.Option(2.0, min=0.1, help="client requests per second"),
     usual_s: float = typer.Option(90.0, min=0.0, help="seconds of usual traffic before the launch"),
     launch_share: float = typer.Option(0.5, min=0.0, max=1.0, help="share of launched-product tickets after it"),
     after_s: float = typer.Option(150.0, min=0.0, help="seconds of traffic after the promotion"),
     max_wait_s: float = typer.Option(900.0, min=1.0, help="longest wait from the launch to a promotion"),
     train_steps: int = typer.Option(800, min=1, help="the re-distillation job's training steps"),
+    train_override: list[str] | None = typer.Option(None, help="KEY=VALUE, repeat: an override of the job's recipe "
+                                                    "(distill/configs/redistill.yaml, sized for the demo student), "
+                                                    "e.g. optim.lr=3e-4 or batch_size=8 for another pair"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads of each process that runs a model (the teacher "
                                 "making the replay cache, the gateway, the job, the offline evaluation); they share "
                                 "the CPUs, so 1 unless the machine has cores to spare"),
@@ -29,16 +45,28 @@ def drift(
     without news, names the job's log when it starts, and prints the command that watches the trainer's jobs.
 
     Example:  kdgate demo drift --out runs/drift --threads 1
+    Example:  kdgate demo drift --teacher runs/pair/teacher --student runs/pair/student-prelaunch --teacher-target 0.4
     """
-    from kdgate.drift.run import PRELAUNCH_STUDENT, DriftSettings, run
+    from distill.config import load_config
+    from distill.online.settings import TrainSettings
+    from kdgate.drift.run import DriftSettings, run
     from kdgate.drift.stack import MissingTool
+    from runtime.tokenizer_hash import tokenizer_hash
 
-    if not (PRELAUNCH_STUDENT / "config.json").is_file():
-        typer.echo(f"kdgate: the pre-launch student is missing at {PRELAUNCH_STUDENT}", err=True)
-        raise typer.Exit(2)
+    check_model_folders(teacher=teacher, student=student)
+    try:  # the job's recipe with these overrides, checked now rather than when the job starts after the drift
+        load_config(TrainSettings().config, list(train_override or []))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--train-override") from None
+    if tokenizer_hash(teacher) != tokenizer_hash(student):
+        raise typer.BadParameter(f"{student} has another tokenizer than the teacher {teacher}: the teacher's scores "
+                                 "of its tokens would mean other tokens; give a student with the teacher's tokenizer",
+                                 param_hint="--student")
     try:
-        run(DriftSettings(out=out, rate=rate, usual_s=usual_s, launch_share=launch_share, after_s=after_s,
-                          max_wait_s=max_wait_s, train_steps=train_steps, threads=threads), say=typer.echo)
+        run(DriftSettings(out=out, teacher=teacher, student=student, teacher_target=teacher_target, rate=rate,
+                          usual_s=usual_s, launch_share=launch_share, after_s=after_s, max_wait_s=max_wait_s,
+                          train_steps=train_steps, train_overrides=tuple(train_override or ()), threads=threads),
+            say=typer.echo)
     except MissingTool as error:
         typer.echo(f"kdgate: {error}", err=True)
         raise typer.Exit(2) from None

@@ -22,17 +22,19 @@ from pathlib import Path
 
 from kdgate.drift.progress import Ticker, clock_time, log_progress
 from kdgate.drift.report import live, offline, targets
-from kdgate.drift.stack import Stack, start_stack
+from kdgate.drift.stack import Stack, start_stack, store_url
 from kdgate.drift.traffic import Traffic
 from kdgate.drift.watch import Sample, alert_signals, plot, rows, sample
-from runtime.demo import ARTIFACTS_DIR, DEMO_TEACHER_DIR
-
-PRELAUNCH_STUDENT = ARTIFACTS_DIR / "student-prelaunch"
+from runtime.demo import ARTIFACTS_DIR, DEMO_PRELAUNCH_STUDENT_DIR, DEMO_TEACHER_DIR
 
 
 @dataclass(frozen=True)
 class DriftSettings:
     out: Path = Path("runs/drift")
+    # the pair, Hugging Face model folders with one tokenizer: the teacher (the gateway's, the replay cache's and
+    # the report's) and the student the gateway serves first, which the trainer's job re-distils
+    teacher: Path = DEMO_TEACHER_DIR
+    student: Path = DEMO_PRELAUNCH_STUDENT_DIR
     rate: float = 2.0  # client requests per second, all along
     usual_s: float = 90.0  # usual traffic before the launch
     launch_share: float = 0.5  # share of launched-product tickets after the launch
@@ -41,8 +43,13 @@ class DriftSettings:
     window: str = "2m"  # the rules' 15m windows, compressed
     hold: str = "20s"  # the rules' `for:`, compressed
     sample_rate: float = 0.5  # shadow share of student-served answers
-    teacher_target: float = 0.36  # the pre-launch student's handoff share, usual tickets (benchmarks/teacher_share.py)
+    # the pre-launch student's handoff share on usual tickets, measured for the demo pair (benchmarks/teacher_share.py);
+    # another pair has its own
+    teacher_target: float = 0.36
     train_steps: int = 800
+    # `key=value` overrides of the job's recipe (distill/configs/redistill.yaml, sized for the demo student), after
+    # train_steps: another pair's learning rate or batch size
+    train_overrides: tuple[str, ...] = ()
     replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
     every_s: float = 5.0  # timeline sampling
     min_records: int = 450  # the job's `dataset.min_records`
@@ -59,7 +66,7 @@ def run(settings: DriftSettings, say=print) -> dict:
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     with Ticker(say, settings.status_every_s) as ticker:
-        replay = replay_cache(out, settings.replay_prompts, settings.threads, ticker)
+        replay = replay_cache(out, settings.teacher, settings.replay_prompts, settings.threads, ticker)
         ticker.say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} "
                    "...")
         ticker.enter("starting the stack")
@@ -67,8 +74,9 @@ def run(settings: DriftSettings, say=print) -> dict:
         def starting(name: str, log: Path) -> None:
             ticker.update(lambda: f"waiting for {name} to be ready (log: {log})")
 
-        stack = start_stack(out / "stack", PRELAUNCH_STUDENT, settings.window, settings.hold, settings.sample_rate,
-                            settings.teacher_target, _trainer(settings, replay), settings.threads, starting)
+        stack = start_stack(out / "stack", settings.teacher, settings.student, settings.window, settings.hold,
+                            settings.sample_rate, settings.teacher_target, _trainer(settings, replay),
+                            settings.threads, starting)
         ticker.say(f"watch the trainer's jobs: {stack.watch_command()}")
         previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
         try:
@@ -85,7 +93,8 @@ def run(settings: DriftSettings, say=print) -> dict:
 
 def _trainer(settings: DriftSettings, replay: Path) -> dict:
     """The trainer's settings for the scenario (beside the stack's own: store, keys, gateway)."""
-    return {"train": {"threads": settings.threads, "overrides": [f"steps={settings.train_steps}"]},
+    return {"train": {"threads": settings.threads,
+                      "overrides": [f"steps={settings.train_steps}", *settings.train_overrides]},
             "dataset": {"min_records": settings.min_records, "gather_wait_s": settings.gather_wait_s,
                         "replay_cache": str(replay)},
             "golden": {"examples": settings.golden_examples},
@@ -96,23 +105,33 @@ def _exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def replay_cache(out: Path, prompts: int, threads: int, ticker: Ticker) -> Path:
-    """A sample of the pre-launch student's own distillation data (teacher answers to pre-launch tickets): what the
-    trainer rehearses so that learning the launch does not cost what the student knew (kept between runs)."""
+def replay_cache(out: Path, teacher: Path, prompts: int, threads: int, ticker: Ticker) -> Path:
+    """A sample of the pre-launch student's own distillation data (`teacher`'s answers to pre-launch tickets): what
+    the trainer rehearses so that learning the launch does not cost what the student knew (kept between runs of
+    the same teacher, resumed when short of `prompts`; one made by another is refused, its token ids may be another
+    tokenizer's)."""
+    from distill.data.cache import Manifest
+    from distill.data.make import Teacher
+
     cache = out / "replay-cache"
     ticker.enter("replay cache")
     if (cache / "manifest.json").is_file():
-        ticker.say(f"reusing the replay cache {cache}")
-        return cache
+        made = Manifest.load(cache)
+        if made.teacher != Teacher(teacher).name:
+            raise SystemExit(f"kdgate: the replay cache {cache} was made by the teacher {made.teacher}, not by "
+                             f"{Teacher(teacher).name}; give another --out, or delete {cache}")
+        if made.rows >= prompts:  # an interrupted one says 0 rows (its manifest is written first): resumed below
+            ticker.say(f"reusing the replay cache {cache}")
+            return cache
     log = out / "replay-cache.log"
-    ticker.say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (80 s on an idle "
-               f"2-core machine; log: {log}) ...")
+    ticker.say(f"making the replay cache: the teacher answers {prompts} pre-launch tickets (80 s for the demo's on "
+               f"an idle 2-core machine; log: {log}) ...")
     ticker.update(lambda: log_progress(log))
     kdgate = [sys.executable, "-m", "kdgate.cli"]
     commands = [kdgate + ["demo", "prelaunch-prompts", "--count", str(prompts), "--out",
                           str(out / "replay-prompts.jsonl")],
                 kdgate + ["distill", "generate", "--prompts", str(out / "replay-prompts.jsonl"), "--top-k", "20",
-                          "--threads", str(threads), "--out", str(cache)]]
+                          "--teacher-dir", str(teacher), "--threads", str(threads), "--out", str(cache)]]
     with log.open("w") as output:
         for command in commands:
             done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
@@ -221,7 +240,7 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
 
     jobs = trainer_jobs()
     promoted = next((job for job in jobs if job["state"] == "succeeded"), None)
-    models = {"teacher": DEMO_TEACHER_DIR, "pre-launch student": PRELAUNCH_STUDENT}
+    models = {"teacher": settings.teacher, "pre-launch student": settings.student}
     if promoted is not None:
         models["re-distilled student"] = stack.job_log(promoted["id"]).parent / "out" / "model"
     measured = {}
@@ -232,7 +251,7 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
         measured = offline(models, ARTIFACTS_DIR / "golden.jsonl", settings.threads,
                            on_model=lambda name: evaluating.update(model=name))
     ticker.enter("report")
-    ran = live(f"sqlite:///{stack.folder / 'store.sqlite3'}", traffic, launch_at, promoted_at, end, started_wall)
+    ran = live(store_url(stack.folder), traffic, launch_at, promoted_at, end, started_wall)
     jobs = trainer_jobs()  # again, after the shadow work settled: a job an alert started late counts too
     checks = targets(measured, ran, "pre-launch student", "re-distilled student", jobs, promoted["candidate"]) \
         if promoted and measured else []

@@ -118,38 +118,52 @@ def fresh_folder(folder: Path) -> Path:
     return folder
 
 
-def start_stack(folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float, teacher_target: float,
-                trainer_overrides: dict, threads: int | None = None,
+def start_stack(folder: Path, teacher_dir: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
+                teacher_target: float, trainer_overrides: dict, threads: int | None = None,
                 on_start: Callable[[str, Path], None] | None = None) -> Stack:
     """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts);
     `threads`: the gateway's torch CPU threads (None: torch's default)."""
     folder = fresh_folder(folder.resolve())  # the processes run inside it
     stack = Stack(folder, on_start=on_start)
     try:
-        _start_all(stack, folder, student_dir, window, hold, sample_rate, teacher_target, trainer_overrides, threads)
+        _start_all(stack, folder, teacher_dir, student_dir, window, hold, sample_rate, teacher_target,
+                   trainer_overrides, threads)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def _start_all(stack: Stack, folder: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
-               teacher_target: float, trainer_overrides: dict, threads: int | None) -> None:
-    store = f"sqlite:///{folder / 'store.sqlite3'}"
-    gateway_port = free_port()
-    gateway = {"student": {"model_dir": str(student_dir), "model": "demo-student", "threads": threads},
-               "teacher": {"threads": threads},
+def write_gateway_config(folder: Path, teacher_dir: Path, student_dir: Path, sample_rate: float,
+                         teacher_target: float, threads: int | None) -> Path:
+    """The gateway's settings file: the pair as local models (each served under its folder's name), handoff with
+    the teacher-share target, shadow sampling into the stack's SQLite store."""
+    gateway = {"student": {"model_dir": str(Path(student_dir).resolve()), "threads": threads},
+               "teacher": {"model_dir": str(Path(teacher_dir).resolve()), "threads": threads},
                "routing": {"handoff": {"enabled": True, "target_teacher_fraction": teacher_target}},
-               "shadow": {"sample_rate": sample_rate, "store_url": store, "concurrency": 2},
+               "shadow": {"sample_rate": sample_rate, "store_url": store_url(folder), "concurrency": 2},
                "students": {"poll_interval_s": 1.0}, "log_level": "warning"}
-    (folder / "gateway.yaml").write_text(yaml.safe_dump(gateway))
+    path = folder / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway))
+    return path
+
+
+def store_url(folder: Path) -> str:
+    """The stack's record store: the gateway writes it, the trainer and the report read it."""
+    return f"sqlite:///{folder / 'store.sqlite3'}"
+
+
+def _start_all(stack: Stack, folder: Path, teacher_dir: Path, student_dir: Path, window: str, hold: str,
+               sample_rate: float, teacher_target: float, trainer_overrides: dict, threads: int | None) -> None:
+    config = write_gateway_config(folder, teacher_dir, student_dir, sample_rate, teacher_target, threads)
+    gateway_port = free_port()
     stack.urls["gateway"] = f"http://127.0.0.1:{gateway_port}"
-    stack.start("gateway", KDGATE + ["serve", "--port", str(gateway_port), "--config", str(folder / "gateway.yaml")],
+    stack.start("gateway", KDGATE + ["serve", "--port", str(gateway_port), "--config", str(config)],
                 f"{stack.urls['gateway']}/readyz")
     # the trainer's cool-down after a promotion (30 minutes: a 15-minute window and a 10-minute hold, with room)
     # compressed as the rules are: two windows
     cooldown = {"promotion_cooldown_s": 2 * _seconds(window)}
-    start_trainer(stack, store, stack.urls["gateway"], cooldown | trainer_overrides)
+    start_trainer(stack, store_url(folder), stack.urls["gateway"], cooldown | trainer_overrides)
     _start_alerting(stack, folder, window, hold, gateway_port)
 
 

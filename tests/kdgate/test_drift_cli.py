@@ -1,5 +1,6 @@
-"""`kdgate demo drift` as a user reads it: its help has --threads, and the command it prints to watch the
-trainer's jobs works against a real trainer service, as typed."""
+"""`kdgate demo drift` as a user reads it: its help has --threads, the command it prints to watch the trainer's
+jobs works against a real trainer service, as typed, and a pair it cannot run (a folder that is not a model, a
+student with another tokenizer, a recipe override the job would refuse) is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distill.config import load_config
+from distill.online.settings import TrainSettings
+from kdgate.drift.run import DriftSettings, _trainer
 from kdgate.drift.stack import Stack, start_trainer
+from runtime.demo import DEMO_TOOLS_DIR
 from tests.conftest import ROOT
 
 
@@ -44,3 +49,42 @@ def shell(command: str) -> subprocess.CompletedProcess:
 def user_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDGATE_")}
     return env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+
+
+def test_a_folder_that_is_not_a_model_is_refused_naming_its_option(tmp_path):
+    """Checked before anything starts: no replay cache, no stack under --out."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    for option in ("--teacher", "--student"):
+        out = tmp_path / f"run{option}"
+        done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", option, str(empty), "--out",
+                               str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=user_env())
+        assert done.returncode == 2, done.stderr
+        assert f"Invalid value for {option}" in done.stderr and "config.json" in done.stderr, done.stderr
+        assert not out.exists()
+
+
+def test_a_student_with_another_tokenizer_than_the_teacher_is_refused():
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--student",
+                           str(DEMO_TOOLS_DIR / "student"), "--out", "/nonexistent/never-made"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=user_env())
+    assert done.returncode == 2, done.stderr
+    assert "Invalid value for --student" in done.stderr and "another tokenizer" in done.stderr, done.stderr
+
+
+def test_a_recipe_override_the_job_would_refuse_is_refused_before_anything_starts(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--train-override", "optim.lr=3e-4",
+                           "--train-override", "optim.learning_rate=3e-4", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=user_env())
+    assert done.returncode == 2, done.stderr
+    assert "Invalid value for --train-override" in done.stderr and "learning_rate" in done.stderr, done.stderr
+    assert not out.exists()
+
+
+def test_the_jobs_recipe_gets_the_overrides_after_the_steps(tmp_path):
+    settings = DriftSettings(train_steps=300, train_overrides=("optim.lr=3e-4", "batch_size=8"))
+    overrides = _trainer(settings, tmp_path / "replay-cache")["train"]["overrides"]
+    assert overrides == ["steps=300", "optim.lr=3e-4", "batch_size=8"]
+    config = load_config(TrainSettings().config, overrides)  # as the job loads it (and its own paths after)
+    assert (config.steps, config.optim.lr, config.batch_size) == (300, 3e-4, 8)

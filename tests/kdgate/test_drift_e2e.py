@@ -10,15 +10,18 @@ drift sample's KL (the same traffic for both versions) falls after the promotion
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdgate.drift.report import about
 from kdgate.drift.run import DriftSettings, run
+from runtime.demo import DEMO_PRELAUNCH_STUDENT_DIR, DEMO_TEACHER_DIR
 from runtime.store.records import ShadowStore
 from runtime.store.versions import StudentVersions
 from tests import needs
@@ -29,8 +32,10 @@ _needs = needs.requires("prometheus", "alertmanager")
 
 
 def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_path):
-    settings = DriftSettings(out=tmp_path, rate=2.0, usual_s=30.0, launch_share=0.8, after_s=60.0, max_wait_s=480.0,
-                             train_steps=200, replay_prompts=300, min_records=150, gather_wait_s=180.0,
+    # the pair given as `--teacher`/`--student` would give another (the demo's own here: one run, not two)
+    settings = DriftSettings(out=tmp_path, teacher=DEMO_TEACHER_DIR, student=DEMO_PRELAUNCH_STUDENT_DIR, rate=2.0,
+                             usual_s=30.0, launch_share=0.8, after_s=60.0, max_wait_s=480.0, train_steps=200,
+                             replay_prompts=300, min_records=150, gather_wait_s=180.0,
                              golden_examples=100, offline=False)
     said: list[tuple[float, str]] = []
     watched: list[subprocess.Popen] = []
@@ -43,6 +48,11 @@ def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_pat
                                             stderr=subprocess.PIPE, text=True, env=user_env()))
 
     report = run(settings, say=say)
+    gateway = yaml.safe_load((tmp_path / "stack" / "gateway.yaml").read_text())
+    assert gateway["teacher"]["model_dir"] == str(DEMO_TEACHER_DIR.resolve())
+    assert gateway["student"]["model_dir"] == str(DEMO_PRELAUNCH_STUDENT_DIR.resolve())
+    assert json.loads((tmp_path / "replay-cache" / "manifest.json").read_text())["teacher"] == \
+        str(DEMO_TEACHER_DIR.resolve())
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(said)]
     assert max(gaps) <= 30.0, max(gaps)
     text = "\n".join(line for _, line in said)

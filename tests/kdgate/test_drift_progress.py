@@ -9,6 +9,7 @@ import time
 from kdgate.drift.progress import Ticker, log_progress
 from kdgate.drift.run import replay_cache
 from kdgate.drift.watch import Sample, alert_signals
+from runtime.demo import DEMO_TEACHER_DIR
 
 
 class FakeClock:
@@ -76,7 +77,7 @@ def test_making_the_replay_cache_is_not_silent(tmp_path):
     while they run, naming the teacher's progress, and the log they write is named first."""
     said: list[tuple[float, str]] = []
     with Ticker(lambda line: said.append((time.monotonic(), line)), interval_s=0.5) as ticker:
-        cache = replay_cache(tmp_path, 60, 1, ticker)
+        cache = replay_cache(tmp_path, DEMO_TEACHER_DIR, 60, 1, ticker)
     assert (cache / "manifest.json").is_file()
     lines = [line for _, line in said]
     assert str(tmp_path / "replay-cache.log") in lines[0], lines[0]
