@@ -149,6 +149,15 @@ def replay(cache: Path, count: int, rng: random.Random, exclude: set | None = No
     return rng.sample(pool, min(count, len(pool)))
 
 
+def check_replay_tokenizer(cache: Path, student_dir: Path) -> None:
+    """ValueError unless the replay cache's token ids are in the student's tokenizer: they are trained on as the
+    student's own (the cache a job writes carries the student's hash, so the recipe cannot tell)."""
+    made, student = Manifest.load(cache).tokenizer_hash, tokenizer_hash(student_dir)
+    if made != student:
+        raise ValueError(f"dataset.replay_cache {cache} holds token ids of another tokenizer ({made[:12]}…) than the "
+                         f"student {student_dir} ({student[:12]}…): give the cache it was distilled from, or null")
+
+
 def with_replay(train: list[Example], cache: Path | None, share: float, rng: random.Random) -> list[Example]:
     """The training examples plus replayed ones making up `share` of the whole."""
     if cache is None or share <= 0 or not train:

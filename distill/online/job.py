@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from distill.online.dataset import build, gather, write_cache
+from distill.online.dataset import build, check_replay_tokenizer, gather, write_cache
 from distill.online.evaluate import figures as evaluate_figures
 from distill.online.evaluate import read_golden
 from distill.online.gate import judge
@@ -116,6 +116,11 @@ class Job:
                                       f"{dataset_settings.min_records} needed (`dataset.min_records`)")
         self.step("dataset", 0.1)
         student_dir = self._weights(active)
+        if dataset_settings.replay_cache is not None:  # checked before anything is trained on its ids
+            try:
+                check_replay_tokenizer(dataset_settings.replay_cache, student_dir)
+            except ValueError as error:
+                raise JobEnded("failed", str(error)) from None
         write_cache(self.folder / "train", dataset.train, records[-1].teacher_model, student_dir,
                     f"records since {active.changed_at} ({active.name})")
         self.step("train", 0.2)

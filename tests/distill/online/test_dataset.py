@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from distill.config import load_config
 from distill.data.cache import Manifest, read_answers, shards
 from distill.demo import task
-from distill.online.dataset import build, mix, off_policy, on_policy, write_cache
+from distill.online.dataset import build, check_replay_tokenizer, mix, off_policy, on_policy, write_cache
 from distill.recipe import Recipe
 from tests.distill.online.records import make_records
 
@@ -68,6 +68,17 @@ def test_replay_adds_the_original_distillation_data_at_its_share(records, demo_d
     fresh = build(records[:20], "initial", 0.0, 0.25, None, replay_cache=tmp_path / "original", replay_share=0.5)
     assert fresh.figures["train_replay"] == fresh.figures["train"] - fresh.figures["train_replay"]
     assert {example.policy for example in fresh.train} == {"off", "replay"}
+
+
+def test_a_replay_cache_in_another_tokenizers_ids_is_refused(records, demo_dirs, tmp_path):
+    """Its token ids would be trained on as if they were the student's: mixed in without an error before."""
+    from runtime.demo import ARTIFACTS_DIR
+
+    original = build(records, "initial", 0.0, 0.25, None)
+    write_cache(tmp_path / "original", original.train, "demo-teacher", demo_dirs[0], "test")
+    check_replay_tokenizer(tmp_path / "original", demo_dirs[0])
+    with pytest.raises(ValueError, match=r"dataset.replay_cache .*original holds token ids of another tokenizer"):
+        check_replay_tokenizer(tmp_path / "original", ARTIFACTS_DIR / "tools" / "student")
 
 
 def test_duplicates_old_teachers_and_records_without_ids_are_left_out(records):
