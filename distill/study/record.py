@@ -35,6 +35,23 @@ def study_key(settings: StudySettings, teacher_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def made_on() -> dict:
+    """Where a score was made: when another machine's teacher comes out different, this says what differed."""
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo() if line.startswith("flags")), [])
+    return {"cpu": cpu or platform.processor(), "avx512": any(flag.startswith("avx512") for flag in flags),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cpuinfo() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 class Record:
     """The scores in `out/evals/`, checked against the study's key, filled from `scores_from` where it has them."""
 
@@ -64,7 +81,7 @@ class Record:
         return scored
 
     def write(self, name: str, scored: dict) -> dict:
-        scored = {**scored, "study": self.key}
+        scored = {**scored, "study": self.key, "made_on": made_on()}
         (self.folder / f"{name}.json").write_text(json.dumps(scored, indent=1))
         return scored
 
