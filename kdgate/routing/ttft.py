@@ -33,10 +33,10 @@ class TtftSample:
                 "ttft_p50_escalated_s": statistics.median(escalated) if escalated else None}
 
 
-def first_token_seconds(client: OpenAI, messages: list[dict]) -> tuple[float, str]:
+def first_token_seconds(client: OpenAI, model: str, messages: list[dict]) -> tuple[float, str]:
     started = time.perf_counter()
     response = client.chat.completions.with_raw_response.create(
-        model="kdgate-demo", messages=messages, temperature=0, max_tokens=96, stream=True)
+        model=model, messages=messages, temperature=0, max_tokens=96, stream=True)
     first = None
     for chunk in response.parse():
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -55,10 +55,10 @@ def measure(configs: dict[str, RoutingSettings], conversations: list[list[dict]]
             server = stack.enter_context(ThreadedServer(create_app(base.model_copy(update={"routing": routing}))))
             clients[name] = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         for client in clients.values():  # warm-up: first requests pay one-off allocations
-            first_token_seconds(client, conversations[0])
+            first_token_seconds(client, base.served_model, conversations[0])
         for messages in tqdm(conversations, desc="TTFT", unit="round"):
             for name, client in clients.items():
-                seconds, route = first_token_seconds(client, messages)
+                seconds, route = first_token_seconds(client, base.served_model, messages)
                 samples[name].seconds.append(seconds)
                 samples[name].routes.append(route)
     return {name: sample.summary() for name, sample in samples.items()}

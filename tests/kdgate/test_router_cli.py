@@ -95,3 +95,16 @@ def test_the_ttft_table_of_a_single_request_has_no_p90():
            "ttft_p50_escalated_s": None}
     table = ttft_table({"student_only": one})
     assert "| student_only | 12 ms | — | +0 ms | 0 % |  |" in table
+
+
+def test_ttft_asks_the_gateway_for_the_model_its_config_serves():
+    """With `--config`, TTFT asked every gateway for `kdgate-demo` whatever `served_model` said: a 404 from the
+    study pair's gateway (`support-triage`), after the records and handoff had been measured."""
+    from distill.demo import task
+    from gateway.settings import RoutingSettings, load_settings
+    from kdgate.routing.ttft import measure
+
+    base = load_settings(None).model_copy(update={"served_model": "support-triage"})
+    measured = measure({"student_only": RoutingSettings(policy="student_only")},
+                       [task.take("test", 1, seed=7)[0].messages()], base)
+    assert measured["student_only"]["requests"] == 1 and measured["student_only"]["teacher_fraction"] == 0
