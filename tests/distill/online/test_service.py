@@ -183,23 +183,16 @@ def test_an_alert_naming_no_version_within_the_cooldown_starts_no_second_job(tmp
     """The teacher-share alert carries no student_version; still firing after the episode's promotion (the share
     takes a window to fall) it started a second job (the drift e2e test caught it: job 2, an alert about no
     version). It is about the version serving now, so the cool-down holds it too."""
-    settings, path = trainer_config(tmp_path, promotion_cooldown_s=1.0)
-    store = ShadowStore(settings.store_url)
-    try:
-        versions = StudentVersions(store)
-        versions.seed(StudentVersion(name="initial", kind="model", model_dir=str(tmp_path)))
-        versions.register(StudentVersion(name="rd-1", kind="model", model_dir=str(tmp_path)))
-        versions.promote("rd-1", versions.slot())
-    finally:
-        store.close()
-    share = webhook(labels={"alertname": "KdgateTeacherShareHigh"}, fingerprint="f3")
-    with ThreadedServer(create_trainer_app(settings, path)) as trainer:
-        assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=share).json()["ignored"] == 1
-        time.sleep(1.2)
-        assert len(call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=share).json()["queued"]) == 1
+    _ignored_within_the_cooldown_then_queued(tmp_path, webhook(labels={"alertname": "KdgateTeacherShareHigh"},
+                                                               fingerprint="f3"))
 
 
 def test_a_new_version_still_drifting_after_the_cooldown_is_a_new_episode(tmp_path):
+    _ignored_within_the_cooldown_then_queued(tmp_path, webhook(labels={"student_version": "rd-1"}, fingerprint="f2"))
+
+
+def _ignored_within_the_cooldown_then_queued(tmp_path, alert: dict) -> None:
+    """`rd-1` promoted over `initial` just now (cool-down 1 s): the alert is ignored, and queued once it is over."""
     settings, path = trainer_config(tmp_path, promotion_cooldown_s=1.0)
     store = ShadowStore(settings.store_url)
     try:
@@ -209,11 +202,10 @@ def test_a_new_version_still_drifting_after_the_cooldown_is_a_new_episode(tmp_pa
         versions.promote("rd-1", versions.slot())
     finally:
         store.close()
-    new = webhook(labels={"student_version": "rd-1"}, fingerprint="f2")
     with ThreadedServer(create_trainer_app(settings, path)) as trainer:
-        assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=new).json()["ignored"] == 1
+        assert call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=alert).json()["ignored"] == 1
         time.sleep(1.2)
-        assert len(call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=new).json()["queued"]) == 1
+        assert len(call(trainer, "POST", "/v1/alerts", ALERTS_KEY, json=alert).json()["queued"]) == 1
 
 
 def test_a_body_past_the_limit_is_413_before_it_is_read(trainer):
