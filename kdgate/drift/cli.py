@@ -31,6 +31,15 @@ def drift(
     train_override: list[str] | None = typer.Option(None, help="KEY=VALUE, repeat: an override of the job's recipe "
                                                     "(distill/configs/redistill.yaml, sized for the demo student), "
                                                     "e.g. optim.lr=3e-4 or batch_size=8 for another pair"),
+    replay_cache: Path | None = typer.Option(None, exists=True, file_okay=False, help="a teacher cache of the "
+                                             "pre-launch student's own distillation data for the job to rehearse "
+                                             "(`kdgate demo prelaunch-student`'s OUT-work/cache), made by --teacher; "
+                                             "default: the teacher answers 2,000 pre-launch tickets into "
+                                             "OUT/replay-cache"),
+    min_records: int = typer.Option(450, min=1, help="the records the job waits for before it trains (the trainer's "
+                                    "`dataset.min_records`)"),
+    golden_examples: int | None = typer.Option(None, min=1, help="the gate's golden set: its first N tickets "
+                                               "(default: all 500)"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads of each process that runs a model (the teacher "
                                 "making the replay cache, the gateway, the job, the offline evaluation); they share "
                                 "the CPUs, so 1 unless the machine has cores to spare"),
@@ -49,7 +58,7 @@ def drift(
     """
     from distill.config import load_config
     from distill.online.settings import TrainSettings
-    from kdgate.drift.run import DriftSettings, run
+    from kdgate.drift.run import DriftSettings, check_replay_from, run
     from kdgate.drift.stack import MissingTool
     from runtime.tokenizer_hash import tokenizer_hash
 
@@ -62,10 +71,18 @@ def drift(
         raise typer.BadParameter(f"{student} has another tokenizer than the teacher {teacher}: the teacher's scores "
                                  "of its tokens would mean other tokens; give a student with the teacher's tokenizer",
                                  param_hint="--student")
+    if replay_cache is not None:
+        replay_cache = replay_cache.resolve()
+        try:
+            check_replay_from(replay_cache, teacher)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--replay-cache") from None
     try:
         run(DriftSettings(out=out, teacher=teacher, student=student, teacher_target=teacher_target, rate=rate,
                           usual_s=usual_s, launch_share=launch_share, after_s=after_s, max_wait_s=max_wait_s,
-                          train_steps=train_steps, train_overrides=tuple(train_override or ()), threads=threads),
+                          train_steps=train_steps, train_overrides=tuple(train_override or ()),
+                          replay_from=replay_cache, min_records=min_records, golden_examples=golden_examples,
+                          threads=threads),
             say=typer.echo)
     except MissingTool as error:
         typer.echo(f"kdgate: {error}", err=True)

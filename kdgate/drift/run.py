@@ -51,6 +51,9 @@ class DriftSettings:
     # train_steps: another pair's learning rate or batch size
     train_overrides: tuple[str, ...] = ()
     replay_prompts: int = 2000  # the pre-launch student's distillation data, rehearsed beside the live records
+    # a teacher cache of pre-launch answers made already (`kdgate demo prelaunch-student`'s WORK/cache, the student's
+    # own distillation data) to rehearse instead of making OUT/replay-cache: a slow teacher's answers are not made twice
+    replay_from: Path | None = None
     every_s: float = 5.0  # timeline sampling
     min_records: int = 450  # the job's `dataset.min_records`
     gather_wait_s: float = 300.0  # how long the job waits for them
@@ -66,7 +69,8 @@ def run(settings: DriftSettings, say=print) -> dict:
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     with Ticker(say, settings.status_every_s) as ticker:
-        replay = replay_cache(out, settings.teacher, settings.replay_prompts, settings.threads, ticker)
+        replay = settings.replay_from or replay_cache(out, settings.teacher, settings.replay_prompts,
+                                                      settings.threads, ticker)
         ticker.say(f"starting the gateway (pre-launch student), the trainer, Alertmanager and Prometheus in {out} "
                    "...")
         ticker.enter("starting the stack")
@@ -103,6 +107,24 @@ def _trainer(settings: DriftSettings, replay: Path) -> dict:
 
 def _exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
+
+
+def check_replay_from(cache: Path, teacher: Path) -> None:
+    """ValueError unless `cache` is a teacher cache `teacher` made, with answers in it: the job trains on its token
+    ids as the student's own, and the teacher's scores as this teacher's."""
+    from distill.data.cache import Manifest
+    from distill.data.make import Teacher
+    from runtime.tokenizer_hash import tokenizer_hash
+
+    made = Manifest.load(cache)
+    if made.teacher != Teacher(teacher).name:
+        raise ValueError(f"{cache} was made by the teacher {made.teacher}, not by {Teacher(teacher).name}: give a "
+                         "cache of this teacher's pre-launch answers, or leave the option out to make one")
+    if made.tokenizer_hash != tokenizer_hash(teacher):
+        raise ValueError(f"{cache} holds token ids of another tokenizer than the teacher {teacher}'s")
+    if made.kept == 0:
+        raise ValueError(f"{cache} holds no kept answer (an interrupted `kdgate distill generate`? run it again to "
+                         "resume it)")
 
 
 def replay_cache(out: Path, teacher: Path, prompts: int, threads: int, ticker: Ticker) -> Path:

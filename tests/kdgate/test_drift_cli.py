@@ -88,3 +88,35 @@ def test_the_jobs_recipe_gets_the_overrides_after_the_steps(tmp_path):
     assert overrides == ["steps=300", "optim.lr=3e-4", "batch_size=8"]
     config = load_config(TrainSettings().config, overrides)  # as the job loads it (and its own paths after)
     assert (config.steps, config.optim.lr, config.batch_size) == (300, 3e-4, 8)
+
+
+def test_a_replay_cache_the_teacher_did_not_make_is_refused_before_anything_starts(tmp_path):
+    """--replay-cache takes the pre-launch student's own cache instead of making one; one that is not a cache, is
+    another teacher's or holds no answer is refused naming the option, with no stack or cache under --out."""
+    from distill.data.cache import Manifest
+    from distill.data.make import Teacher
+    from runtime.demo import DEMO_TEACHER_DIR
+    from runtime.tokenizer_hash import tokenizer_hash
+
+    def manifest(folder: str, **fields) -> Path:
+        made = dict(teacher=Teacher(DEMO_TEACHER_DIR).name, tokenizer_hash=tokenizer_hash(DEMO_TEACHER_DIR), top_k=20,
+                    temperature=1.0, samples_per_prompt=1, seed=0, prompts="prelaunch-prompts.jsonl", rows=10,
+                    kept=10) | fields
+        (tmp_path / folder).mkdir()
+        Manifest(**made).save(tmp_path / folder)
+        return tmp_path / folder
+
+    (tmp_path / "empty").mkdir()
+    cases = {tmp_path / "empty": "not a teacher cache",
+             manifest("other-teacher", teacher="/models/another-teacher"): "made by the teacher /models/another",
+             manifest("other-tokenizer", tokenizer_hash="0" * 64): "another tokenizer",
+             manifest("interrupted", kept=0, rows=0): "holds no kept answer"}
+    for cache, reason in cases.items():
+        out = tmp_path / f"run-{cache.name}"
+        done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--replay-cache", str(cache),
+                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=user_env())
+        assert done.returncode == 2, done.stderr
+        assert "Invalid value for --replay-cache" in done.stderr and reason in " ".join(done.stderr.split()), \
+            done.stderr
+        assert not out.exists()
