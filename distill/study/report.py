@@ -12,7 +12,8 @@ from distill.study.stats import Interval, gap_recovered, interval, paired_p
 BASELINE = "sft-gold"
 
 
-def summarise(settings: StudySettings, scores: dict) -> dict:
+def summarise(settings: StudySettings, scores: dict, soft_labels: dict | None = None) -> dict:
+    """`soft_labels`: soft_labels.soft_label_mass of the teacher's cache (None: left out of the table)."""
     teacher = scores["teacher"]["exact_match"]
     baseline = [scores[f"{BASELINE}-s{seed}"]["exact_match"] for seed in settings.seeds]
     arms = {}
@@ -28,12 +29,21 @@ def summarise(settings: StudySettings, scores: dict) -> dict:
                      "gap_recovered": asdict(gap) if gap else None,
                      "train_minutes": [minute for minute in minutes if minute is not None],
                      "kl_to_teacher": asdict(interval([figures["kl_to_teacher"] for figures in close])),
-                     "token_agreement": asdict(interval([figures["token_agreement"] for figures in close]))}
+                     "token_agreement": asdict(interval([figures["token_agreement"] for figures in close])),
+                     "fields": {field: interval([scores[f"{arm}-s{seed}"][f"{field}_accuracy"]
+                                                 for seed in settings.seeds]).mean
+                                for field in _fields(scores["teacher"])}}
     best = max((arm for arm in arms if arm != BASELINE), key=lambda arm: arms[arm]["mean"]["mean"], default=None)
     return {"settings": settings.model_dump(mode="json"), "teacher": teacher,
             "base": scores["base"]["exact_match"], "student_init": scores["student-init"]["exact_match"],
             "student_init_closeness": scores["student-init"]["closeness"],
-            "seeds": settings.seeds, "arms": arms, "best": best}
+            "teacher_fields": {field: scores["teacher"][f"{field}_accuracy"] for field in _fields(scores["teacher"])},
+            "soft_labels": soft_labels, "seeds": settings.seeds, "arms": arms, "best": best}
+
+
+def _fields(score: dict) -> list[str]:
+    """The answer fields a score has an accuracy for (`queue_accuracy` → queue)."""
+    return [key.removesuffix("_accuracy") for key in score if key.endswith("_accuracy")]
 
 
 def _percent(value: float | None) -> str:
@@ -85,4 +95,36 @@ def table(summary: dict) -> str:
         lines.append(f"| {label} | {arm['description']} | {seeds} | {_span(arm['mean'])} | {difference} | "
                      f"{p_value} | {gap} | {_kl(arm['kl_to_teacher']['mean'])} | {_span(arm['token_agreement'])} | "
                      f"{per_run} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _by_field(summary) + _soft_labels(summary.get("soft_labels"))) + "\n"
+
+
+def _by_field(summary: dict) -> list[str]:
+    """Each answer field's accuracy, mean over seeds: which part of an answer each arm gets wrong."""
+    fields = list(summary.get("teacher_fields", {}))
+    if not fields:
+        return []
+    lines = ["", "Field by field (accuracy on the held-out tickets, mean over seeds; an answer is an exact match only "
+             "when every field is right):", "", "| model | " + " | ".join(fields) + " | exact match |",
+             "|---|" + "---|" * (len(fields) + 1),
+             "| teacher | " + " | ".join(f"{_percent(summary['teacher_fields'][field])} %" for field in fields)
+             + f" | {_percent(summary['teacher'])} % |"]
+    for name, arm in summary["arms"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{_percent(arm['fields'][field])} %" for field in fields)
+                     + f" | {_percent(arm['mean']['mean'])} % |")
+    return lines
+
+
+def _soft_labels(soft: dict | None) -> list[str]:
+    """Where the teacher's cached top-k puts mass off the token it wrote: the only tokens where KD asks the student
+    for more than SFT on the teacher's answers does."""
+    if not soft:
+        return []
+    lines = ["", "What the teacher's soft labels carry beyond its answers (its cached top-k along its answers to the "
+             "training tickets, per field of the answer's JSON): KD and SFT on the teacher's answers ask the same of "
+             "a token where the teacher's top token holds all the mass.", "",
+             "| field | tokens | mean mass off the top token | share of all that mass | tokens with p(top) < 0.9 |",
+             "|---|---|---|---|---|"]
+    for field, figures in soft.items():
+        lines.append(f"| {field} | {figures['tokens']} | {figures['mean_off_top']:.4f} | "
+                     f"{_percent(figures['share_of_off_top'])} % | {_percent(figures['uncertain'])} % |")
+    return lines

@@ -25,6 +25,7 @@ import numpy as np
 
 from distill.config import TrainConfig
 from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
+from distill.study import soft_labels
 from distill.study.arms import ARMS
 from distill.study.closeness import Closeness
 from distill.study.record import Record, study_key
@@ -50,6 +51,7 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
     gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
     caches = {"gold": gold, "teacher": teacher_cache}
+    soft = soft_labels.measured(out, teacher_cache, teacher, settings.top_k)
     record = Record(out / "evals", study_key(settings, teacher), settings.scores_from)
     references = {"teacher": teacher, "base": base, "student-init": student_init}
     scores = {name: _evaluate(settings, record, name, model, test, log) for name, model in references.items()}
@@ -69,15 +71,15 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
                     log(f"{name}: scored in {settings.scores_from}, not trained again")
             scores[name] = scored
         # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
-        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores)
+        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores, soft)
         if done < len(settings.seeds):
             log(f"seed {seed} done: the table over seeds {', '.join(map(str, settings.seeds[:done]))} is in "
                 f"{out / 'study.md'}")
     return summary
 
 
-def _write_summary(settings: StudySettings, scores: dict) -> dict:
-    summary = summarise(settings, scores)
+def _write_summary(settings: StudySettings, scores: dict, soft: dict) -> dict:
+    summary = summarise(settings, scores, soft)
     (settings.out / "study.json").write_text(json.dumps(summary, indent=1))
     (settings.out / "study.md").write_text(table(summary))
     return summary

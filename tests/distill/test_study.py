@@ -19,6 +19,7 @@ from distill.on_policy import OnPolicy
 from distill.recipe import Row
 from distill.study.arms import ARMS
 from distill.study.settings import load_settings
+from distill.study.soft_labels import OUTSIDE, fields_of
 from distill.study.stats import gap_recovered, interval, paired_p
 from runtime.demo import ARTIFACTS_DIR
 from runtime.tokenizer_hash import tokenizer_hash
@@ -53,7 +54,11 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
         on_policy = json.loads((out / "runs" / f"{arm}-s0" / "model" / "training_log.json").read_text())
         assert on_policy[-1]["step"] == 2
     lines = (out / "study.md").read_text().splitlines()
-    assert sum(line.startswith("| ") and "|---" not in line for line in lines) == 1 + len(ARMS)
+    tables = _tables(lines)
+    assert [len(rows) for rows in tables] == [1 + len(ARMS), 2 + len(ARMS), 1 + len(summary["soft_labels"])]
+    assert [row[0] for row in tables[1][1:]] == ["teacher", *ARMS]  # each field's accuracy, model by model
+    shares = [float(row[3].removesuffix(" %")) for row in tables[2][1:]]  # where the teacher's soft mass lies
+    assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares)) and shares == sorted(shares, reverse=True)
     assert "seeds 0, 1" in lines[0] and done.stdout.strip().endswith(lines[-1])
     assert f"seed 0 done: the table over seeds 0 is in {out / 'study.md'}" in done.stdout  # written as it goes
     for name, arm in summary["arms"].items():  # every model measured against the teacher on the same test tickets
@@ -73,6 +78,21 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert not list((tmp_path / "elsewhere").glob("runs/*-s*")) and "seed 0:" not in elsewhere.stdout
     assert f"kd-t1-a1-s1: scored in {out / 'evals'}, not trained again" in elsewhere.stdout
     assert (tmp_path / "elsewhere" / "study.md").read_text() == (out / "study.md").read_text()
+
+
+def _tables(lines: list[str]) -> list[list[list[str]]]:
+    """The Markdown tables in `lines`, each as rows of cells (the header's included, the |---| line not)."""
+    tables, current = [], None
+    for line in lines:
+        if line.startswith("| "):
+            if current is None:
+                current = []
+                tables.append(current)
+            if "|---" not in line:
+                current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif not line.startswith("|"):
+            current = None
+    return tables
 
 
 def test_scores_of_another_study_are_refused_not_tabulated(tmp_path):
@@ -178,3 +198,9 @@ def test_on_policy_needs_plain_top_k_kd():
     with pytest.raises(ValueError, match="loss.on_policy .* needs loss.kind=kd"):
         load_config(None, [*base, "loss.kind=sft"])
     assert load_config(None, [*base, "loss.divergence=reverse"]).loss.on_policy.teacher == TEACHER
+
+
+def test_each_token_falls_under_the_field_whose_key_was_written_before_it():
+    pieces = ['{"', 'queue', '":', ' "', 'repairs', '",', ' "', 'priority', '":', ' "P', '2', '"}']
+    assert fields_of(pieces) == [OUTSIDE, OUTSIDE, "queue", "queue", "queue", "queue", "queue", "queue", "priority",
+                                 "priority", "priority", "priority"]
