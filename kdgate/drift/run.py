@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kdgate.drift.progress import Ticker, clock_time, log_progress
@@ -65,8 +65,17 @@ class DriftSettings:
     status_every_s: float = 20.0  # a status line whenever nothing was said for this long
 
 
+def resolved(settings: DriftSettings) -> DriftSettings:
+    """`settings` with absolute folders: drift.json names them for whoever reads the run later, from anywhere
+    (benchmarks/redistill_datasets.py retrains on the run's pair)."""
+    return replace(settings, out=settings.out.resolve(), teacher=settings.teacher.resolve(),
+                   student=settings.student.resolve(),
+                   replay_from=settings.replay_from.resolve() if settings.replay_from else None)
+
+
 def run(settings: DriftSettings, say=print) -> dict:
-    out = settings.out.resolve()
+    settings = resolved(settings)
+    out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     with Ticker(say, settings.status_every_s) as ticker:
         replay = settings.replay_from or replay_cache(out, settings.teacher, settings.replay_prompts,

@@ -1,6 +1,6 @@
 """The scenario's timeline, sampled every few seconds from the real parts: the divergence (the active version's on
-the drift sample, and the shadowed answers') and teacher share Prometheus computes from the gateway's metrics, the drift alerts' states, the gateway's active student version, and
-the trainer's newest job. Drawn as one PNG."""
+the drift sample, and the shadowed answers') and teacher share Prometheus computes from the gateway's metrics,
+the drift alerts' states, the gateway's active student version, and the trainer's newest job. Drawn as one PNG."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from distill.config import load_config
 from distill.online.settings import TrainSettings
-from kdgate.drift.run import DriftSettings, _trainer
+from kdgate.drift.run import DriftSettings, _trainer, resolved
 from kdgate.drift.stack import Stack, start_trainer
 from runtime.demo import DEMO_TOOLS_DIR
 from tests.conftest import ROOT
@@ -120,3 +120,14 @@ def test_a_replay_cache_the_teacher_did_not_make_is_refused_before_anything_star
         assert "Invalid value for --replay-cache" in done.stderr and reason in " ".join(done.stderr.split()), \
             done.stderr
         assert not out.exists()
+
+
+def test_the_run_names_its_pair_by_absolute_folders(tmp_path, monkeypatch):
+    """drift.json's settings are read later, from another folder (benchmarks/redistill_datasets.py retrains on the
+    run's pair): a relative --teacher given by the user would name nothing there."""
+    monkeypatch.chdir(tmp_path)
+    settings = resolved(DriftSettings(out=Path("run"), teacher=Path("pair/teacher"), student=Path("pair/student"),
+                                      replay_from=Path("pair/cache")))
+    assert (settings.out, settings.teacher, settings.student, settings.replay_from) == (
+        tmp_path / "run", tmp_path / "pair" / "teacher", tmp_path / "pair" / "student", tmp_path / "pair" / "cache")
+    assert resolved(DriftSettings()).replay_from is None
