@@ -22,6 +22,10 @@ def drift(
                                          "usual tickets (the gateway's `routing.handoff.target_teacher_fraction`, "
                                          "the trainer's refit target); 0.36 was measured for the demo pair: "
                                          "measure it for another (benchmarks/teacher_share.py)"),
+    handoff_floor: float | None = typer.Option(None, min=0.0, max=1.0, help="the handoff's floor "
+                                               "(`routing.handoff.min_prob`, default 0.9): a student token less "
+                                               "likely hands the answer to the teacher; set it so that the share on "
+                                               "usual tickets is --teacher-target"),
     rate: float = typer.Option(2.0, min=0.1, help="client requests per second"),
     usual_s: float = typer.Option(90.0, min=0.0, help="seconds of usual traffic before the launch"),
     launch_share: float = typer.Option(0.5, min=0.0, max=1.0, help="share of launched-product tickets after it"),
@@ -78,7 +82,8 @@ def drift(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--replay-cache") from None
     try:
-        run(DriftSettings(out=out, teacher=teacher, student=student, teacher_target=teacher_target, rate=rate,
+        run(DriftSettings(out=out, teacher=teacher, student=student, teacher_target=teacher_target,
+                          handoff_floor=handoff_floor, rate=rate,
                           usual_s=usual_s, launch_share=launch_share, after_s=after_s, max_wait_s=max_wait_s,
                           train_steps=train_steps, train_overrides=tuple(train_override or ()),
                           replay_from=replay_cache, min_records=min_records, golden_examples=golden_examples,

@@ -46,6 +46,9 @@ class DriftSettings:
     # the pre-launch student's handoff share on usual tickets, measured for the demo pair (benchmarks/teacher_share.py);
     # another pair has its own
     teacher_target: float = 0.36
+    # the handoff's floor (`routing.handoff.min_prob`; None: the gateway's 0.9): a student whose answers all hold one
+    # token it is unsure of (SmolLM2's on the priority, p ≈ 0.45) hands every answer off at 0.9
+    handoff_floor: float | None = None
     train_steps: int = 800
     # `key=value` overrides of the job's recipe (distill/configs/redistill.yaml, sized for the demo student), after
     # train_steps: another pair's learning rate or batch size
@@ -88,7 +91,7 @@ def run(settings: DriftSettings, say=print) -> dict:
             ticker.update(lambda: f"waiting for {name} to be ready (log: {log})")
 
         stack = start_stack(out / "stack", settings.teacher, settings.student, settings.window, settings.hold,
-                            settings.sample_rate, settings.teacher_target, _trainer(settings, replay),
+                            settings.sample_rate, handoff(settings), _trainer(settings, replay),
                             settings.threads, starting)
         ticker.say(f"watch the trainer's jobs: {stack.watch_command()}")
         previous = signal.signal(signal.SIGTERM, _exit)  # a plain SIGTERM would leave the stack's servers running
@@ -102,6 +105,12 @@ def run(settings: DriftSettings, say=print) -> dict:
         ticker.say("wall time: " + ", ".join(f"{phase} {clock_time(seconds)}" for phase, seconds in spent.items())
                    + f"; total {clock_time(sum(spent.values()))}")
         return report
+
+
+def handoff(settings: DriftSettings) -> dict:
+    """The gateway's `routing.handoff` settings for the scenario."""
+    floor = {} if settings.handoff_floor is None else {"min_prob": settings.handoff_floor}
+    return {"target_teacher_fraction": settings.teacher_target, **floor}
 
 
 def _trainer(settings: DriftSettings, replay: Path) -> dict:

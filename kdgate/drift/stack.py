@@ -119,28 +119,29 @@ def fresh_folder(folder: Path) -> Path:
 
 
 def start_stack(folder: Path, teacher_dir: Path, student_dir: Path, window: str, hold: str, sample_rate: float,
-                teacher_target: float, trainer_overrides: dict, threads: int | None = None,
+                handoff: dict, trainer_overrides: dict, threads: int | None = None,
                 on_start: Callable[[str, Path], None] | None = None) -> Stack:
     """Gateway, trainer, Alertmanager, Prometheus, in that order (each one's target is up before it starts);
-    `threads`: the gateway's torch CPU threads (None: torch's default)."""
+    `handoff`: the gateway's `routing.handoff` settings (on); `threads`: its torch CPU threads (None: torch's
+    default)."""
     folder = fresh_folder(folder.resolve())  # the processes run inside it
     stack = Stack(folder, on_start=on_start)
     try:
-        _start_all(stack, folder, teacher_dir, student_dir, window, hold, sample_rate, teacher_target,
-                   trainer_overrides, threads)
+        _start_all(stack, folder, teacher_dir, student_dir, window, hold, sample_rate, handoff, trainer_overrides,
+                   threads)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def write_gateway_config(folder: Path, teacher_dir: Path, student_dir: Path, sample_rate: float,
-                         teacher_target: float, threads: int | None) -> Path:
-    """The gateway's settings file: the pair as local models (each served under its folder's name), handoff with
-    the teacher-share target, shadow sampling into the stack's SQLite store."""
+def write_gateway_config(folder: Path, teacher_dir: Path, student_dir: Path, sample_rate: float, handoff: dict,
+                         threads: int | None) -> Path:
+    """The gateway's settings file: the pair as local models (each served under its folder's name), handoff on with
+    `handoff`'s settings (the teacher-share target, a floor), shadow sampling into the stack's SQLite store."""
     gateway = {"student": {"model_dir": str(Path(student_dir).resolve()), "threads": threads},
                "teacher": {"model_dir": str(Path(teacher_dir).resolve()), "threads": threads},
-               "routing": {"handoff": {"enabled": True, "target_teacher_fraction": teacher_target}},
+               "routing": {"handoff": {"enabled": True, **handoff}},
                "shadow": {"sample_rate": sample_rate, "store_url": store_url(folder), "concurrency": 2},
                "students": {"poll_interval_s": 1.0}, "log_level": "warning"}
     path = folder / "gateway.yaml"
@@ -154,8 +155,8 @@ def store_url(folder: Path) -> str:
 
 
 def _start_all(stack: Stack, folder: Path, teacher_dir: Path, student_dir: Path, window: str, hold: str,
-               sample_rate: float, teacher_target: float, trainer_overrides: dict, threads: int | None) -> None:
-    config = write_gateway_config(folder, teacher_dir, student_dir, sample_rate, teacher_target, threads)
+               sample_rate: float, handoff: dict, trainer_overrides: dict, threads: int | None) -> None:
+    config = write_gateway_config(folder, teacher_dir, student_dir, sample_rate, handoff, threads)
     gateway_port = free_port()
     stack.urls["gateway"] = f"http://127.0.0.1:{gateway_port}"
     stack.start("gateway", KDGATE + ["serve", "--port", str(gateway_port), "--config", str(config)],

@@ -10,7 +10,7 @@ from distill.data.cache import Manifest
 from gateway.settings import load_settings
 from gateway.students.loader import initial_version
 from kdgate.drift.progress import Ticker
-from kdgate.drift.run import replay_cache
+from kdgate.drift.run import DriftSettings, handoff, replay_cache
 from kdgate.drift.stack import MARKER, fresh_folder, write_gateway_config
 from runtime.demo import DEMO_PRELAUNCH_STUDENT_DIR, DEMO_STUDENT_DIR, DEMO_TEACHER_DIR
 from runtime.tokenizer_hash import tokenizer_hash
@@ -36,11 +36,15 @@ def test_a_folder_it_did_not_make_is_left_alone(tmp_path):
 
 
 def test_the_gateway_serves_the_given_pair_and_the_job_trains_the_given_student(tmp_path):
-    config = write_gateway_config(tmp_path, TEACHER, STUDENT, sample_rate=0.5, teacher_target=0.4, threads=1)
+    scenario = DriftSettings(teacher_target=0.4, handoff_floor=0.47)
+    config = write_gateway_config(tmp_path, TEACHER, STUDENT, sample_rate=0.5, handoff=handoff(scenario), threads=1)
     settings = load_settings(config)
     assert settings.teacher.model_dir.resolve() == TEACHER.resolve() != DEMO_TEACHER_DIR.resolve()
     assert settings.student.model_dir.resolve() == STUDENT.resolve()
     assert settings.routing.handoff.target_teacher_fraction == 0.4
+    assert settings.routing.handoff.enabled and settings.routing.handoff.min_prob == 0.47
+    default = load_settings(write_gateway_config(tmp_path, TEACHER, STUDENT, 0.5, handoff(DriftSettings()), 1))
+    assert default.routing.handoff.min_prob == type(default.routing.handoff)().min_prob  # the gateway's own
     # the trainer's job trains from the store's active version, and a store starts with the configured student
     assert initial_version(settings).model_dir == str(STUDENT.resolve())
 
