@@ -29,15 +29,16 @@ SCRIPT = ROOT / "benchmarks" / "redistill_datasets.py"
 OVERRIDES = ("optim.lr=3e-4", "batch_size=8")
 
 
-def load_benchmark():
-    """The script as a module (benchmarks/ is not a package); registered first, as its dataclasses look it up."""
-    spec = importlib.util.spec_from_file_location("redistill_datasets", SCRIPT)
+def load_script(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package); registered first, as its dataclasses look it
+    up."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-bench = load_benchmark()
+bench = load_script("redistill_datasets")
 
 
 def write_drift_json(run: Path, **fields) -> None:
