@@ -60,6 +60,19 @@ def _continuation_or_none(generation: GenerationRequest, text: str, tokens: int)
         return None
 
 
+def split_at_collapse(delta: Delta, rule: HandoffRule) -> tuple[Delta | None, Delta]:
+    """A delta of several tokens (a busy vLLM packs them into one chunk) split before its first collapsing token:
+    the sure tokens before it are released as the student's, as they would be one chunk each, and the handoff comes
+    where the rule says. (None, delta) when nothing precedes a collapse, or when the tokens' own texts do not make
+    the delta's text (the cut could not be placed in it: the handoff comes before the whole delta, as before)."""
+    entries = delta.logprobs
+    index = next((index for index, entry in enumerate(entries) if rule.collapses(entry.logprob)), 0)
+    if index == 0 or "".join(entry.token for entry in entries) != delta.text:
+        return None, delta
+    head = "".join(entry.token for entry in entries[:index])
+    return Delta(head, entries[:index]), Delta(delta.text[len(head):], entries[index:])
+
+
 async def with_handoff(student_events: AsyncIterator[Event | RouteChange], generation: GenerationRequest,
                        student: Backend, teacher: Backend,
                        open_teacher: Callable[[GenerationRequest], AsyncIterator[Event]], rule: HandoffRule
@@ -78,6 +91,11 @@ async def with_handoff(student_events: AsyncIterator[Event | RouteChange], gener
                     yield rest
                 return
             if isinstance(event, Delta):
+                sure, event = split_at_collapse(event, rule)
+                if sure is not None:
+                    released_text.append(sure.text)
+                    released_tokens += len(sure.logprobs)
+                    yield sure
                 collapsed_at = next((entry.logprob for entry in event.logprobs if rule.collapses(entry.logprob)),
                                     None)
                 continued_request = None
