@@ -60,14 +60,13 @@ def _continuation_or_none(generation: GenerationRequest, text: str, tokens: int)
         return None
 
 
-def split_at_collapse(delta: Delta, rule: HandoffRule) -> tuple[Delta | None, Delta]:
-    """A delta of several tokens (a busy vLLM packs them into one chunk) split before its first collapsing token:
-    the sure tokens before it are released as the student's, as they would be one chunk each, and the handoff comes
-    where the rule says. (None, delta) when nothing precedes a collapse, or when the tokens' own texts do not make
-    the delta's text (the cut could not be placed in it: the handoff comes before the whole delta, as before)."""
+def split_before(delta: Delta, index: int) -> tuple[Delta | None, Delta]:
+    """A delta of several tokens (a busy vLLM packs them into one chunk) split before its token `index`, the first
+    collapsing one: the sure tokens before it are released as the student's, as they would be one chunk each, and
+    the handoff comes where the rule says. (None, delta) when the tokens' own texts do not make the delta's text
+    (the cut could not be placed in it: the handoff comes before the whole delta, as before)."""
     entries = delta.logprobs
-    index = next((index for index, entry in enumerate(entries) if rule.collapses(entry.logprob)), 0)
-    if index == 0 or "".join(entry.token for entry in entries) != delta.text:
+    if "".join(entry.token for entry in entries) != delta.text:
         return None, delta
     head = "".join(entry.token for entry in entries[:index])
     return Delta(head, entries[:index]), Delta(delta.text[len(head):], entries[index:])
@@ -91,13 +90,16 @@ async def with_handoff(student_events: AsyncIterator[Event | RouteChange], gener
                     yield rest
                 return
             if isinstance(event, Delta):
-                sure, event = split_at_collapse(event, rule)
-                if sure is not None:
-                    released_text.append(sure.text)
-                    released_tokens += len(sure.logprobs)
-                    yield sure
-                collapsed_at = next((entry.logprob for entry in event.logprobs if rule.collapses(entry.logprob)),
-                                    None)
+                collapse = next((index for index, entry in enumerate(event.logprobs)
+                                 if rule.collapses(entry.logprob)), None)
+                if collapse:  # sure tokens before it in the same chunk
+                    sure, event = split_before(event, collapse)
+                    if sure is not None:
+                        released_text.append(sure.text)
+                        released_tokens += len(sure.logprobs)
+                        collapse = 0
+                        yield sure
+                collapsed_at = None if collapse is None else event.logprobs[collapse].logprob
                 continued_request = None
                 if collapsed_at is not None:
                     continued_request = _continuation_or_none(generation, "".join(released_text), released_tokens)

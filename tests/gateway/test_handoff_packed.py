@@ -8,7 +8,7 @@ import asyncio
 import math
 
 from gateway.fallback import RouteChange
-from gateway.handoff import split_at_collapse, with_handoff
+from gateway.handoff import split_before, with_handoff
 from router.handoff import HandoffRule
 from runtime.contract import BackendInfo, Delta, Finish, GenerationRequest, SamplingParams, TokenLogprob
 
@@ -21,14 +21,11 @@ def packed(*tokens: tuple[str, float]) -> Delta:
 
 
 def test_a_packed_chunk_is_cut_before_its_first_unsure_token():
-    sure, rest = split_at_collapse(packed(("The", SURE), (" order", SURE), (" 12", UNSURE), ("3", SURE)), RULE)
+    sure, rest = split_before(packed(("The", SURE), (" order", SURE), (" 12", UNSURE), ("3", SURE)), 2)
     assert (sure.text, len(sure.logprobs)) == ("The order", 2)
     assert (rest.text, [entry.token for entry in rest.logprobs]) == (" 123", [" 12", "3"])
-    whole = packed(("The", UNSURE), (" order", SURE))
-    assert split_at_collapse(whole, RULE) == (None, whole)  # nothing sure before it
-    assert split_at_collapse(packed(("The", SURE)), RULE)[0] is None  # nothing collapses
     mismatched = Delta("The order", (TokenLogprob("Th", SURE), TokenLogprob("e", UNSURE)))
-    assert split_at_collapse(mismatched, RULE) == (None, mismatched)  # the cut cannot be placed in its text
+    assert split_before(mismatched, 1) == (None, mismatched)  # the cut cannot be placed in its text
 
 
 def test_the_teacher_continues_from_the_unsure_token_inside_a_packed_chunk():
