@@ -4,6 +4,7 @@ SFT, the gap recovered) and its Markdown table."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from statistics import fmean
 
 from distill.study.arms import ARMS
 from distill.study.settings import StudySettings
@@ -30,8 +31,8 @@ def summarise(settings: StudySettings, scores: dict, soft_labels: dict | None = 
                      "train_minutes": [minute for minute in minutes if minute is not None],
                      "kl_to_teacher": asdict(interval([figures["kl_to_teacher"] for figures in close])),
                      "token_agreement": asdict(interval([figures["token_agreement"] for figures in close])),
-                     "fields": {field: interval([scores[f"{arm}-s{seed}"][f"{field}_accuracy"]
-                                                 for seed in settings.seeds]).mean
+                     "fields": {field: fmean(scores[f"{arm}-s{seed}"][f"{field}_accuracy"]
+                                             for seed in settings.seeds)
                                 for field in _fields(scores["teacher"])}}
     best = max((arm for arm in arms if arm != BASELINE), key=lambda arm: arms[arm]["mean"]["mean"], default=None)
     return {"settings": settings.model_dump(mode="json"), "teacher": teacher,
