@@ -301,9 +301,7 @@ def _report(settings: DriftSettings, stack: Stack, traffic: Traffic, samples, ma
               "wall_s": ticker.durations()}
     (out / "drift.json").write_text(json.dumps(report, indent=1, default=str))
     _print(measured, ran, checks, marks, ticker.say)
-    ticker.say("re-distillation jobs: " + (", ".join(f"{job['id']} {job['state']} (trigger {job['trigger']}"
-                                                      + (f": {_alert_of(job)})" if job["trigger"] == "alert" else ")")
-                                                      for job in reversed(jobs)) or "none"))
+    ticker.say(jobs_line(jobs))
     ticker.say(f"timeline: {out / 'drift.png'}; everything: {out / 'drift.json'}")
     return report
 
@@ -332,6 +330,21 @@ def _print(measured: dict, ran: dict, checks: list, marks: dict, say) -> None:
     say("marks (s): " + ", ".join(f"{name} {at:.0f}" for name, at in marks.items()))
     for target, value, met in checks:
         say(f"{'met ' if met else 'MISSED'} {target}: {value}")
+
+
+def jobs_line(jobs: list[dict]) -> str:
+    """The run's jobs, oldest first, each with its trigger and, where the gate refused its candidate, the checks
+    that failed with both models' figures: why no promotion came is said where the run ends."""
+    return "re-distillation jobs: " + ("; ".join(_job(job) for job in reversed(jobs)) or "none")
+
+
+def _job(job: dict) -> str:
+    trigger = f"trigger {job['trigger']}" + (f": {_alert_of(job)}" if job["trigger"] == "alert" else "")
+    gate = (job.get("figures") or {}).get("gate") or {}
+    failed = [check for check in gate.get("checks", []) if not check["passed"]]
+    refused = "; the gate failed " + ", ".join(f"{check['name']} {check['active']:.3f} → {check['candidate']:.3f} "
+                                               f"(needs {check['rule']})" for check in failed) if failed else ""
+    return f"{job['id']} {job['state']} ({trigger}{refused})"
 
 
 def _alert_of(job: dict) -> str:
