@@ -22,6 +22,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class Recipe:
         config = self.config
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                        mixed_precision="bf16" if config.bf16 else "no")
+        if config.bf16:
+            _warn_if_emulated_bf16()
         torch.manual_seed(config.seed)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -368,3 +371,12 @@ def run(config: TrainConfig) -> Path:
     recipe.train()
     recipe.save_checkpoint()
     return recipe.save_final()
+
+
+def _warn_if_emulated_bf16() -> None:
+    """bf16=true is honoured, and said to cost ~35x where the hardware emulates it (distill/precision.py)."""
+    from distill.precision import cpu_capability, native_bf16
+
+    if not native_bf16():
+        print(f"warning: bf16=true on hardware without native bf16 (torch's CPU kernels: {cpu_capability()}): "
+              "autocast is emulated, about 35x slower than fp32 here; set bf16=false", file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ Log = Callable[[str], None]
 
 
 def run_study(settings: StudySettings, log: Log = print) -> dict:
+    settings = _precision(settings, log)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(settings.model_dump_json(indent=1))
@@ -46,13 +47,14 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     base = _base(settings, log)
     teacher_data = _gold_cache(out / "teacher-data", base, {str(index): ticket for index, ticket in enumerate(train)})
     teacher = _teacher(settings, base, teacher_data, log)
+    # the key as soon as the teacher is trained: scores_from of another study is refused now, not 30 minutes on
+    record = Record(out / "evals", study_key(settings, teacher), settings.scores_from)
     student_init = _prune(settings, teacher, teacher_data, log)
     teacher_cache = _teacher_cache(settings, teacher, train, log)
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
     gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
     caches = {"gold": gold, "teacher": teacher_cache}
     soft = soft_labels.measured(out, teacher_cache, teacher, settings.top_k)
-    record = Record(out / "evals", study_key(settings, teacher), settings.scores_from)
     references = {"teacher": teacher, "base": base, "student-init": student_init}
     scores = {name: _evaluate(settings, record, name, model, test, log) for name, model in references.items()}
     closeness = Closeness(out, teacher, test, settings.threads, log)
@@ -83,6 +85,20 @@ def _write_summary(settings: StudySettings, scores: dict, soft: dict) -> dict:
     (settings.out / "study.json").write_text(json.dumps(summary, indent=1))
     (settings.out / "study.md").write_text(table(summary))
     return summary
+
+
+def _precision(settings: StudySettings, log: Log) -> StudySettings:
+    """bf16 decided for this machine when unset, and said: it is in the key, so scores made with the other choice
+    are not this study's."""
+    from distill.precision import cpu_capability
+    from distill.study.settings import resolved
+
+    chosen = resolved(settings)
+    if settings.bf16 is None:
+        log(f"bf16 autocast: {'on' if chosen.bf16 else 'off'} (unset; torch's CPU kernels here: {cpu_capability()}, "
+            f"{'with' if chosen.bf16 else 'without'} native bf16); set bf16=true or bf16=false to choose, e.g. to go "
+            "on with scores made with the other")
+    return chosen
 
 
 def _base(settings: StudySettings, log: Log) -> Path:

@@ -50,7 +50,9 @@ class StudySettings(_Strict):
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: StudentSettings = Field(default_factory=StudentSettings)
     train: ArmSettings = Field(default_factory=ArmSettings)
-    bf16: bool = Field(default=True, description="autocast in training (faster on this machine kind's CPUs)")
+    bf16: bool | None = Field(default=None, description="autocast in training; unset: on where the hardware "
+                              "computes bf16 natively (CUDA, a CPU with AVX512 or AMX), off elsewhere (emulated on "
+                              "an AVX2-only CPU, about 35× slower than fp32); it is part of the study's key")
     threads: int | None = Field(default=2, ge=1, description="torch CPU threads")
     eval_batch_size: int = Field(default=50, ge=1)
 
@@ -67,3 +69,12 @@ class StudySettings(_Strict):
 
 def load_settings(overrides: list[str]) -> StudySettings:
     return validated(StudySettings, apply_overrides({}, overrides, "seeds=[0,1] train.steps=60"), "study settings")
+
+
+def resolved(settings: StudySettings) -> StudySettings:
+    """`settings` with bf16 decided for this machine when it was left unset: the key hashes what was run."""
+    if settings.bf16 is not None:
+        return settings
+    from distill.precision import native_bf16
+
+    return settings.model_copy(update={"bf16": native_bf16()})

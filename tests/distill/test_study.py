@@ -95,6 +95,23 @@ def _tables(lines: list[str]) -> list[list[list[str]]]:
     return tables
 
 
+def test_bf16_left_unset_is_decided_for_the_machine_and_scores_made_with_the_other_choice_are_refused_early(
+        tmp_path):
+    # bf16 autocast is emulated on an AVX2-only CPU, ~35x slower than fp32: a study that always asked for it took
+    # 265 s a step on such a machine (6 s with native bf16)
+    from distill.precision import native_bf16
+
+    native = native_bf16()
+    first = _study(tmp_path / "first", "seeds=[0]", "arms=[sft-gold]")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"bf16 autocast: {'on' if native else 'off'} (unset; " in first.stdout
+    assert json.loads((tmp_path / "first" / "settings.json").read_text())["bf16"] is native  # what the key hashed
+    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={tmp_path / 'first' / 'evals'}")
+    assert other.returncode == 2 and "scores_from: none of the" in other.stderr, other.stderr[-3000:]
+    assert "bf16 autocast" not in other.stdout  # chosen, not decided
+    assert not (tmp_path / "other" / "teacher-cache").exists()  # refused once the teacher was trained, no later
+
+
 def test_scores_of_another_study_are_refused_not_tabulated(tmp_path):
     from distill.study.record import Record
 
