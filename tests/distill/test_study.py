@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.config import load_config
 from distill.on_policy import OnPolicy
+from distill.precision import native_bf16
 from distill.recipe import Row
 from distill.study.arms import ARMS
 from distill.study.settings import load_settings
@@ -78,6 +79,16 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert not list((tmp_path / "elsewhere").glob("runs/*-s*")) and "seed 0:" not in elsewhere.stdout
     assert f"kd-t1-a1-s1: scored in {out / 'evals'}, not trained again" in elsewhere.stdout
     assert (tmp_path / "elsewhere" / "study.md").read_text() == (out / "study.md").read_text()
+    # bf16 left unset is decided for the machine (emulated on an AVX2-only CPU, ~35x slower than fp32: a study that
+    # always asked for it took 265 s a step there, 6 s where bf16 is native), and it is in the key: scores made with
+    # the other choice are refused as soon as the teacher is trained, before the caches
+    native = native_bf16()
+    assert f"bf16 autocast: {'on' if native else 'off'} (unset; " in done.stdout
+    assert json.loads((out / "settings.json").read_text())["bf16"] is native
+    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={out / 'evals'}")
+    assert other.returncode == 2 and "scores_from: none of the" in other.stderr, other.stderr[-3000:]
+    assert "bf16 autocast" not in other.stdout  # chosen, not decided
+    assert not (tmp_path / "other" / "teacher-cache").exists()
 
 
 def _tables(lines: list[str]) -> list[list[list[str]]]:
@@ -93,23 +104,6 @@ def _tables(lines: list[str]) -> list[list[list[str]]]:
         elif not line.startswith("|"):
             current = None
     return tables
-
-
-def test_bf16_left_unset_is_decided_for_the_machine_and_scores_made_with_the_other_choice_are_refused_early(
-        tmp_path):
-    # bf16 autocast is emulated on an AVX2-only CPU, ~35x slower than fp32: a study that always asked for it took
-    # 265 s a step on such a machine (6 s with native bf16)
-    from distill.precision import native_bf16
-
-    native = native_bf16()
-    first = _study(tmp_path / "first", "seeds=[0]", "arms=[sft-gold]")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert f"bf16 autocast: {'on' if native else 'off'} (unset; " in first.stdout
-    assert json.loads((tmp_path / "first" / "settings.json").read_text())["bf16"] is native  # what the key hashed
-    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={tmp_path / 'first' / 'evals'}")
-    assert other.returncode == 2 and "scores_from: none of the" in other.stderr, other.stderr[-3000:]
-    assert "bf16 autocast" not in other.stdout  # chosen, not decided
-    assert not (tmp_path / "other" / "teacher-cache").exists()  # refused once the teacher was trained, no later
 
 
 def test_scores_of_another_study_are_refused_not_tabulated(tmp_path):
