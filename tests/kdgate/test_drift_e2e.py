@@ -34,8 +34,9 @@ _needs = needs.requires("prometheus", "alertmanager")
 def test_shifted_traffic_ends_in_a_promoted_student_that_passed_the_gate(tmp_path):
     # the pair given as `--teacher`/`--student` would give another (the demo's own here: one run, not two).
     # 600 replay prompts, not 300: with 300 the candidate forgot two-order tickets (golden slice 0.64 → 0.48–0.56
-    # over four record samples of one run's store, retrained offline), and a CI run's gate rejected it; with 600
-    # (the job still draws 240 of them) it kept them, 0.60–0.68 over the same four
+    # over four record samples of one run's store, retrained offline), and a CI run's gate rejected it; with 600 it
+    # kept them, 0.60–0.68 over the same four. The job draws 240 either way, with a fixed seed: what differs may be
+    # that one draw rather than the pool's size, but it is the draw every run of this test makes
     settings = DriftSettings(out=tmp_path, teacher=DEMO_TEACHER_DIR, student=DEMO_PRELAUNCH_STUDENT_DIR, rate=2.0,
                              usual_s=30.0, launch_share=0.8, after_s=60.0, max_wait_s=480.0, train_steps=200,
                              replay_prompts=600, min_records=150, gather_wait_s=180.0,
