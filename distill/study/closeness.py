@@ -6,8 +6,8 @@ Exact match says whether a whole answer is right; these say whether an arm learn
 is what KD optimises, on the same tickets for every arm (each recipe's own held-out rows come from its own cache and
 seed, so its logged KL does not compare across arms).
 
-    out/evals/teacher-answers.json   the teacher's greedy answers to the test tickets, made once
-    out/evals/NAME-closeness.json    each model's figures
+    out/evals/teacher-KEY12/teacher-answers.json   the teacher's greedy answers to the test tickets, made once
+    out/evals/NAME-closeness.json                  each model's figures (NAME may name a teacher's folder)
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ TICKETS = 100
 class Closeness:
     """Loads the teacher (and writes its test answers) only when some model's figures are still missing."""
 
-    def __init__(self, out: Path, teacher_dir: Path, tickets: list, threads: int | None, log: Callable[[str], None]):
-        self.folder, self.teacher_dir, self.tickets = out / "evals", teacher_dir, tickets[:TICKETS]
+    def __init__(self, folder: Path, answers: str, teacher_dir: Path, tickets: list, threads: int | None,
+                 log: Callable[[str], None]):
+        """`folder`: the study's evals/; `answers`: where in it the teacher's test answers are kept."""
+        self.folder, self.answers, self.teacher_dir, self.tickets = folder, answers, teacher_dir, tickets[:TICKETS]
         self.threads, self.log = threads, log
         self._teacher = None
         self._answers: list[str] | None = None
@@ -63,7 +65,7 @@ class Closeness:
             if self.threads:
                 torch.set_num_threads(self.threads)
             self._teacher = load(self.teacher_dir)
-            path = self.folder / "teacher-answers.json"
+            path = self.folder / self.answers
             if path.is_file() and len(json.loads(path.read_text())) == len(self.tickets):
                 self._answers = json.loads(path.read_text())
             else:

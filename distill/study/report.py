@@ -7,15 +7,20 @@ from dataclasses import asdict
 from statistics import fmean
 
 from distill.study.arms import ARMS
+from distill.study.closeness import TICKETS
 from distill.study.settings import StudySettings
 from distill.study.stats import Interval, gap_recovered, interval, paired_p
 
 BASELINE = "sft-gold"
 
 
-def summarise(settings: StudySettings, scores: dict, soft_labels: dict | None = None) -> dict:
-    """`soft_labels`: soft_labels.soft_label_mass of the teacher's cache (None: left out of the table)."""
-    teacher = scores["teacher"]["exact_match"]
+def summarise(settings: StudySettings, scores: dict, teachers: dict, base: float,
+              soft_labels: dict | None = None) -> dict:
+    """`scores`: each arm's score by name (ARM-sSEED), with its `teacher` key and `closeness`; `teachers`: each
+    seed's teacher's figures by key (run.py `_teacher_figures`); `soft_labels`: soft_labels.soft_label_mass of this
+    machine's teacher cache (None: left out of the table)."""
+    seed_teacher = [teachers[scores[f"{BASELINE}-s{seed}"]["teacher"]]["score"] for seed in settings.seeds]
+    teacher = [scored["exact_match"] for scored in seed_teacher]
     baseline = [scores[f"{BASELINE}-s{seed}"]["exact_match"] for seed in settings.seeds]
     arms = {}
     for arm in settings.arms:
@@ -33,13 +38,26 @@ def summarise(settings: StudySettings, scores: dict, soft_labels: dict | None = 
                      "token_agreement": asdict(interval([figures["token_agreement"] for figures in close])),
                      "fields": {field: fmean(scores[f"{arm}-s{seed}"][f"{field}_accuracy"]
                                              for seed in settings.seeds)
-                                for field in _fields(scores["teacher"])}}
+                                for field in _fields(seed_teacher[0])}}
     best = max((arm for arm in arms if arm != BASELINE), key=lambda arm: arms[arm]["mean"]["mean"], default=None)
-    return {"settings": settings.model_dump(mode="json"), "teacher": teacher,
-            "base": scores["base"]["exact_match"], "student_init": scores["student-init"]["exact_match"],
-            "student_init_closeness": scores["student-init"]["closeness"],
-            "teacher_fields": {field: scores["teacher"][f"{field}_accuracy"] for field in _fields(scores["teacher"])},
+    return {"settings": settings.model_dump(mode="json"), "teacher": fmean(teacher), "teacher_per_seed": teacher,
+            "teachers": _teachers(settings, scores, teachers), "base": base,
+            "teacher_fields": {field: fmean(scored[f"{field}_accuracy"] for scored in seed_teacher)
+                               for field in _fields(seed_teacher[0])},
             "soft_labels": soft_labels, "seeds": settings.seeds, "arms": arms, "best": best}
+
+
+def _teachers(settings: StudySettings, scores: dict, teachers: dict) -> list[dict]:
+    """Each teacher the seeds learnt from: its score, the seeds, where it was made, its pruned student's start."""
+    listed = []
+    for key, figures in teachers.items():
+        seeds = [seed for seed in settings.seeds if scores[f"{BASELINE}-s{seed}"]["teacher"] == key]
+        made = figures["score"].get("made_on", {})
+        listed.append({"key": key[:12], "exact_match": figures["score"]["exact_match"], "seeds": seeds,
+                       "cpu": made.get("cpu"), "avx512": made.get("avx512"), "bf16": figures["score"].get("bf16"),
+                       "student_init": figures["student_init"],
+                       "student_init_closeness": figures["student_init_closeness"]})
+    return sorted(listed, key=lambda teacher: teacher["seeds"])
 
 
 def _fields(score: dict) -> list[str]:
@@ -68,17 +86,16 @@ def _span(raw: dict | None, unit: str = " %", signed: bool = False) -> str:
 
 
 def table(summary: dict) -> str:
-    settings, init = summary["settings"], summary["student_init_closeness"]
+    settings = summary["settings"]
     lines = [
-        f"Teacher {_percent(summary['teacher'])} %, the base checkpoint before fine-tuning "
-        f"{_percent(summary['base'])} %, the pruned student before training {_percent(summary['student_init'])} % "
-        f"(exact match on {settings['test_tickets']} held-out tickets). Each arm: {settings['train']['steps']} steps "
-        f"of {settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} blocks), "
+        f"{_teachers_line(summary['teachers'])} Each arm: {settings['train']['steps']} steps of "
+        f"{settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} blocks), "
         f"seeds {', '.join(map(str, summary['seeds']))}; means with 95 % t intervals over seeds; differences and "
         f"the paired t-test against hard-label SFT pair runs by seed; gap recovered = (arm − SFT) / (teacher − SFT), "
-        "per seed. KL to the teacher (nats/token) and token agreement: teacher-forced along the teacher's greedy "
-        f"answers to the same tickets (the pruned student before training: {_kl(init['kl_to_teacher'])}, "
-        f"{_percent(init['token_agreement'])} %).",
+        "per seed, against that seed's teacher. KL to the teacher (nats/token) and token agreement: teacher-forced "
+        f"along the teacher's greedy answers to the first {min(TICKETS, settings['test_tickets'])} of those tickets (the base checkpoint before "
+        "fine-tuning: "
+        f"{_percent(summary['base'])} % exact match).",
         "",
         "| arm | trained with | exact match per seed | mean [95 % CI] | vs hard-label SFT [95 % CI] | p | "
         "gap recovered [95 % CI] | KL to teacher | token agreement | min/run |",
@@ -97,6 +114,23 @@ def table(summary: dict) -> str:
                      f"{p_value} | {gap} | {_kl(arm['kl_to_teacher']['mean'])} | {_span(arm['token_agreement'])} | "
                      f"{per_run} |")
     return "\n".join(lines + _by_field(summary) + _soft_labels(summary.get("soft_labels"))) + "\n"
+
+
+def _teachers_line(teachers: list[dict]) -> str:
+    """Each seed's teacher (one per machine that trained seeds: a seed's arms all learn from one), where it was
+    made, and the pruned student it gave before training."""
+    parts = []
+    for teacher in teachers:
+        seeds = ", ".join(map(str, teacher["seeds"]))
+        where = f"{teacher['cpu'] or 'CPU'} {'with' if teacher['avx512'] else 'without'} AVX512"
+        close = teacher["student_init_closeness"] or {}
+        init = (f"its pruned student before training {_percent(teacher['student_init'])} %"
+                + (f", KL {_kl(close['kl_to_teacher'])}, agreement {_percent(close['token_agreement'])} %"
+                   if close else ""))
+        parts.append(f"{_percent(teacher['exact_match'])} % for seed{'s' if len(teacher['seeds']) > 1 else ''} "
+                     f"{seeds} ({where}, {'bf16' if teacher['bf16'] else 'fp32'}; {init})")
+    label = "Teacher" if len(parts) == 1 else "Teachers (one per machine; a seed's arms all learn from one)"
+    return f"{label}: {'; '.join(parts)}; exact match on the held-out tickets."
 
 
 def _by_field(summary: dict) -> list[str]:
@@ -120,9 +154,9 @@ def _soft_labels(soft: dict | None) -> list[str]:
     for more than SFT on the teacher's answers does."""
     if not soft:
         return []
-    lines = ["", "What the teacher's soft labels carry beyond its answers (its cached top-k along its answers to the "
-             "training tickets, per field of the answer's JSON): KD and SFT on the teacher's answers ask the same of "
-             "a token where the teacher's top token holds all the mass.", "",
+    lines = ["", "What the teacher's soft labels carry beyond its answers (the cached top-k of the teacher trained on "
+             "this machine, along its answers to the training tickets, per field of the answer's JSON): KD and SFT on "
+             "the teacher's answers ask the same of a token where the teacher's top token holds all the mass.", "",
              "| field | tokens | mean mass off the top token | share of all that mass | tokens with p(top) < 0.9 |",
              "|---|---|---|---|---|"]
     for field, figures in soft.items():

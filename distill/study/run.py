@@ -7,9 +7,11 @@
     out/teacher-cache/   the teacher's greedy answers with top-k logprobs on the training tickets
     out/gold-cache/      ground truth on exactly the prompts the teacher cache kept, in its order
     out/runs/ARM-sSEED/  each arm's run (its checkpoint removed once the model is written)
-    out/evals/NAME.json  each model's score on the held-out tickets, under the study's key (record.py: an arm
-                         scored there, or in `scores_from`, is not trained again)
-    out/evals/NAME-closeness.json   and how close it is to the teacher there (closeness.py)
+    out/evals/NAME.json  each arm's score on the held-out tickets (NAME = ARM-sSEED), and base.json, under the
+                         study's key and the teacher's (record.py: a seed scored there, or in `scores_from`, is not
+                         trained again; seeds made with other machines' teachers pool with this machine's)
+    out/evals/teacher-KEY12/        this machine's teacher's own figures: its score, the pruned student's
+    out/evals/NAME-closeness.json   and how close each is to its teacher there (closeness.py)
     out/study.json, out/study.md
 """
 
@@ -28,9 +30,9 @@ from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
 from distill.study import soft_labels
 from distill.study.arms import ARMS
 from distill.study.closeness import Closeness
-from distill.study.record import Record, study_key
+from distill.study.record import TEACHER_ANSWERS, Record, study_key, teacher_folder, teacher_key
 from distill.study.report import summarise, table
-from distill.study.settings import StudySettings
+from distill.study.settings import StudySettings, resolved
 
 Log = Callable[[str], None]
 
@@ -39,6 +41,8 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     settings = _precision(settings, log)
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
+    # scores_from of another study is refused now, before anything is trained
+    record = Record(out / "evals", study_key(settings), settings.scores_from)
     (out / "settings.json").write_text(settings.model_dump_json(indent=1))
     from distill.demo import task
 
@@ -47,21 +51,23 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     base = _base(settings, log)
     teacher_data = _gold_cache(out / "teacher-data", base, {str(index): ticket for index, ticket in enumerate(train)})
     teacher = _teacher(settings, base, teacher_data, log)
-    # the key as soon as the teacher is trained: scores_from of another study is refused now, not 30 minutes on
-    record = Record(out / "evals", study_key(settings, teacher), settings.scores_from)
+    record.with_teacher(teacher_key(settings, teacher))
     student_init = _prune(settings, teacher, teacher_data, log)
     teacher_cache = _teacher_cache(settings, teacher, train, log)
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
     gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
     caches = {"gold": gold, "teacher": teacher_cache}
     soft = soft_labels.measured(out, teacher_cache, teacher, settings.top_k)
-    references = {"teacher": teacher, "base": base, "student-init": student_init}
-    scores = {name: _evaluate(settings, record, name, model, test, log) for name, model in references.items()}
-    closeness = Closeness(out, teacher, test, settings.threads, log)
-    scores["student-init"]["closeness"] = closeness.of("student-init", student_init)
+    _evaluate(settings, record, "base", base, test, log)
+    _evaluate(settings, record, record.own("teacher"), teacher, test, log, bf16=settings.bf16)
+    _evaluate(settings, record, record.own("student-init"), student_init, test, log)
+    closeness = Closeness(out / "evals", record.own(TEACHER_ANSWERS), teacher, test, settings.threads, log)
+    closeness.of(record.own("student-init"), student_init)
+    scores = {}
     for done, seed in enumerate(settings.seeds, start=1):
-        for arm in settings.arms:
-            name = f"{arm}-s{seed}"
+        names = {arm: f"{arm}-s{seed}" for arm in settings.arms}
+        record.seed(list(names.values()), log)
+        for arm, name in names.items():
             scored = record.complete(name)
             if scored is None:
                 model, minutes = _train_arm(settings, arm, seed, caches, teacher, student_init, log)
@@ -73,31 +79,41 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
                     log(f"{name}: scored in {settings.scores_from}, not trained again")
             scores[name] = scored
         # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
-        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), scores, soft)
+        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), record, scores,
+                                 soft)
         if done < len(settings.seeds):
             log(f"seed {seed} done: the table over seeds {', '.join(map(str, settings.seeds[:done]))} is in "
                 f"{out / 'study.md'}")
     return summary
 
 
-def _write_summary(settings: StudySettings, scores: dict, soft: dict) -> dict:
-    summary = summarise(settings, scores, soft)
+def _write_summary(settings: StudySettings, record: Record, scores: dict, soft: dict) -> dict:
+    seeds_teachers = {scores[f"{arm}-s{seed}"]["teacher"] for arm in settings.arms for seed in settings.seeds}
+    summary = summarise(settings, scores, {key: _teacher_figures(record, key) for key in seeds_teachers},
+                        record.score("base")["exact_match"], soft)
     (settings.out / "study.json").write_text(json.dumps(summary, indent=1))
     (settings.out / "study.md").write_text(table(summary))
     return summary
 
 
+def _teacher_figures(record: Record, teacher: str) -> dict:
+    """One teacher's score, where it was made, and its pruned student's score and closeness before training."""
+    folder = teacher_folder(teacher)
+    init = record.score(f"{folder}/student-init")
+    closeness = record.folder / folder / "student-init-closeness.json"
+    return {"score": record.teacher_score(teacher), "student_init": init["exact_match"] if init else None,
+            "student_init_closeness": json.loads(closeness.read_text()) if closeness.is_file() else None}
+
+
 def _precision(settings: StudySettings, log: Log) -> StudySettings:
-    """bf16 decided for this machine when unset, and said: it is in the key, so scores made with the other choice
-    are not this study's."""
+    """bf16 decided for this machine when unset, and said: it is in the teacher's key, so a seed's arms all share it
+    (seeds made with the other choice, on other machines, pool with these, each with its own teacher)."""
     from distill.precision import cpu_capability
-    from distill.study.settings import resolved
 
     chosen = resolved(settings)
     if settings.bf16 is None:
         log(f"bf16 autocast: {'on' if chosen.bf16 else 'off'} (unset; torch's CPU kernels here: {cpu_capability()}, "
-            f"{'with' if chosen.bf16 else 'without'} native bf16); set bf16=true or bf16=false to choose, e.g. to go "
-            "on with scores made with the other")
+            f"{'with' if chosen.bf16 else 'without'} native bf16); set bf16=true or bf16=false to choose")
     return chosen
 
 

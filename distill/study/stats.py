@@ -48,8 +48,9 @@ def paired_p(values: Sequence[float], baseline: Sequence[float]) -> float | None
     return float(stats.ttest_rel(values, baseline).pvalue)
 
 
-def gap_recovered(values: Sequence[float], baseline: Sequence[float], teacher: float) -> Interval | None:
-    """Per seed, (arm − SFT) / (teacher − SFT): 1 is the teacher, 0 is SFT; None when SFT reaches the teacher."""
-    shares = [(value - base) / (teacher - base) for value, base in zip(values, baseline, strict=True)
-              if teacher > base]
+def gap_recovered(values: Sequence[float], baseline: Sequence[float], teacher: Sequence[float]) -> Interval | None:
+    """Per seed, (arm − SFT) / (teacher − SFT), each seed against its own teacher: 1 is the teacher, 0 is SFT; None
+    when SFT reaches the teacher."""
+    shares = [(value - base) / (best - base) for value, base, best in zip(values, baseline, teacher, strict=True)
+              if best > base]
     return interval(shares) if len(shares) == len(values) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -66,12 +67,13 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
         figures = [json.loads((out / "evals" / f"{name}-s{seed}-closeness.json").read_text()) for seed in (0, 1)]
         assert all(f["kl_to_teacher"] > 0 and 0 <= f["token_agreement"] <= 1 and f["truth_nll"] > 0 for f in figures)
         assert arm["kl_to_teacher"]["mean"] == pytest.approx(np.mean([f["kl_to_teacher"] for f in figures]))
-    assert len(json.loads((out / "evals" / "teacher-answers.json").read_text())) == 12
+    (answers,) = (out / "evals").glob("teacher-*/teacher-answers.json")  # filed under the teacher's key
+    assert len(json.loads(answers.read_text())) == 12
     assert "| KL to teacher | token agreement |" in lines[2]
     models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
     again = _study(out)  # every stage is there: nothing is trained or scored again
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "seed 0:" not in again.stdout and "exact match" not in again.stdout.split("Teacher ")[0]
+    assert "seed 0:" not in again.stdout and "exact match" not in again.stdout.split("Teacher: ")[0]
     assert {path: path.stat().st_mtime_ns for path in models} == models
     # on a fresh machine: the teacher is trained again, comes out the same, and the recorded scores are taken
     elsewhere = _study(tmp_path / "elsewhere", f"scores_from={out / 'evals'}")
@@ -80,15 +82,32 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert f"kd-t1-a1-s1: scored in {out / 'evals'}, not trained again" in elsewhere.stdout
     assert (tmp_path / "elsewhere" / "study.md").read_text() == (out / "study.md").read_text()
     # bf16 left unset is decided for the machine (emulated on an AVX2-only CPU, ~35x slower than fp32: a study that
-    # always asked for it took 265 s a step there, 6 s where bf16 is native), and it is in the key: scores made with
-    # the other choice are refused as soon as the teacher is trained, before the caches
+    # always asked for it took 265 s a step there, 6 s where bf16 is native); it is in the teacher's key, not the
+    # study's: another machine's teacher (here: the other choice) pools its seeds with these, a seed at a time
     native = native_bf16()
     assert f"bf16 autocast: {'on' if native else 'off'} (unset; " in done.stdout
     assert json.loads((out / "settings.json").read_text())["bf16"] is native
-    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={out / 'evals'}")
-    assert other.returncode == 2 and "scores_from: none of the" in other.stderr, other.stderr[-3000:]
+    begun = tmp_path / "begun"  # seed 1 begun but not finished by the first machine
+    shutil.copytree(out / "evals", begun)
+    for file in ("kd-t1-a1-s1.json", "kd-t1-a1-s1-closeness.json"):
+        (begun / file).unlink()
+    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={begun}",
+                   "arms=[sft-gold,kd-t1-a1]")  # two arms: bf16 may be emulated here
+    assert other.returncode == 0, other.stderr[-3000:]
     assert "bf16 autocast" not in other.stdout  # chosen, not decided
-    assert not (tmp_path / "other" / "teacher-cache").exists()
+    assert not list((tmp_path / "other").glob("runs/*-s0")) and "seed 0:" not in other.stdout
+    assert {path.name for path in (tmp_path / "other").glob("runs/*-s1")} == {"sft-gold-s1", "kd-t1-a1-s1"}
+    assert "made with another teacher" in other.stdout and "the seed is trained here in full" in other.stdout
+    pooled = json.loads((tmp_path / "other" / "study.json").read_text())
+    assert [teacher["seeds"] for teacher in pooled["teachers"]] == [[0], [1]]
+    assert [teacher["bf16"] for teacher in pooled["teachers"]] == [native, not native]
+    assert pooled["teacher_per_seed"] == [teacher["exact_match"] for teacher in pooled["teachers"]]
+    assert pooled["arms"]["sft-gold"]["exact_match"][0] == summary["arms"]["sft-gold"]["exact_match"][0]
+    assert (tmp_path / "other" / "study.md").read_text().startswith("Teachers (one per machine")
+    # other settings are another study: refused before anything is trained
+    refused = _study(tmp_path / "refused", "train.steps=3", f"scores_from={out / 'evals'}")
+    assert refused.returncode == 2 and "scores_from: none of the" in refused.stderr, refused.stderr[-3000:]
+    assert not (tmp_path / "refused" / "teacher").exists()
 
 
 def _tables(lines: list[str]) -> list[list[list[str]]]:
@@ -110,15 +129,46 @@ def test_scores_of_another_study_are_refused_not_tabulated(tmp_path):
     from distill.study.record import Record
 
     earlier = tmp_path / "earlier"
-    Record(earlier, "a" * 64, None).write("sft-gold-s0", {"exact_match": 0.5, "train_minutes": 1.0})
-    (earlier / "sft-gold-s0-closeness.json").write_text("{}")
-    assert Record(tmp_path / "again", "a" * 64, earlier).complete("sft-gold-s0")["exact_match"] == 0.5
+    _arm(Record(earlier, "a" * 64, None).with_teacher("t" * 64), "sft-gold-s0")
+    assert Record(tmp_path / "again", "a" * 64, earlier).with_teacher("u" * 64).complete("sft-gold-s0")[
+        "exact_match"] == 0.5
     with pytest.raises(ValueError, match=r"scores_from: none of the 1 scores in .*earlier were made by this study"):
-        Record(tmp_path / "other", "b" * 64, earlier)  # other settings, or a teacher that came out different
+        Record(tmp_path / "other", "b" * 64, earlier)  # other settings: refused before any teacher is trained
     with pytest.raises(ValueError, match=r"sft-gold-s0.json was scored by a study with other settings"):
         Record(earlier, "b" * 64, None).score("sft-gold-s0")  # its own out, rerun with other sizes
     with pytest.raises(ValueError, match="scores_from: .*nowhere is not a folder"):
         Record(tmp_path / "x", "a" * 64, tmp_path / "nowhere")
+
+
+def test_a_seed_is_taken_whole_from_one_teacher_or_trained_here_in_full(tmp_path):
+    """Seeds pool across machines, but a seed's arms pair: all learn from one teacher. A seed another teacher
+    finished is taken with that teacher's own score; one it began but did not finish is trained again here, and its
+    earlier arms are set aside, not tabulated beside this teacher's."""
+    from distill.study.record import Record, teacher_folder
+
+    earlier, here, there = tmp_path / "earlier", "h" * 64, "t" * 64
+    made = Record(earlier, "a" * 64, None).with_teacher(there)
+    made.write(made.own("teacher"), {"exact_match": 0.6})
+    for name in ("sft-gold-s0", "kd-s0", "sft-gold-s1"):
+        _arm(made, name)
+    said = []
+    record = Record(tmp_path / "evals", "a" * 64, earlier).with_teacher(here)
+    _arm(record, "kd-s1")  # this machine had begun seed 1 too
+    assert record.seed(["sft-gold-s0", "kd-s0"], said.append) == there and not said
+    assert record.complete("kd-s0")["teacher"] == there
+    assert record.teacher_score(there)["exact_match"] == 0.6  # copied with the seed it made
+    assert (tmp_path / "evals" / teacher_folder(there) / "teacher.json").is_file()
+    assert record.seed(["sft-gold-s1", "kd-s1"], said.append) == here
+    assert said == [f"sft-gold-s1: made with another teacher ({there[:12]}) in a seed it did not finish; the seed "
+                    "is trained here in full, so its arms all learn from one teacher"]
+    assert record.complete("sft-gold-s1") is None and record.complete("kd-s1")["teacher"] == here
+    with pytest.raises(ValueError, match=f"no score of teacher {here[:12]}"):
+        record.teacher_score(here)
+
+
+def _arm(record, name: str) -> None:
+    record.write(name, {"exact_match": 0.5, "train_minutes": 1.0})
+    (record.folder / f"{name}-closeness.json").write_text("{}")
 
 
 def test_closeness_of_the_teacher_to_itself_is_zero_kl_and_full_agreement(tmp_path):
@@ -127,7 +177,7 @@ def test_closeness_of_the_teacher_to_itself_is_zero_kl_and_full_agreement(tmp_pa
     from distill.demo import task
     from distill.study.closeness import Closeness
 
-    measure = Closeness(tmp_path, TEACHER, task.take("test", 6, seed=0), threads=1, log=print)
+    measure = Closeness(tmp_path, "teacher-answers.json", TEACHER, task.take("test", 6, seed=0), threads=1, log=print)
     figures = measure.of("itself", TEACHER)
     assert figures["token_agreement"] == 1.0 and figures["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
     student = measure.of("student", STUDENT)
@@ -167,9 +217,11 @@ def test_intervals_paired_tests_and_gap_shares_match_hand_worked_values():
     # differences 0.1, 0.2, 0.3: t = 0.2 / (0.1 / √3) = 3.464 on 2 degrees of freedom, two-sided p = 0.0742
     assert paired_p([0.7, 0.9, 1.1], [0.6, 0.7, 0.8]) == pytest.approx(0.0742, abs=1e-3)
     assert paired_p([0.7, 0.8], [0.6, 0.7]) is None  # every difference the same: no spread to test against
-    gap = gap_recovered([0.8, 0.9], [0.6, 0.7], teacher=1.0)  # (0.8-0.6)/(1-0.6) = 0.5, (0.9-0.7)/(1-0.7) = 2/3
+    gap = gap_recovered([0.8, 0.9], [0.6, 0.7], teacher=[1.0, 1.0])  # (0.8-0.6)/(1-0.6) = 0.5, (0.9-0.7)/(1-0.7)
     assert gap.mean == pytest.approx((0.5 + 2 / 3) / 2)
-    assert gap_recovered([0.8], [1.0], teacher=1.0) is None  # SFT at the teacher: no gap to recover
+    # each seed against its own teacher: (0.8-0.6)/(0.8-0.6) = 1, (0.9-0.7)/(1.1-0.7) = 0.5
+    assert gap_recovered([0.8, 0.9], [0.6, 0.7], teacher=[0.8, 1.1]).mean == pytest.approx(0.75)
+    assert gap_recovered([0.8], [1.0], teacher=[1.0]) is None  # SFT at the teacher: no gap to recover
 
 
 def test_on_policy_rows_are_the_students_samples_scored_by_the_teacher():
