@@ -68,21 +68,26 @@ class OnPolicy:
         return answers
 
     def _score(self, prompts: list[list[int]], answers: list[list[int]]):
-        """The teacher's top-k ids (A, k) int32 and logprobs (A, k) float16 at each answer token of each row."""
-        sequences = [prompt + answer for prompt, answer in zip(prompts, answers, strict=True)]
-        width = max(len(sequence) for sequence in sequences)
-        input_ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros_like(input_ids)
-        for index, sequence in enumerate(sequences):
-            input_ids[index, :len(sequence)] = torch.tensor(sequence)
-            attention_mask[index, :len(sequence)] = 1
-        logits = self.teacher(input_ids=input_ids.to(self.device),
-                              attention_mask=attention_mask.to(self.device)).logits  # (B, T, V)
-        ids, logprobs = [], []
-        for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-            # position t predicts token t+1: the answer's tokens are predicted at len(prompt)-1 … end-2
-            at = logits[index, len(prompt) - 1:len(prompt) - 1 + len(answer)].float().log_softmax(-1)  # (A, V)
-            top = at.topk(self.top_k, dim=-1)
-            ids.append(top.indices.cpu().numpy().astype(np.int32))
-            logprobs.append(top.values.cpu().numpy().astype(np.float16))
-        return ids, logprobs
+        return teacher_topk(self.teacher, self.tokenizer.pad_token_id, prompts, answers, self.top_k, self.device)
+
+
+def teacher_topk(teacher, pad_id: int, prompts: list[list[int]], answers: list[list[int]], top_k: int,
+                 device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The teacher's top-k ids (A, k) int32 and logprobs (A, k) float16 at each answer token of each row, the
+    answer teacher-forced (the student's sample here; the true answer for the study's KD along the truth)."""
+    sequences = [prompt + answer for prompt, answer in zip(prompts, answers, strict=True)]
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros_like(input_ids)
+    for index, sequence in enumerate(sequences):
+        input_ids[index, :len(sequence)] = torch.tensor(sequence)
+        attention_mask[index, :len(sequence)] = 1
+    logits = teacher(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (B, T, V)
+    ids, logprobs = [], []
+    for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        # position t predicts token t+1: the answer's tokens are predicted at len(prompt)-1 … end-2
+        at = logits[index, len(prompt) - 1:len(prompt) - 1 + len(answer)].float().log_softmax(-1)  # (A, V)
+        top = at.topk(top_k, dim=-1)
+        ids.append(top.indices.cpu().numpy().astype(np.int32))
+        logprobs.append(top.values.cpu().numpy().astype(np.float16))
+    return ids, logprobs

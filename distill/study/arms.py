@@ -4,7 +4,8 @@ Every arm starts from the same pruned student, takes the same steps on the same 
 in the same order) with the same optimizer; only what it learns from differs:
 
 - `gold`: the ground-truth answers (a cache whose one "alternative" per token is the true token);
-- `teacher`: the fine-tuned teacher's greedy answers with its top-k logprobs at each token.
+- `teacher`: the fine-tuned teacher's greedy answers with its top-k logprobs at each token;
+- `truth`: the ground-truth answers with the teacher's top-k teacher-forced along them (truth_cache.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Arm:
     description: str
-    cache: str  # gold | teacher
+    cache: str  # gold | teacher | truth
     loss: dict = field(default_factory=dict)  # the recipe's `loss` settings
     online_teacher: bool = False  # the teacher runs beside the loop (on-policy)
     on_policy_from: float = 0.0  # the share of the steps trained on the cache before on-policy batches begin
@@ -41,6 +42,9 @@ ARMS: dict[str, Arm] = {
                     {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 1.0}),
     "kd-t2-a0.5": Arm("KD on the cached top-20, τ=2, α=0.5", "teacher",
                       {"kind": "kd", "estimator": "topk", "temperature": 2.0, "alpha": 0.5}),
+    "kd-truth-t1-a0.5": Arm("KD along the true answers: the teacher's top-20 teacher-forced on the ground truth "
+                            "(word-level KD), τ=1, α=0.5 with hard labels on the truth", "truth",
+                            {"kind": "kd", "estimator": "topk", "temperature": 1.0, "alpha": 0.5}),
     "on-policy": Arm("on-policy after an off-policy start: KD (forward KL) on the teacher's cached answers for the "
                      "first half of the steps, then the student samples and the teacher's top-20 scores every token "
                      "(reverse KL)", "teacher",
@@ -66,4 +70,6 @@ ARMS: dict[str, Arm] = {
 # forward KD's 0.11). Reverse KL is mode-seeking: its gradient is weighted by the student's own probabilities, which
 # are near zero on the teacher's tokens until the student is close; on-policy distillation (GKD, and Thinking
 # Machines' recipe) starts from a trained student. `arms=[...,on-policy-cold]` runs the others.
-DEFAULT_ARMS = [name for name in ARMS if name not in ("on-policy-cold", "on-policy-mixed")]
+# KD along the truth is opt-in until it has run on the seeds the default arms have: a seed's arms all learn from one
+# teacher, so adding an arm to a seed another machine made would train that whole seed again.
+DEFAULT_ARMS = [name for name in ARMS if name not in ("on-policy-cold", "on-policy-mixed", "kd-truth-t1-a0.5")]

@@ -93,9 +93,8 @@ def table(summary: dict) -> str:
         f"seeds {', '.join(map(str, summary['seeds']))}; means with 95 % t intervals over seeds; differences and "
         f"the paired t-test against hard-label SFT pair runs by seed; gap recovered = (arm − SFT) / (teacher − SFT), "
         "per seed, against that seed's teacher. KL to the teacher (nats/token) and token agreement: teacher-forced "
-        f"along the teacher's greedy answers to the first {min(TICKETS, settings['test_tickets'])} of those tickets (the base checkpoint before "
-        "fine-tuning: "
-        f"{_percent(summary['base'])} % exact match).",
+        f"along the teacher's greedy answers to the first {min(TICKETS, settings['test_tickets'])} of those tickets "
+        f"(the base checkpoint before fine-tuning: {_percent(summary['base'])} % exact match).",
         "",
         "| arm | trained with | exact match per seed | mean [95 % CI] | vs hard-label SFT [95 % CI] | p | "
         "gap recovered [95 % CI] | KL to teacher | token agreement | min/run |",

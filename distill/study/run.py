@@ -6,6 +6,7 @@
     out/student-init/    the teacher depth-pruned (Block Influence): every arm's starting point
     out/teacher-cache/   the teacher's greedy answers with top-k logprobs on the training tickets
     out/gold-cache/      ground truth on exactly the prompts the teacher cache kept, in its order
+    out/truth-cache/     and the teacher's top-k teacher-forced along it (only for an arm that learns from it)
     out/runs/ARM-sSEED/  each arm's run (its checkpoint removed once the model is written)
     out/evals/NAME.json  each arm's score on the held-out tickets (NAME = ARM-sSEED), and base.json, under the
                          study's key and the teacher's (record.py: a seed scored there, or in `scores_from`, is not
@@ -33,6 +34,7 @@ from distill.study.closeness import Closeness
 from distill.study.record import TEACHER_ANSWERS, Record, study_key, teacher_folder, teacher_key
 from distill.study.report import summarise, table
 from distill.study.settings import StudySettings, resolved
+from distill.study.truth_cache import truth_cache
 
 Log = Callable[[str], None]
 
@@ -57,6 +59,8 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
     gold = _gold_cache(out / "gold-cache", base, {prompt_id: train[int(prompt_id)] for prompt_id in kept})
     caches = {"gold": gold, "teacher": teacher_cache}
+    if any(ARMS[arm].cache == "truth" for arm in settings.arms):
+        caches["truth"] = truth_cache(out / "truth-cache", gold, teacher, settings.top_k, settings.threads, log)
     soft = soft_labels.measured(out, teacher_cache, teacher, settings.top_k)
     _evaluate(settings, record, "base", base, test, log)
     _evaluate(settings, record, record.own("teacher"), teacher, test, log, bf16=settings.bf16)

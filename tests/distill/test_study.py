@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.config import load_config
+from distill.data.cache import read_answers
 from distill.on_policy import OnPolicy
 from distill.precision import native_bf16
 from distill.recipe import Row
@@ -52,6 +53,18 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     gold = [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "gold-cache")]
     assert gold == [json.loads(line)["prompt_id"] for line in _prompt_ids(out / "teacher-cache")]
     assert json.loads((out / "student-init" / "config.json").read_text())["num_hidden_layers"] == 2
+    # KD along the truth: the gold answers, each token with the teacher's top-k teacher-forced along them; where the
+    # teacher's own answer is the truth, that is the teacher cache's top-k at the same token
+    truth = list(read_answers(out / "truth-cache", 20))
+    gold_answers = list(read_answers(out / "gold-cache", 1))
+    teacher_answers = list(read_answers(out / "teacher-cache", 20))
+    assert [answer.token_ids.tolist() for answer in truth] == [answer.token_ids.tolist() for answer in gold_answers]
+    same = [(mine, theirs) for mine, theirs in zip(truth, teacher_answers, strict=True)
+            if mine.token_ids.tolist() == theirs.token_ids.tolist()]
+    assert len(same) >= len(truth) // 2
+    for mine, theirs in same:
+        assert (mine.topk_ids[:, 0] == theirs.topk_ids[:, 0]).all()
+        assert np.allclose(mine.topk_logprobs[:, :5], theirs.topk_logprobs[:, :5], atol=0.05)
     for arm in ("on-policy", "on-policy-cold", "on-policy-mixed"):
         on_policy = json.loads((out / "runs" / f"{arm}-s0" / "model" / "training_log.json").read_text())
         assert on_policy[-1]["step"] == 2
