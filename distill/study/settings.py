@@ -45,14 +45,15 @@ class StudySettings(_Strict):
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), min_length=1,
                             description="which arms, by name (distill/study/arms.py; `on-policy` only when named)")
     scores_from: Path | None = Field(default=None, description="an earlier run's evals/ folder (the project's "
-                                     "own: docs/study/evals): arms scored there by this study (same settings, same "
-                                     "teacher) are not trained again")
+                                     "own: docs/study/evals): seeds scored there in full by this study (same "
+                                     "settings; any machine's teacher) are not trained again")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: StudentSettings = Field(default_factory=StudentSettings)
     train: ArmSettings = Field(default_factory=ArmSettings)
     bf16: bool | None = Field(default=None, description="autocast in training; unset: on where the hardware "
                               "computes bf16 natively (CUDA, a CPU with AVX512 or AMX), off elsewhere (emulated on "
-                              "an AVX2-only CPU, about 35× slower than fp32); it is part of the study's key")
+                              "an AVX2-only CPU, about 35× slower than fp32); it is part of the teacher's key: a "
+                              "seed's arms share it")
     threads: int | None = Field(default=2, ge=1, description="torch CPU threads")
     eval_batch_size: int = Field(default=50, ge=1)
 
