@@ -108,7 +108,8 @@ class InputMessage(BaseModel):
 
 
 FORMAT_RULE = {"anyOf": [  # a schema and a name with type `json_schema`, and only then
-    {"properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}}, "required": ["schema", "name"]},
+    {"properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}, "name": {"type": "string"}},
+     "required": ["schema", "name"]},
     {"properties": {"type": {"enum": ["text", "json_object"]}, "schema": {"type": "null"}, "name": {"type": "null"},
                     "strict": {"type": "null"}, "description": {"type": "null"}}}]}
 

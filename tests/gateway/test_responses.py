@@ -186,7 +186,9 @@ SCHEMA_REFUSES = [  # found by fuzzing: the document allowed the first two, whic
     {"input": []}, {"input": "hi", "top_logprobs": 2, "include": None},
     {"input": "hi", "tool_choice": "required"}, {"input": "hi", "tool_choice": "auto", "tools": []},
     {"input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "f"},
-     "text": {"format": {"type": "json_object"}}}]
+     "text": {"format": {"type": "json_object"}}},
+    # found by CI's fuzzing: `name` was required but could be null
+    {"input": "hi", "text": {"format": {"type": "json_schema", "name": None, "schema": {}}}}]
 
 
 @pytest.mark.parametrize("body", SCHEMA_REFUSES, ids=lambda value: json.dumps(value)[:60])
