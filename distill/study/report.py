@@ -88,8 +88,9 @@ def _span(raw: dict | None, unit: str = " %", signed: bool = False) -> str:
 def table(summary: dict) -> str:
     settings = summary["settings"]
     lines = [
-        f"{_teachers_line(summary['teachers'])} Each arm: {settings['train']['steps']} steps of "
-        f"{settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} blocks), "
+        f"{_teachers_line(summary['teachers'], settings['test_tickets'])} Each arm: {settings['train']['steps']} "
+        f"steps of {settings['train']['batch_size']} from the same pruned student ({settings['student']['keep']} "
+        "blocks), "
         f"seeds {', '.join(map(str, summary['seeds']))}; means with 95 % t intervals over seeds; differences and "
         f"the paired t-test against hard-label SFT pair runs by seed; gap recovered = (arm − SFT) / (teacher − SFT), "
         "per seed, against that seed's teacher. KL to the teacher (nats/token) and token agreement: teacher-forced "
@@ -115,7 +116,7 @@ def table(summary: dict) -> str:
     return "\n".join(lines + _by_field(summary) + _soft_labels(summary.get("soft_labels"))) + "\n"
 
 
-def _teachers_line(teachers: list[dict]) -> str:
+def _teachers_line(teachers: list[dict], tickets: int) -> str:
     """Each seed's teacher (one per machine that trained seeds: a seed's arms all learn from one), where it was
     made, and the pruned student it gave before training."""
     parts = []
@@ -129,7 +130,7 @@ def _teachers_line(teachers: list[dict]) -> str:
         parts.append(f"{_percent(teacher['exact_match'])} % for seed{'s' if len(teacher['seeds']) > 1 else ''} "
                      f"{seeds} ({where}, {'bf16' if teacher['bf16'] else 'fp32'}; {init})")
     label = "Teacher" if len(parts) == 1 else "Teachers (one per machine; a seed's arms all learn from one)"
-    return f"{label}: {'; '.join(parts)}; exact match on the held-out tickets."
+    return f"{label}: {'; '.join(parts)}; exact match on {tickets} held-out tickets."
 
 
 def _by_field(summary: dict) -> list[str]:
