@@ -126,12 +126,10 @@ class Record:
         """The teacher a seed's arms (`names`) learn from: the one that scored them all, where one did; else this
         machine's, which trains what is missing, after setting aside what another teacher began."""
         recorded = {name: self._recorded(name) for name in names}
-        teachers = {scored.get("teacher") for scored in recorded.values() if scored is not None}
-        if len(teachers) == 1 and all(scored is not None and "train_minutes" in scored and self._has_closeness(name)
-                                      for name, scored in recorded.items()):
-            return teachers.pop()
-        others = [name for name, scored in recorded.items()
-                  if scored is not None and scored.get("teacher") != self.teacher]
+        whole = self._whole(recorded)
+        if whole is not None:
+            return whole
+        others = self._others(recorded)
         if others:
             made = sorted({str(recorded[name].get("teacher"))[:12] for name in others})
             log(f"{', '.join(others)}: made with another teacher ({', '.join(made)}) in a seed it did not finish; "
@@ -139,6 +137,26 @@ class Record:
             for name in others:
                 self._set_aside(name)
         return self.teacher
+
+    def begun_elsewhere(self, names: list[str]) -> dict[str, str]:
+        """The arms of a seed (`names`) that another teacher scored in a seed it did not finish, each with that
+        teacher's key: `seed` would set them aside and train the whole seed here."""
+        recorded = {name: self._recorded(name) for name in names}
+        if self._whole(recorded) is not None:
+            return {}
+        return {name: str(recorded[name].get("teacher")) for name in self._others(recorded)}
+
+    def _whole(self, recorded: dict[str, dict | None]) -> str | None:
+        """The one teacher that scored every arm in `recorded` in full, or None."""
+        teachers = {scored.get("teacher") for scored in recorded.values() if scored is not None}
+        if len(teachers) == 1 and all(scored is not None and "train_minutes" in scored and self._has_closeness(name)
+                                      for name, scored in recorded.items()):
+            return teachers.pop()
+        return None
+
+    def _others(self, recorded: dict[str, dict | None]) -> list[str]:
+        return [name for name, scored in recorded.items()
+                if scored is not None and scored.get("teacher") != self.teacher]
 
     def teacher_score(self, teacher: str) -> dict:
         """A teacher's own score (copied from `scores_from` with the seeds it made)."""

@@ -54,6 +54,7 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     teacher_data = _gold_cache(out / "teacher-data", base, {str(index): ticket for index, ticket in enumerate(train)})
     teacher = _teacher(settings, base, teacher_data, log)
     record.with_teacher(teacher_key(settings, teacher))
+    _refuse_begun_seeds(settings, record)
     student_init = _prune(settings, teacher, teacher_data, log)
     teacher_cache = _teacher_cache(settings, teacher, train, log)
     kept = [answer.prompt_id for answer in read_answers(teacher_cache, settings.top_k)]
@@ -89,6 +90,26 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
             log(f"seed {seed} done: the table over seeds {', '.join(map(str, settings.seeds[:done]))} is in "
                 f"{out / 'study.md'}")
     return summary
+
+
+def _refuse_begun_seeds(settings: StudySettings, record: Record) -> None:
+    """A seed another machine's teacher began and did not finish for these arms is trained again in full here (a
+    seed's arms learn from one teacher), its earlier scores set aside: only when asked for, and said before any arm
+    is trained. (Naming an arm that a finished seed lacks is the easy way to walk into it.)"""
+    begun = {seed: record.begun_elsewhere([f"{arm}-s{seed}" for arm in settings.arms]) for seed in settings.seeds}
+    begun = {seed: names for seed, names in begun.items() if names}
+    if not begun or settings.retrain_begun:
+        return
+    which = "; ".join(f"seed {seed} ({', '.join(f'{name} by teacher {by[:12]}' for name, by in names.items())})"
+                      for seed, names in begun.items())
+    rest = [str(seed) for seed in settings.seeds if seed not in begun]
+    leave = f"Leave them out (seeds=[{','.join(rest)}])" if rest else "Ask for other seeds"
+    raise ValueError(
+        f"{which}: another machine's teacher began these seeds and did not score every arm asked for here "
+        f"({', '.join(settings.arms)}). Training the rest here would train each of these seeds again in full with "
+        f"this machine's teacher ({record.teacher[:12]}), setting those scores aside, since a seed's arms all learn "
+        f"from one teacher. {leave}, ask only for the arms they have, or set "
+        "retrain_begun=true to train them again in full")
 
 
 def _write_summary(settings: StudySettings, record: Record, scores: dict, soft: dict) -> dict:

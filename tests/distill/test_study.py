@@ -104,8 +104,13 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     shutil.copytree(out / "evals", begun)
     for file in ("kd-t1-a1-s1.json", "kd-t1-a1-s1-closeness.json"):
         (begun / file).unlink()
-    other = _study(tmp_path / "other", f"bf16={str(not native).lower()}", f"scores_from={begun}",
-                   "arms=[sft-gold,kd-t1-a1]")  # two arms: bf16 may be emulated here
+    pair = (f"bf16={str(not native).lower()}", f"scores_from={begun}", "arms=[sft-gold,kd-t1-a1]")  # two arms:
+    # bf16 may be emulated here. Training seed 1 again in full is only done when asked: said before any arm trains
+    asked = _study(tmp_path / "other", *pair)
+    assert asked.returncode == 2 and not list((tmp_path / "other").glob("runs/*-s*")), asked.stderr[-3000:]
+    assert "seed 1 (sft-gold-s1 by teacher " in asked.stderr and "Leave them out (seeds=[0])" in asked.stderr
+    assert "retrain_begun=true" in asked.stderr and not list((tmp_path / "other").glob("evals/*.other-teacher"))
+    other = _study(tmp_path / "other", *pair, "retrain_begun=true")
     assert other.returncode == 0, other.stderr[-3000:]
     assert "bf16 autocast" not in other.stdout  # chosen, not decided
     assert not list((tmp_path / "other").glob("runs/*-s0")) and "seed 0:" not in other.stdout
@@ -171,6 +176,8 @@ def test_a_seed_is_taken_whole_from_one_teacher_or_trained_here_in_full(tmp_path
     assert record.complete("kd-s0")["teacher"] == there
     assert record.teacher_score(there)["exact_match"] == 0.6  # copied with the seed it made
     assert (tmp_path / "evals" / teacher_folder(there) / "teacher.json").is_file()
+    assert record.begun_elsewhere(["sft-gold-s0", "kd-s0"]) == {}
+    assert record.begun_elsewhere(["sft-gold-s1", "kd-s1"]) == {"sft-gold-s1": there} and not said
     assert record.seed(["sft-gold-s1", "kd-s1"], said.append) == here
     assert said == [f"sft-gold-s1: made with another teacher ({there[:12]}) in a seed it did not finish; the seed "
                     "is trained here in full, so its arms all learn from one teacher"]
