@@ -272,18 +272,27 @@ def sweep(
 def study(
     ctx: typer.Context,
     out: Path = typer.Option(Path("runs/study"), file_okay=False, help="every stage's result; a rerun resumes"),
+    scores: Path | None = typer.Option(None, "--table", file_okay=False,
+                                       help="train nothing: print the table of the scores recorded in this evals/ "
+                                            "folder (docs/study/evals) for the seeds and arms asked for"),
 ) -> None:
     """Distillation against fine-tuning on a real checkpoint: a teacher fine-tuned from SmolLM2, a student pruned
     from it, arms × seeds trained alike, one table with intervals (docs/distillation.md). `key=value` arguments
     override the sizes (distill/study/settings.py), e.g. seeds=[0,1] train.steps=60.
 
     Example:  kdgate distill study --out runs/study
+              kdgate distill study --table docs/study/evals teacher.steps=100 "seeds=[0]"
     """
+    from distill.study.report import table
     from distill.study.run import run_study
     from distill.study.settings import load_settings
+    from distill.study.tabulate import from_scores
 
     try:
         settings = load_settings([f"out={out}", *overrides(ctx)])
+        if scores is not None:
+            typer.echo(table(from_scores(settings, scores)), nl=False)
+            return
         run_study(settings, log=typer.echo)
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)

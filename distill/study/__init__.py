@@ -8,6 +8,7 @@ on the same held-out tickets. The table gives means with 95 % intervals, the pai
 and the share of the teacher–SFT gap each arm recovers.
 
     kdgate distill study --out runs/study                  # settings.py holds the sizes; key=value overrides them
+    kdgate distill study --table docs/study/evals ...      # the table of recorded scores, nothing trained
 
 Every stage writes its result in `out` and is skipped when it is there, so a stopped study resumes; a run in
 progress resumes from its last checkpoint (the recipe's own).

@@ -15,10 +15,10 @@ BASELINE = "sft-gold"
 
 
 def summarise(settings: StudySettings, scores: dict, teachers: dict, base: float,
-              soft_labels: dict | None = None) -> dict:
+              soft_labels: dict | None = None, soft_from: dict | None = None) -> dict:
     """`scores`: each arm's score by name (ARM-sSEED), with its `teacher` key and `closeness`; `teachers`: each
-    seed's teacher's figures by key (run.py `_teacher_figures`); `soft_labels`: soft_labels.soft_label_mass of this
-    machine's teacher cache (None: left out of the table)."""
+    seed's teacher's figures by key (tabulate.py `_teacher_figures`); `soft_labels`: soft_labels.soft_label_mass of
+    one teacher's cache (None: left out of the table), `soft_from` whose: `{"key": KEY12}`."""
     seed_teacher = [teachers[scores[f"{BASELINE}-s{seed}"]["teacher"]]["score"] for seed in settings.seeds]
     teacher = [scored["exact_match"] for scored in seed_teacher]
     baseline = [scores[f"{BASELINE}-s{seed}"]["exact_match"] for seed in settings.seeds]
@@ -44,7 +44,8 @@ def summarise(settings: StudySettings, scores: dict, teachers: dict, base: float
             "teachers": _teachers(settings, scores, teachers), "base": base,
             "teacher_fields": {field: fmean(scored[f"{field}_accuracy"] for scored in seed_teacher)
                                for field in _fields(seed_teacher[0])},
-            "soft_labels": soft_labels, "seeds": settings.seeds, "arms": arms, "best": best}
+            "soft_labels": soft_labels, "soft_labels_from": soft_from, "seeds": settings.seeds, "arms": arms,
+            "best": best}
 
 
 def _teachers(settings: StudySettings, scores: dict, teachers: dict) -> list[dict]:
@@ -113,7 +114,7 @@ def table(summary: dict) -> str:
         lines.append(f"| {label} | {arm['description']} | {seeds} | {_span(arm['mean'])} | {difference} | "
                      f"{p_value} | {gap} | {_kl(arm['kl_to_teacher']['mean'])} | {_span(arm['token_agreement'])} | "
                      f"{per_run} |")
-    return "\n".join(lines + _by_field(summary) + _soft_labels(summary.get("soft_labels"))) + "\n"
+    return "\n".join(lines + _by_field(summary) + _soft_labels(summary)) + "\n"
 
 
 def _teachers_line(teachers: list[dict], tickets: int) -> str:
@@ -149,14 +150,21 @@ def _by_field(summary: dict) -> list[str]:
     return lines
 
 
-def _soft_labels(soft: dict | None) -> list[str]:
+def _soft_labels(summary: dict) -> list[str]:
     """Where the teacher's cached top-k puts mass off the token it wrote: the only tokens where KD asks the student
     for more than SFT on the teacher's answers does."""
+    soft, source = summary.get("soft_labels"), summary.get("soft_labels_from") or {}
     if not soft:
         return []
-    lines = ["", "What the teacher's soft labels carry beyond its answers (the cached top-k of the teacher trained on "
-             "this machine, along its answers to the training tickets, per field of the answer's JSON): KD and SFT on "
-             "the teacher's answers ask the same of a token where the teacher's top token holds all the mass.", "",
+    which = f"teacher {source.get('key', '')}".strip()
+    seeds = next((teacher["seeds"] for teacher in summary["teachers"] if teacher["key"] == source.get("key")), [])
+    if seeds:
+        which += f", which taught seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    else:
+        which += ", made from the same settings on another machine than the seeds above"
+    lines = ["", f"What the teacher's soft labels carry beyond its answers (the cached top-k of {which}, along its "
+             "answers to the training tickets, per field of the answer's JSON): KD and SFT on the teacher's answers "
+             "ask the same of a token where the teacher's top token holds all the mass.", "",
              "| field | tokens | mean mass off the top token | share of all that mass | tokens with p(top) < 0.9 |",
              "|---|---|---|---|---|"]
     for field, figures in soft.items():

@@ -11,7 +11,8 @@
     out/evals/NAME.json  each arm's score on the held-out tickets (NAME = ARM-sSEED), and base.json, under the
                          study's key and the teacher's (record.py: a seed scored there, or in `scores_from`, is not
                          trained again; seeds made with other machines' teachers pool with this machine's)
-    out/evals/teacher-KEY12/        this machine's teacher's own figures: its score, the pruned student's
+    out/evals/teacher-KEY12/        this machine's teacher's own figures: its score, the pruned student's, its
+                                    soft labels (tabulate.py)
     out/evals/NAME-closeness.json   and how close each is to its teacher there (closeness.py)
     out/study.json, out/study.md
 """
@@ -28,11 +29,11 @@ import numpy as np
 
 from distill.config import TrainConfig
 from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
-from distill.study import soft_labels
+from distill.study import soft_labels, tabulate
 from distill.study.arms import ARMS
 from distill.study.closeness import Closeness
-from distill.study.record import TEACHER_ANSWERS, Record, study_key, teacher_folder, teacher_key
-from distill.study.report import summarise, table
+from distill.study.record import TEACHER_ANSWERS, Record, study_key, teacher_key
+from distill.study.report import table
 from distill.study.settings import StudySettings, resolved
 from distill.study.truth_cache import truth_cache
 
@@ -62,7 +63,7 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     caches = {"gold": gold, "teacher": teacher_cache}
     if any(ARMS[arm].cache == "truth" for arm in settings.arms):
         caches["truth"] = truth_cache(out / "truth-cache", gold, teacher, settings.top_k, settings.threads, log)
-    soft = soft_labels.measured(out, teacher_cache, teacher, settings.top_k)
+    tabulate.keep_soft_labels(record, soft_labels.measured(out, teacher_cache, teacher, settings.top_k))
     _evaluate(settings, record, "base", base, test, log)
     _evaluate(settings, record, record.own("teacher"), teacher, test, log, bf16=settings.bf16)
     _evaluate(settings, record, record.own("student-init"), student_init, test, log)
@@ -84,8 +85,7 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
                     log(f"{name}: scored in {settings.scores_from}, not trained again")
             scores[name] = scored
         # the table so far after every seed: a study of hours shows where it stands while it runs, or once stopped
-        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), record, scores,
-                                 soft)
+        summary = _write_summary(settings.model_copy(update={"seeds": settings.seeds[:done]}), record, scores)
         if done < len(settings.seeds):
             log(f"seed {seed} done: the table over seeds {', '.join(map(str, settings.seeds[:done]))} is in "
                 f"{out / 'study.md'}")
@@ -112,22 +112,11 @@ def _refuse_begun_seeds(settings: StudySettings, record: Record) -> None:
         "retrain_begun=true to train them again in full")
 
 
-def _write_summary(settings: StudySettings, record: Record, scores: dict, soft: dict) -> dict:
-    seeds_teachers = {scores[f"{arm}-s{seed}"]["teacher"] for arm in settings.arms for seed in settings.seeds}
-    summary = summarise(settings, scores, {key: _teacher_figures(record, key) for key in seeds_teachers},
-                        record.score("base")["exact_match"], soft)
-    (settings.out / "study.json").write_text(json.dumps(summary, indent=1))
-    (settings.out / "study.md").write_text(table(summary))
-    return summary
-
-
-def _teacher_figures(record: Record, teacher: str) -> dict:
-    """One teacher's score, where it was made, and its pruned student's score and closeness before training."""
-    folder = teacher_folder(teacher)
-    init = record.score(f"{folder}/student-init")
-    closeness = record.folder / folder / "student-init-closeness.json"
-    return {"score": record.teacher_score(teacher), "student_init": init["exact_match"] if init else None,
-            "student_init_closeness": json.loads(closeness.read_text()) if closeness.is_file() else None}
+def _write_summary(settings: StudySettings, record: Record, scores: dict) -> dict:
+    summarised = tabulate.summary(settings, record, scores)
+    (settings.out / "study.json").write_text(json.dumps(summarised, indent=1))
+    (settings.out / "study.md").write_text(table(summarised))
+    return summarised
 
 
 def _precision(settings: StudySettings, log: Log) -> StudySettings:

@@ -26,6 +26,8 @@ from distill.study.soft_labels import OUTSIDE, fields_of
 from distill.study.stats import gap_recovered, interval, paired_p
 from runtime.demo import ARTIFACTS_DIR
 from runtime.tokenizer_hash import tokenizer_hash
+from tests.conftest import ROOT
+from tests.doc_blocks import blocks
 
 TEACHER, STUDENT = ARTIFACTS_DIR / "teacher", ARTIFACTS_DIR / "student"
 TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2", "teacher.batch_size=4",
@@ -36,6 +38,12 @@ TINY = ["train_tickets=40", "test_tickets=12", "seeds=[0,1]", "teacher.steps=2",
 def _study(out, *more):
     return subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--out", str(out), *TINY, *more],
                           capture_output=True, text=True, timeout=600)
+
+
+def _table(evals, *more):
+    """`kdgate distill study --table EVALS`: the table of recorded scores, nothing trained."""
+    return subprocess.run([sys.executable, "-m", "kdgate.cli", "distill", "study", "--table", str(evals), *TINY,
+                           *more], capture_output=True, text=True, timeout=120)
 
 
 def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tmp_path):
@@ -83,6 +91,12 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     (answers,) = (out / "evals").glob("teacher-*/teacher-answers.json")  # filed under the teacher's key
     assert len(json.loads(answers.read_text())) == 12
     assert "| KL to teacher | token agreement |" in lines[2]
+    # the same table from the scores alone, as docs/distillation.md prints the project's: what is missing is named
+    printed = _table(out / "evals")
+    assert printed.returncode == 0 and printed.stdout == (out / "study.md").read_text(), printed.stderr[-3000:]
+    short = _table(out / "evals", "seeds=[0,1,2]")
+    assert short.returncode == 2 and "has no score of sft-gold-s2, " in short.stderr, short.stderr[-3000:]
+    assert "scores_from=" in short.stderr and not short.stdout
     models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
     again = _study(out)  # every stage is there: nothing is trained or scored again
     assert again.returncode == 0, again.stderr[-3000:]
@@ -122,10 +136,29 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     assert pooled["teacher_per_seed"] == [teacher["exact_match"] for teacher in pooled["teachers"]]
     assert pooled["arms"]["sft-gold"]["exact_match"][0] == summary["arms"]["sft-gold"]["exact_match"][0]
     assert (tmp_path / "other" / "study.md").read_text().startswith("Teachers (one per machine")
+    pooled_table = (tmp_path / "other" / "study.md").read_text()
+    assert _table(tmp_path / "other" / "evals", pair[2]).stdout == pooled_table
+    # the soft labels are a seed's teacher's, named: the first machine's, filed with its figures and copied with seed 0
+    assert f"the cached top-k of teacher {pooled['teachers'][0]['key']}, which taught seed 0," in pooled_table
     # other settings are another study: refused before anything is trained
     refused = _study(tmp_path / "refused", "train.steps=3", f"scores_from={out / 'evals'}")
     assert refused.returncode == 2 and "scores_from: none of the" in refused.stderr, refused.stderr[-3000:]
     assert not (tmp_path / "refused" / "teacher").exists()
+
+
+def test_the_study_tables_in_the_docs_are_what_their_commands_print():
+    """docs/distillation.md's study tables come from the committed scores by the command printed before each: the
+    lines right after its block are exactly what it prints, on the current code."""
+    page = ROOT / "docs" / "distillation.md"
+    lines = page.read_text().splitlines()
+    commands = [block for block in blocks(page) if "distill study --table" in block.text]
+    assert commands, "docs/distillation.md prints no study table"
+    for block in commands:
+        printed = subprocess.run(["bash", "-c", block.text], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert printed.returncode == 0, f"{block.where}: {printed.stderr[-2000:]}"
+        after = lines[block.line + len(block.text.splitlines()) + 1:]  # past the block's closing fence
+        expected = printed.stdout.splitlines()
+        assert after[1:1 + len(expected)] == expected, f"{block.where}: the page's table is not what it prints"
 
 
 def _tables(lines: list[str]) -> list[list[list[str]]]:
