@@ -29,11 +29,15 @@ from distill.study.settings import StudySettings
 # what decides an arm's result; seeds, arms, out, threads, the eval batch size and bf16 (in the teacher's key) do not
 KEYED = ("base", "train_tickets", "test_tickets", "top_k", "teacher", "student", "train")
 TEACHER_ANSWERS = "teacher-answers.json"
+SETTINGS = "study-settings.json"  # each study key's keyed settings: a refusal names the ones that differ
+
+
+def keyed(settings: StudySettings) -> dict:
+    return settings.model_dump(mode="json", include=set(KEYED))
 
 
 def study_key(settings: StudySettings) -> str:
-    return hashlib.sha256(json.dumps(settings.model_dump(mode="json", include=set(KEYED)),
-                                     sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(keyed(settings), sort_keys=True).encode()).hexdigest()
 
 
 def teacher_key(settings: StudySettings, teacher_dir: Path) -> str:
@@ -68,8 +72,10 @@ def _cpuinfo() -> list[str]:
 class Record:
     """The scores in `out/evals/`, checked against the study's key, filled from `scores_from` where it has them."""
 
-    def __init__(self, folder: Path, study: str, scores_from: Path | None):
-        self.folder, self.study, self.scores_from = folder, study, scores_from
+    def __init__(self, folder: Path, study: str, scores_from: Path | None, settings: dict | None = None):
+        """`settings`: the keyed settings `study` hashes (`keyed`), filed beside the scores so that a refusal can
+        name what differs."""
+        self.folder, self.study, self.scores_from, self.settings = folder, study, scores_from, settings
         self.teacher: str | None = None  # this machine's, once trained (`with_teacher`)
         folder.mkdir(parents=True, exist_ok=True)
         self.taken: list[str] = []  # the names whose scores came from `scores_from`
@@ -102,13 +108,17 @@ class Record:
             return None
         scored = json.loads(path.read_text())
         if scored.get("study") != self.study:
-            made = str(scored.get("study"))[:12]
-            raise ValueError(f"{path} was scored by a study with other settings (key {made}, this study "
-                             f"{self.study[:12]}): run with the settings it was made with, or remove it (and its "
-                             "-closeness.json) to score it again")
+            made = str(scored.get("study"))
+            raise ValueError(f"{path} was scored by a study with other settings (key {made[:12]}, this study "
+                             f"{self.study[:12]}{self._differences(self.folder, made)}): run with the settings it "
+                             "was made with, or remove it (and its -closeness.json) to score it again")
         return scored
 
     def write(self, name: str, scored: dict) -> dict:
+        if self.settings is not None:
+            path = self.folder / SETTINGS
+            known = json.loads(path.read_text()) if path.is_file() else {}
+            path.write_text(json.dumps({**known, self.study: self.settings}, indent=1, sort_keys=True))
         scored = {**scored, "study": self.study, "teacher": self.teacher, "made_on": made_on()}
         path = self.folder / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +198,23 @@ class Record:
         if not source.is_dir():
             raise ValueError(f"scores_from: {source} is not a folder; give an earlier study's evals/ folder")
         keys = [json.loads(path.read_text()).get("study") for path in source.glob("*.json")
-                if not path.name.endswith("-closeness.json")]
+                if not path.name.endswith("-closeness.json") and path.name != SETTINGS]
         if keys and self.study not in keys:
+            differ = self._differences(source, keys[0]) if len(set(keys)) == 1 else ""
             raise ValueError(f"scores_from: none of the {len(keys)} scores in {source} were made by this study (key "
-                             f"{self.study[:12]}): they were made with other settings; run with the settings they "
-                             "were made with, or without scores_from")
+                             f"{self.study[:12]}): they were made with other settings{differ}; run with the "
+                             "settings they were made with, or without scores_from")
+
+    def _differences(self, folder: Path, theirs: str) -> str:
+        """`; they differ in teacher.steps: 100 there, 200 here`, where `folder` has the settings of key `theirs`."""
+        path = folder / SETTINGS
+        recorded = json.loads(path.read_text()).get(theirs) if path.is_file() else None
+        if recorded is None or self.settings is None:
+            return ""
+        there, here = _flat(recorded), _flat(self.settings)
+        differ = [f"{name}: {there.get(name)} there, {here.get(name)} here" for name in sorted({*there, *here})
+                  if there.get(name) != here.get(name)]
+        return f"; they differ in {', '.join(differ)}" if differ else ""
 
     def _from(self, name: str) -> dict | None:
         if self.scores_from is None:
@@ -215,3 +237,14 @@ class Record:
         if self.scores_from is not None and (self.scores_from / file).is_file() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.scores_from / file, target)
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """`{"teacher": {"steps": 100}}` as `{"teacher.steps": 100}`: the names `key=value` overrides take."""
+    flat = {}
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat

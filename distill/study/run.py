@@ -32,7 +32,7 @@ from distill.data.cache import CachedAnswer, Manifest, read_answers, write_shard
 from distill.study import soft_labels, tabulate
 from distill.study.arms import ARMS
 from distill.study.closeness import Closeness
-from distill.study.record import TEACHER_ANSWERS, Record, study_key, teacher_key
+from distill.study.record import TEACHER_ANSWERS, Record, keyed, study_key, teacher_key
 from distill.study.report import table
 from distill.study.settings import StudySettings, resolved
 from distill.study.truth_cache import truth_cache
@@ -45,7 +45,7 @@ def run_study(settings: StudySettings, log: Log = print) -> dict:
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     # scores_from of another study is refused now, before anything is trained
-    record = Record(out / "evals", study_key(settings), settings.scores_from)
+    record = Record(out / "evals", study_key(settings), settings.scores_from, keyed(settings))
     (out / "settings.json").write_text(settings.model_dump_json(indent=1))
     from distill.demo import task
 

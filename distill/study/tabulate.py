@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distill.study.record import Record, study_key, teacher_folder
+from distill.study.record import Record, keyed, study_key, teacher_folder
 from distill.study.report import BASELINE, summarise
 from distill.study.settings import StudySettings
 
@@ -35,7 +35,7 @@ def from_scores(settings: StudySettings, evals: Path) -> dict:
     score is missing or a seed's arms were made with more than one teacher."""
     if not evals.is_dir():
         raise ValueError(f"--table: {evals} is not a folder; give a study's evals/ folder (docs/study/evals)")
-    record = Record(evals, study_key(settings), None)
+    record = Record(evals, study_key(settings), None, keyed(settings))
     scores, missing = {}, []
     for seed in settings.seeds:
         names = [f"{arm}-s{seed}" for arm in settings.arms]

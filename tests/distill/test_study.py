@@ -97,6 +97,9 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     short = _table(out / "evals", "seeds=[0,1,2]")
     assert short.returncode == 2 and "has no score of sft-gold-s2, " in short.stderr, short.stderr[-3000:]
     assert "scores_from=" in short.stderr and not short.stdout
+    other = _table(out / "evals", "teacher.steps=3", "top_k=5")
+    assert other.returncode == 2 and "was scored by a study with other settings" in other.stderr
+    assert "they differ in teacher.steps: 2 there, 3 here, top_k: 20 there, 5 here)" in other.stderr, other.stderr
     models = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/model/model.safetensors")}
     again = _study(out)  # every stage is there: nothing is trained or scored again
     assert again.returncode == 0, again.stderr[-3000:]
@@ -143,6 +146,7 @@ def test_the_study_trains_every_arm_for_every_seed_tabulates_them_and_resumes(tm
     # other settings are another study: refused before anything is trained
     refused = _study(tmp_path / "refused", "train.steps=3", f"scores_from={out / 'evals'}")
     assert refused.returncode == 2 and "scores_from: none of the" in refused.stderr, refused.stderr[-3000:]
+    assert "they differ in train.steps: 2 there, 3 here;" in refused.stderr  # the setting to give, named
     assert not (tmp_path / "refused" / "teacher").exists()
 
 
