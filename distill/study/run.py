@@ -106,10 +106,9 @@ def _refuse_begun_seeds(settings: StudySettings, record: Record) -> None:
     leave = f"Leave them out (seeds=[{','.join(rest)}])" if rest else "Ask for other seeds"
     raise ValueError(
         f"{which}: another machine's teacher began these seeds and did not score every arm asked for here "
-        f"({', '.join(settings.arms)}). Training the rest here would train each of these seeds again in full with "
-        f"this machine's teacher ({record.teacher[:12]}), setting those scores aside, since a seed's arms all learn "
-        f"from one teacher. {leave}, ask only for the arms they have, or set "
-        "retrain_begun=true to train them again in full")
+        f"({', '.join(settings.arms)}). Training the rest here would set those scores aside and train those arms "
+        f"again with this machine's teacher ({record.teacher[:12]}), since a seed's arms all learn from one "
+        f"teacher. {leave}, ask only for the arms they have, or set retrain_begun=true to train them again here")
 
 
 def _write_summary(settings: StudySettings, record: Record, scores: dict) -> dict:

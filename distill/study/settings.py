@@ -47,9 +47,9 @@ class StudySettings(_Strict):
     scores_from: Path | None = Field(default=None, description="an earlier run's evals/ folder (the project's "
                                      "own: docs/study/evals): seeds scored there in full by this study (same "
                                      "settings; any machine's teacher) are not trained again")
-    retrain_begun: bool = Field(default=False, description="train again in full a seed another machine's teacher "
-                                "began and did not finish for these arms (its scores set aside); unset, such a run "
-                                "is refused before any arm is trained, naming the seeds")
+    retrain_begun: bool = Field(default=False, description="in a seed another machine's teacher began and did not "
+                                "finish for these arms, set its scores aside and train those arms again here; "
+                                "unset, such a run is refused before any arm is trained, naming the seeds")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
     student: StudentSettings = Field(default_factory=StudentSettings)
     train: ArmSettings = Field(default_factory=ArmSettings)
