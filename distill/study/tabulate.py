@@ -74,7 +74,7 @@ def _soft_labels(folder: Path, seed_teachers: list[str]) -> tuple[dict | None, d
         key = recorded[0]
     else:
         return None, None
-    soft = json.loads((folder / f"teacher-{key}" / SOFT_LABELS).read_text())
+    soft = json.loads((folder / teacher_folder(key) / SOFT_LABELS).read_text())
     return soft, {"key": key}
 
 
