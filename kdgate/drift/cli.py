@@ -42,6 +42,9 @@ def drift(
                                              "OUT/replay-cache"),
     min_records: int = typer.Option(450, min=1, help="the records the job waits for before it trains (the trainer's "
                                     "`dataset.min_records`)"),
+    gather_wait_s: float = typer.Option(300.0, min=0.0, help="how long the job waits for --min-records (the "
+                                        "trainer's `dataset.gather_wait_s`): records come as fast as the pair "
+                                        "serves, so a slow pair needs longer; under --max-wait-s"),
     golden_examples: int | None = typer.Option(None, min=1, help="the gate's golden set: its first N tickets "
                                                "(default: all 500)"),
     threads: int = typer.Option(1, min=1, help="torch CPU threads of each process that runs a model (the teacher "
@@ -71,6 +74,11 @@ def drift(
         load_config(TrainSettings().config, list(train_override or []))
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--train-override") from None
+    if gather_wait_s >= max_wait_s:
+        raise typer.BadParameter(f"the job would still be gathering records when the run stops waiting for a "
+                                 f"promotion ({gather_wait_s:g} s against --max-wait-s {max_wait_s:g} s): give a "
+                                 "shorter wait, or a longer --max-wait-s for the training and the gate after it",
+                                 param_hint="--gather-wait-s")
     if tokenizer_hash(teacher) != tokenizer_hash(student):
         raise typer.BadParameter(f"{student} has another tokenizer than the teacher {teacher}: the teacher's scores "
                                  "of its tokens would mean other tokens; give a student with the teacher's tokenizer",
@@ -86,7 +94,8 @@ def drift(
                           handoff_floor=handoff_floor, rate=rate,
                           usual_s=usual_s, launch_share=launch_share, after_s=after_s, max_wait_s=max_wait_s,
                           train_steps=train_steps, train_overrides=tuple(train_override or ()),
-                          replay_from=replay_cache, min_records=min_records, golden_examples=golden_examples,
+                          replay_from=replay_cache, min_records=min_records, gather_wait_s=gather_wait_s,
+                          golden_examples=golden_examples,
                           threads=threads),
             say=typer.echo)
     except MissingTool as error:

@@ -82,6 +82,20 @@ def test_a_recipe_override_the_job_would_refuse_is_refused_before_anything_start
     assert not out.exists()
 
 
+def test_a_gather_wait_past_the_runs_own_wait_is_refused_before_anything_starts(tmp_path):
+    """A slow pair's records come slowly, so the job's wait for them is the user's (`--gather-wait-s`); one the run
+    would not outlast (it stops waiting for a promotion after --max-wait-s) is refused, naming both."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "kdgate.cli", "demo", "drift", "--gather-wait-s", "1200",
+                           "--max-wait-s", "900", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=user_env())
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert "Invalid value for --gather-wait-s" in message and "--max-wait-s 900" in message, done.stderr
+    assert not out.exists()
+    assert _trainer(DriftSettings(gather_wait_s=1200.0), tmp_path)["dataset"]["gather_wait_s"] == 1200.0
+
+
 def test_the_jobs_recipe_gets_the_overrides_after_the_steps(tmp_path):
     settings = DriftSettings(train_steps=300, train_overrides=("optim.lr=3e-4", "batch_size=8"))
     overrides = _trainer(settings, tmp_path / "replay-cache")["train"]["overrides"]
