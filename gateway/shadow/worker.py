@@ -49,6 +49,7 @@ PRUNE_EVERY = 100  # writes between retention passes
 WRITE_BATCH = 64  # jobs committed together by the writer
 IDLE_POLL_S = 1.0  # an idle worker looks for resumed or retried jobs this often
 REOPEN_EVERY_S = 30.0  # a store that could not be opened is tried again this often
+PENDING_EVERY_S = 1.0  # a busy worker counts the stored jobs for `kdgate_shadow_pending_jobs` at most this often
 STORE_ERRORS = (SQLAlchemyError, OSError)
 
 
@@ -91,6 +92,7 @@ class ShadowWorker:
         self._writes = asyncio.Semaphore(1)  # one store write at a time: SQLite has one writer anyway
         self._wake = asyncio.Event()
         self._busy = 0  # jobs being processed now
+        self._pending_counted = -math.inf  # when `kdgate_shadow_pending_jobs` was last set from a count
         self.on_divergence: Callable[[str | None, float], None] | None = None  # (student version, mean KL)
         # the backend of a student version while it serves (None inside when it no longer does): a drift
         # escalation's whole student answer comes from the version that started the request
@@ -175,9 +177,10 @@ class ShadowWorker:
             while True:
                 try:
                     async with self._writes:
-                        room = self.config.queue_size - await asyncio.to_thread(self.jobs.pending)
-                        kept = batch[:max(0, room)]
+                        pending = await asyncio.to_thread(self.jobs.pending)
+                        kept = batch[:max(0, self.config.queue_size - pending)]
                         stored = await asyncio.to_thread(self.jobs.enqueue, kept) if kept else 0
+                    self._pending_is(pending + stored)
                     break
                 except STORE_ERRORS as error:
                     self._store_outage.failed(error, f"{len(batch)} offered shadow jobs held in memory and tried "
@@ -214,6 +217,7 @@ class ShadowWorker:
                 await self._complete(claimed[0])
             finally:
                 self._busy -= 1
+            await self._count_pending()
 
     async def _keep_store_file(self) -> None:
         """A SQLite store file deleted or replaced while open is put back before anything else is written."""
@@ -237,11 +241,21 @@ class ShadowWorker:
         try:
             await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
         except TimeoutError:
-            if self.jobs is not None:
-                try:
-                    self.metrics.shadow_pending.set(await asyncio.to_thread(self.jobs.pending))
-                except STORE_ERRORS:
-                    pass
+            await self._count_pending(every_s=0.0)
+
+    async def _count_pending(self, every_s: float = PENDING_EVERY_S) -> None:
+        """Set `kdgate_shadow_pending_jobs` from a count of the store's jobs, unless one was made in the last
+        `every_s`: a worker that always has a job to take never idles, and a backlog is what the gauge is for."""
+        if self.jobs is None or time.monotonic() - self._pending_counted < every_s:
+            return
+        try:
+            self._pending_is(await asyncio.to_thread(self.jobs.pending))
+        except STORE_ERRORS:
+            pass
+
+    def _pending_is(self, count: int) -> None:
+        self.metrics.shadow_pending.set(count)
+        self._pending_counted = time.monotonic()
 
     async def _complete(self, claimed: Claimed) -> None:
         job = claimed.job
