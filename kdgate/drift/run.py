@@ -24,7 +24,7 @@ from kdgate.drift.progress import Ticker, clock_time, log_progress
 from kdgate.drift.report import live, offline, targets
 from kdgate.drift.stack import Stack, start_stack, store_url
 from kdgate.drift.traffic import Traffic
-from kdgate.drift.watch import Sample, alert_signals, plot, rows, sample
+from kdgate.drift.watch import Sample, alert_signals, backlog, plot, rows, sample
 from runtime.demo import ARTIFACTS_DIR, DEMO_PRELAUNCH_STUDENT_DIR, DEMO_TEACHER_DIR
 
 
@@ -259,6 +259,8 @@ def _live_status(samples: list[Sample], traffic: Traffic, stack: Stack) -> Calla
         last = samples[-1] if samples else None
         if last is not None:
             parts.append(f"alert {last.alert} ({alert_signals(last)})")
+            if backlog(last):
+                parts.append(backlog(last))
             if last.job:
                 step = last.job.split()[-1]  # "gather: 246 of 450 records" reads once, not "gather: gather: ..."
                 doing = log_progress(stack.job_log(last.job_id)).removeprefix(f"{step}: ")

@@ -23,6 +23,7 @@ class Sample:
     job: str | None  # "<id> <state> <step>"
     job_id: int | None = None
     drift_kl: float | None = None  # the active version's, on the drift sample
+    shadow_backlog: float | None = None  # shadow jobs stored and not yet scored by the teacher
 
 
 def alert_signals(sample: Sample) -> str:
@@ -31,6 +32,14 @@ def alert_signals(sample: Sample) -> str:
     kl = "—" if sample.drift_kl is None else f"{sample.drift_kl:.3g}"
     share = "—" if sample.teacher_share is None else f"{100 * sample.teacher_share:.1f} %"
     return f"drift KL {kl}, teacher share {share}"
+
+
+def backlog(sample: Sample) -> str:
+    """The shadow jobs waiting for the teacher, when any: the drift sample's newest answers are among them, so its
+    KL lags by this much (on a slow teacher, minutes)."""
+    if not sample.shadow_backlog:
+        return ""
+    return f"{sample.shadow_backlog:.0f} shadow job{'' if sample.shadow_backlog == 1 else 's'} waiting for the teacher"
 
 
 def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample:
@@ -64,7 +73,7 @@ def sample(urls: dict[str, str], admin_key: str, t: float, phase: str) -> Sample
         job, job_id = None, None
     drift_kl = value(f'kdgate:drift_kl:mean15m{{student_version="{active}"}}') if active else None
     return Sample(t, phase, value("kdgate:shadow_kl:mean15m"), value("max(kdgate_teacher_fraction)"), alert,
-                  active, job, job_id, drift_kl)
+                  active, job, job_id, drift_kl, value("max(kdgate_shadow_pending_jobs)"))
 
 
 def plot(samples: list[Sample], marks: dict[str, float], out: Path) -> Path:

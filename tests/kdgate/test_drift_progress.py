@@ -8,7 +8,7 @@ import time
 
 from kdgate.drift.progress import Ticker, log_progress
 from kdgate.drift.run import replay_cache
-from kdgate.drift.watch import Sample, alert_signals
+from kdgate.drift.watch import Sample, alert_signals, backlog
 from runtime.demo import DEMO_TEACHER_DIR
 
 
@@ -70,6 +70,17 @@ def test_the_alert_figures_are_rounded():
                     drift_kl=0.08528811)
     assert alert_signals(sample) == "drift KL 0.0853, teacher share 49.5 %"
     assert alert_signals(Sample(5.0, "usual", None, None, "inactive", None, None)) == "drift KL —, teacher share —"
+
+
+def test_the_shadow_backlog_is_said_when_there_is_one():
+    """A slow teacher falls behind the shadow jobs, and the drift sample's newest answers wait among them: the status
+    line says how many wait, so a drift KL that lags (or reads — after a promotion) is explained."""
+    waiting = Sample(3200.0, "after", 0.02, 0.43, "inactive", "rd-1", None, shadow_backlog=87.0)
+    assert backlog(waiting) == "87 shadow jobs waiting for the teacher"
+    assert backlog(Sample(3200.0, "after", 0.02, 0.43, "inactive", "rd-1", None, shadow_backlog=1.0)) \
+        == "1 shadow job waiting for the teacher"
+    assert backlog(Sample(5.0, "usual", None, None, "inactive", None, None, shadow_backlog=0.0)) == ""
+    assert backlog(Sample(5.0, "usual", None, None, "inactive", None, None)) == ""
 
 
 def test_making_the_replay_cache_is_not_silent(tmp_path):
