@@ -60,6 +60,7 @@ PANELS = [
        "[$__rate_interval]))", "mean NLL per token")], "timeseries"),
     ("Shadow queue and drops", "short",
      [("kdgate_shadow_queue_depth", "queue {{instance}}"),
+      ("max(kdgate_shadow_pending_jobs)", "stored, waiting for the teacher"),
       ("sum by (kind) (rate(kdgate_shadow_sampled_total[$__rate_interval]))", "sampled {{kind}}/s"),
       ("sum by (reason) (rate(kdgate_shadow_dropped_total[$__rate_interval]))", "dropped {{reason}}/s"),
       ("sum by (stage) (rate(kdgate_shadow_failed_total[$__rate_interval]))", "failed {{stage}}/s")], "timeseries"),
