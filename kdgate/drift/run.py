@@ -259,8 +259,8 @@ def _live_status(samples: list[Sample], traffic: Traffic, stack: Stack) -> Calla
         last = samples[-1] if samples else None
         if last is not None:
             parts.append(f"alert {last.alert} ({alert_signals(last)})")
-            if backlog(last):
-                parts.append(backlog(last))
+            if waiting := backlog(last):
+                parts.append(waiting)
             if last.job:
                 step = last.job.split()[-1]  # "gather: 246 of 450 records" reads once, not "gather: gather: ..."
                 doing = log_progress(stack.job_log(last.job_id)).removeprefix(f"{step}: ")
