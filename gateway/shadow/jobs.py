@@ -4,9 +4,11 @@ A job is *acknowledged* once its row is committed (`kdgate_shadow_acknowledged_t
 delay it, never lose it. Workers take jobs by *claiming* them — one UPDATE that sets a lease on rows whose lease is
 free or expired, re-checked row by row, so two processes never hold the same job — and *complete* one by writing
 its record and deleting the job in a single transaction (a crash between the two cannot duplicate the record;
-the record's unique request id refuses a second one anyway). A job whose teacher call fails is released for a
-later try after an exponential backoff (`retry_delay_s`: 1 s doubling to 60 s, jittered), so a teacher restart of
-a few minutes costs nothing; it is dropped only once it is older than `retry_for_s`. Jobs hold the raw request (the teacher must see what the student
+the record's unique request id refuses a second one anyway). Jobs drawn for the drift sample are claimed before
+the others (the drift alert reads only them; recorded escalations are training data, which can wait), oldest first
+within each. A job whose teacher call fails is released for a later try after an exponential backoff
+(`retry_delay_s`: 1 s doubling to 60 s, jittered), so a teacher restart of a few minutes costs nothing; it is
+dropped only once it is older than `retry_for_s`. Jobs hold the raw request (the teacher must see what the student
 saw) and are deleted when done; the stored record holds the scrubbed prompt.
 """
 
@@ -71,7 +73,7 @@ class JobQueue:
     def enqueue(self, jobs: list[ShadowJob]) -> int:
         """Persist jobs (one transaction); a job already queued is skipped. Returns how many are now stored."""
         rows = [JobRow(request_id=job.request_id, created_at=self.store._db_time(job.created_at),
-                       payload=to_payload(job), attempts=0) for job in jobs]
+                       payload=to_payload(job), attempts=0, drift=job.drift) for job in jobs]
         try:
             with Session(self.store.engine) as session, session.begin():
                 session.add_all(rows)
@@ -82,23 +84,25 @@ class JobQueue:
                 try:
                     with Session(self.store.engine) as session, session.begin():
                         session.add(JobRow(request_id=row.request_id, created_at=row.created_at,
-                                           payload=row.payload, attempts=0))
+                                           payload=row.payload, attempts=0, drift=row.drift))
                     stored += 1
                 except IntegrityError:
                     continue
             return stored
 
     def claim(self, limit: int, lease_s: float, now: datetime | None = None) -> list[Claimed]:
-        """Take up to `limit` jobs whose lease is free or expired, oldest first."""
+        """Take up to `limit` jobs whose lease is free or expired: the drift sample's first (the drift signal
+        reads only them), oldest first within each."""
         now = now or datetime.now(UTC)
         token = uuid.uuid4().hex
         free = or_(JobRow.claimed_until.is_(None), JobRow.claimed_until < self.store._db_time(now))
-        oldest = select(JobRow.id).where(free).order_by(JobRow.id).limit(limit).scalar_subquery()
+        oldest = select(JobRow.id).where(free).order_by(JobRow.drift.desc(), JobRow.id).limit(limit).scalar_subquery()
         with Session(self.store.engine) as session, session.begin():
             session.execute(update(JobRow).where(and_(JobRow.id.in_(oldest), free)).values(
                 claimed_until=self.store._db_time(now + timedelta(seconds=lease_s)), claim=token)
                 .execution_options(synchronize_session=False))
-            rows = session.scalars(select(JobRow).where(JobRow.claim == token).order_by(JobRow.id)).all()
+            rows = session.scalars(select(JobRow).where(JobRow.claim == token)
+                                   .order_by(JobRow.drift.desc(), JobRow.id)).all()
             return [Claimed(row.id, row.attempts, from_payload(row.payload)) for row in rows]
 
     def complete(self, claimed: Claimed, record: ShadowRecord) -> bool:

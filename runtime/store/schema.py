@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 KINDS = ("shadow", "escalation")
@@ -82,6 +82,9 @@ class JobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # a worker's lease
     claim: Mapped[str | None] = mapped_column(String(32))  # which claim holds it
+    # drawn for the drift sample: claimed before the others, so that the drift signal does not wait behind the
+    # recorded escalations (training data, which can). False for jobs stored before migration 0009
+    drift: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_shadow_jobs_claimed_until", "claimed_until"),)
 

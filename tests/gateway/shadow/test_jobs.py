@@ -3,18 +3,21 @@ lease that expires frees a job, completing writes the record and deletes the job
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s, to_payload
 from router.policy import RouteDecision
 from runtime.contract import TokenLogprob, TopLogprob
-from runtime.store.records import ShadowStore
+from runtime.store.records import MIGRATIONS, ShadowStore
 from runtime.store.schema import JobRow
 from tests.runtime.store.test_records import record
 
@@ -69,6 +72,43 @@ def test_claims_do_not_overlap_and_an_expired_lease_frees_the_job(jobs):
     assert jobs.claim(3, lease_s=60) == []
     later = datetime.now(UTC) + timedelta(seconds=120)  # every lease has run out: a crashed worker's jobs return
     assert len(jobs.claim(10, lease_s=60, now=later)) == 5
+
+
+def test_the_drift_samples_jobs_are_claimed_before_a_backlog_of_others(jobs):
+    """The drift alert and the canary read only the drift sample: behind a backlog of recorded escalations (a
+    teacher serving most of a drifted traffic answers each again for its top-k) a newly promoted version went
+    unmeasured. Its jobs are taken first, oldest first within each kind, and the others still come after."""
+    escalation = replace(job("e"), kind="escalation", student_answer="", student_tokens=())
+    jobs.enqueue([replace(escalation, request_id=f"e{index}") for index in range(3)])
+    jobs.enqueue([replace(job(f"d{index}"), drift=True) for index in range(2)])
+    jobs.enqueue([replace(escalation, request_id="e3")])
+    first = jobs.claim(3, lease_s=60)
+    assert [c.job.request_id for c in first] == ["d0", "d1", "e0"] and [c.job.drift for c in first[:2]] == [True] * 2
+    assert [c.job.request_id for c in jobs.claim(10, lease_s=60)] == ["e1", "e2", "e3"]
+
+
+def test_a_job_queued_before_the_drift_mark_is_claimed_after_the_upgrade(store_url):
+    """A 0008 store (SQLite file or PostgreSQL) holding a job, as a gateway stopped with a backlog leaves it: opening
+    it migrates to 0009 and the job is taken as an ordinary one, after a drift-sample job stored since."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0008")
+        connection.execute(text("INSERT INTO shadow_jobs (request_id, created_at, payload, attempts) VALUES "
+                                "(:id, :at, :payload, 0)"),
+                           {"id": "queued-before", "at": datetime(2026, 12, 1, 10, tzinfo=UTC),
+                            "payload": json.dumps(to_payload(replace(job("queued-before"), drift=True)))})
+    engine.dispose()
+    store = ShadowStore(store_url)
+    try:
+        queue = JobQueue(store)
+        queue.enqueue([replace(job("drift-after"), drift=True)])
+        assert [(c.job.request_id, c.job.drift) for c in queue.claim(2, lease_s=60)] == \
+            [("drift-after", True), ("queued-before", True)]  # its payload still says so; its row does not
+    finally:
+        store.close()
 
 
 def test_complete_writes_the_record_and_deletes_the_job(jobs):

@@ -69,7 +69,7 @@ def test_migrations_are_idempotent_and_sqlite_uses_wal(tmp_path):
     first.upgrade()  # again: a no-op
     with first.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
     assert "shadow_records" in inspect(first.engine).get_table_names()
     first.close()
     ShadowStore(url).close()  # reopening an existing store works
@@ -91,7 +91,7 @@ def test_a_record_keeps_the_constraint_its_answer_was_generated_under(store):
 
 
 def test_a_store_from_before_constraints_upgrades_in_place(store_url):
-    """A 0006 store (SQLite file or PostgreSQL) with a record in it: opening it migrates to the newest (0008), the old
+    """A 0006 store (SQLite file or PostgreSQL) with a record in it: opening it migrates to the newest (0009), the old
     record reads back with no constraint and unmarked for the drift sample, and a constrained record can be written beside it."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -108,7 +108,7 @@ def test_a_store_from_before_constraints_upgrades_in_place(store_url):
     store = ShadowStore(store_url)
     try:
         with store.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
         store.write(record("new-1", datetime.now(UTC), constraint=JSON_CONSTRAINT, constraint_masked=True))
         old, new = list(store.iter_records())
         assert old.request_id == "old-1" and old.sample_rate == 0.5 and old.constraint is None
