@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,14 +50,17 @@ def stream(url: str, ticket, started: list, ended: list) -> tuple[int, str | Non
 
 def test_sigterm_lets_every_stream_finish_and_refuses_new_connections(tmp_path):
     store_url = f"sqlite:///{tmp_path}/shadow.sqlite3"
+    # at info, the log says what the shutdown waits on (uvicorn's connections and tasks, the shadow drain): a CI
+    # run once saw the gateway still up 120 s after every stream had ended, every shadow record written
     process, url = serve(tmp_path, store_url, KDGATE_DRAIN_TIMEOUT_S="120",
-                         KDGATE_ROUTING__HANDOFF__ENABLED="false")
+                         KDGATE_ROUTING__HANDOFF__ENABLED="false", KDGATE_LOG_LEVEL="info")
     port = int(url.rsplit(":", 1)[1])
     started: list[float] = []
     ended: list[float] = []
     try:
         with ThreadPoolExecutor(STREAMS) as pool:
-            results = [pool.submit(stream, url, ticket, started, ended) for ticket in task.take("test", STREAMS, seed=4)]
+            results = [pool.submit(stream, url, ticket, started, ended)
+                       for ticket in task.take("test", STREAMS, seed=4)]
             deadline = time.monotonic() + 60
             while len(started) < STREAMS and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -68,7 +72,12 @@ def test_sigterm_lets_every_stream_finish_and_refuses_new_connections(tmp_path):
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
             outcomes = [future.result() for future in results]
         assert outcomes == [(TOKENS, "length", True)] * STREAMS, outcomes  # none cut: every token, [DONE]
-        assert process.wait(timeout=120) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the gateway was still up 120 s after every stream had ended; the end of its log:\n"
+                        + (tmp_path / "gateway.log").read_text()[-4000:])
+        assert code == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
         assert max(ended) - signalled > 6, f"the last stream ended {max(ended) - signalled:.1f} s after the signal: " \
             "too soon to show the drain"
     finally:

@@ -99,10 +99,11 @@ def test_a_client_that_leaves_aborts_the_request_on_vllm(gateway, vllm_servers, 
     """A 440-token answer (`ignore_eos`) left after its first chunk: vLLM stops generating, on the route the client
     was on: nothing left running, and the request never finished (vLLM counts no aborted request as finished).
     The demo student makes 440 tokens in about a second, and a vLLM whose output lags packs many into one chunk, so
-    an answer can be whole before the client has its first chunk: such a try proves nothing and is made again."""
+    an answer can be whole before the client has its first chunk: such a try proves nothing and is made again, up
+    to six times (a CI run beside other work had three whole answers in three tries)."""
     server = getattr(vllm_servers, role)
     tries = []
-    for _ in range(3):
+    for _ in range(6):
         before = vllm_counts(server.base_url)
         leave_after_the_first_chunk(gateway.url, role)
         assert wait_for(lambda: vllm_counts(server.base_url)["running"] == 0.0, timeout=10), \

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,8 +30,9 @@ def serve(workdir, store_url: str, **env) -> tuple[subprocess.Popen, str]:
     settings = {"KDGATE_SHADOW__SAMPLE_RATE": "1", "KDGATE_SHADOW__STORE_URL": store_url,
                 "KDGATE_SHADOW__CONCURRENCY": "1", "KDGATE_SHADOW__TIMEOUT_S": "5", "KDGATE_SHADOW__QUEUE_SIZE": "1000",
                 "KDGATE_STUDENT__THREADS": "1", "KDGATE_TEACHER__THREADS": "1", "KDGATE_LOG_LEVEL": "warning"} | env
-    process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve", "--port", str(port)], cwd=workdir,
-                               env=clean | settings, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(Path(workdir) / "gateway.log", "ab") as log:  # what a failed test reads: the gateway's own account
+        process = subprocess.Popen([sys.executable, "-m", "kdgate.cli", "serve", "--port", str(port)], cwd=workdir,
+                                   env=clean | settings, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{url}/readyz", process, timeout=120)
     return process, url
