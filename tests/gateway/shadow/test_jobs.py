@@ -76,7 +76,7 @@ def test_claims_do_not_overlap_and_an_expired_lease_frees_the_job(jobs):
 
 def test_the_drift_samples_jobs_are_claimed_before_a_backlog_of_others(jobs):
     """The drift alert and the canary read only the drift sample: behind a backlog of recorded escalations (a
-    teacher serving most of a drifted traffic answers each again for its top-k) a newly promoted version went
+    teacher serving most of a drifted traffic answers each again for its top-k) a newly promoted version can go
     unmeasured. Its jobs are taken first, oldest first within each kind, and the others still come after."""
     escalation = replace(job("e"), kind="escalation", student_answer="", student_tokens=())
     jobs.enqueue([replace(escalation, request_id=f"e{index}") for index in range(3)])
