@@ -9,16 +9,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s, to_payload
 from router.policy import RouteDecision
 from runtime.contract import TokenLogprob, TopLogprob
-from runtime.store.records import MIGRATIONS, ShadowStore
+from runtime.store.records import ShadowStore
 from runtime.store.schema import JobRow
+from tests.runtime.store.older import store_at
 from tests.runtime.store.test_records import record
 
 
@@ -90,17 +89,11 @@ def test_the_drift_samples_jobs_are_claimed_before_a_backlog_of_others(jobs):
 def test_a_job_queued_before_the_drift_mark_is_claimed_after_the_upgrade(store_url):
     """A 0008 store (SQLite file or PostgreSQL) holding a job, as a gateway stopped with a backlog leaves it: opening
     it migrates to 0009 and the job is taken as an ordinary one, after a drift-sample job stored since."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    engine = create_engine(store_url)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0008")
+    with store_at(store_url, "0008") as connection:
         connection.execute(text("INSERT INTO shadow_jobs (request_id, created_at, payload, attempts) VALUES "
                                 "(:id, :at, :payload, 0)"),
                            {"id": "queued-before", "at": datetime(2026, 12, 1, 10, tzinfo=UTC),
                             "payload": json.dumps(to_payload(replace(job("queued-before"), drift=True)))})
-    engine.dispose()
     store = ShadowStore(store_url)
     try:
         queue = JobQueue(store)

@@ -6,11 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 
-from runtime.store.records import MIGRATIONS, RecordRejected, ShadowRecord, ShadowStore
+from runtime.store.records import RecordRejected, ShadowRecord, ShadowStore
+from tests.runtime.store.older import store_at
 
 
 def record(request_id: str, created_at: datetime, kind: str = "shadow", **extra) -> ShadowRecord:
@@ -92,19 +91,14 @@ def test_a_record_keeps_the_constraint_its_answer_was_generated_under(store):
 
 def test_a_store_from_before_constraints_upgrades_in_place(store_url):
     """A 0006 store (SQLite file or PostgreSQL) with a record in it: opening it migrates to the newest (0009), the old
-    record reads back with no constraint and unmarked for the drift sample, and a constrained record can be written beside it."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    engine = create_engine(store_url)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0006")
+    record reads back with no constraint and unmarked for the drift sample, and a constrained record can be written
+    beside it."""
+    with store_at(store_url, "0006") as connection:
         connection.execute(text(
             "INSERT INTO shadow_records (request_id, created_at, kind, student_model, teacher_model, route, "
             "route_reason, prompt, student_answer, student_tokens, token_ids, sample_rate) VALUES ('old-1', "
             "'2026-12-01 10:00:00', 'shadow', 's', 't', 'student', 'policy:student_only', '[]', 'ok', "
             "'[{\"token\": \"ok\", \"id\": 7, \"logprob\": -0.1, \"top\": [[\"ok\", -0.1, 7]]}]', true, 0.5)"))
-    engine.dispose()
     store = ShadowStore(store_url)
     try:
         with store.engine.connect() as connection:

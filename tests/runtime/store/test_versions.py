@@ -9,12 +9,11 @@ import threading
 import time
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 
-from runtime.store.records import MIGRATIONS, ShadowStore, tokens_from_json
+from runtime.store.records import ShadowStore, tokens_from_json
 from runtime.store.versions import SlotChanged, StudentVersion, StudentVersions, VersionError, VersionExists
+from tests.runtime.store.older import store_at
 
 
 @pytest.fixture
@@ -166,20 +165,12 @@ def test_a_store_from_before_versions_upgrades_and_its_records_stay_readable(sto
     """A 0002 store holding a record in the old token format: opening it migrates to 0003 in place; the record
     reads back, marked as having no token ids, and its tokens parse."""
     url = store_url
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    from sqlalchemy import create_engine
-
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0002")
+    with store_at(url, "0002") as connection:
         connection.execute(text(
             "INSERT INTO shadow_records (request_id, created_at, kind, student_model, teacher_model, route, "
             "route_reason, prompt, student_answer, student_tokens) VALUES ('old-1', '2026-11-01 10:00:00', 'shadow', "
             "'s', 't', 'student', 'policy:student_only', '[]', 'hi', "
             "'[{\"token\": \"hi\", \"logprob\": -0.1, \"top\": [[\"hi\", -0.1], [\"ho\", -2.5]]}]')"))
-    engine.dispose()
     store = ShadowStore(url)
     try:
         (record,) = list(store.iter_records())
