@@ -20,15 +20,17 @@ from distill.demo.evaluate import score_answers
 from distill.demo.generation import greedy_answers
 from distill.demo.sft import collate, encode_examples
 from distill.demo.task import Ticket
+from distill.device import inference_device
 from distill.losses import IGNORE_INDEX
 
 ECE_BINS = 10
 
 
 def load(model_dir: Path):
+    """A model in float32, for evaluation, on the GPU where torch sees one (distill/device.py), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(inference_device())
     model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
@@ -43,7 +45,8 @@ def teacher_forced(model, teacher, tokenizer, conversations, answers: Sequence[s
     confidences, hits = [], []
     examples = encode_examples(tokenizer, conversations, answers, tools)
     for start in range(0, len(examples), batch_size):
-        input_ids, attention_mask, labels = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        input_ids, attention_mask, labels = (tensor.to(model.device) for tensor in
+                                              collate(examples[start:start + batch_size], tokenizer.pad_token_id))
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
@@ -53,11 +56,12 @@ def teacher_forced(model, teacher, tokenizer, conversations, answers: Sequence[s
         agree += int((top.indices == gold).sum())
         total += int(gold.numel())
         nll -= float(logprobs.gather(-1, gold[:, None]).sum())
-        confidences.append(top.values.exp())
-        hits.append(top.indices == gold)
+        confidences.append(top.values.exp().cpu())
+        hits.append((top.indices == gold).cpu())
         if teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-            teacher_logprobs = F.log_softmax(teacher_logits[mask], dim=-1)
+            teacher_logits = teacher(input_ids=input_ids.to(teacher.device),
+                                     attention_mask=attention_mask.to(teacher.device)).logits[:, :-1].float()
+            teacher_logprobs = F.log_softmax(teacher_logits.to(logits.device)[mask], dim=-1)
             kl += float((teacher_logprobs.exp() * (teacher_logprobs - logprobs)).sum())
     confidence, hit = torch.cat(confidences).numpy(), torch.cat(hits).numpy()
     return {"top1_agreement": agree / total, "kl_to_teacher": kl / total if teacher is not None else None,

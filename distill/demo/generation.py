@@ -31,11 +31,11 @@ def greedy_answers(model, tokenizer, conversations: Sequence[list[dict]], batch_
     for start in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         indices = order[start:start + batch_size]
         encoded = tokenizer([prompts[index] for index in indices], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+                            add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new_tokens = output[:, encoded["input_ids"].shape[1]:]  # (B, T_new)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:].cpu()  # (B, T_new)
         for index, tokens in zip(indices, new_tokens, strict=True):
             answers[index] = tokenizer.decode(tokens, skip_special_tokens=True)
     return answers

@@ -105,7 +105,8 @@ def heldout_figures(model, tokenizer, heldout: list[Example], batch_size: int) -
     agree = tokens = 0
     kl = 0.0
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start:start + batch_size], tokenizer.pad_token_id)
+        batch = {name: tensor.to(model.device)
+                 for name, tensor in collate(rows[start:start + batch_size], tokenizer.pad_token_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX

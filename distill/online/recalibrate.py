@@ -67,14 +67,14 @@ def answer_windows(model, tokenizer, conversations: list[list[dict]], top_logpro
         prompts = [render(tokenizer, messages, tools, add_generation_prompt=True)
                    for messages, tools in zip(conversations[start:start + batch_size],
                                               offered[start:start + batch_size], strict=True)]
-        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
                                 eos_token_id=tokenizer.eos_token_id)
         logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1)  # (B, T, V)
         chosen = output.sequences[:, encoded["input_ids"].shape[1]:]  # (B, T)
-        top = logprobs.topk(top_logprobs, dim=-1).values  # (B, T, k)
-        sampled = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        top = logprobs.topk(top_logprobs, dim=-1).values.cpu()  # (B, T, k)
+        sampled = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).cpu()  # (B, T)
         for row in range(chosen.shape[0]):
             length = _answer_length(chosen[row].tolist(), tokenizer.eos_token_id, tokenizer.pad_token_id)
             stop = length if prefix_tokens is None else min(length, prefix_tokens)

@@ -254,14 +254,13 @@ def _evaluate(settings: StudySettings, record: Record, name: str, model: Path, t
     if recorded is not None:
         return recorded
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distill.demo.evaluate import evaluate_model
+    from distill.evaluate import load
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    loaded, tokenizer = load(model)
     scored = record.write(name, {**evaluate_model(loaded, tokenizer, tickets, batch_size=settings.eval_batch_size),
                                  **extra})
     log(f"{name}: exact match {scored['exact_match']:.1%} on {len(tickets)} held-out tickets")

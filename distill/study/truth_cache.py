@@ -26,16 +26,15 @@ def truth_cache(folder: Path, gold: Path, teacher_dir: Path, top_k: int, threads
         return folder
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from distill.evaluate import load
     from distill.on_policy import teacher_topk
     from runtime.chat_template import render
     from runtime.tokenizer_hash import tokenizer_hash
 
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    teacher, tokenizer = load(teacher_dir)
     answers = list(read_answers(gold, 1))
     log(f"truth cache: the teacher's top-{top_k} along {len(answers)} true answers (teacher-forced)")
     scored = []
@@ -45,7 +44,7 @@ def truth_cache(folder: Path, gold: Path, teacher_dir: Path, top_k: int, threads
             prompts = [tokenizer(render(tokenizer, answer.messages, answer.tools, add_generation_prompt=True),
                                  add_special_tokens=False)["input_ids"] for answer in batch]
             ids, logprobs = teacher_topk(teacher, tokenizer.pad_token_id, prompts,
-                                         [answer.token_ids.tolist() for answer in batch], top_k, torch.device("cpu"))
+                                         [answer.token_ids.tolist() for answer in batch], top_k, teacher.device)
             scored += [replace(answer, topk_ids=top_ids, topk_logprobs=top_logprobs)
                        for answer, top_ids, top_logprobs in zip(batch, ids, logprobs, strict=True)]
     partial = folder.with_name(folder.name + ".partial")
