@@ -55,8 +55,12 @@ def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
     kind = error["type"]
     if kind == "json_invalid":
-        return InvalidRequest(f"the request body is not valid JSON ({error['ctx'].get('error', error['msg'])}); "
-                              "send a JSON object")
+        reason = error["ctx"].get("error", error["msg"])
+        if "hex escape" in reason:  # Python's json takes a lone surrogate; no tokenizer can encode it
+            return InvalidRequest(f"the request body holds a \\uD800-\\uDFFF escape without its surrogate pair "
+                                  f"({reason}): that is not a character; send the character as UTF-8, or escape "
+                                  "it as its pair (\\uD83D\\uDE00 for U+1F600)")
+        return InvalidRequest(f"the request body is not valid JSON ({reason}); send a JSON object")
     parameter = dotted(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if not parameter and message.startswith("`"):

@@ -145,6 +145,17 @@ def test_malformed_body_gets_400_envelope(gateway, raw):
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("text", [r"\ud800", r"a\ud800\u0041", r"\udc00"])
+def test_a_lone_surrogate_escape_is_named_and_how_to_send_the_character_said(gateway, text):
+    """Python's json takes a lone UTF-16 surrogate escape; the gateway's parser refuses it, and said only
+    'unexpected end of hex escape', which reads like a broken client, not like one unpaired character."""
+    raw = ('{"model": "kdgate-demo", "messages": [{"role": "user", "content": "' + text + '"}]}').encode()
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=raw, timeout=10)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "surrogate" in message and "pair" in message and "UTF-8" in message, message
+
+
 def test_oversized_body_gets_413(gateway):
     body = json.dumps({"messages": [{"role": "user", "content": "a" * 1_100_000}]}).encode()
     response = httpx.post(f"{gateway.url}/v1/chat/completions", content=body, timeout=10)

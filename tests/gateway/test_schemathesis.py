@@ -38,7 +38,8 @@ UNSTATEABLE = ("maximum context length", "far beyond this model's maximum contex
                "which `tools` does not have", "twice; give each function once", "the answer is a tool call",
                "cannot be combined", "must be JSON text", "makes the grammar of the calls too big",
                "answers no earlier call",  # a tool result's id among the ids of the calls before it
-               "to compile (free-form schemas")  # still compiling after the budget: a 400 to retry
+               "to compile (free-form schemas",  # still compiling after the budget: a 400 to retry
+               "without its surrogate pair")  # a lone \uD800-\uDFFF escape: a JSON string, but no character
 # The student admin API's refusals depend on state no schema holds: the files a path names, the versions registered.
 STATEFUL = "/admin/v1/students"
 
