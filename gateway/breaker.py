@@ -160,7 +160,8 @@ class HealthChecker:
 
     async def _check(self, role: str, backend: Backend) -> str | None:
         try:
-            await asyncio.wait_for(backend.check_ready(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await backend.check_ready()
         except GatewayError as error:
             problem = error.message
         except TimeoutError:

@@ -55,7 +55,8 @@ async def required_adapters(request: Request) -> dict:
 async def _check(backend) -> dict:
     result = {"kind": backend.info.kind, "model": backend.info.model}
     try:
-        await asyncio.wait_for(backend.check_ready(), timeout=10)
+        async with asyncio.timeout(10):
+            await backend.check_ready()
     except GatewayError as error:
         return result | {"ready": False, "error": error.message}
     except TimeoutError:

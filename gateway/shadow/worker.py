@@ -130,8 +130,8 @@ class ShadowWorker:
         next start. Said when there is work left, so that a Ctrl-C waiting on it is not a silent pause."""
         left = self.queue.qsize() + (await asyncio.to_thread(self.jobs.pending) if self.jobs else self._busy)
         if left and self.config.drain_timeout_s > 0:
-            log.info("shutting down: finishing %d shadow job%s first, for at most %.0f s (shadow.drain_timeout_s)", left,
-                     "" if left == 1 else "s", self.config.drain_timeout_s)
+            log.info("shutting down: finishing %d shadow job%s first, for at most %.0f s (shadow.drain_timeout_s)",
+                     left, "" if left == 1 else "s", self.config.drain_timeout_s)
         try:
             await self.drain(timeout=self.config.drain_timeout_s)
         except TimeoutError:
@@ -239,7 +239,8 @@ class ShadowWorker:
         await self._keep_store_file()
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+            async with asyncio.timeout(IDLE_POLL_S):
+                await self._wake.wait()
         except TimeoutError:
             await self._count_pending(every_s=0.0)
 
@@ -299,7 +300,8 @@ class ShadowWorker:
     async def _attempt(self, job: ShadowJob) -> ShadowRecord | None:
         """The record, or None (counted, logged) when the teacher failed or timed out."""
         try:
-            return await asyncio.wait_for(self.process(job), timeout=self.config.timeout_s)
+            async with asyncio.timeout(self.config.timeout_s):
+                return await self.process(job)
         except TimeoutError:
             self.metrics.shadow_failed.labels("timeout").inc()
             log.warning("shadow job %s timed out after %.0f s (teacher slow or down)", job.request_id,
@@ -314,7 +316,8 @@ class ShadowWorker:
 
     async def _run_from_memory(self) -> None:
         try:
-            job = await asyncio.wait_for(self.queue.get(), IDLE_POLL_S)
+            async with asyncio.timeout(IDLE_POLL_S):
+                job = await self.queue.get()
         except TimeoutError:
             return
         self._busy += 1
@@ -356,7 +359,8 @@ class ShadowWorker:
         else:
             answer, tokens = "", ()
         if answer:
-            scoring = await self.teacher.score(messages, answer, k, constraint.tools if constraint is not None else None)
+            tools = constraint.tools if constraint is not None else None
+            scoring = await self.teacher.score(messages, answer, k, tools)
             scored = scoring.tokens
             if self.cost is not None:  # one prefill over the prompt and the answer, one token generated
                 self.cost.charge_shadow(scoring.prompt_tokens + len(scored), 1)

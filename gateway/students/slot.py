@@ -131,7 +131,8 @@ def retire(student: ServedStudent) -> None:
 
 async def _close_late(student: ServedStudent) -> None:
     try:
-        await asyncio.wait_for(student.closed.wait(), DRAIN_LIMIT_S)
+        async with asyncio.timeout(DRAIN_LIMIT_S):
+            await student.closed.wait()
     except TimeoutError:
         log.warning("student version %s still had %d leases after %.0f s; closing it", student.version,
                     student.leases, DRAIN_LIMIT_S)

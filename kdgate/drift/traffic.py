@@ -48,7 +48,8 @@ class Traffic:
                 pending.add(task_)
                 task_.add_done_callback(pending.discard)
                 try:
-                    await asyncio.wait_for(stop.wait(), self._rng.expovariate(self.rate))
+                    async with asyncio.timeout(self._rng.expovariate(self.rate)):
+                        await stop.wait()
                 except TimeoutError:
                     pass
             if pending:

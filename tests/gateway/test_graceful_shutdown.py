@@ -51,7 +51,8 @@ def stream(url: str, ticket, started: list, ended: list) -> tuple[int, str | Non
 def test_sigterm_lets_every_stream_finish_and_refuses_new_connections(tmp_path):
     store_url = f"sqlite:///{tmp_path}/shadow.sqlite3"
     # at info, the log says what the shutdown waits on (uvicorn's connections and tasks, the shadow drain): a CI
-    # run once saw the gateway still up 120 s after every stream had ended, every shadow record written
+    # run once saw the gateway still up 120 s after every stream had ended; the log named the shadow worker's
+    # cancel, lost under Python 3.11's asyncio.wait_for (tests/gateway/shadow/test_cancel.py)
     process, url = serve(tmp_path, store_url, KDGATE_DRAIN_TIMEOUT_S="120",
                          KDGATE_ROUTING__HANDOFF__ENABLED="false", KDGATE_LOG_LEVEL="info")
     port = int(url.rsplit(":", 1)[1])
