@@ -27,9 +27,11 @@ from tests import needs
 os.environ.setdefault("KDGATE_STUDENTS__ENABLED", "false")
 
 # tests.postgres: the `postgres_url` fixture, a real PostgreSQL cluster; tests.skips: skips counted by reason, and
-# refused under CI; tests.timeouts: slow tests' longer limit; pytester: tests/test_skips.py and
+# refused under CI; tests.timeouts: slow tests' longer limit; tests.workers: which tests share an xdist worker;
+# tests.summary: the run's closing lines (vLLM's and Docker's costs); pytester: tests/test_skips.py and
 # tests/test_timeouts.py run small suites through those hooks.
-pytest_plugins = ["tests.postgres", "tests.skips", "tests.timeouts", "tests.vllm_servers", "pytester"]
+pytest_plugins = ["tests.postgres", "tests.skips", "tests.timeouts", "tests.workers", "tests.summary",
+                  "tests.vllm_servers", "pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

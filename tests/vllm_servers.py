@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.threaded import ThreadedServer, free_port
-from tests import needs
+from tests import needs, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKED_INTERVAL = 4  # tokens per chunk after the first
@@ -188,10 +188,10 @@ def vllm_servers(demo_dirs, tmp_path_factory, request) -> Iterator[VllmServers]:
 STARTED = pytest.StashKey[list]()
 
 
-def pytest_terminal_summary(terminalreporter, config) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
     """What the vLLM servers cost this run: start time and memory, for the CI budget (docs/vllm.md)."""
-    for server in config.stash.get(STARTED, []):
+    for server in session.config.stash.get(STARTED, []):
         if server.started_s:
-            terminalreporter.write_line(
-                f"vllm: `{server.name}` ready in {server.started_s:.0f} s, {server.rss_bytes / 2**30:.1f} GiB RSS "
-                f"(OpenMP on core {server.cores})")
+            summary.add(session.config,
+                        f"vllm: `{server.name}` ready in {server.started_s:.0f} s, {server.rss_bytes / 2**30:.1f} GiB "
+                        f"RSS (OpenMP on core {server.cores})")

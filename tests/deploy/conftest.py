@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import needs
+from tests import needs, summary
 from tests.conftest import ROOT
 from tests.deploy.docker_daemon import (
     BASE_TAG,
@@ -46,11 +46,9 @@ def docker(request) -> Iterator[Docker]:
     bound = Docker(cli=cli, env=env, build=build)
     bound.timings["daemon"] = f"{time.monotonic() - started:.1f} s ({'started here' if process else 'running'})"
     yield bound
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter and capture and bound.timings:
-        with capture.global_and_fixture_disabled():  # printed even when output is captured
-            reporter.write_line("\ntest_images: " + " | ".join(f"{step} {took}" for step, took in bound.timings.items()))
+    if bound.timings:
+        costs = " | ".join(f"{step} {took}" for step, took in bound.timings.items())
+        summary.add(request.config, f"test_images: {costs}")
     if process:
         stop_dockerd(process)
         unmount_below(run_dir)
