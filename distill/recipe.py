@@ -312,6 +312,9 @@ class Recipe:
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(temporary), safe_serialization=False)
+        # every rank's files are in before the folder moves: a rank still saving (its makedirs, its RNG state) when
+        # the main process renamed the folder failed with FileExistsError, or wrote into a stray .tmp
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (temporary / "progress.json").write_text(json.dumps({"step": self.step, "best": self.best,
                                                                 "evals_since_best": self.evals_since_best,

@@ -217,6 +217,11 @@ def test_two_processes_train_data_parallel(demo_dirs, cache, tmp_path):
     assert "processes=2" in done.stdout or "processes=2" in done.stderr
     log = json.loads((tmp_path / "model" / "training_log.json").read_text())
     assert [entry["step"] for entry in log] == [2, 4] and log[-1]["teacher_agreement"] > 0.5
+    # each rank's RNG state is in the checkpoint, none in a stray copy: the main process once renamed the folder
+    # while rank 1 was still saving into it
+    assert sorted(path.name for path in (tmp_path / "checkpoint").glob("random_states_*")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]
+    assert not (tmp_path / "checkpoint.tmp").exists()
     trained, initial = AutoModelForCausalLM.from_pretrained(tmp_path / "model"), \
         AutoModelForCausalLM.from_pretrained(demo_dirs[0])
     assert any(not torch.equal(value, initial.state_dict()[name]) for name, value in trained.state_dict().items())
