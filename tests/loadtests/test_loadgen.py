@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from gateway.settings import RoutingSettings
 from gateway.threaded import ThreadedServer
 from kdgate.cli import app
-from loadtests.runner import Bounds, Shape, Target, run
+from loadtests.runner import Bounds, Shape, Target, _State, run
 from loadtests.stats import summarize
 from loadtests.workload import BodySettings, demo_prompts
 from tests.conftest import gateway_settings
@@ -189,6 +189,14 @@ def check_open_loop_arrivals(scheduled: list[float], rate: float, ramp: float, b
     assert all(t < duration for t in scheduled)
     planned = [u for u in units if integrated_rate(duration - 0.5, rate, ramp) > u]
     assert len(scheduled) >= len(planned), (len(scheduled), len(planned))
+
+
+def test_nothing_planned_after_the_sending_window_is_sent():
+    """The window closes on the plan's clock, not only on the timer's (started a moment after the origin): a CI run
+    sent an arrival planned at 1.504 s of a 1.5 s window."""
+    state = _State(Bounds(duration=1.5, grace=10.0), total=None)
+    assert state.next_record(1.4992) is not None
+    assert state.next_record(1.5042) is None and len(state.records) == 1
 
 
 def test_open_loop_rate_cap_ramp_and_duration(mixed_gateway):
