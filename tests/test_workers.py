@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 RECORD = """
 import os
 
-def test_{name}_{n}(tmp_path_factory):
+def test_{name}_{n}():
     with open({out!r}, "a") as seen:
         seen.write(f"{path} {{os.environ['PYTEST_XDIST_WORKER']}}\\n")
 """
