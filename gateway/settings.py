@@ -109,7 +109,8 @@ class ShadowSettings(BaseModel):
                                      "in the drift sample are stored either way)")
     top_logprobs: int = Field(default=5, ge=1, le=20, description="alternatives per token on both sides; larger "
                               "tightens the KL lower bound")
-    queue_size: int = Field(default=256, ge=1, description="jobs waiting; beyond it jobs are dropped and counted")
+    queue_size: int = Field(default=256, ge=1, description="jobs waiting, of each class (the drift sample's; the "
+                            "others); beyond it a class's new jobs are dropped and counted")
     concurrency: int = Field(default=2, ge=1, le=64, description="shadow requests in flight toward the teacher")
     timeout_s: float = Field(default=60.0, gt=0, description="one try of a job (score + answer); a failed try is "
                              "retried after a backoff of 1 s doubling to 60 s")

@@ -6,10 +6,11 @@ free or expired, re-checked row by row, so two processes never hold the same job
 its record and deleting the job in a single transaction (a crash between the two cannot duplicate the record;
 the record's unique request id refuses a second one anyway). Jobs drawn for the drift sample are claimed before
 the others (the drift alert reads only them; recorded escalations are training data, which can wait), oldest first
-within each. A job whose teacher call fails is released for a later try after an exponential backoff
-(`retry_delay_s`: 1 s doubling to 60 s, jittered), so a teacher restart of a few minutes costs nothing; it is
-dropped only once it is older than `retry_for_s`. Jobs hold the raw request (the teacher must see what the student
-saw) and are deleted when done; the stored record holds the scrubbed prompt.
+within each; each class has its own `shadow.queue_size` places in the store, so a backlog of recorded escalations
+never crowds the drift sample out (`within_room`). A job whose teacher call fails is released for a later try
+after an exponential backoff (`retry_delay_s`: 1 s doubling to 60 s, jittered), so a teacher restart of a few
+minutes costs nothing; it is dropped only once it is older than `retry_for_s`. Jobs hold the raw request (the
+teacher must see what the student saw) and are deleted when done; the stored record holds the scrubbed prompt.
 """
 
 from __future__ import annotations
@@ -140,11 +141,31 @@ class JobQueue:
         with Session(self.store.engine) as session:
             return session.scalar(select(func.count()).select_from(JobRow)) or 0
 
+    def backlog(self) -> dict[bool, int]:
+        """Stored jobs by class: `True`, drawn for the drift sample; `False`, the others."""
+        with Session(self.store.engine) as session:
+            counts = dict(session.execute(select(JobRow.drift, func.count()).group_by(JobRow.drift)).all())
+        return {True: counts.get(True, 0), False: counts.get(False, 0)}
+
     def request_ids(self) -> set[str]:
         """Every job's and every record's request id (tests count what survived a crash)."""
         with Session(self.store.engine) as session:
             jobs = set(session.scalars(select(JobRow.request_id)))
             return jobs | set(session.scalars(select(ShadowRow.request_id)))
+
+
+def within_room(batch: list[ShadowJob], backlog: dict[bool, int], size: int) -> list[ShadowJob]:
+    """The jobs of `batch` that fit: `size` stored places for the drift sample's jobs and `size` for the others.
+    One bound for both let a teacher behind drifted traffic fill the store with recorded escalations (training
+    data) and drop the drift sample's new jobs, the only ones the drift alert and the canary read: a run of the
+    drift loop on the SmolLM2 pair dropped 330 jobs of both classes at a backlog of 256."""
+    room = {drift: size - backlog.get(drift, 0) for drift in (True, False)}
+    kept = []
+    for job in batch:
+        if room[job.drift] > 0:
+            room[job.drift] -= 1
+            kept.append(job)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------ the payload

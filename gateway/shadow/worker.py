@@ -33,7 +33,7 @@ from gateway.cost import CostMeter
 from gateway.logs import Outage
 from gateway.metrics import GatewayMetrics
 from gateway.shadow.divergence import Divergence, divergence
-from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob
+from gateway.shadow.jobs import Claimed, JobQueue, ShadowJob, within_room
 from gateway.shadow.masking import scores_under
 from gateway.shadow.scrub import Scrubber
 from gateway.tools.grammar import tool_constraint
@@ -177,10 +177,10 @@ class ShadowWorker:
             while True:
                 try:
                     async with self._writes:
-                        pending = await asyncio.to_thread(self.jobs.pending)
-                        kept = batch[:max(0, self.config.queue_size - pending)]
+                        backlog = await asyncio.to_thread(self.jobs.backlog)
+                        kept = within_room(batch, backlog, self.config.queue_size)
                         stored = await asyncio.to_thread(self.jobs.enqueue, kept) if kept else 0
-                    self._pending_is(pending + stored)
+                    self._pending_is(sum(backlog.values()) + stored)
                     break
                 except STORE_ERRORS as error:
                     self._store_outage.failed(error, f"{len(batch)} offered shadow jobs held in memory and tried "

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s, to_payload
+from gateway.shadow.jobs import RETRY_FIRST_S, RETRY_MAX_S, JobQueue, ShadowJob, retry_delay_s, to_payload, within_room
 from router.policy import RouteDecision
 from runtime.contract import TokenLogprob, TopLogprob
 from runtime.store.records import ShadowStore
@@ -84,6 +84,17 @@ def test_the_drift_samples_jobs_are_claimed_before_a_backlog_of_others(jobs):
     first = jobs.claim(3, lease_s=60)
     assert [c.job.request_id for c in first] == ["d0", "d1", "e0"] and [c.job.drift for c in first[:2]] == [True] * 2
     assert [c.job.request_id for c in jobs.claim(10, lease_s=60)] == ["e1", "e2", "e3"]
+
+
+def test_a_full_backlog_of_others_leaves_the_drift_sample_its_own_room(jobs):
+    """Each class has `shadow.queue_size` places: a store full of recorded escalations still takes the drift
+    sample's new jobs (one bound for both dropped them: the drift alert then read a thinning sample), and the
+    drift sample's own bound holds."""
+    jobs.enqueue([job("e0"), job("e1"), replace(job("d0"), drift=True)])
+    assert jobs.backlog() == {True: 1, False: 2}
+    batch = [job("e2"), *(replace(job(f"d{index}"), drift=True) for index in (1, 2, 3))]
+    assert [item.request_id for item in within_room(batch, jobs.backlog(), size=2)] == ["d1"]
+    assert [item.request_id for item in within_room(batch, jobs.backlog(), size=3)] == ["e2", "d1", "d2"]
 
 
 def test_a_job_queued_before_the_drift_mark_is_claimed_after_the_upgrade(store_url):
